@@ -1,0 +1,132 @@
+// kvtierctl: the kvtier admin CLI.  Exit codes: 0 success, 1 the daemon refused or failed the
+// request, 2 usage error, 69 daemon unavailable (EX_UNAVAILABLE), 77 permission denied
+// (EX_NOPERM).
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <optional>
+
+#include "cli/render.h"
+#include "kvtier/client.h"
+
+namespace {
+
+int exit_code(const kvtier::Status& s) {
+  switch (s.code()) {
+    case kvtier::Errc::kOk: return 0;
+    case kvtier::Errc::kUnavailable: return 69;
+    case kvtier::Errc::kPermissionDenied: return 77;
+    default: return 1;
+  }
+}
+
+int report(const kvtier::Status& s) {
+  std::cerr << "kvtierctl: " << s.to_string() << "\n";
+  return exit_code(s);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvtierctl: inspect and administer a running kvtierd"};
+  app.require_subcommand(1);
+  std::string socket;
+  bool json = false;
+  app.add_option("-s,--socket", socket, "daemon socket (default: $KVTIER_SOCKET or the built-in path)");
+  app.add_flag("--json", json, "print the daemon's JSON instead of a table");
+
+  auto* stats = app.add_subcommand("stats", "tier usage, hit rates and counters");
+  auto* health = app.add_subcommand("health", "is the daemon serving, and with which backends");
+  auto* clients = app.add_subcommand("clients", "connections with their leases and bytes");
+  auto* config = app.add_subcommand("config", "the daemon's effective settings (TOML)");
+  auto* ls = app.add_subcommand("ls", "list cached blocks");
+  std::string ls_ns;
+  uint32_t ls_limit = 100;
+  ls->add_option("-n,--namespace", ls_ns, "only this namespace");
+  ls->add_option("--limit", ls_limit, "at most this many blocks (0 = all)");
+  auto* evict = app.add_subcommand("evict", "evict unleased blocks (leased ones are skipped)");
+  std::string ev_ns;
+  std::vector<std::string> ev_keys;
+  bool ev_all = false;
+  evict->add_option("-n,--namespace", ev_ns, "evict this namespace (or these keys in it)");
+  evict->add_option("-k,--key", ev_keys, "block key, 32 hex digits (repeatable)");
+  evict->add_flag("--all", ev_all, "evict every unleased block");
+  for (auto* sub : {stats, health, clients, config, ls, evict})
+    sub->add_flag("--json", json, "print the daemon's JSON instead of a table");
+
+  CLI11_PARSE(app, argc, argv);
+
+  std::vector<kvtier::BlockKey> keys;
+  if (*evict) {
+    for (const auto& k : ev_keys) {
+      auto key = kvtier::BlockKey::from_hex(k);
+      if (!key) {
+        std::cerr << "kvtierctl: bad key '" << k << "' (expected 32 hex digits)\n";
+        return 2;
+      }
+      keys.push_back(*key);
+    }
+    if (!ev_all && ev_ns.empty()) {
+      std::cerr << "kvtierctl evict: give --namespace (with optional --key) or --all\n";
+      return 2;
+    }
+    if (!keys.empty() && ev_ns.empty()) {
+      std::cerr << "kvtierctl evict: --key needs --namespace\n";
+      return 2;
+    }
+  }
+
+  kvtier::ClientOptions opts;
+  opts.socket = socket;
+  opts.name = "kvtierctl";
+  auto client = kvtier::Client::connect(opts);
+  if (!client) return report(client.status());
+  auto& c = **client;
+  const bool tty = ::isatty(STDOUT_FILENO);
+
+  kvtier::Result<std::string> doc = std::string();
+  if (*stats) doc = c.stats_json();
+  if (*health) doc = c.health_json();
+  if (*clients) doc = c.clients_json();
+  if (*config) doc = c.config_json();
+  if (*ls) doc = c.list_json(ls_ns, ls_limit);
+  if (*evict) {
+    auto r = c.evict(ev_ns, keys, ev_all);
+    if (!r) return report(r.status());
+    if (json) {
+      std::cout << nlohmann::json{{"evicted", r->evicted},
+                                  {"skipped_leased", r->skipped_leased},
+                                  {"bytes", r->bytes}}
+                       .dump(2)
+                << "\n";
+    } else {
+      std::cout << "evicted " << r->evicted << " blocks (" << kvtierctl::human_bytes(r->bytes)
+                << "); skipped " << r->skipped_leased << " leased\n";
+    }
+    return 0;
+  }
+  if (!doc) return report(doc.status());
+  auto j = nlohmann::json::parse(*doc, nullptr, false);
+  if (j.is_discarded()) {
+    std::cerr << "kvtierctl: the daemon sent malformed JSON\n";
+    return 1;
+  }
+  if (*config) {
+    std::cout << (json ? j.dump(2) : j.value("toml", "")) << (json ? "\n" : "");
+    return 0;
+  }
+  if (json) {
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  if (*stats) kvtierctl::print_stats(std::cout, j, tty);
+  if (*health) kvtierctl::print_health(std::cout, j);
+  if (*clients) kvtierctl::print_clients(std::cout, j);
+  if (*ls) kvtierctl::print_list(std::cout, j);
+  if (*health && j.value("status", "") != "serving") return 1;
+  return 0;
+}

@@ -1,0 +1,111 @@
+#include "cli/render.h"
+
+#include <cstdio>
+#include <iomanip>
+
+namespace kvtierctl {
+
+std::string human_bytes(uint64_t b) {
+  static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), u ? "%.1f %s" : "%.0f %s", v, units[u]);
+  return buf;
+}
+
+namespace {
+
+uint64_t u64(const nlohmann::json& j, const char* key) { return j.value(key, uint64_t{0}); }
+
+double ratio(uint64_t num, uint64_t den) { return den ? double(num) / double(den) : 0.0; }
+
+}  // namespace
+
+void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
+  const char* bold = tty ? "\033[1m" : "";
+  const char* reset = tty ? "\033[0m" : "";
+  os << bold << std::left << std::setw(6) << "TIER" << std::right << std::setw(12) << "USED"
+     << std::setw(12) << "CAPACITY" << std::setw(7) << "USE%" << std::setw(10) << "BLOCKS"
+     << std::setw(8) << "LEASED" << std::setw(11) << "EVICTIONS" << std::setw(8) << "RATIO"
+     << reset << "\n";
+  for (const auto& [name, t] : j.at("tiers").items()) {
+    uint64_t used = u64(t, "used_bytes"), cap = u64(t, "capacity_bytes");
+    char pct[16], comp[16];
+    std::snprintf(pct, sizeof(pct), "%.1f", 100.0 * ratio(used, cap));
+    std::snprintf(comp, sizeof(comp), "%.2fx", t.value("compression_ratio", 1.0));
+    os << std::left << std::setw(6) << name << std::right << std::setw(12) << human_bytes(used)
+       << std::setw(12) << human_bytes(cap) << std::setw(7) << pct << std::setw(10)
+       << u64(t, "blocks") << std::setw(8) << u64(t, "leased_blocks") << std::setw(11)
+       << u64(t, "evictions") << std::setw(8) << comp << "\n";
+  }
+  const auto& c = j.at("counters");
+  char line[256];
+  std::snprintf(line, sizeof(line),
+                "\nsessions %llu  leases %llu  pending puts %llu\n"
+                "lookups %llu (key hit rate %.1f%%)  gets %llu (hit rate %.1f%%)  puts %llu (%s)\n",
+                (unsigned long long)u64(j, "sessions"), (unsigned long long)u64(j, "leases"),
+                (unsigned long long)u64(j, "pending_puts"), (unsigned long long)u64(c, "lookups"),
+                100.0 * ratio(u64(c, "lookup_hits"), u64(c, "lookup_keys")),
+                (unsigned long long)u64(c, "gets"),
+                100.0 * ratio(u64(c, "get_hits"), u64(c, "get_hits") + u64(c, "get_misses")),
+                (unsigned long long)u64(c, "puts"), human_bytes(u64(c, "put_bytes")).c_str());
+  os << line;
+  std::snprintf(line, sizeof(line), "errors %llu  protocol errors %llu  denied %llu\n",
+                (unsigned long long)u64(c, "errors"), (unsigned long long)u64(c, "protocol_errors"),
+                (unsigned long long)u64(c, "permission_denied"));
+  os << line;
+}
+
+void print_health(std::ostream& os, const nlohmann::json& j) {
+  os << "status   " << j.value("status", "?") << "\n"
+     << "version  " << j.value("version", "?") << " (protocol " << j.value("protocol", 0) << ")\n"
+     << "pid      " << j.value("pid", 0) << "\n"
+     << "uptime   " << j.value("uptime_s", uint64_t{0}) << " s\n"
+     << "sessions " << j.value("sessions", uint64_t{0}) << "\n";
+  for (const auto& [name, t] : j.at("tiers").items()) {
+    os << "tier " << std::left << std::setw(5) << name << " " << t.value("backend", "?");
+    if (t.contains("reason")) os << " (" << t.value("reason", "") << ")";
+    if (t.contains("shm")) os << " " << t.value("shm", "");
+    os << "\n";
+  }
+}
+
+void print_clients(std::ostream& os, const nlohmann::json& j) {
+  os << std::left << std::setw(9) << "SESSION" << std::setw(9) << "PID" << std::setw(7) << "UID"
+     << std::setw(17) << "COMMAND" << std::right << std::setw(8) << "LEASES" << std::setw(12)
+     << "LEASED" << std::setw(9) << "PENDING" << "\n";
+  for (const auto& c : j) {
+    os << std::left << std::setw(9) << u64(c, "session") << std::setw(9) << c.value("pid", 0)
+       << std::setw(7) << c.value("uid", 0) << std::setw(17) << c.value("comm", "") << std::right
+       << std::setw(8) << u64(c, "leases") << std::setw(12) << human_bytes(u64(c, "leased_bytes"))
+       << std::setw(9) << u64(c, "pending_puts") << "\n";
+  }
+}
+
+void print_list(std::ostream& os, const nlohmann::json& j) {
+  os << std::left << std::setw(34) << "KEY" << std::setw(6) << "TIER" << std::right
+     << std::setw(11) << "BYTES" << std::setw(7) << "LEASES" << std::setw(7) << "HITS"
+     << "  " << std::left << "NAMESPACE / TENSORS" << "\n";
+  for (const auto& b : j) {
+    os << std::left << std::setw(34) << b.value("key", "") << std::setw(6) << b.value("tier", "")
+       << std::right << std::setw(11) << human_bytes(u64(b, "bytes")) << std::setw(7)
+       << u64(b, "leases") << std::setw(7) << u64(b, "hits") << "  " << b.value("namespace", "");
+    for (const auto& t : b.at("tensors")) {
+      os << " " << t.value("name", "") << ":" << t.value("dtype", "") << "[";
+      bool first = true;
+      for (const auto& d : t.at("shape")) {
+        os << (first ? "" : ",") << d.get<uint64_t>();
+        first = false;
+      }
+      os << "]/" << t.value("codec", "");
+    }
+    os << "\n";
+  }
+}
+
+}  // namespace kvtierctl

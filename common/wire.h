@@ -1,0 +1,39 @@
+// Helpers between the FlatBuffers schema (common/protocol.fbs) and kvtier's C++ types,
+// shared by the daemon and libkvtier.  Every body is verified before use.
+#pragma once
+
+#include <flatbuffers/flatbuffers.h>
+
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/keys.h"
+#include "common/layout.h"
+#include "common/protocol_generated.h"
+#include "common/status.h"
+
+namespace kvtier::wire_util {
+
+inline wire::Key128 to_wire(const BlockKey& k) { return wire::Key128(k.lo, k.hi); }
+inline BlockKey from_wire(const wire::Key128& k) { return BlockKey{k.lo(), k.hi()}; }
+
+flatbuffers::Offset<wire::BlockLayout> to_wire(flatbuffers::FlatBufferBuilder& fbb,
+                                               const BlockLayout& layout);
+BlockLayout from_wire(const wire::BlockLayout* layout);
+std::vector<BlockKey> keys_from_wire(const flatbuffers::Vector<const wire::Key128*>* keys);
+flatbuffers::Offset<flatbuffers::Vector<const wire::Key128*>> keys_to_wire(
+    flatbuffers::FlatBufferBuilder& fbb, std::span<const BlockKey> keys);
+
+// Verifies a body; nullptr when it is not a valid message of that type.
+const wire::RequestMsg* verify_request(std::span<const std::byte> body);
+const wire::ResponseMsg* verify_response(std::span<const std::byte> body);
+
+
+inline std::span<const std::byte> bytes_of(const flatbuffers::FlatBufferBuilder& fbb) {
+  return {reinterpret_cast<const std::byte*>(fbb.GetBufferPointer()), fbb.GetSize()};
+}
+
+inline std::string str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }
+
+}  // namespace kvtier::wire_util

@@ -1,0 +1,277 @@
+// Defaults, validation and namespace rules.  TOML parsing is in parse.cpp, rendering in
+// render.cpp.
+//
+// Validation messages start with the dotted key they concern ("daemon.io_threads: ..."):
+// parse() looks that key up to append the line it was set on.
+
+#include "config/config.h"
+
+#include <sys/statvfs.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+#include "config/config_internal.h"
+
+namespace kvtier::config {
+
+using namespace internal;
+
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) {
+  throw ConfigError(msg);
+}
+
+// $VAR (its first entry: systemd joins several RuntimeDirectory= paths with ':') + suffix,
+// or `fallback` when VAR is unset or empty.
+std::filesystem::path env_dir(const char* var, const char* suffix, const char* fallback) {
+  const char* value = std::getenv(var);
+  if (value == nullptr || *value == '\0') return fallback;
+  std::string_view first(value);
+  first = first.substr(0, first.find(':'));
+  std::filesystem::path dir(first);
+  return *suffix != '\0' ? dir / suffix : dir;
+}
+
+bool valid_shm_prefix(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || c == '.';
+  });
+}
+
+void check_ids(const std::vector<uint32_t>& ids, const char* key) {
+  for (uint32_t id : ids) {
+    if (id == static_cast<uint32_t>(-1)) {
+      fail(std::string(key) + ": 4294967295 is not a valid id");
+    }
+  }
+}
+
+}  // namespace
+
+namespace internal {
+
+std::string human_size(uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int unit = 0;
+  double value = static_cast<double>(bytes);
+  while (value >= 1024.0 && unit < 6) {
+    value /= 1024.0;
+    ++unit;
+  }
+  char buf[48];
+  if (unit == 0) {
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  } else if (std::fabs(value - std::round(value)) < 0.05) {
+    std::snprintf(buf, sizeof buf, "%.0f %s", std::round(value), kUnits[unit]);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f %s", value, kUnits[unit]);
+  }
+  return buf;
+}
+
+std::string toml_size(uint64_t bytes) {
+  static constexpr std::pair<uint64_t, const char*> kUnits[] = {
+      {kTiB, "TiB"}, {kGiB, "GiB"}, {kMiB, "MiB"}, {kKiB, "KiB"}};
+  for (auto [unit, name] : kUnits) {
+    if (bytes != 0 && bytes % unit == 0) return '"' + std::to_string(bytes / unit) + name + '"';
+  }
+  return std::to_string(bytes);
+}
+
+const char* codec_toml_name(Codec c) {
+  switch (c) {
+    case Codec::kRaw:
+      return "fp16";
+    case Codec::kNf4:
+      return "nf4";
+  }
+  return "?";
+}
+
+std::optional<Codec> codec_from_toml(std::string_view name) {
+  if (name == "fp16") return Codec::kRaw;
+  if (name == "nf4") return Codec::kNf4;
+  return std::nullopt;
+}
+
+std::optional<uint32_t> parse_mode(std::string_view text) {
+  if (text.starts_with("0o")) text.remove_prefix(2);
+  if (text.empty() || text.size() > 4) return std::nullopt;
+  uint32_t mode = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), mode, 8);
+  if (ec != std::errc() || end != text.data() + text.size() || mode > 0777) return std::nullopt;
+  return mode;
+}
+
+}  // namespace internal
+
+std::optional<uint64_t> parse_size(std::string_view text) {
+  auto is_space = [](char c) { return c == ' ' || c == '\t'; };
+  while (!text.empty() && is_space(text.front())) text.remove_prefix(1);
+  while (!text.empty() && is_space(text.back())) text.remove_suffix(1);
+  uint64_t number = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+  if (ec != std::errc() || end == text.data()) return std::nullopt;  // no digits, or overflow
+  std::string_view unit(end, text.data() + text.size() - end);
+  while (!unit.empty() && is_space(unit.front())) unit.remove_prefix(1);
+  static const std::map<std::string_view, uint64_t> kUnits = {{"", 1},
+                                                              {"B", 1},
+                                                              {"KiB", kKiB},
+                                                              {"MiB", kMiB},
+                                                              {"GiB", kGiB},
+                                                              {"TiB", kTiB},
+                                                              {"KB", 1000ull},
+                                                              {"MB", 1000ull * 1000},
+                                                              {"GB", 1000000000ull},
+                                                              {"TB", 1000000000000ull}};
+  auto it = kUnits.find(unit);
+  if (it == kUnits.end()) return std::nullopt;
+  if (number > UINT64_MAX / it->second) return std::nullopt;
+  return number * it->second;
+}
+
+void DaemonConfig::validate() const {
+  if (socket.empty()) fail("daemon.socket: must not be empty");
+  if (socket.native().size() >= sizeof(sockaddr_un::sun_path)) {
+    fail("daemon.socket: '" + socket.native() + "' is " + std::to_string(socket.native().size()) +
+         " bytes; a Unix socket path must be shorter than " +
+         std::to_string(sizeof(sockaddr_un::sun_path)));
+  }
+  if (state_dir.empty()) fail("daemon.state_dir: must not be empty");
+  if (!valid_shm_prefix(shm_prefix)) {
+    fail("daemon.shm_prefix: '" + shm_prefix + "' must be 1..64 characters of [A-Za-z0-9_.-]");
+  }
+  if (io_threads < 1 || io_threads > 64) {
+    fail("daemon.io_threads: must be in 1..64, got " + std::to_string(io_threads));
+  }
+  if (max_message_bytes < 4 * kKiB || max_message_bytes > kGiB) {
+    fail("daemon.max_message_bytes: must be in 4KiB..1GiB, got " + human_size(max_message_bytes));
+  }
+  if (max_connections < 1) fail("daemon.max_connections: must be at least 1");
+  static constexpr std::string_view kLevels[] = {"trace", "debug", "info", "warn", "error"};
+  if (std::find(std::begin(kLevels), std::end(kLevels), log_level) == std::end(kLevels)) {
+    fail("daemon.log_level: '" + log_level + "' is not one of trace, debug, info, warn, error");
+  }
+}
+
+void AccessConfig::validate() const {
+  if (!parse_mode(socket_mode)) {
+    fail("access.socket_mode: '" + socket_mode +
+         "' is not an octal permission mode <= 0777 (e.g. \"0660\")");
+  }
+  if (socket_group.find_first_of(": \t\n") != std::string::npos) {
+    fail("access.socket_group: '" + socket_group + "' is not a group name");
+  }
+  check_ids(admin_uids, "access.admin_uids");
+  check_ids(admin_gids, "access.admin_gids");
+}
+
+void HostTierConfig::validate(const std::filesystem::path& shm_dir) const {
+  if (size_bytes < 16 * kMiB) {
+    fail("host.size: must be at least 16MiB, got " + human_size(size_bytes));
+  }
+  if (!(small_queue_ratio > 0.0 && small_queue_ratio <= 0.5)) {
+    fail("host.small_queue_ratio: must be in (0, 0.5], got " + std::to_string(small_queue_ratio));
+  }
+  struct statvfs vfs {};
+  if (::statvfs(shm_dir.c_str(), &vfs) != 0) {
+    fail("host.size: cannot check the free space of " + shm_dir.native() + ": " +
+         std::strerror(errno));
+  }
+  // Free space for unprivileged users (f_bavail): what other processes' segments leave us.
+  const uint64_t total = static_cast<uint64_t>(vfs.f_blocks) * vfs.f_frsize;
+  const uint64_t free = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  if (size_bytes > free) {
+    fail("host.size " + human_size(size_bytes) + " does not fit " + shm_dir.native() + " (" +
+         human_size(total) + " total, " + human_size(free) + " free); lower host.size or grow " +
+         shm_dir.native());
+  }
+}
+
+void SessionConfig::validate() const {
+  if (staging_bytes < kMiB) {
+    fail("session.staging_bytes: must be at least 1MiB, got " + human_size(staging_bytes));
+  }
+  if (max_leases < 1) fail("session.max_leases: must be at least 1");
+  if (max_pending_puts < 1) fail("session.max_pending_puts: must be at least 1");
+}
+
+void NamespaceRule::validate() const {
+  check_ids(allow_uids, "namespace.allow_uids");
+  check_ids(allow_gids, "namespace.allow_gids");
+  if (nf4_double_quant && codec != Codec::kNf4) {
+    fail("namespace.nf4_double_quant: needs codec = \"nf4\" (prefix '" + prefix + "' uses \"" +
+         codec_toml_name(codec) + "\")");
+  }
+}
+
+bool NamespaceRule::allows(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) const {
+  if (allow_uids.empty() && allow_gids.empty()) return true;
+  auto listed = [](const auto& list, auto id) {
+    return std::find(list.begin(), list.end(), id) != list.end();
+  };
+  if (listed(allow_uids, uid) || listed(allow_gids, gid)) return true;
+  return std::any_of(groups.begin(), groups.end(), [&](gid_t g) { return listed(allow_gids, g); });
+}
+
+void Config::validate() const {
+  daemon.validate();
+  access.validate();
+  session.validate();
+  std::map<std::string_view, size_t> seen;  // prefix -> index of its first rule
+  for (size_t i = 0; i < namespaces.size(); ++i) {
+    const std::string index = "namespace[" + std::to_string(i) + "]";
+    try {
+      namespaces[i].validate();
+    } catch (const ConfigError& e) {
+      // "namespace.codec: ..." -> "namespace[2].codec: ..."
+      fail(index + std::string(e.what()).substr(std::strlen("namespace")));
+    }
+    auto [it, inserted] = seen.emplace(namespaces[i].prefix, i);
+    if (!inserted) {
+      fail(index + ".prefix: duplicate prefix '" + namespaces[i].prefix + "' (also namespace[" +
+           std::to_string(it->second) + "])");
+    }
+  }
+  if (session.staging_bytes > host.size_bytes) {
+    fail("session.staging_bytes: " + human_size(session.staging_bytes) +
+         " is larger than host.size (" + human_size(host.size_bytes) + ")");
+  }
+  // Last: the host tier check reads /dev/shm, the others need nothing but the values.
+  host.validate();
+}
+
+const NamespaceRule* Config::rule_for(std::string_view ns) const {
+  const NamespaceRule* best = nullptr;
+  for (const NamespaceRule& rule : namespaces) {
+    if (ns.starts_with(rule.prefix) &&
+        (best == nullptr || rule.prefix.size() > best->prefix.size())) {
+      best = &rule;
+    }
+  }
+  return best;
+}
+
+Config defaults() {
+  Config cfg;
+  cfg.daemon.socket = env_dir("RUNTIME_DIRECTORY", "kvtier.sock", "./var/kvtier.sock");
+  cfg.daemon.state_dir = env_dir("STATE_DIRECTORY", "", "./var/lib");
+  cfg.access.admin_uids = {0};
+  if (geteuid() != 0) cfg.access.admin_uids.push_back(geteuid());
+  cfg.namespaces.push_back(NamespaceRule{});
+  return cfg;
+}
+
+}  // namespace kvtier::config

@@ -1,0 +1,105 @@
+// kvtierd's configuration as validated structs.  config/kvtier.toml documents every key with
+// its default; docs/operations.md lists them too.  Parsing errors and validation failures are
+// reported as ConfigError (the only place kvtier uses exceptions besides construction).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/types.h"
+
+namespace kvtier::config {
+
+// "unknown key 'host.sise' at line 12 of /etc/kvtier/kvtier.toml", "host.size: bad size '12QB'"
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct DaemonConfig {
+  // Unix socket path. Default: $RUNTIME_DIRECTORY/kvtier.sock under systemd, else ./var/kvtier.sock
+  std::filesystem::path socket;
+  // State directory. Default: $STATE_DIRECTORY under systemd, else ./var/lib
+  std::filesystem::path state_dir;
+  // Name prefix of the daemon's shared-memory objects in /dev/shm ("kvtier" ->
+  // /dev/shm/kvtier-host-0).
+  std::string shm_prefix = "kvtier";
+  uint32_t io_threads = 2;                  // threads running the Asio io_context, 1..64
+  uint64_t max_message_bytes = 4ull << 20;  // largest accepted request frame
+  uint32_t max_connections = 1024;
+  uint32_t drain_timeout_ms = 5000;  // SIGTERM: time given to in-flight requests
+  std::string log_level = "info";    // trace|debug|info|warn|error
+  void validate() const;
+};
+
+struct AccessConfig {
+  std::string socket_mode = "0660";  // octal permission bits of the socket file
+  std::string socket_group;          // group owning the socket; empty = daemon's primary group
+  // Admin requests (evict, clients, config) need a peer uid or gid listed here.
+  // Default when absent from the file: uid 0 and the daemon's own uid.
+  std::vector<uid_t> admin_uids;
+  std::vector<gid_t> admin_gids;
+  void validate() const;
+};
+
+struct HostTierConfig {
+  uint64_t size_bytes = 1ull << 30;  // bytes of shared memory for blocks
+  bool prefault = true;              // touch every page at start (no faults on puts)
+  double small_queue_ratio = 0.10;   // S3-FIFO small-queue share of size_bytes, (0, 0.5]
+  uint64_t ghost_entries = 0;        // S3-FIFO ghost queue length; 0 = derived from size
+  // Checks size_bytes against the free space of shm_dir (/dev/shm): a host tier that cannot
+  // fit is refused with the sizes in the message.
+  void validate(const std::filesystem::path& shm_dir = "/dev/shm") const;
+};
+
+struct SessionConfig {
+  uint64_t staging_bytes = 64ull << 20;  // per-connection staging area (largest single put)
+  uint32_t max_leases = 65536;           // per connection
+  uint32_t max_pending_puts = 256;       // per connection, begun but not sealed
+  void validate() const;
+};
+
+// Access and storage rules for the namespaces whose name starts with `prefix`.
+// A request's namespace is matched against the longest configured prefix; "" matches all.
+struct NamespaceRule {
+  std::string prefix;
+  std::vector<uid_t> allow_uids;  // empty uid and gid lists = any connected peer
+  std::vector<gid_t> allow_gids;
+  Codec codec = Codec::kRaw;  // cold-tier format: "fp16" (raw) or "nf4"
+  bool nf4_double_quant = false;
+  void validate() const;
+  bool allows(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) const;
+};
+
+struct Config {
+  DaemonConfig daemon;
+  AccessConfig access;
+  HostTierConfig host;
+  SessionConfig session;
+  std::vector<NamespaceRule> namespaces;  // default: one rule, prefix "", any peer
+
+  void validate() const;
+  // The rule for a namespace, or nullptr when none matches (requests are then refused).
+  const NamespaceRule* rule_for(std::string_view ns) const;
+  // The effective settings as TOML (`kvtierctl config`).
+  std::string to_toml() const;
+};
+
+// Built-in defaults (no file), with paths resolved from the environment as described above.
+Config defaults();
+// Parses a TOML document; `origin` names it in error messages.  Unknown keys, wrong types,
+// bad sizes ("1GiB", "512MiB", "4096" bytes) and failed validation throw ConfigError.
+Config parse(std::string_view toml_text, const std::string& origin = "<string>");
+Config load(const std::filesystem::path& file);
+
+// "64MiB" -> 67108864; accepts B, KiB, MiB, GiB, TiB (and KB/MB/GB as powers of 1000).
+std::optional<uint64_t> parse_size(std::string_view text);
+
+}  // namespace kvtier::config

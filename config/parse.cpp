@@ -1,0 +1,302 @@
+// TOML -> Config.  Every section is read through a table of its keys, so a key missing from
+// the table is an error ("unknown key 'host.sise' at line 12 of kvtier.toml"), and every
+// value is type-checked with its dotted name and line in the message.
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <utility>
+
+#include <toml++/toml.h>
+
+#include "config/config.h"
+#include "config/config_internal.h"
+
+namespace kvtier::config {
+
+using namespace internal;
+
+namespace {
+
+const char* type_name(toml::node_type t) {
+  switch (t) {
+    case toml::node_type::table:
+      return "table";
+    case toml::node_type::array:
+      return "array";
+    case toml::node_type::string:
+      return "string";
+    case toml::node_type::integer:
+      return "integer";
+    case toml::node_type::floating_point:
+      return "float";
+    case toml::node_type::boolean:
+      return "boolean";
+    case toml::node_type::date:
+      return "date";
+    case toml::node_type::time:
+      return "time";
+    case toml::node_type::date_time:
+      return "date-time";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+// Reads one document into a Config.  Remembers the line of every key it read, so that a
+// failed validate() ("daemon.io_threads: must be in 1..64") can be pointed at its line.
+class Reader {
+ public:
+  using Handler = std::function<void(const toml::node&, const std::string& key)>;
+  using Keys = std::vector<std::pair<std::string_view, Handler>>;
+
+  explicit Reader(std::string origin) : origin_(std::move(origin)) {}
+
+  [[noreturn]] void fail(const std::string& msg, const toml::source_region& where) const {
+    throw ConfigError(msg + at(where.begin.line));
+  }
+
+  // " at line 12 of kvtier.toml", or " in kvtier.toml" when the line is unknown (0).
+  std::string at(uint32_t line) const {
+    return line != 0 ? " at line " + std::to_string(line) + " of " + origin_ : " in " + origin_;
+  }
+
+  uint32_t line_of(const std::string& key) const {
+    auto it = lines_.find(key);
+    return it == lines_.end() ? 0 : it->second;
+  }
+
+  // Dispatches each entry of `table` (named `section`, "" for the root) to its handler.
+  void read_table(const toml::table& table, const std::string& section, const Keys& keys) {
+    for (auto&& [k, node] : table) {
+      const std::string name(k.str());
+      const std::string key = section.empty() ? name : section + "." + name;
+      auto it = std::find_if(keys.begin(), keys.end(), [&](auto& e) { return e.first == name; });
+      if (it == keys.end()) {
+        const bool is_section = section.empty() && (node.is_table() || node.is_array_of_tables());
+        fail(std::string(is_section ? "unknown section '" : "unknown key '") + key + "'",
+             k.source());
+      }
+      lines_[key] = node.source().begin.line;
+      it->second(node, key);
+    }
+  }
+
+  [[noreturn]] void wrong_type(const toml::node& node, const std::string& key,
+                               std::string_view expected) const {
+    fail(key + ": expected " + std::string(expected) + ", got " + type_name(node.type()),
+         node.source());
+  }
+
+  const toml::table& table(const toml::node& node, const std::string& key) const {
+    if (!node.is_table()) wrong_type(node, key, "a table");
+    return *node.as_table();
+  }
+
+  std::string str(const toml::node& node, const std::string& key) const {
+    if (!node.is_string()) wrong_type(node, key, "a string");
+    return node.as_string()->get();
+  }
+
+  bool boolean(const toml::node& node, const std::string& key) const {
+    if (!node.is_boolean()) wrong_type(node, key, "a boolean");
+    return node.as_boolean()->get();
+  }
+
+  double number(const toml::node& node, const std::string& key) const {
+    if (node.is_integer()) return static_cast<double>(node.as_integer()->get());
+    if (!node.is_floating_point()) wrong_type(node, key, "a number");
+    return node.as_floating_point()->get();
+  }
+
+  template <typename T>
+  T integer(const toml::node& node, const std::string& key) const {
+    if (!node.is_integer()) wrong_type(node, key, "an integer");
+    const int64_t v = node.as_integer()->get();
+    const uint64_t max = std::min<uint64_t>(std::numeric_limits<T>::max(), INT64_MAX);
+    if (v < 0 || static_cast<uint64_t>(v) > max) {
+      fail(key + ": " + std::to_string(v) + " is out of range 0.." + std::to_string(max),
+           node.source());
+    }
+    return static_cast<T>(v);
+  }
+
+  // An integer number of bytes or a string parse_size() accepts.
+  uint64_t size(const toml::node& node, const std::string& key) const {
+    if (node.is_integer()) return integer<uint64_t>(node, key);
+    if (!node.is_string()) wrong_type(node, key, "a size (bytes, or a string like \"64MiB\")");
+    const std::string& text = node.as_string()->get();
+    if (auto bytes = parse_size(text)) return *bytes;
+    throw ConfigError(key + ": bad size '" + text + "'" + at(node.source().begin.line) +
+                      "; use a number of bytes or a string like \"64MiB\" (units B, KiB, MiB, "
+                      "GiB, TiB, or KB, MB, GB, TB as powers of 1000)");
+  }
+
+  // An array of uids or gids; (uid_t)-1 is refused by validate().
+  std::vector<uint32_t> ids(const toml::node& node, const std::string& key) const {
+    if (!node.is_array()) wrong_type(node, key, "an array of integers");
+    std::vector<uint32_t> out;
+    const toml::array& array = *node.as_array();
+    for (size_t i = 0; i < array.size(); ++i) {
+      out.push_back(integer<uint32_t>(array[i], key + "[" + std::to_string(i) + "]"));
+    }
+    return out;
+  }
+
+  // "0660" as a string, or a TOML octal integer (0o660); validate() checks the string.
+  std::string mode(const toml::node& node, const std::string& key) const {
+    if (node.is_string()) return node.as_string()->get();
+    const uint32_t bits = integer<uint32_t>(node, key);
+    if (bits > 0777) {
+      fail(key + ": " + std::to_string(bits) + " is not a permission mode <= 0o777 (write 0o660)",
+           node.source());
+    }
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "0%03o", bits);
+    return buf;
+  }
+
+  Codec codec(const toml::node& node, const std::string& key) const {
+    const std::string name = str(node, key);
+    if (auto c = codec_from_toml(name)) return *c;
+    fail(key + ": unknown codec '" + name + "' (expected \"fp16\" or \"nf4\")", node.source());
+  }
+
+ private:
+  std::string origin_;
+  std::map<std::string, uint32_t> lines_;  // "host.size" -> line it was set on
+};
+
+void read_daemon(Reader& r, const toml::table& t, DaemonConfig& d) {
+  r.read_table(
+      t, "daemon",
+      {{"socket", [&](auto& n, auto& k) { d.socket = r.str(n, k); }},
+       {"state_dir", [&](auto& n, auto& k) { d.state_dir = r.str(n, k); }},
+       {"shm_prefix", [&](auto& n, auto& k) { d.shm_prefix = r.str(n, k); }},
+       {"io_threads", [&](auto& n, auto& k) { d.io_threads = r.integer<uint32_t>(n, k); }},
+       {"max_message_bytes", [&](auto& n, auto& k) { d.max_message_bytes = r.size(n, k); }},
+       {"max_connections",
+        [&](auto& n, auto& k) { d.max_connections = r.integer<uint32_t>(n, k); }},
+       {"drain_timeout_ms",
+        [&](auto& n, auto& k) { d.drain_timeout_ms = r.integer<uint32_t>(n, k); }},
+       {"log_level", [&](auto& n, auto& k) { d.log_level = r.str(n, k); }}});
+}
+
+void read_access(Reader& r, const toml::table& t, AccessConfig& a) {
+  // Setting either admin list replaces the built-in {0, euid} default for both.
+  bool admin_set = false;
+  auto admins = [&](std::vector<uint32_t>& list, const toml::node& n, const std::string& k) {
+    if (!admin_set) {
+      a.admin_uids.clear();
+      a.admin_gids.clear();
+      admin_set = true;
+    }
+    list = r.ids(n, k);
+  };
+  r.read_table(t, "access",
+               {{"socket_mode", [&](auto& n, auto& k) { a.socket_mode = r.mode(n, k); }},
+                {"socket_group", [&](auto& n, auto& k) { a.socket_group = r.str(n, k); }},
+                {"admin_uids", [&](auto& n, auto& k) { admins(a.admin_uids, n, k); }},
+                {"admin_gids", [&](auto& n, auto& k) { admins(a.admin_gids, n, k); }}});
+}
+
+void read_host(Reader& r, const toml::table& t, HostTierConfig& h) {
+  r.read_table(
+      t, "host",
+      {{"size", [&](auto& n, auto& k) { h.size_bytes = r.size(n, k); }},
+       {"prefault", [&](auto& n, auto& k) { h.prefault = r.boolean(n, k); }},
+       {"small_queue_ratio", [&](auto& n, auto& k) { h.small_queue_ratio = r.number(n, k); }},
+       {"ghost_entries", [&](auto& n, auto& k) { h.ghost_entries = r.integer<uint64_t>(n, k); }}});
+}
+
+void read_session(Reader& r, const toml::table& t, SessionConfig& s) {
+  r.read_table(t, "session",
+               {{"staging_bytes", [&](auto& n, auto& k) { s.staging_bytes = r.size(n, k); }},
+                {"max_leases", [&](auto& n, auto& k) { s.max_leases = r.integer<uint32_t>(n, k); }},
+                {"max_pending_puts",
+                 [&](auto& n, auto& k) { s.max_pending_puts = r.integer<uint32_t>(n, k); }}});
+}
+
+// [[namespace]] entries replace the default catch-all rule; `namespace = []` leaves none.
+void read_namespaces(Reader& r, const toml::node& node, std::vector<NamespaceRule>& rules) {
+  if (!node.is_array()) r.wrong_type(node, "namespace", "an array of tables ([[namespace]])");
+  rules.clear();
+  const toml::array& array = *node.as_array();
+  for (size_t i = 0; i < array.size(); ++i) {
+    const std::string section = "namespace[" + std::to_string(i) + "]";
+    const toml::table& t = r.table(array[i], section);
+    NamespaceRule& rule = rules.emplace_back();
+    r.read_table(
+        t, section,
+        {{"prefix", [&](auto& n, auto& k) { rule.prefix = r.str(n, k); }},
+         {"allow_uids", [&](auto& n, auto& k) { rule.allow_uids = r.ids(n, k); }},
+         {"allow_gids", [&](auto& n, auto& k) { rule.allow_gids = r.ids(n, k); }},
+         {"codec", [&](auto& n, auto& k) { rule.codec = r.codec(n, k); }},
+         {"nf4_double_quant", [&](auto& n, auto& k) { rule.nf4_double_quant = r.boolean(n, k); }}});
+  }
+}
+
+// The dotted key a validation message starts with: "daemon.io_threads: must be ..." ->
+// "daemon.io_threads", "host.size 64 GiB does not fit" -> "host.size".
+std::string leading_key(std::string_view msg) {
+  size_t n = 0;
+  while (n < msg.size() && (std::isalnum(static_cast<unsigned char>(msg[n])) || msg[n] == '_' ||
+                            msg[n] == '.' || msg[n] == '[' || msg[n] == ']')) {
+    ++n;
+  }
+  return std::string(msg.substr(0, n));
+}
+
+}  // namespace
+
+Config parse(std::string_view toml_text, const std::string& origin) {
+  toml::table doc;
+  try {
+    doc = toml::parse(toml_text, origin);
+  } catch (const toml::parse_error& e) {
+    throw ConfigError("TOML syntax error at line " + std::to_string(e.source().begin.line) +
+                      ", column " + std::to_string(e.source().begin.column) + " of " + origin +
+                      ": " + std::string(e.description()));
+  }
+  Config cfg = defaults();
+  Reader r(origin);
+  r.read_table(doc, "",
+               {{"daemon", [&](auto& n, auto& k) { read_daemon(r, r.table(n, k), cfg.daemon); }},
+                {"access", [&](auto& n, auto& k) { read_access(r, r.table(n, k), cfg.access); }},
+                {"host", [&](auto& n, auto& k) { read_host(r, r.table(n, k), cfg.host); }},
+                {"session", [&](auto& n, auto& k) { read_session(r, r.table(n, k), cfg.session); }},
+                {"namespace", [&](auto& n, auto&) { read_namespaces(r, n, cfg.namespaces); }}});
+  try {
+    cfg.validate();
+  } catch (const ConfigError& e) {
+    // Validation knows keys, not lines: point at the line the key was set on, if it was.
+    const uint32_t line = r.line_of(leading_key(e.what()));
+    throw ConfigError(std::string(e.what()) +
+                      (line != 0 ? " (set at line " + std::to_string(line) + " of " + origin + ")"
+                                 : " (the default; not set in " + origin + ")"));
+  }
+  return cfg;
+}
+
+Config load(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    throw ConfigError("cannot read config file " + file.string() + ": " + std::strerror(errno));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) {
+    throw ConfigError("cannot read config file " + file.string() + ": " + std::strerror(errno));
+  }
+  return parse(text.str(), file.string());
+}
+
+}  // namespace kvtier::config

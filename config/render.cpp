@@ -1,0 +1,103 @@
+// Config -> TOML (`kvtierctl config`).  The output lists every key, so parse(to_toml()) gives
+// back the same Config whatever the environment's defaults are.
+
+#include <charconv>
+#include <cstdio>
+#include <sstream>
+
+#include "config/config.h"
+#include "config/config_internal.h"
+
+namespace kvtier::config {
+
+using namespace internal;
+
+namespace {
+
+// A TOML basic string: quotes, backslashes and control characters escaped.
+std::string quote(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (u < 0x20 || u == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", u);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out + '"';
+}
+
+// Shortest text that reads back as the same double, always with a '.' or exponent so that
+// TOML reads a float.
+std::string float_text(double v) {
+  char buf[32];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  std::string s(buf, ec == std::errc() ? end : buf);
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // 'n': nan/inf
+  return s;
+}
+
+std::string id_list(const std::vector<uint32_t>& ids) {
+  std::string out = "[";
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i != 0) out += ", ";
+    out += std::to_string(ids[i]);
+  }
+  return out + "]";
+}
+
+const char* boolean(bool b) {
+  return b ? "true" : "false";
+}
+
+}  // namespace
+
+std::string Config::to_toml() const {
+  std::ostringstream o;
+  o << "# kvtierd effective configuration\n";
+  if (namespaces.empty()) o << "namespace = []  # no rules: every namespace is refused\n";
+  o << "\n[daemon]\n"
+    << "socket = " << quote(daemon.socket.native()) << "\n"
+    << "state_dir = " << quote(daemon.state_dir.native()) << "\n"
+    << "shm_prefix = " << quote(daemon.shm_prefix) << "\n"
+    << "io_threads = " << daemon.io_threads << "\n"
+    << "max_message_bytes = " << toml_size(daemon.max_message_bytes) << "\n"
+    << "max_connections = " << daemon.max_connections << "\n"
+    << "drain_timeout_ms = " << daemon.drain_timeout_ms << "\n"
+    << "log_level = " << quote(daemon.log_level) << "\n";
+  o << "\n[access]\n"
+    << "socket_mode = " << quote(access.socket_mode) << "\n"
+    << "socket_group = " << quote(access.socket_group) << "\n"
+    << "admin_uids = " << id_list(access.admin_uids) << "\n"
+    << "admin_gids = " << id_list(access.admin_gids) << "\n";
+  o << "\n[host]\n"
+    << "size = " << toml_size(host.size_bytes) << "\n"
+    << "prefault = " << boolean(host.prefault) << "\n"
+    << "small_queue_ratio = " << float_text(host.small_queue_ratio) << "\n"
+    << "ghost_entries = " << host.ghost_entries << "\n";
+  o << "\n[session]\n"
+    << "staging_bytes = " << toml_size(session.staging_bytes) << "\n"
+    << "max_leases = " << session.max_leases << "\n"
+    << "max_pending_puts = " << session.max_pending_puts << "\n";
+  for (const NamespaceRule& rule : namespaces) {
+    o << "\n[[namespace]]\n"
+      << "prefix = " << quote(rule.prefix) << "\n"
+      << "allow_uids = " << id_list(rule.allow_uids) << "\n"
+      << "allow_gids = " << id_list(rule.allow_gids) << "\n"
+      << "codec = " << quote(codec_toml_name(rule.codec)) << "\n"
+      << "nf4_double_quant = " << boolean(rule.nf4_double_quant) << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace kvtier::config

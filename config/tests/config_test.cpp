@@ -1,0 +1,367 @@
+// config/: defaults, TOML parsing and its error messages, validation, namespace rules.
+
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "config/config.h"
+
+using namespace kvtier;
+using namespace kvtier::config;
+using Catch::Contains;
+
+namespace {
+
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr uint64_t kGiB = 1ull << 30;
+
+uint64_t shm_free_bytes() {
+  struct statvfs vfs {};
+  if (::statvfs("/dev/shm", &vfs) != 0) return 0;
+  return static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+}
+
+// Tests that accept the default host.size (1 GiB) need /dev/shm to hold it; small container
+// /dev/shm mounts (Docker's 64 MiB) skip them rather than fail.
+bool default_host_fits() {
+  if (shm_free_bytes() >= kGiB) return true;
+  WARN("/dev/shm has less than 1 GiB free: skipping a test that uses the default host.size");
+  return false;
+}
+
+// Sets or unsets an environment variable for one scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value != nullptr) {
+      ::setenv(name, value, 1);
+    } else {
+      ::unsetenv(name);
+    }
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      ::setenv(name_, old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+NamespaceRule rule(std::string prefix, std::vector<uid_t> uids = {}, std::vector<gid_t> gids = {}) {
+  NamespaceRule r;
+  r.prefix = std::move(prefix);
+  r.allow_uids = std::move(uids);
+  r.allow_gids = std::move(gids);
+  return r;
+}
+
+// A document that sets every key to something other than its default.  Line numbers matter
+// to no test; the host tier is small so that it fits any /dev/shm.
+constexpr const char* kFull = R"(
+[daemon]
+socket = "/tmp/kv test/\"q\".sock"
+state_dir = "/var/lib/kvtier-test"
+shm_prefix = "kvt-1"
+io_threads = 8
+max_message_bytes = "512KiB"
+max_connections = 17
+drain_timeout_ms = 250
+log_level = "debug"
+
+[access]
+socket_mode = 0o640
+socket_group = "kvusers"
+admin_uids = [1001, 1002]
+admin_gids = [27]
+
+[host]
+size = 50331648
+prefault = false
+small_queue_ratio = 0.25
+ghost_entries = 4096
+
+[session]
+staging_bytes = "2MB"
+max_leases = 9
+max_pending_puts = 3
+
+[[namespace]]
+prefix = ""
+
+[[namespace]]
+prefix = "tenant-a/"
+allow_uids = [1001]
+allow_gids = [2000, 2001]
+codec = "nf4"
+nf4_double_quant = true
+)";
+
+}  // namespace
+
+TEST_CASE("defaults: built-in values, paths from the environment", "[config]") {
+  SECTION("outside systemd") {
+    ScopedEnv rt("RUNTIME_DIRECTORY", nullptr), st("STATE_DIRECTORY", nullptr);
+    Config c = defaults();
+    CHECK(c.daemon.socket == "./var/kvtier.sock");
+    CHECK(c.daemon.state_dir == "./var/lib");
+  }
+  SECTION("under systemd") {
+    ScopedEnv rt("RUNTIME_DIRECTORY", "/run/kvtier:/run/other"),
+        st("STATE_DIRECTORY", "/var/lib/kvtier");
+    Config c = defaults();
+    CHECK(c.daemon.socket == "/run/kvtier/kvtier.sock");
+    CHECK(c.daemon.state_dir == "/var/lib/kvtier");
+  }
+  Config c = defaults();
+  CHECK(c.daemon.shm_prefix == "kvtier");
+  CHECK(c.daemon.io_threads == 2);
+  CHECK(c.daemon.max_message_bytes == 4 * kMiB);
+  CHECK(c.daemon.log_level == "info");
+  CHECK(c.access.socket_mode == "0660");
+  CHECK(c.access.admin_uids.front() == 0);
+  CHECK(std::count(c.access.admin_uids.begin(), c.access.admin_uids.end(), geteuid()) == 1);
+  CHECK(c.access.admin_uids.size() == (geteuid() == 0 ? 1u : 2u));
+  CHECK(c.access.admin_gids.empty());
+  CHECK(c.host.size_bytes == kGiB);
+  CHECK(c.session.staging_bytes == 64 * kMiB);
+  REQUIRE(c.namespaces.size() == 1);
+  CHECK(c.namespaces[0].prefix.empty());
+  CHECK(c.namespaces[0].codec == Codec::kRaw);
+  CHECK(c.namespaces[0].allows(12345, 12345, {}));
+  if (default_host_fits()) CHECK_NOTHROW(c.validate());
+}
+
+TEST_CASE("parse: an empty document gives the defaults", "[config]") {
+  if (!default_host_fits()) return;
+  CHECK(parse("").to_toml() == defaults().to_toml());
+  CHECK(parse("[daemon]\n[host]\n").to_toml() == defaults().to_toml());
+}
+
+TEST_CASE("parse: every key set, and to_toml() round trip", "[config]") {
+  Config c = parse(kFull, "full.toml");
+  CHECK(c.daemon.socket == "/tmp/kv test/\"q\".sock");
+  CHECK(c.daemon.state_dir == "/var/lib/kvtier-test");
+  CHECK(c.daemon.shm_prefix == "kvt-1");
+  CHECK(c.daemon.io_threads == 8);
+  CHECK(c.daemon.max_message_bytes == 512 * 1024);
+  CHECK(c.daemon.max_connections == 17);
+  CHECK(c.daemon.drain_timeout_ms == 250);
+  CHECK(c.daemon.log_level == "debug");
+  CHECK(c.access.socket_mode == "0640");
+  CHECK(c.access.socket_group == "kvusers");
+  CHECK(c.access.admin_uids == std::vector<uid_t>{1001, 1002});
+  CHECK(c.access.admin_gids == std::vector<gid_t>{27});
+  CHECK(c.host.size_bytes == 48 * kMiB);
+  CHECK_FALSE(c.host.prefault);
+  CHECK(c.host.small_queue_ratio == 0.25);
+  CHECK(c.host.ghost_entries == 4096);
+  CHECK(c.session.staging_bytes == 2000000);
+  CHECK(c.session.max_leases == 9);
+  CHECK(c.session.max_pending_puts == 3);
+  REQUIRE(c.namespaces.size() == 2);  // [[namespace]] replaces the default rule
+  CHECK(c.namespaces[1].prefix == "tenant-a/");
+  CHECK(c.namespaces[1].allow_uids == std::vector<uid_t>{1001});
+  CHECK(c.namespaces[1].allow_gids == std::vector<gid_t>{2000, 2001});
+  CHECK(c.namespaces[1].codec == Codec::kNf4);
+  CHECK(c.namespaces[1].nf4_double_quant);
+
+  const std::string text = c.to_toml();
+  INFO(text);
+  CHECK_THAT(text, Contains("size = \"48MiB\""));
+  const Config again = parse(text, "rendered.toml");
+  CHECK(again.to_toml() == text);
+  CHECK(again.host.small_queue_ratio == c.host.small_queue_ratio);
+  CHECK(again.daemon.socket == c.daemon.socket);
+
+  SECTION("no namespace rules survive the round trip") {
+    Config none = c;
+    none.namespaces.clear();
+    const Config back = parse(none.to_toml());
+    CHECK(back.namespaces.empty());
+    CHECK(back.rule_for("anything") == nullptr);
+  }
+}
+
+TEST_CASE("config/kvtier.toml documents the defaults", "[config]") {
+  if (!default_host_fits()) return;
+  ScopedEnv rt("RUNTIME_DIRECTORY", nullptr), st("STATE_DIRECTORY", nullptr);
+  const Config c = load(KVTIER_SOURCE_DIR "/config/kvtier.toml");
+  CHECK(c.to_toml() == defaults().to_toml());
+}
+
+TEST_CASE("parse: unknown keys and sections name the key and line", "[config]") {
+  REQUIRE_THROWS_WITH(parse("[host]\nprefault = true\nsise = 1\n", "kvtier.toml"),
+                      Contains("unknown key 'host.sise' at line 3 of kvtier.toml"));
+  REQUIRE_THROWS_WITH(parse("\n[hots]\nsize = 1\n", "kvtier.toml"),
+                      Contains("unknown section 'hots' at line 2 of kvtier.toml"));
+  REQUIRE_THROWS_WITH(parse("verbose = true\n", "x.toml"),
+                      Contains("unknown key 'verbose' at line 1 of x.toml"));
+  REQUIRE_THROWS_WITH(parse("[[namespace]]\nprefix = \"a\"\n[[namespace]]\ncodc = \"nf4\"\n"),
+                      Contains("unknown key 'namespace[1].codc' at line 4"));
+}
+
+TEST_CASE("parse: wrong types name the key, both types and the line", "[config]") {
+  REQUIRE_THROWS_WITH(parse("[host]\n\nprefault = \"yes\"\n", "kvtier.toml"),
+                      Contains("host.prefault: expected a boolean, got string at line 3"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nio_threads = 2.5\n"),
+                      Contains("daemon.io_threads: expected an integer, got float at line 2"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nio_threads = -1\n"),
+                      Contains("daemon.io_threads: -1 is out of range 0..4294967295 at line 2"));
+  REQUIRE_THROWS_WITH(parse("[access]\nadmin_uids = [0, \"root\"]\n"),
+                      Contains("access.admin_uids[1]: expected an integer, got string at line 2"));
+  REQUIRE_THROWS_WITH(parse("host = 5\n"), Contains("host: expected a table, got integer"));
+  REQUIRE_THROWS_WITH(
+      parse("[namespace]\nprefix = \"\"\n"),
+      Contains("namespace: expected an array of tables ([[namespace]]), got table"));
+  REQUIRE_THROWS_WITH(parse("[[namespace]]\ncodec = \"int8\"\n"),
+                      Contains("namespace[0].codec: unknown codec 'int8'"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nsocket = \"a\nb\"\n", "bad.toml"),
+                      Contains("TOML syntax error at line 2") && Contains("of bad.toml"));
+}
+
+TEST_CASE("parse: bad sizes", "[config]") {
+  REQUIRE_THROWS_WITH(parse("[host]\n\n\nsize = \"12QB\"\n", "kvtier.toml"),
+                      Contains("host.size: bad size '12QB' at line 4 of kvtier.toml"));
+  REQUIRE_THROWS_WITH(
+      parse("[session]\nstaging_bytes = true\n"),
+      Contains("session.staging_bytes: expected a size") && Contains("got boolean at line 2"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nmax_message_bytes = -4096\n"),
+                      Contains("daemon.max_message_bytes: -4096 is out of range"));
+}
+
+TEST_CASE("parse_size", "[config]") {
+  CHECK(parse_size("4096") == 4096u);
+  CHECK(parse_size("4096B") == 4096u);
+  CHECK(parse_size("512KiB") == 512u << 10);
+  CHECK(parse_size("64MiB") == 64ull << 20);
+  CHECK(parse_size("1GiB") == 1ull << 30);
+  CHECK(parse_size("2TiB") == 2ull << 40);
+  CHECK(parse_size("500KB") == 500000u);
+  CHECK(parse_size("3MB") == 3000000u);
+  CHECK(parse_size("2GB") == 2000000000ull);
+  CHECK(parse_size("1TB") == 1000000000000ull);
+  CHECK(parse_size(" 64 MiB ") == 64ull << 20);
+  CHECK(parse_size("0") == 0u);
+  for (const char* bad : {"", "MiB", "12QB", "-1", "1.5GiB", "64mib", "64 M", "0x10",
+                          "18446744073709551616", "16777216TiB", "1GiB extra"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_size(bad).has_value());
+  }
+}
+
+TEST_CASE("validate: range checks, with the line of the offending key", "[config]") {
+  REQUIRE_THROWS_WITH(
+      parse("[daemon]\nio_threads = 0\n", "k.toml"),
+      Contains("daemon.io_threads: must be in 1..64, got 0 (set at line 2 of k.toml)"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nio_threads = 65\n"), Contains("must be in 1..64, got 65"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nmax_message_bytes = \"2KiB\"\n"),
+                      Contains("daemon.max_message_bytes: must be in 4KiB..1GiB, got 2 KiB"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nmax_message_bytes = \"2GiB\"\n"),
+                      Contains("must be in 4KiB..1GiB, got 2 GiB"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nlog_level = \"loud\"\n"),
+                      Contains("daemon.log_level: 'loud' is not one of trace, debug, info"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nshm_prefix = \"a/b\"\n"), Contains("daemon.shm_prefix:"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nsocket = \"/" + std::string(120, 's') + "\"\n"),
+                      Contains("a Unix socket path must be shorter than 108"));
+  REQUIRE_THROWS_WITH(parse("[access]\nsocket_mode = \"0999\"\n"),
+                      Contains("access.socket_mode: '0999' is not an octal permission mode"));
+  REQUIRE_THROWS_WITH(parse("[access]\nsocket_mode = \"01777\"\n"),
+                      Contains("access.socket_mode: '01777'"));
+  REQUIRE_THROWS_WITH(parse("[access]\nsocket_mode = 0o1777\n"),
+                      Contains("access.socket_mode: 1023 is not a permission mode"));
+  REQUIRE_THROWS_WITH(parse("[session]\nstaging_bytes = \"512KiB\"\n"),
+                      Contains("session.staging_bytes: must be at least 1MiB, got 512 KiB"));
+  REQUIRE_THROWS_WITH(parse("[session]\nmax_leases = 0\n"), Contains("session.max_leases:"));
+  REQUIRE_THROWS_WITH(parse("[host]\nsize = \"8MiB\"\n[session]\nstaging_bytes = \"1MiB\"\n"),
+                      Contains("host.size: must be at least 16MiB, got 8 MiB (set at line 2"));
+  REQUIRE_THROWS_WITH(parse("[host]\nsize = \"32MiB\"\n"),
+                      Contains("session.staging_bytes: 64 MiB is larger than host.size (32 MiB)"));
+  REQUIRE_THROWS_WITH(parse("[host]\nsize = \"32MiB\"\nsmall_queue_ratio = 0.6\n[session]\n"
+                            "staging_bytes = \"1MiB\"\n"),
+                      Contains("host.small_queue_ratio: must be in (0, 0.5], got 0.6"));
+  REQUIRE_THROWS_WITH(parse("[host]\nsize = \"32MiB\"\nsmall_queue_ratio = 0\n[session]\n"
+                            "staging_bytes = \"1MiB\"\n"),
+                      Contains("host.small_queue_ratio: must be in (0, 0.5]"));
+  REQUIRE_THROWS_WITH(
+      parse("[[namespace]]\nprefix = \"a/\"\n[[namespace]]\nprefix = \"b/\"\n[[namespace]]\n"
+            "prefix = \"a/\"\n"),
+      Contains("namespace[2].prefix: duplicate prefix 'a/' (also namespace[0]) (set at line 6"));
+  REQUIRE_THROWS_WITH(parse("[[namespace]]\nnf4_double_quant = true\n"),
+                      Contains("namespace[0].nf4_double_quant: needs codec = \"nf4\""));
+}
+
+TEST_CASE("admin lists: default {0, euid} unless the file sets one", "[config]") {
+  const char* small = "[host]\nsize = \"32MiB\"\n[session]\nstaging_bytes = \"1MiB\"\n";
+  CHECK(parse(small).access.admin_uids == defaults().access.admin_uids);
+  Config c = parse(std::string(small) + "[access]\nadmin_gids = [50]\n");
+  CHECK(c.access.admin_uids.empty());
+  CHECK(c.access.admin_gids == std::vector<gid_t>{50});
+  c = parse(std::string(small) + "[access]\nadmin_uids = []\n");
+  CHECK(c.access.admin_uids.empty());
+  CHECK(c.access.admin_gids.empty());
+}
+
+TEST_CASE("rule_for: longest matching prefix", "[config]") {
+  Config c;
+  c.namespaces = {rule("llama/"), rule(""), rule("llama/70b/"), rule("qwen")};
+  CHECK(c.rule_for("llama/70b/tenant")->prefix == "llama/70b/");
+  CHECK(c.rule_for("llama/8b")->prefix == "llama/");
+  CHECK(c.rule_for("llama")->prefix == "");
+  CHECK(c.rule_for("qwen2-vl")->prefix == "qwen");
+  CHECK(c.rule_for("")->prefix == "");
+  c.namespaces.erase(c.namespaces.begin() + 1);  // no catch-all: unmatched names are refused
+  CHECK(c.rule_for("mistral") == nullptr);
+  CHECK(c.rule_for("llama/8b")->prefix == "llama/");
+}
+
+TEST_CASE("NamespaceRule::allows", "[config]") {
+  NamespaceRule open;
+  CHECK(open.allows(0, 0, {}));
+  CHECK(open.allows(4242, 4242, {1, 2}));
+
+  NamespaceRule r = rule("t/", {1001}, {2000});
+  CHECK(r.allows(1001, 100, {}));         // by uid
+  CHECK(r.allows(1500, 2000, {}));        // by primary gid
+  CHECK(r.allows(1500, 100, {7, 2000}));  // by supplementary group
+  CHECK_FALSE(r.allows(1500, 100, {7, 8}));
+  CHECK_FALSE(r.allows(0, 0, {}));  // root is not special here
+
+  NamespaceRule gids_only = rule("", {}, {2000});
+  CHECK_FALSE(gids_only.allows(1001, 100, {}));
+  CHECK(gids_only.allows(1001, 100, {2000}));
+}
+
+TEST_CASE("HostTierConfig::validate checks /dev/shm capacity", "[config]") {
+  HostTierConfig huge;
+  huge.size_bytes = 1ull << 50;  // 1 PiB
+  REQUIRE_THROWS_WITH(huge.validate("/dev/shm"),
+                      Contains("host.size 1 PiB does not fit /dev/shm (") && Contains(" total, ") &&
+                          Contains(" free); lower host.size or grow /dev/shm"));
+  HostTierConfig small;
+  small.size_bytes = 16 * kMiB;
+  if (shm_free_bytes() >= small.size_bytes) CHECK_NOTHROW(small.validate("/dev/shm"));
+  REQUIRE_THROWS_WITH(small.validate("/nonexistent/shm"),
+                      Contains("host.size: cannot check the free space of /nonexistent/shm"));
+  REQUIRE_THROWS_WITH(
+      parse("[host]\nsize = \"1024TiB\"\n"),
+      Contains("host.size 1 PiB does not fit /dev/shm") && Contains("(set at line 2"));
+}
+
+TEST_CASE("load: a missing file", "[config]") {
+  REQUIRE_THROWS_AS(load("/nonexistent/kvtier.toml"), ConfigError);
+  REQUIRE_THROWS_WITH(load("/nonexistent/kvtier.toml"),
+                      Contains("cannot read config file /nonexistent/kvtier.toml"));
+}

@@ -1,0 +1,118 @@
+#include "daemon/admin.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "common/frame.h"
+#include "common/wire.h"
+#include "daemon/server.h"
+#include "daemon/session.h"
+
+namespace kvtier {
+namespace {
+
+using Handler = void (*)(Server&, const wire::RequestMsg&, Reply&);
+
+void text(Reply& r, const nlohmann::json& j) {
+  r.set(wire::Response::TextResp, wire::CreateTextResp(r.fbb, r.fbb.CreateString(j.dump())));
+}
+
+void on_stats(Server& s, const wire::RequestMsg&, Reply& r) {
+  auto j = s.cache().stats_json();
+  j["instance"] = s.instance().hex();
+  j["pid"] = ::getpid();
+  j["started_unix_ms"] = s.started_unix_ms();
+  text(r, j);
+}
+
+void on_health(Server& s, const wire::RequestMsg&, Reply& r) {
+  using namespace std::chrono;
+  uint64_t now = duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+  auto u = s.cache().host().usage();
+  nlohmann::json j = {
+      {"status", s.state()},
+      {"version", KVTIER_VERSION},
+      {"protocol", kProtocolVersion},
+      {"pid", ::getpid()},
+      {"uptime_s", (now - s.started_unix_ms()) / 1000},
+      {"sessions", s.cache().session_count()},
+      {"tiers",
+       {{"host",
+         {{"backend", "posix-shm"},
+          {"shm", "/dev/shm/" + s.cache().host().arena().name()},
+          {"capacity_bytes", u.capacity_bytes},
+          {"used_bytes", u.used_bytes}}},
+        {"gpu", {{"backend", "none"}, {"reason", "GPU tier not built yet (issue 5)"}}},
+        {"disk", {{"backend", "none"}, {"reason", "disk tier not built yet (issue 4)"}}}}},
+  };
+  text(r, j);
+}
+
+void on_clients(Server& s, const wire::RequestMsg&, Reply& r) { text(r, s.cache().clients_json()); }
+
+void on_config(Server& s, const wire::RequestMsg&, Reply& r) {
+  text(r, nlohmann::json{{"toml", s.config().to_toml()}});
+}
+
+void on_list(Server& s, const wire::RequestMsg& msg, Reply& r) {
+  const auto* req = msg.body_as_ListReq();
+  text(r, s.cache().list_json(wire_util::str(req->namespace_()), req->limit()));
+}
+
+void on_evict(Server& s, const wire::RequestMsg& msg, Reply& r) {
+  const auto* req = msg.body_as_EvictReq();
+  std::string ns = wire_util::str(req->namespace_());
+  auto keys = wire_util::keys_from_wire(req->keys());
+  if (!req->all() && ns.empty())
+    return r.fail(error(Errc::kInvalidArgument, "evict needs a namespace, keys, or all"));
+  auto c = s.cache().evict(ns.empty() ? std::nullopt : std::optional(ns), keys, req->all());
+  r.set(wire::Response::EvictResp,
+        wire::CreateEvictResp(r.fbb, static_cast<uint32_t>(c.evicted),
+                              static_cast<uint32_t>(c.skipped_leased), c.bytes));
+}
+
+struct Command {
+  wire::Request type;
+  const char* name;
+  bool admin_only;
+  Handler handler;
+};
+
+// The admin command table (kvtierctl mirrors these names).
+constexpr Command kCommands[] = {
+    {wire::Request::StatsReq, "stats", false, on_stats},
+    {wire::Request::HealthReq, "health", false, on_health},
+    {wire::Request::ListReq, "ls", true, on_list},
+    {wire::Request::EvictReq, "evict", true, on_evict},
+    {wire::Request::ClientsReq, "clients", true, on_clients},
+    {wire::Request::ConfigReq, "config", true, on_config},
+};
+
+}  // namespace
+
+bool is_admin(const Server& server, const PeerInfo& peer) {
+  const auto& a = server.config().access;
+  auto has = [](const auto& v, auto x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+  if (has(a.admin_uids, peer.uid) || has(a.admin_gids, peer.gid)) return true;
+  for (gid_t g : peer.groups)
+    if (has(a.admin_gids, g)) return true;
+  return false;
+}
+
+void handle_admin(Server& server, const PeerInfo& peer, const wire::RequestMsg& msg, Reply& r) {
+  for (const auto& c : kCommands) {
+    if (c.type != msg.body_type()) continue;
+    if (c.admin_only && !is_admin(server, peer)) {
+      bump(server.metrics().permission_denied);
+      return r.fail(error(Errc::kPermissionDenied, std::string("'") + c.name +
+                                                       "' needs an admin uid or group (uid " +
+                                                       std::to_string(peer.uid) + ")"));
+    }
+    return c.handler(server, msg, r);
+  }
+  r.fail(error(Errc::kProtocol, "unknown admin request"));
+}
+
+}  // namespace kvtier

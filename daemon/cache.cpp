@@ -1,0 +1,243 @@
+#include "daemon/cache.h"
+
+#include <chrono>
+#include <unordered_set>
+
+namespace kvtier {
+namespace {
+
+uint64_t now_unix_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+Cache::Cache(const config::Config& config, std::unique_ptr<HostTier> host, Metrics& metrics)
+    : config_(config), metrics_(metrics), host_(std::move(host)) {}
+
+Cache::~Cache() {
+  std::vector<uint64_t> ids;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [id, s] : sessions_) ids.push_back(id);
+  }
+  for (uint64_t id : ids) close_session(id);
+}
+
+uint64_t Cache::open_session(const PeerInfo& peer) {
+  std::lock_guard lock(mu_);
+  uint64_t id = next_session_++;
+  Session& s = sessions_[id];
+  s.peer = peer;
+  s.connected_unix_ms = now_unix_ms();
+  return id;
+}
+
+void Cache::close_session(uint64_t sid) {
+  std::lock_guard lock(mu_);
+  auto it = sessions_.find(sid);
+  if (it == sessions_.end()) return;
+  for (auto& [lease, block] : it->second.leases) host_->release(block);
+  bump(metrics_.leases_reclaimed, it->second.leases.size());
+  for (auto& [put_id, put] : it->second.puts) host_->unreserve(put.extent);
+  bump(metrics_.puts_aborted, it->second.puts.size());
+  sessions_.erase(it);
+}
+
+Cache::Session* Cache::session(uint64_t sid) {
+  auto it = sessions_.find(sid);
+  return it == sessions_.end() ? nullptr : &it->second;
+}
+
+std::optional<uint32_t> Cache::find_namespace(std::string_view ns) const {
+  auto it = ns_ids_.find(std::string(ns));
+  if (it == ns_ids_.end()) return std::nullopt;
+  return it->second;
+}
+
+Result<uint32_t> Cache::resolve_namespace(std::string_view ns, const PeerInfo& peer) {
+  if (ns.empty() || ns.size() > 1024)
+    return error(Errc::kInvalidArgument, "namespace must be 1..1024 bytes");
+  const config::NamespaceRule* rule = config_.rule_for(ns);
+  if (rule == nullptr || !rule->allows(peer.uid, peer.gid, peer.groups)) {
+    bump(metrics_.permission_denied);
+    return error(Errc::kPermissionDenied,
+                 "uid " + std::to_string(peer.uid) + " gid " + std::to_string(peer.gid) +
+                     " may not use namespace '" + std::string(ns) + "'");
+  }
+  std::lock_guard lock(mu_);
+  if (auto id = find_namespace(ns)) return *id;
+  uint32_t id = static_cast<uint32_t>(ns_names_.size());
+  ns_names_.emplace_back(ns);
+  ns_rules_.push_back(rule);
+  ns_ids_.emplace(std::string(ns), id);
+  return id;
+}
+
+const config::NamespaceRule& Cache::rule_of(uint32_t ns) const {
+  std::lock_guard lock(mu_);
+  return *ns_rules_.at(ns);
+}
+
+uint32_t Cache::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
+  std::lock_guard lock(mu_);
+  uint32_t n = 0;
+  for (const auto& k : keys) {
+    if (host_->find(NsKey{ns, k}) == nullptr) break;
+    ++n;
+  }
+  bump(metrics_.lookups);
+  bump(metrics_.lookup_keys, keys.size());
+  bump(metrics_.lookup_hits, n);
+  return n;
+}
+
+Result<uint64_t> Cache::begin_put(uint64_t sid, PendingPut put) {
+  std::lock_guard lock(mu_);
+  Session* s = session(sid);
+  if (s == nullptr) return error(Errc::kUnavailable, "session closed");
+  if (s->puts.size() >= config_.session.max_pending_puts)
+    return error(Errc::kLimit, "too many unsealed puts on this connection (limit " +
+                                   std::to_string(config_.session.max_pending_puts) + ")");
+  if (host_->find(NsKey{put.ns, put.key}) != nullptr)
+    return error(Errc::kAlreadyExists, "block " + put.key.hex() + " is already cached");
+  auto ext = host_->reserve(put.stored_layout.total_bytes);
+  if (!ext) {
+    if (ext.status().code() == Errc::kNoSpace) bump(metrics_.puts_no_space);
+    return ext.status();
+  }
+  put.extent = *ext;
+  uint64_t id = s->next_id++;
+  s->puts.emplace(id, std::move(put));
+  return id;
+}
+
+Result<PendingPut> Cache::pending(uint64_t sid, uint64_t put_id) const {
+  std::lock_guard lock(mu_);
+  auto sit = sessions_.find(sid);
+  if (sit == sessions_.end()) return error(Errc::kUnavailable, "session closed");
+  auto it = sit->second.puts.find(put_id);
+  if (it == sit->second.puts.end())
+    return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
+  return it->second;
+}
+
+Status Cache::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout) {
+  std::lock_guard lock(mu_);
+  Session* s = session(sid);
+  if (s == nullptr) return error(Errc::kUnavailable, "session closed");
+  auto it = s->puts.find(put_id);
+  if (it == s->puts.end()) return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
+  PendingPut put = std::move(it->second);
+  s->puts.erase(it);
+  uint64_t raw = 0;
+  for (const auto& t : stored_layout.tensors) raw += t.raw_bytes;
+  Status st = host_->insert(NsKey{put.ns, put.key}, put.extent, std::move(stored_layout));
+  if (!st) {
+    host_->unreserve(put.extent);  // another connection sealed the same key first
+    return st;
+  }
+  bump(metrics_.puts);
+  bump(metrics_.put_bytes, raw);
+  return {};
+}
+
+Status Cache::abort_put(uint64_t sid, uint64_t put_id) {
+  std::lock_guard lock(mu_);
+  Session* s = session(sid);
+  if (s == nullptr) return error(Errc::kUnavailable, "session closed");
+  auto it = s->puts.find(put_id);
+  if (it == s->puts.end()) return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
+  host_->unreserve(it->second.extent);
+  s->puts.erase(it);
+  bump(metrics_.puts_aborted);
+  return {};
+}
+
+std::vector<LeaseGrant> Cache::get(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys) {
+  std::vector<LeaseGrant> out;
+  out.reserve(keys.size());
+  std::lock_guard lock(mu_);
+  bump(metrics_.gets);
+  Session* s = session(sid);
+  for (const auto& k : keys) {
+    LeaseGrant g;
+    g.key = k;
+    if (s == nullptr) {
+      g.code = Errc::kUnavailable;
+    } else if (s->leases.size() >= config_.session.max_leases) {
+      g.code = Errc::kLimit;
+    } else if (const BlockInfo* b = host_->acquire(NsKey{ns, k})) {
+      g.lease_id = s->next_id++;
+      g.extent = b->extent;
+      g.layout = &b->layout;
+      s->leases.emplace(g.lease_id, b);
+      s->leased_bytes += b->extent.bytes;
+      bump(metrics_.get_hits);
+    } else {
+      g.code = Errc::kNotFound;
+      bump(metrics_.get_misses);
+    }
+    out.push_back(g);
+  }
+  return out;
+}
+
+uint32_t Cache::release(uint64_t sid, std::span<const uint64_t> lease_ids) {
+  std::lock_guard lock(mu_);
+  Session* s = session(sid);
+  if (s == nullptr) return 0;
+  uint32_t n = 0;
+  for (uint64_t id : lease_ids) {
+    auto it = s->leases.find(id);
+    if (it == s->leases.end()) continue;
+    s->leased_bytes -= it->second->extent.bytes;
+    host_->release(it->second);
+    s->leases.erase(it);
+    ++n;
+  }
+  bump(metrics_.releases, n);
+  return n;
+}
+
+Cache::RemoveCount Cache::remove(uint32_t ns, std::span<const BlockKey> keys) {
+  std::lock_guard lock(mu_);
+  RemoveCount c;
+  for (const auto& k : keys) {
+    switch (host_->remove(NsKey{ns, k})) {
+      case RemoveOutcome::kRemoved: ++c.removed; break;
+      case RemoveOutcome::kDeferred: ++c.deferred; break;
+      case RemoveOutcome::kNotFound: break;
+    }
+  }
+  bump(metrics_.removes, c.removed + c.deferred);
+  return c;
+}
+
+Tier::EvictCount Cache::evict(std::optional<std::string> ns, std::span<const BlockKey> keys,
+                              bool all) {
+  std::lock_guard lock(mu_);
+  if (all) return host_->evict_matching([](const BlockInfo&) { return true; });
+  if (!ns) return {};
+  auto id = find_namespace(*ns);
+  if (!id) return {};
+  if (keys.empty())
+    return host_->evict_matching([&](const BlockInfo& b) { return b.id.ns == *id; });
+  std::unordered_set<BlockKey, BlockKeyHash> wanted(keys.begin(), keys.end());
+  return host_->evict_matching(
+      [&](const BlockInfo& b) { return b.id.ns == *id && wanted.count(b.id.key) > 0; });
+}
+
+uint64_t Cache::session_count() const {
+  std::lock_guard lock(mu_);
+  return sessions_.size();
+}
+
+uint64_t Cache::leases_of(uint64_t sid) const {
+  std::lock_guard lock(mu_);
+  auto it = sessions_.find(sid);
+  return it == sessions_.end() ? 0 : it->second.leases.size();
+}
+
+}  // namespace kvtier

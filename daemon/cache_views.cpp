@@ -1,0 +1,91 @@
+// JSON views of the cache for stats, `kvtierctl clients` and `kvtierctl ls`.
+#include "daemon/cache.h"
+
+namespace kvtier {
+
+nlohmann::json Cache::stats_json() const {
+  nlohmann::json j;
+  TierUsage u;
+  uint64_t sessions, leases = 0, pending = 0;
+  {
+    std::lock_guard lock(mu_);
+    u = host_->usage();
+    sessions = sessions_.size();
+    for (const auto& [id, s] : sessions_) {
+      leases += s.leases.size();
+      pending += s.puts.size();
+    }
+  }
+  j["tiers"]["host"] = {
+      {"capacity_bytes", u.capacity_bytes},
+      {"used_bytes", u.used_bytes},
+      {"reserved_bytes", u.reserved_bytes},
+      {"raw_bytes", u.raw_bytes},
+      {"compression_ratio", u.used_bytes ? double(u.raw_bytes) / double(u.used_bytes) : 1.0},
+      {"blocks", u.blocks},
+      {"leased_blocks", u.leased_blocks},
+      {"evictions", u.evictions},
+      {"evicted_bytes", u.evicted_bytes},
+      {"policy", "s3fifo"},
+  };
+  j["sessions"] = sessions;
+  j["leases"] = leases;
+  j["pending_puts"] = pending;
+  nlohmann::json c;
+  metrics_.visit([&](std::string_view name, std::string_view, uint64_t v) {
+    c[std::string(name)] = v;
+  });
+  j["counters"] = c;
+  return j;
+}
+
+nlohmann::json Cache::clients_json() const {
+  auto arr = nlohmann::json::array();
+  std::lock_guard lock(mu_);
+  for (const auto& [id, s] : sessions_) {
+    arr.push_back({{"session", id},
+                   {"pid", s.peer.pid},
+                   {"uid", s.peer.uid},
+                   {"gid", s.peer.gid},
+                   {"comm", s.peer.comm},
+                   {"connected_unix_ms", s.connected_unix_ms},
+                   {"leases", s.leases.size()},
+                   {"leased_bytes", s.leased_bytes},
+                   {"pending_puts", s.puts.size()}});
+  }
+  return arr;
+}
+
+nlohmann::json Cache::list_json(const std::string& ns_filter, uint32_t limit) const {
+  auto arr = nlohmann::json::array();
+  std::lock_guard lock(mu_);
+  std::optional<uint32_t> only;
+  if (!ns_filter.empty()) {
+    only = find_namespace(ns_filter);
+    if (!only) return arr;
+  }
+  host_->visit([&](const BlockInfo& b) {
+    if (only && b.id.ns != *only) return;
+    if (limit && arr.size() >= limit) return;
+    auto tensors = nlohmann::json::array();
+    for (const auto& t : b.layout.tensors) {
+      tensors.push_back({{"name", t.name},
+                         {"dtype", dtype_name(t.dtype)},
+                         {"shape", t.shape},
+                         {"codec", codec_name(t.codec)},
+                         {"bytes", t.bytes}});
+    }
+    arr.push_back({{"namespace", ns_names_.at(b.id.ns)},
+                   {"key", b.id.key.hex()},
+                   {"tier", "host"},
+                   {"bytes", b.extent.bytes},
+                   {"leases", b.leases},
+                   {"hits", b.hits},
+                   {"created_unix_ms", b.created_unix_ms},
+                   {"last_access_unix_ms", b.last_access_unix_ms},
+                   {"tensors", tensors}});
+  });
+  return arr;
+}
+
+}  // namespace kvtier

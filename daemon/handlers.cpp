@@ -1,0 +1,168 @@
+// Data-plane request handlers of a Session: hello, arenas, lookup, put, get, release, remove.
+#include <unistd.h>
+
+#include "common/frame.h"
+#include "common/wire.h"
+#include "daemon/block_codec.h"
+#include "daemon/server.h"
+#include "daemon/session.h"
+
+namespace kvtier {
+
+namespace {
+constexpr size_t kMaxKeysPerRequest = 1 << 16;
+
+Result<std::vector<BlockKey>> request_keys(const flatbuffers::Vector<const wire::Key128*>* keys) {
+  if (keys == nullptr || keys->size() == 0) return error(Errc::kInvalidArgument, "no keys given");
+  if (keys->size() > kMaxKeysPerRequest)
+    return error(Errc::kLimit, "more than 65536 keys in one request");
+  return wire_util::keys_from_wire(keys);
+}
+}  // namespace
+
+void Session::on_hello(const wire::HelloReq& req, Reply& r) {
+  if (req.protocol() != kProtocolVersion) {
+    return r.fail(error(Errc::kProtocol, "client speaks protocol " +
+                                             std::to_string(req.protocol()) + ", daemon " +
+                                             std::to_string(kProtocolVersion)));
+  }
+  auto& fbb = r.fbb;
+  const auto& arena = server_.cache().host().arena();
+  std::vector<flatbuffers::Offset<wire::ArenaInfo>> arenas = {
+      wire::CreateArenaInfo(fbb, server_.cache().host().arena_id(), arena.size())};
+  auto inst = wire_util::to_wire(server_.instance());
+  r.set(wire::Response::HelloResp,
+        wire::CreateHelloResp(fbb, kProtocolVersion, &inst, id_, fbb.CreateVector(arenas),
+                              server_.config().session.staging_bytes,
+                              server_.config().daemon.max_message_bytes));
+}
+
+void Session::on_map_arena(const wire::MapArenaReq& req, Reply& r) {
+  HostTier& host = server_.cache().host();
+  if (req.id() != host.arena_id())
+    return r.fail(error(Errc::kNotFound, "no arena " + std::to_string(req.id())));
+  auto fd = host.arena().open_readonly_fd();
+  if (!fd) return r.fail(fd.status());
+  r.fds.push_back(*fd);
+  auto info = wire::CreateArenaInfo(r.fbb, host.arena_id(), host.arena().size());
+  r.set(wire::Response::MapArenaResp, wire::CreateMapArenaResp(r.fbb, info));
+}
+
+void Session::on_lookup(const wire::LookupReq& req, Reply& r) {
+  auto ns = server_.cache().resolve_namespace(wire_util::str(req.namespace_()), peer_);
+  if (!ns) return r.fail(ns.status());
+  auto keys = request_keys(req.keys());
+  if (!keys) return r.fail(keys.status());
+  uint32_t matched = server_.cache().lookup(*ns, *keys);
+  r.set(wire::Response::LookupResp, wire::CreateLookupResp(r.fbb, matched));
+}
+
+void Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
+  Cache& cache = server_.cache();
+  auto ns = cache.resolve_namespace(wire_util::str(req.namespace_()), peer_);
+  if (!ns) return r.fail(ns.status());
+  if (req.key() == nullptr) return r.fail(error(Errc::kInvalidArgument, "put without a key"));
+  PendingPut put;
+  put.ns = *ns;
+  put.key = wire_util::from_wire(*req.key());
+  put.client_layout = wire_util::from_wire(req.layout());
+  const uint64_t staging_bytes = server_.config().session.staging_bytes;
+  if (Status st = validate_put_layout(put.client_layout, staging_bytes); !st) return r.fail(st);
+  put.stored_layout = plan_stored_layout(put.client_layout, cache.rule_of(*ns));
+
+  if (!staging_) {
+    auto s = Staging::create(staging_bytes);
+    if (!s) return r.fail(s.status());
+    staging_ = std::move(s).value();
+  }
+  auto off = staging_->allocate(put.client_layout.total_bytes);
+  if (!off) return r.fail(off.status());
+  put.staging_offset = *off;
+  auto put_id = cache.begin_put(id_, std::move(put));
+  if (!put_id) {
+    staging_->free(*off);
+    return r.fail(put_id.status());
+  }
+  bool attach = !staging_sent_;
+  if (attach) {
+    int fd = ::dup(staging_->fd());
+    if (fd < 0) {
+      (void)cache.abort_put(id_, *put_id);
+      staging_->free(*off);
+      return r.fail(error(Errc::kIo, "dup staging fd failed"));
+    }
+    r.fds.push_back(fd);
+    staging_sent_ = true;
+  }
+  r.set(wire::Response::PutBeginResp,
+        wire::CreatePutBeginResp(r.fbb, *put_id, *off, attach, staging_->size()));
+}
+
+void Session::on_seal(const wire::SealReq& req, Reply& r) {
+  Cache& cache = server_.cache();
+  auto put = cache.pending(id_, req.put_id());
+  if (!put) return r.fail(put.status());
+  // The reserved extent is this session's alone until seal or abort: copy without the lock.
+  BlockLayout stored = put->stored_layout;
+  Status st = encode_block(put->client_layout, staging_->data(put->staging_offset), stored,
+                           cache.host().data(put->extent));
+  staging_->free(put->staging_offset);
+  if (!st) {
+    (void)cache.abort_put(id_, req.put_id());
+    return r.fail(st);
+  }
+  uint64_t stored_bytes = stored.total_bytes;
+  if (Status s = cache.seal_put(id_, req.put_id(), std::move(stored)); !s) return r.fail(s);
+  r.set(wire::Response::SealResp, wire::CreateSealResp(r.fbb, stored_bytes));
+}
+
+void Session::on_abort(const wire::AbortReq& req, Reply& r) {
+  auto put = server_.cache().pending(id_, req.put_id());
+  if (!put) return r.fail(put.status());
+  staging_->free(put->staging_offset);
+  if (Status s = server_.cache().abort_put(id_, req.put_id()); !s) return r.fail(s);
+  r.set(wire::Response::AbortResp, wire::CreateAbortResp(r.fbb));
+}
+
+void Session::on_get(const wire::GetReq& req, Reply& r) {
+  auto ns = server_.cache().resolve_namespace(wire_util::str(req.namespace_()), peer_);
+  if (!ns) return r.fail(ns.status());
+  auto keys = request_keys(req.keys());
+  if (!keys) return r.fail(keys.status());
+  auto grants = server_.cache().get(id_, *ns, *keys);
+  auto& fbb = r.fbb;
+  std::vector<flatbuffers::Offset<wire::LeasedBlock>> blocks;
+  blocks.reserve(grants.size());
+  for (const auto& g : grants) {
+    auto key = wire_util::to_wire(g.key);
+    if (g.code != Errc::kOk) {
+      blocks.push_back(wire::CreateLeasedBlock(fbb, &key, static_cast<uint16_t>(g.code)));
+      continue;
+    }
+    // g.layout stays valid: this session holds the lease and only it can release it.
+    auto layout = wire_util::to_wire(fbb, *g.layout);
+    blocks.push_back(wire::CreateLeasedBlock(fbb, &key, 0, g.lease_id, g.extent.arena,
+                                             g.extent.offset, layout));
+  }
+  r.set(wire::Response::GetResp, wire::CreateGetResp(fbb, fbb.CreateVector(blocks)));
+}
+
+void Session::on_release(const wire::ReleaseReq& req, Reply& r) {
+  uint32_t n = 0;
+  if (req.lease_ids() != nullptr) {
+    std::vector<uint64_t> ids(req.lease_ids()->begin(), req.lease_ids()->end());
+    n = server_.cache().release(id_, ids);
+  }
+  r.set(wire::Response::ReleaseResp, wire::CreateReleaseResp(r.fbb, n));
+}
+
+void Session::on_remove(const wire::RemoveReq& req, Reply& r) {
+  auto ns = server_.cache().resolve_namespace(wire_util::str(req.namespace_()), peer_);
+  if (!ns) return r.fail(ns.status());
+  auto keys = request_keys(req.keys());
+  if (!keys) return r.fail(keys.status());
+  auto c = server_.cache().remove(*ns, *keys);
+  r.set(wire::Response::RemoveResp, wire::CreateRemoveResp(r.fbb, c.removed, c.deferred));
+}
+
+}  // namespace kvtier

@@ -1,0 +1,50 @@
+// Daemon counters.  Relaxed atomics bumped on the request path and read by one visitor that
+// feeds `kvtierctl stats` (and a future /metrics endpoint) alike.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string_view>
+
+namespace kvtier {
+
+#define KVTIER_METRICS(X)                                                           \
+  X(connections_total, "connections accepted")                                      \
+  X(connections_refused, "connections refused at the max_connections limit")       \
+  X(requests, "requests handled")                                                   \
+  X(errors, "requests answered with an error")                                      \
+  X(protocol_errors, "malformed, oversized or wrong-version messages")               \
+  X(permission_denied, "requests refused by namespace or admin access rules")       \
+  X(lookups, "lookup requests")                                                     \
+  X(lookup_keys, "keys asked in lookups")                                           \
+  X(lookup_hits, "keys found by lookups (the matched prefix)")                      \
+  X(puts, "puts sealed")                                                            \
+  X(put_bytes, "raw bytes sealed")                                                  \
+  X(puts_aborted, "puts aborted (explicitly or by disconnect)")                     \
+  X(puts_no_space, "puts refused for lack of space")                                \
+  X(gets, "get requests")                                                           \
+  X(get_hits, "blocks leased by gets")                                              \
+  X(get_misses, "keys not found by gets")                                           \
+  X(releases, "leases released by clients")                                         \
+  X(leases_reclaimed, "leases released because their connection closed")           \
+  X(removes, "blocks removed by clients")
+
+struct Metrics {
+#define KVTIER_METRIC_FIELD(name, help) std::atomic<uint64_t> name{0};
+  KVTIER_METRICS(KVTIER_METRIC_FIELD)
+#undef KVTIER_METRIC_FIELD
+
+  void visit(const std::function<void(std::string_view name, std::string_view help,
+                                      uint64_t value)>& fn) const {
+#define KVTIER_METRIC_VISIT(name, help) fn(#name, help, name.load(std::memory_order_relaxed));
+    KVTIER_METRICS(KVTIER_METRIC_VISIT)
+#undef KVTIER_METRIC_VISIT
+  }
+};
+
+inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) {
+  c.fetch_add(n, std::memory_order_relaxed);
+}
+
+}  // namespace kvtier

@@ -1,0 +1,192 @@
+#include "daemon/server.h"
+
+#include <grp.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <random>
+#include <stdexcept>
+#include <thread>
+
+#include "daemon/session.h"
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::use_awaitable;
+using stream = asio::local::stream_protocol;
+
+namespace kvtier {
+namespace {
+
+uint64_t now_unix_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+BlockKey random_instance() {
+  std::random_device rd;
+  auto word = [&] { return (uint64_t(rd()) << 32) | rd(); };
+  return BlockKey{word(), word()};
+}
+
+}  // namespace
+
+Server::Server(config::Config config)
+    : config_(std::move(config)),
+      instance_(random_instance()),
+      started_unix_ms_(now_unix_ms()),
+      acceptor_(io_),
+      signals_(io_, SIGTERM, SIGINT),
+      drain_timer_(io_) {
+  HostTier::Options ho;
+  ho.shm_name = config_.daemon.shm_prefix + "-host-0";
+  ho.bytes = config_.host.size_bytes;
+  ho.prefault = config_.host.prefault;
+  ho.small_ratio = config_.host.small_queue_ratio;
+  ho.ghost_entries = config_.host.ghost_entries;
+  auto host = HostTier::create(ho);
+  if (!host) throw std::runtime_error("host tier: " + host.status().message());
+  spdlog::info("host tier: {} MiB in /dev/shm/{}{}, S3-FIFO eviction", ho.bytes >> 20,
+               ho.shm_name, ho.prefault ? " (prefaulted)" : "");
+  cache_ = std::make_unique<Cache>(config_, std::move(host).value(), metrics_);
+  std::error_code ec;
+  std::filesystem::create_directories(config_.daemon.state_dir, ec);
+  if (ec)
+    throw std::runtime_error("cannot create state directory " + config_.daemon.state_dir.string() +
+                             ": " + ec.message());
+  bind_socket();
+}
+
+Server::~Server() = default;
+
+void Server::bind_socket() {
+  const auto& path = config_.daemon.socket;
+  std::error_code fec;
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), fec);
+  if (std::filesystem::exists(path)) {
+    // A live daemon answers a connect; a stale socket file from a crash does not.
+    stream::socket probe(io_);
+    boost::system::error_code ec;
+    probe.connect(stream::endpoint(path.string()), ec);
+    if (!ec) throw std::runtime_error("another kvtierd is serving " + path.string());
+    std::filesystem::remove(path, fec);
+  }
+  acceptor_.open(stream());
+  acceptor_.bind(stream::endpoint(path.string()));
+  acceptor_.listen(asio::socket_base::max_listen_connections);
+  mode_t mode = static_cast<mode_t>(std::stoul(config_.access.socket_mode, nullptr, 8));
+  if (::chmod(path.c_str(), mode) != 0)
+    throw std::runtime_error("chmod " + path.string() + ": " + std::strerror(errno));
+  if (!config_.access.socket_group.empty()) {
+    group* g = ::getgrnam(config_.access.socket_group.c_str());
+    if (g == nullptr) throw std::runtime_error("unknown group '" + config_.access.socket_group + "'");
+    if (::chown(path.c_str(), static_cast<uid_t>(-1), g->gr_gid) != 0)
+      throw std::runtime_error("chown " + path.string() + ": " + std::strerror(errno));
+  }
+  spdlog::info("listening on {} (mode {})", path.string(), config_.access.socket_mode);
+}
+
+awaitable<void> Server::accept_loop() {
+  for (;;) {
+    boost::system::error_code ec;
+    stream::socket sock = co_await acceptor_.async_accept(asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor_.is_open()) co_return;
+      spdlog::warn("accept: {}", ec.message());
+      // Out of descriptors or memory: back off instead of spinning.
+      asio::steady_timer t(io_, std::chrono::milliseconds(100));
+      co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+      continue;
+    }
+    bump(metrics_.connections_total);
+    auto peer = peer_of(sock.native_handle());
+    if (!peer) {
+      spdlog::warn("dropping connection: {}", peer.status().to_string());
+      continue;
+    }
+    std::shared_ptr<Session> session;
+    {
+      std::lock_guard lock(sessions_mu_);
+      if (sessions_.size() >= config_.daemon.max_connections) {
+        bump(metrics_.connections_refused);
+        spdlog::warn("refusing pid {}: {} connections open (daemon.max_connections)", peer->pid,
+                     sessions_.size());
+        continue;
+      }
+      session = std::make_shared<Session>(*this, std::move(sock), std::move(peer).value(),
+                                          asio::make_strand(io_));
+      sessions_.emplace(session->id(), session);
+    }
+    asio::co_spawn(session->strand(), Session::run(session), asio::detached);
+  }
+}
+
+void Server::on_session_end(uint64_t sid) {
+  std::lock_guard lock(sessions_mu_);
+  sessions_.erase(sid);
+  if (draining_ && sessions_.empty()) io_.stop();
+}
+
+void Server::begin_drain(const char* why) {
+  if (draining_.exchange(true)) return;
+  spdlog::info("{}: draining", why);
+  sd_notify(0, "STOPPING=1\nSTATUS=draining");
+  boost::system::error_code ec;
+  acceptor_.close(ec);
+  std::lock_guard lock(sessions_mu_);
+  if (sessions_.empty()) {
+    io_.stop();
+    return;
+  }
+  for (auto& [id, weak] : sessions_) {
+    if (auto s = weak.lock()) asio::post(s->strand(), [s] { s->stop_reading(); });
+  }
+  drain_timer_.expires_after(std::chrono::milliseconds(config_.daemon.drain_timeout_ms));
+  drain_timer_.async_wait([this](boost::system::error_code e) {
+    if (e) return;
+    spdlog::warn("drain timeout: closing remaining connections");
+    io_.stop();
+  });
+}
+
+void Server::stop() {
+  asio::post(io_, [this] { begin_drain("stop requested"); });
+}
+
+int Server::run() {
+  asio::co_spawn(io_, accept_loop(), [](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      spdlog::critical("accept loop failed: {}", x.what());
+    }
+  });
+  signals_.async_wait([this](boost::system::error_code ec, int sig) {
+    if (!ec) begin_drain(sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  });
+  sd_notifyf(0, "READY=1\nSTATUS=serving on %s\nMAINPID=%lu", config_.daemon.socket.c_str(),
+             static_cast<unsigned long>(::getpid()));
+  spdlog::info("kvtierd ready (pid {}, {} io threads)", ::getpid(), config_.daemon.io_threads);
+  std::vector<std::thread> threads;
+  for (uint32_t i = 1; i < config_.daemon.io_threads; ++i) threads.emplace_back([this] { io_.run(); });
+  io_.run();
+  for (auto& t : threads) t.join();
+  std::error_code ec;
+  std::filesystem::remove(config_.daemon.socket, ec);
+  spdlog::info("kvtierd stopped");
+  return 0;
+}
+
+}  // namespace kvtier

@@ -1,0 +1,68 @@
+// kvtierd's control plane: a Boost.Asio server on a Unix socket, one coroutine per connection
+// (docs/internals.md).  SIGTERM/SIGINT drain: stop accepting, let each connection finish the
+// request in flight, release what it held, then stop.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "common/keys.h"
+#include "config/config.h"
+#include "daemon/cache.h"
+#include "daemon/metrics.h"
+
+namespace kvtier {
+
+class Session;
+
+class Server {
+ public:
+  // Creates the host tier and binds the socket; throws std::runtime_error with a clear
+  // message when either fails (construction is where exceptions are allowed).
+  explicit Server(config::Config config);
+  ~Server();
+
+  // Runs until drained by a signal or stop(); returns the process exit code.
+  int run();
+  void stop();
+
+  Cache& cache() { return *cache_; }
+  Metrics& metrics() { return metrics_; }
+  const config::Config& config() const { return config_; }
+  const BlockKey& instance() const { return instance_; }
+  uint64_t started_unix_ms() const { return started_unix_ms_; }
+  const char* state() const { return draining_ ? "draining" : "serving"; }
+
+  void on_session_end(uint64_t sid);
+
+ private:
+  boost::asio::awaitable<void> accept_loop();
+  void begin_drain(const char* why);
+  void bind_socket();
+
+  // Constant after construction.
+  const config::Config config_;
+  BlockKey instance_;
+  uint64_t started_unix_ms_ = 0;
+
+  Metrics metrics_;
+  std::unique_ptr<Cache> cache_;
+  boost::asio::io_context io_;
+  boost::asio::local::stream_protocol::acceptor acceptor_;
+  boost::asio::signal_set signals_;
+  boost::asio::steady_timer drain_timer_;
+  std::atomic<bool> draining_{false};
+
+  std::mutex sessions_mu_;
+  // Guarded by sessions_mu_: live sessions, for draining.
+  std::map<uint64_t, std::weak_ptr<Session>> sessions_;
+};
+
+}  // namespace kvtier

@@ -1,0 +1,192 @@
+#include "daemon/session.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/read.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include "common/frame.h"
+#include "common/wire.h"
+#include "daemon/admin.h"
+#include "daemon/block_codec.h"
+#include "daemon/server.h"
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::use_awaitable;
+
+namespace kvtier {
+
+Session::Session(Server& server, Socket socket, PeerInfo peer, Strand strand)
+    : server_(server),
+      socket_(std::move(socket)),
+      strand_(std::move(strand)),
+      peer_(std::move(peer)),
+      id_(server.cache().open_session(peer_)) {}
+
+Session::~Session() = default;
+
+void Session::stop_reading() {
+  reading_ = false;
+  boost::system::error_code ec;
+  // The read side only: a reply being written still goes out.
+  socket_.shutdown(Socket::shutdown_receive, ec);
+}
+
+awaitable<void> Session::run(std::shared_ptr<Session> self) {
+  const uint64_t id = self->id_;
+  const PeerInfo& peer = self->peer_;
+  spdlog::debug("session {}: pid {} uid {} ({}) connected", id, peer.pid, peer.uid, peer.comm);
+  try {
+    co_await self->serve();
+  } catch (const std::exception& e) {
+    spdlog::error("session {}: closing after an unexpected error: {}", id, e.what());
+  }
+  // Whatever ended the loop (EOF, reset, drain, error), the client's leases and unsealed puts
+  // go back now.
+  boost::system::error_code ignored;
+  self->socket_.close(ignored);
+  self->server_.cache().close_session(id);
+  spdlog::debug("session {}: closed", id);
+  self->server_.on_session_end(id);
+}
+
+awaitable<void> Session::serve() {
+  const uint64_t max_len = server_.config().daemon.max_message_bytes;
+  std::array<std::byte, kFrameHeaderBytes> header;
+  std::vector<std::byte> body;
+  while (reading_) {
+    boost::system::error_code ec;
+    co_await asio::async_read(socket_, asio::buffer(header),
+                              asio::redirect_error(use_awaitable, ec));
+    if (ec) break;  // EOF, reset or shutdown: the client is gone
+    auto h = decode_header(header, max_len);
+    if (!h || h->kind != FrameKind::kRequest) {
+      // A bad header leaves the stream unframed: answer once, then close.
+      bump(server_.metrics().protocol_errors);
+      Reply r;
+      r.fail(h ? error(Errc::kProtocol, "expected a request frame") : h.status());
+      spdlog::info("session {}: closing on bad frame: {}", id_, r.status.to_string());
+      co_await send(0, r);
+      break;
+    }
+    body.resize(h->length);
+    co_await asio::async_read(socket_, asio::buffer(body), asio::redirect_error(use_awaitable, ec));
+    if (ec) break;
+    Reply r;
+    uint64_t request_id = 0;
+    if (const wire::RequestMsg* msg = wire_util::verify_request(body)) {
+      request_id = msg->id();
+      try {
+        handle(*msg, r);
+      } catch (const std::exception& e) {
+        // A bug or resource exhaustion in one request must not take the connection down.
+        spdlog::error("session {}: request failed: {}", id_, e.what());
+        r = Reply();
+        r.fail(error(Errc::kInternal, e.what()));
+      }
+    } else {
+      bump(server_.metrics().protocol_errors);
+      r.fail(error(Errc::kProtocol, "message body failed schema verification"));
+    }
+    if (!co_await send(request_id, r)) break;
+  }
+}
+
+awaitable<bool> Session::send(uint64_t request_id, Reply& r) {
+  bump(server_.metrics().requests);
+  auto& fbb = r.fbb;
+  flatbuffers::Offset<wire::ResponseMsg> msg;
+  if (r.status.is_ok()) {
+    msg = wire::CreateResponseMsg(fbb, request_id, 0, 0, r.type, r.body);
+  } else {
+    bump(server_.metrics().errors);
+    for (int fd : r.fds) ::close(fd);
+    r.fds.clear();
+    msg = wire::CreateResponseMsg(fbb, request_id, static_cast<uint16_t>(r.status.code()),
+                                  fbb.CreateString(r.status.message()));
+  }
+  fbb.Finish(msg);
+  auto body = wire_util::bytes_of(fbb);
+  auto header = encode_header({kProtocolVersion, FrameKind::kResponse,
+                               static_cast<uint32_t>(body.size())});
+  boost::system::error_code ec;
+  size_t sent = 0;
+  if (!r.fds.empty()) {
+    // Asio cannot send ancillary data: the first bytes go out with sendmsg, carrying the fds.
+    for (;;) {
+      iovec iov[2] = {{header.data(), header.size()},
+                      {const_cast<std::byte*>(body.data()), body.size()}};
+      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
+      msghdr m{};
+      m.msg_iov = iov;
+      m.msg_iovlen = 2;
+      m.msg_control = cbuf;
+      m.msg_controllen = CMSG_SPACE(sizeof(int) * r.fds.size());
+      cmsghdr* c = CMSG_FIRSTHDR(&m);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * r.fds.size());
+      std::memcpy(CMSG_DATA(c), r.fds.data(), sizeof(int) * r.fds.size());
+      ssize_t n = ::sendmsg(socket_.native_handle(), &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0) {
+        sent = static_cast<size_t>(n);
+        break;
+      }
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        sent = SIZE_MAX;
+        break;
+      }
+      co_await socket_.async_wait(Socket::wait_write, asio::redirect_error(use_awaitable, ec));
+      if (ec) break;
+    }
+    for (int fd : r.fds) ::close(fd);
+    r.fds.clear();
+    if (ec || sent == SIZE_MAX) co_return false;
+  }
+  std::array<asio::const_buffer, 2> bufs;
+  if (sent < header.size()) {
+    bufs = {asio::buffer(header.data() + sent, header.size() - sent),
+            asio::buffer(body.data(), body.size())};
+  } else {
+    size_t off = sent - header.size();
+    bufs = {asio::const_buffer(), asio::buffer(body.data() + off, body.size() - off)};
+  }
+  co_await asio::async_write(socket_, bufs, asio::redirect_error(use_awaitable, ec));
+  co_return !ec;
+}
+
+void Session::handle(const wire::RequestMsg& msg, Reply& r) {
+  using R = wire::Request;
+  switch (msg.body_type()) {
+    case R::HelloReq: return on_hello(*msg.body_as_HelloReq(), r);
+    case R::MapArenaReq: return on_map_arena(*msg.body_as_MapArenaReq(), r);
+    case R::LookupReq: return on_lookup(*msg.body_as_LookupReq(), r);
+    case R::PutBeginReq: return on_put_begin(*msg.body_as_PutBeginReq(), r);
+    case R::SealReq: return on_seal(*msg.body_as_SealReq(), r);
+    case R::AbortReq: return on_abort(*msg.body_as_AbortReq(), r);
+    case R::GetReq: return on_get(*msg.body_as_GetReq(), r);
+    case R::ReleaseReq: return on_release(*msg.body_as_ReleaseReq(), r);
+    case R::RemoveReq: return on_remove(*msg.body_as_RemoveReq(), r);
+    case R::StatsReq:
+    case R::EvictReq:
+    case R::ListReq:
+    case R::ClientsReq:
+    case R::HealthReq:
+    case R::ConfigReq: return on_admin(msg, r);
+    case R::NONE: break;
+  }
+  r.fail(error(Errc::kProtocol, "unknown or missing request type"));
+}
+
+void Session::on_admin(const wire::RequestMsg& msg, Reply& r) {
+  handle_admin(server_, peer_, msg, r);
+}
+
+}  // namespace kvtier

@@ -1,0 +1,83 @@
+// One client connection, served by one coroutine: read a frame, verify it, handle it, reply.
+// Requests on a connection are handled in order; the coroutine runs on the session's strand,
+// so nothing else touches its socket, staging area or state concurrently.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <flatbuffers/flatbuffers.h>
+
+#include <memory>
+#include <vector>
+
+#include "common/protocol_generated.h"
+#include "common/status.h"
+#include "daemon/peer.h"
+#include "daemon/staging.h"
+
+namespace kvtier {
+
+class Server;
+
+// A reply under construction: a body in the builder, or an error status; descriptors to pass.
+struct Reply {
+  Reply() = default;
+  Reply& operator=(Reply&&) = default;
+  flatbuffers::FlatBufferBuilder fbb{1024};
+  wire::Response type = wire::Response::NONE;
+  flatbuffers::Offset<void> body;
+  Status status;
+  std::vector<int> fds;  // sent with the reply, then closed
+
+  template <typename T>
+  void set(wire::Response t, flatbuffers::Offset<T> b) {
+    type = t;
+    body = b.Union();
+  }
+  void fail(Status s) { status = std::move(s); }
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  using Socket = boost::asio::local::stream_protocol::socket;
+  using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
+  Session(Server& server, Socket socket, PeerInfo peer, Strand strand);
+  ~Session();
+
+  // The connection's coroutine; `self` (this session) keeps it alive until the client is gone.
+  static boost::asio::awaitable<void> run(std::shared_ptr<Session> self);
+  const Strand& strand() const { return strand_; }
+  // Drain: stop reading after the request in flight.  Must run on the session's strand.
+  void stop_reading();
+  uint64_t id() const { return id_; }
+  const PeerInfo& peer() const { return peer_; }
+
+ private:
+  boost::asio::awaitable<void> serve();  // the request loop; returns when the client is gone
+  void handle(const wire::RequestMsg& msg, Reply& reply);
+  void on_hello(const wire::HelloReq& req, Reply& r);
+  void on_map_arena(const wire::MapArenaReq& req, Reply& r);
+  void on_lookup(const wire::LookupReq& req, Reply& r);
+  void on_put_begin(const wire::PutBeginReq& req, Reply& r);
+  void on_seal(const wire::SealReq& req, Reply& r);
+  void on_abort(const wire::AbortReq& req, Reply& r);
+  void on_get(const wire::GetReq& req, Reply& r);
+  void on_release(const wire::ReleaseReq& req, Reply& r);
+  void on_remove(const wire::RemoveReq& req, Reply& r);
+  void on_admin(const wire::RequestMsg& msg, Reply& r);
+  boost::asio::awaitable<bool> send(uint64_t request_id, Reply& reply);
+
+  Server& server_;
+  Socket socket_;
+  const Strand strand_;
+  const PeerInfo peer_;
+  const uint64_t id_;
+  std::unique_ptr<Staging> staging_;  // created at the first put
+  bool staging_sent_ = false;
+  bool reading_ = true;
+};
+
+}  // namespace kvtier

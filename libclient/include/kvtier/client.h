@@ -1,0 +1,146 @@
+// libkvtier: the C++ client API of the kvtier cache daemon.
+//
+//   auto client = kvtier::Client::connect();            // $KVTIER_SOCKET or the default path
+//   auto keys = kvtier::chain_keys("llama3-8b/fp16/v1/tenantA", tokens, 256);
+//   uint32_t cached = client->lookup(ns, keys).value(); // longest cached prefix, one round trip
+//   auto lease = client->get(ns, {keys.data(), cached}).value();
+//   const kvtier::TensorView* k = lease.block(0).tensor("k");   // zero-copy, read-only
+//
+// A Client is one connection; its calls are serialised by an internal mutex, so it may be
+// shared between threads.  Leases pin their blocks in the daemon until released (explicitly,
+// by destruction, or when the connection closes).  Tensor data stays mapped for the life of
+// the Lease even if the Client or the daemon goes away first.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvtier/keys.h"
+#include "kvtier/status.h"
+#include "kvtier/types.h"
+
+namespace kvtier {
+
+// A tensor to store: contiguous row-major data of `dtype` and `shape`.
+struct TensorIn {
+  std::string name;
+  DType dtype = DType::kF16;
+  std::vector<uint64_t> shape;
+  const void* data = nullptr;
+  // For namespaces stored as NF4: kColumnBlocks quantizes per channel (use it for keys).
+  Nf4Layout nf4_layout = Nf4Layout::kRowBlocks;
+};
+
+// A read-only view of one stored tensor inside a leased block.
+struct TensorView {
+  std::string name;
+  DType dtype = DType::kF16;
+  std::vector<uint64_t> shape;
+  std::vector<int64_t> strides;  // elements; empty = contiguous row-major
+  Codec codec = Codec::kRaw;
+  Nf4Layout nf4_layout = Nf4Layout::kRowBlocks;
+  const std::byte* data = nullptr;  // stored bytes (NF4-encoded when codec is kNf4)
+  uint64_t bytes = 0;               // stored bytes
+  uint64_t raw_bytes = 0;           // bytes once decoded
+  uint64_t checksum = 0;            // XXH3-64 of the stored bytes
+
+  // Recomputes the checksum of the mapped bytes.
+  bool verify() const;
+};
+
+struct LeasedBlock {
+  BlockKey key;
+  Errc code = Errc::kOk;  // kNotFound when the key was not cached
+  std::vector<TensorView> tensors;
+  const TensorView* tensor(std::string_view name) const;
+  bool found() const { return code == Errc::kOk; }
+};
+
+class Client;
+
+// Zero-copy access to a batch of blocks.  Move-only; releases on destruction.
+class Lease {
+ public:
+  Lease() = default;
+  Lease(Lease&&) noexcept;
+  Lease& operator=(Lease&&) noexcept;
+  ~Lease();
+
+  size_t size() const { return blocks_.size(); }
+  const LeasedBlock& block(size_t i) const { return blocks_.at(i); }
+  const std::vector<LeasedBlock>& blocks() const { return blocks_; }
+  size_t found() const;
+  // Gives the blocks back to the daemon; the views are invalid afterwards.
+  Status release();
+
+ private:
+  friend class Client;
+  struct State;
+  std::shared_ptr<State> state_;
+  std::vector<LeasedBlock> blocks_;
+};
+
+struct RemoveCount {
+  uint32_t removed = 0;
+  uint32_t deferred = 0;  // leased now; freed when the last lease is released
+};
+
+struct EvictCount {
+  uint32_t evicted = 0;
+  uint32_t skipped_leased = 0;
+  uint64_t bytes = 0;
+};
+
+struct ClientOptions {
+  // Socket path; empty = $KVTIER_SOCKET, else the default (./var/kvtier.sock, then
+  // /run/kvtier/kvtier.sock).
+  std::string socket;
+  std::string name;            // shown by `kvtierctl clients`
+  uint32_t timeout_ms = 30000; // per request
+};
+
+class Client {
+ public:
+  static Result<std::unique_ptr<Client>> connect(ClientOptions options = {});
+  static Result<std::unique_ptr<Client>> connect(const std::string& socket) {
+    ClientOptions o;
+    o.socket = socket;
+    return connect(o);
+  }
+  ~Client();
+
+  // Number of leading keys cached (the longest cached prefix of a chain).
+  Result<uint32_t> lookup(std::string_view ns, std::span<const BlockKey> keys);
+  // Stores one block.  kAlreadyExists when the key is cached (blocks are immutable).
+  Status put(std::string_view ns, const BlockKey& key, std::span<const TensorIn> tensors);
+  // Leases a batch; keys that are not cached come back with found() == false.
+  Result<Lease> get(std::string_view ns, std::span<const BlockKey> keys);
+  Result<RemoveCount> remove(std::string_view ns, std::span<const BlockKey> keys);
+
+  // JSON documents (docs/operations.md).  health and stats need no admin rights.
+  Result<std::string> stats_json();
+  Result<std::string> health_json();
+  // Admin (uid/gid in access.admin_*):
+  Result<std::string> clients_json();
+  Result<std::string> config_json();  // {"toml": "<effective settings>"}
+  Result<std::string> list_json(std::string_view ns = {}, uint32_t limit = 0);
+  Result<EvictCount> evict(std::string_view ns, std::span<const BlockKey> keys, bool all);
+
+  uint64_t session_id() const;
+  const std::string& socket_path() const;
+
+  struct Impl;
+
+ private:
+  explicit Client(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+// The socket a client connects to when none is given.
+std::string default_socket_path();
+
+}  // namespace kvtier

@@ -1,0 +1,86 @@
+/* libkvtier C ABI.  Every function returns 0 on success or a kvtier error code (the values
+ * of kvtier::Errc, see docs/protocol.md); kvtier_last_error() then describes the failure for
+ * the calling thread.  Handles are opaque; a kvtier_client may be used from several threads.
+ * Tensor data of a lease is read-only and valid until kvtier_lease_release(). */
+#ifndef KVTIER_KVTIER_H
+#define KVTIER_KVTIER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kvtier_client kvtier_client;
+typedef struct kvtier_lease kvtier_lease;
+
+typedef struct {
+  uint64_t lo;
+  uint64_t hi;
+} kvtier_key;
+
+enum { KVTIER_OK = 0, KVTIER_E_NOT_FOUND = 2, KVTIER_E_NO_SPACE = 3, KVTIER_E_EXISTS = 7 };
+enum { KVTIER_U8 = 0, KVTIER_F16 = 1, KVTIER_BF16 = 2, KVTIER_F32 = 3, KVTIER_I32 = 4, KVTIER_I64 = 5 };
+enum { KVTIER_CODEC_RAW = 0, KVTIER_CODEC_NF4 = 1 };
+enum { KVTIER_NF4_ROW_BLOCKS = 0, KVTIER_NF4_COLUMN_BLOCKS = 1 };
+
+typedef struct {
+  const char* name;
+  int dtype;               /* KVTIER_F16, ... */
+  size_t rank;
+  const uint64_t* shape;
+  const void* data;        /* contiguous row-major */
+  int nf4_layout;          /* KVTIER_NF4_COLUMN_BLOCKS for keys in NF4 namespaces */
+} kvtier_tensor_in;
+
+typedef struct {
+  const char* name;        /* valid while the lease is held */
+  int dtype;
+  int codec;               /* KVTIER_CODEC_RAW or KVTIER_CODEC_NF4 */
+  int nf4_layout;
+  size_t rank;
+  const uint64_t* shape;
+  const void* data;        /* read-only, in the daemon's shared arena */
+  uint64_t bytes;          /* stored bytes */
+  uint64_t raw_bytes;      /* bytes once decoded */
+  uint64_t checksum;       /* XXH3-64 of the stored bytes */
+} kvtier_tensor_view;
+
+const char* kvtier_last_error(void);
+const char* kvtier_version(void);
+
+/* socket may be NULL: $KVTIER_SOCKET, else the default path. */
+int kvtier_connect(const char* socket, kvtier_client** out);
+void kvtier_disconnect(kvtier_client* client);
+
+/* Writes at most `capacity` keys of the complete chunks of `tokens`; *count gets the total. */
+int kvtier_chain_keys(const char* ns, const uint32_t* tokens, size_t n_tokens, size_t chunk_tokens,
+                      kvtier_key* keys, size_t capacity, size_t* count);
+
+int kvtier_lookup(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
+                  uint32_t* matched);
+int kvtier_put(kvtier_client* c, const char* ns, kvtier_key key, const kvtier_tensor_in* tensors,
+               size_t n_tensors);
+int kvtier_get(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
+               kvtier_lease** out);
+int kvtier_remove(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
+                  uint32_t* removed);
+/* *json is malloc'ed; free it with kvtier_free(). */
+int kvtier_stats_json(kvtier_client* c, char** json);
+void kvtier_free(void* p);
+
+size_t kvtier_lease_blocks(const kvtier_lease* lease);
+/* 0 when block i was found, KVTIER_E_NOT_FOUND otherwise. */
+int kvtier_lease_block_status(const kvtier_lease* lease, size_t block);
+size_t kvtier_lease_tensor_count(const kvtier_lease* lease, size_t block);
+int kvtier_lease_tensor(const kvtier_lease* lease, size_t block, size_t tensor,
+                        kvtier_tensor_view* out);
+/* Releases the blocks and frees the handle. */
+int kvtier_lease_release(kvtier_lease* lease);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVTIER_KVTIER_H */

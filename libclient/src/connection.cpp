@@ -1,0 +1,154 @@
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/frame.h"
+#include "common/wire.h"
+#include "libclient/src/impl.h"
+
+namespace kvtier {
+namespace {
+
+// Process-wide: (daemon instance, arena id) -> mapping, so each arena is mapped once.
+std::mutex g_arenas_mu;
+std::map<std::pair<BlockKey, uint32_t>, std::weak_ptr<ArenaMapping>> g_arenas;
+
+}  // namespace
+
+ArenaMapping::~ArenaMapping() {
+  if (base != nullptr) ::munmap(const_cast<std::byte*>(base), size);
+}
+
+Response::~Response() {
+  for (int fd : fds) ::close(fd);
+}
+
+int Response::take_fd() {
+  if (fds.empty()) return -1;
+  int fd = fds.front();
+  fds.erase(fds.begin());
+  return fd;
+}
+
+Client::Impl::~Impl() {
+  if (staging != nullptr) ::munmap(staging, staging_bytes);
+  if (fd >= 0) ::close(fd);
+}
+
+Result<std::unique_ptr<Response>> Client::Impl::call(flatbuffers::FlatBufferBuilder& fbb,
+                                                     wire::Request type,
+                                                     flatbuffers::Offset<void> body) {
+  if (fd < 0) return error(Errc::kUnavailable, "not connected");
+  const uint64_t id = next_id++;
+  fbb.Finish(wire::CreateRequestMsg(fbb, id, type, body));
+  auto bytes = wire_util::bytes_of(fbb);
+  if (max_message_bytes && bytes.size() > max_message_bytes)
+    return error(Errc::kLimit, "request of " + std::to_string(bytes.size()) +
+                                   " bytes exceeds the daemon's limit of " +
+                                   std::to_string(max_message_bytes));
+  auto header =
+      encode_header({kProtocolVersion, FrameKind::kRequest, static_cast<uint32_t>(bytes.size())});
+  // A transport failure leaves the stream unframed: the connection is unusable afterwards.
+  auto broken = [this](Status st) {
+    ::close(fd);
+    fd = -1;
+    return st;
+  };
+  if (Status st = send_all(fd, header, bytes); !st) return broken(st);
+
+  auto resp = std::make_unique<Response>();
+  std::array<std::byte, kFrameHeaderBytes> rh;
+  if (Status st = recv_all(fd, rh, resp->fds); !st) return broken(st);
+  auto h = decode_header(rh, 1ull << 31);
+  if (!h) return broken(h.status());
+  if (h->kind != FrameKind::kResponse)
+    return broken(error(Errc::kProtocol, "expected a response frame"));
+  resp->body.resize(h->length);
+  if (Status st = recv_all(fd, resp->body, resp->fds); !st) return broken(st);
+  resp->msg = wire_util::verify_response(resp->body);
+  if (resp->msg == nullptr) return error(Errc::kProtocol, "reply failed schema verification");
+  if (resp->msg->code() != 0)
+    return error(static_cast<Errc>(resp->msg->code()), wire_util::str(resp->msg->message()));
+  if (resp->msg->id() != id) return error(Errc::kProtocol, "reply to another request");
+  return resp;
+}
+
+Result<std::shared_ptr<ArenaMapping>> Client::Impl::arena(uint32_t id) {
+  if (auto it = arenas.find(id); it != arenas.end()) return it->second;
+  {
+    std::lock_guard lock(g_arenas_mu);
+    if (auto it = g_arenas.find({instance, id}); it != g_arenas.end()) {
+      if (auto m = it->second.lock()) return arenas[id] = m;
+    }
+  }
+  flatbuffers::FlatBufferBuilder fbb;
+  auto resp = call(fbb, wire::Request::MapArenaReq, wire::CreateMapArenaReq(fbb, id).Union());
+  if (!resp) return resp.status();
+  const auto* body = (*resp)->msg->body_as_MapArenaResp();
+  int afd = (*resp)->take_fd();
+  if (body == nullptr || body->arena() == nullptr || afd < 0) {
+    if (afd >= 0) ::close(afd);
+    return error(Errc::kProtocol, "arena reply without a descriptor");
+  }
+  uint64_t size = body->arena()->bytes();
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, afd, 0);
+  int e = errno;
+  ::close(afd);
+  if (p == MAP_FAILED) return error(Errc::kIo, std::string("mmap arena: ") + std::strerror(e));
+  auto m = std::make_shared<ArenaMapping>();
+  m->base = static_cast<const std::byte*>(p);
+  m->size = size;
+  std::lock_guard lock(g_arenas_mu);
+  auto& slot = g_arenas[{instance, id}];
+  if (auto existing = slot.lock()) return arenas[id] = existing;  // another thread won
+  slot = m;
+  return arenas[id] = m;
+}
+
+std::string default_socket_path() {
+  if (const char* env = std::getenv("KVTIER_SOCKET"); env && *env) return env;
+  if (::access("./var/kvtier.sock", F_OK) == 0) return "./var/kvtier.sock";
+  return "/run/kvtier/kvtier.sock";
+}
+
+Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
+  auto impl = std::make_shared<Impl>();
+  impl->socket_path = options.socket.empty() ? default_socket_path() : options.socket;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (impl->socket_path.size() >= sizeof(addr.sun_path))
+    return error(Errc::kInvalidArgument, "socket path too long: " + impl->socket_path);
+  std::memcpy(addr.sun_path, impl->socket_path.c_str(), impl->socket_path.size() + 1);
+  impl->fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (impl->fd < 0) return error(Errc::kIo, std::string("socket: ") + std::strerror(errno));
+  if (::connect(impl->fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    int e = errno;
+    return error(e == EACCES ? Errc::kPermissionDenied : Errc::kUnavailable,
+                 "cannot connect to kvtierd at " + impl->socket_path + ": " + std::strerror(e));
+  }
+  if (options.timeout_ms) {
+    timeval tv{static_cast<time_t>(options.timeout_ms / 1000),
+               static_cast<suseconds_t>((options.timeout_ms % 1000) * 1000)};
+    ::setsockopt(impl->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ::setsockopt(impl->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  }
+  flatbuffers::FlatBufferBuilder fbb;
+  auto hello = wire::CreateHelloReq(fbb, kProtocolVersion, static_cast<uint32_t>(::getpid()),
+                                    fbb.CreateString(options.name));
+  auto resp = impl->call(fbb, wire::Request::HelloReq, hello.Union());
+  if (!resp) return resp.status();
+  const auto* h = (*resp)->msg->body_as_HelloResp();
+  if (h == nullptr || h->instance() == nullptr) return error(Errc::kProtocol, "bad hello reply");
+  impl->session_id = h->session_id();
+  impl->instance = wire_util::from_wire(*h->instance());
+  impl->max_message_bytes = h->max_message_bytes();
+  if (h->arenas())
+    for (const auto* a : *h->arenas()) impl->arena_sizes[a->id()] = a->bytes();
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+}  // namespace kvtier

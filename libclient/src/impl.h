@@ -1,0 +1,57 @@
+// libkvtier internals: one connection to the daemon and the process-wide arena mappings.
+#pragma once
+
+#include <flatbuffers/flatbuffers.h>
+
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/protocol_generated.h"
+#include "kvtier/client.h"
+
+namespace kvtier {
+
+// A read-only mapping of one daemon arena, shared by every connection of this process to
+// the same daemon instance (an arena is mapped once per process).  Unmapped when the last
+// Lease and connection referring to it are gone.
+struct ArenaMapping {
+  const std::byte* base = nullptr;
+  uint64_t size = 0;
+  ~ArenaMapping();
+};
+
+// A reply: the verified message and the buffer it lives in, plus any descriptors received.
+struct Response {
+  std::vector<std::byte> body;
+  const wire::ResponseMsg* msg = nullptr;
+  std::vector<int> fds;  // owned: closed by ~Response unless taken
+  ~Response();
+  int take_fd();
+};
+
+struct Client::Impl {
+  std::mutex mu;  // one request at a time on the socket
+  int fd = -1;
+  std::string socket_path;
+  uint64_t next_id = 1;
+  uint64_t session_id = 0;
+  BlockKey instance;
+  uint64_t max_message_bytes = 0;
+  std::map<uint32_t, uint64_t> arena_sizes;
+  std::map<uint32_t, std::shared_ptr<ArenaMapping>> arenas;  // guarded by mu
+  std::byte* staging = nullptr;  // read-write mapping of this connection's staging memfd
+  uint64_t staging_bytes = 0;
+
+  ~Impl();
+  // Sends one request and waits for its reply; an error reply becomes its Status.
+  // Requires mu held.
+  Result<std::unique_ptr<Response>> call(flatbuffers::FlatBufferBuilder& fbb, wire::Request type,
+                                         flatbuffers::Offset<void> body);
+  Result<std::shared_ptr<ArenaMapping>> arena(uint32_t id);  // requires mu
+};
+
+}  // namespace kvtier

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs every native dependency kvtier builds against, from Debian 12's packages.
+# Idempotent: skips apt entirely when everything is already there.
+set -euo pipefail
+pkgs=(
+  build-essential cmake pkg-config git
+  libboost-dev libboost-system-dev
+  libflatbuffers-dev flatbuffers-compiler
+  libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
+  catch2 libsystemd-dev systemd
+  liburing-dev libzstd-dev liblmdb-dev libxxhash-dev
+  libhiredis-dev redis-server
+  clang-format
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

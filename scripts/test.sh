@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Second README command: install, build and run every test, then the same suite under ASan+UBSan.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/build.sh build
+(cd build && ctest --output-on-failure -j2 --timeout 300)
+if [ "${KVTIER_SKIP_SANITIZERS:-0}" != 1 ]; then
+  KVTIER_BUILD_TYPE=Debug scripts/build.sh build-asan -DKVTIER_SANITIZE=ON -DKVTIER_BENCH=OFF
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+     ctest --output-on-failure -j2 --timeout 600 -LE nosan)
+fi
+if command -v clang-format >/dev/null; then
+  files=$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh' 2>/dev/null || true)
+  [ -z "$files" ] || clang-format --dry-run --Werror $files
+  echo "clang-format: clean"
+fi
