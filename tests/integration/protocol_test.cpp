@@ -1,0 +1,212 @@
+// Hostile input on the socket: the daemon answers with an error or closes that connection,
+// and keeps serving everyone else.
+#include <catch2/catch.hpp>
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+
+#include "common/frame.h"
+#include "common/wire.h"
+#include "kvtier/client.h"
+#include "tests/testing/blocks.h"
+#include "tests/testing/daemon.h"
+
+using namespace kvtier;
+using kvtier::testing::Daemon;
+
+namespace {
+
+int raw_connect(const Daemon& d) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, d.socket().c_str(), sizeof(addr.sun_path) - 1);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+void send_bytes(int fd, const void* p, size_t n) {
+  REQUIRE(::send(fd, p, n, MSG_NOSIGNAL) == static_cast<ssize_t>(n));
+}
+
+// Reads one reply; returns its error code, or nullopt when the daemon closed the connection.
+std::optional<Errc> read_reply(int fd) {
+  std::array<std::byte, kFrameHeaderBytes> h;
+  std::vector<int> fds;
+  if (!recv_all(fd, h, fds)) return std::nullopt;
+  auto hdr = decode_header(h, 1 << 30);
+  REQUIRE(hdr.is_ok());
+  std::vector<std::byte> body(hdr->length);
+  REQUIRE(recv_all(fd, body, fds).is_ok());
+  const auto* msg = wire_util::verify_response(body);
+  REQUIRE(msg != nullptr);
+  return static_cast<Errc>(msg->code());
+}
+
+// EOF, or a reset when the daemon closed with our junk still unread in its buffer.
+bool closed_by_daemon(int fd) {
+  char c;
+  ssize_t n = ::recv(fd, &c, 1, 0);
+  return n == 0 || (n < 0 && errno == ECONNRESET);
+}
+
+void daemon_still_serves(const Daemon& d) {
+  auto c = Client::connect(d.socket());
+  REQUIRE(c.is_ok());
+  auto keys = chain_keys("ns", std::vector<uint32_t>(16, 7), 16);
+  kvtier::testing::KvBlock b(keys[0], 8);
+  Status st = (*c)->put("ns", keys[0], b.tensors);
+  CHECK((st.is_ok() || st.code() == Errc::kAlreadyExists));
+  CHECK((*c)->lookup("ns", keys).value() == 1);
+}
+
+std::vector<std::byte> frame_of(flatbuffers::FlatBufferBuilder& fbb, uint16_t version = 1) {
+  auto body = wire_util::bytes_of(fbb);
+  auto h = encode_header({version, FrameKind::kRequest, static_cast<uint32_t>(body.size())});
+  std::vector<std::byte> out(h.begin(), h.end());
+  out.insert(out.end(), body.begin(), body.end());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("garbage bytes: error reply, connection closed, daemon serving") {
+  Daemon d;
+  int fd = raw_connect(d);
+  const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  send_bytes(fd, junk, sizeof(junk));
+  CHECK(read_reply(fd) == Errc::kProtocol);
+  CHECK(closed_by_daemon(fd));
+  ::close(fd);
+  daemon_still_serves(d);
+}
+
+TEST_CASE("wrong protocol version: error reply naming the versions") {
+  Daemon d;
+  int fd = raw_connect(d);
+  flatbuffers::FlatBufferBuilder fbb;
+  fbb.Finish(wire::CreateRequestMsg(fbb, 1, wire::Request::StatsReq,
+                                    wire::CreateStatsReq(fbb).Union()));
+  auto f = frame_of(fbb, 7);
+  send_bytes(fd, f.data(), f.size());
+  CHECK(read_reply(fd) == Errc::kProtocol);
+  CHECK(closed_by_daemon(fd));
+  ::close(fd);
+  daemon_still_serves(d);
+}
+
+TEST_CASE("oversized frame header: refused before reading the body") {
+  Daemon d;
+  int fd = raw_connect(d);
+  auto h = encode_header({kProtocolVersion, FrameKind::kRequest, 1u << 30});
+  send_bytes(fd, h.data(), h.size());
+  CHECK(read_reply(fd) == Errc::kLimit);
+  CHECK(closed_by_daemon(fd));
+  ::close(fd);
+  daemon_still_serves(d);
+}
+
+TEST_CASE("truncated message then hang-up: the daemon drops the connection") {
+  Daemon d;
+  int fd = raw_connect(d);
+  auto h = encode_header({kProtocolVersion, FrameKind::kRequest, 1000});
+  send_bytes(fd, h.data(), h.size());
+  send_bytes(fd, "abc", 3);
+  ::close(fd);
+  daemon_still_serves(d);
+}
+
+TEST_CASE("a body that fails verification gets an error and the connection stays usable") {
+  Daemon d;
+  int fd = raw_connect(d);
+  std::vector<std::byte> body(256);
+  std::mt19937 rng(42);
+  for (auto& b : body) b = std::byte(rng());
+  auto h = encode_header({kProtocolVersion, FrameKind::kRequest, 256});
+  send_bytes(fd, h.data(), h.size());
+  send_bytes(fd, body.data(), body.size());
+  CHECK(read_reply(fd) == Errc::kProtocol);
+  // Still framed: a valid request on the same connection works.
+  flatbuffers::FlatBufferBuilder fbb;
+  fbb.Finish(wire::CreateRequestMsg(fbb, 2, wire::Request::HealthReq,
+                                    wire::CreateHealthReq(fbb).Union()));
+  auto f = frame_of(fbb);
+  send_bytes(fd, f.data(), f.size());
+  CHECK(read_reply(fd) == Errc::kOk);
+  ::close(fd);
+}
+
+TEST_CASE("valid frames with bad contents get clear errors") {
+  Daemon d;
+  int fd = raw_connect(d);
+  auto roundtrip = [&](flatbuffers::FlatBufferBuilder& fbb) {
+    auto f = frame_of(fbb);
+    send_bytes(fd, f.data(), f.size());
+    return read_reply(fd);
+  };
+  {  // a request with no body
+    flatbuffers::FlatBufferBuilder fbb;
+    fbb.Finish(wire::CreateRequestMsg(fbb, 1));
+    CHECK(roundtrip(fbb) == Errc::kProtocol);
+  }
+  {  // lookup without keys
+    flatbuffers::FlatBufferBuilder fbb;
+    auto req = wire::CreateLookupReq(fbb, fbb.CreateString("ns"));
+    fbb.Finish(wire::CreateRequestMsg(fbb, 2, wire::Request::LookupReq, req.Union()));
+    CHECK(roundtrip(fbb) == Errc::kInvalidArgument);
+  }
+  {  // a put whose layout lies about its sizes
+    flatbuffers::FlatBufferBuilder fbb;
+    BlockLayout l;
+    l.total_bytes = 64;
+    l.tensors.push_back(TensorLayout{"k", DType::kF16, {1000, 1000}, {}, Codec::kRaw,
+                                     Nf4Layout::kRowBlocks, 0, 64, 64, 0});
+    wire::Key128 key(1, 2);
+    auto req = wire::CreatePutBeginReq(fbb, fbb.CreateString("ns"), &key, wire_util::to_wire(fbb, l));
+    fbb.Finish(wire::CreateRequestMsg(fbb, 3, wire::Request::PutBeginReq, req.Union()));
+    CHECK(roundtrip(fbb) == Errc::kInvalidArgument);
+  }
+  {  // sealing a put that was never begun
+    flatbuffers::FlatBufferBuilder fbb;
+    fbb.Finish(wire::CreateRequestMsg(fbb, 4, wire::Request::SealReq,
+                                      wire::CreateSealReq(fbb, 99).Union()));
+    CHECK(roundtrip(fbb) == Errc::kNotFound);
+  }
+  {  // an empty namespace
+    flatbuffers::FlatBufferBuilder fbb;
+    std::vector<BlockKey> keys = {{1, 2}};
+    auto req = wire::CreateGetReq(fbb, fbb.CreateString(""), wire_util::keys_to_wire(fbb, keys));
+    fbb.Finish(wire::CreateRequestMsg(fbb, 5, wire::Request::GetReq, req.Union()));
+    CHECK(roundtrip(fbb) == Errc::kInvalidArgument);
+  }
+  ::close(fd);
+  daemon_still_serves(d);
+}
+
+TEST_CASE("random frames do not crash the daemon (fuzz smoke)") {
+  Daemon d;
+  std::mt19937 rng(1234);
+  for (int i = 0; i < 200; ++i) {
+    int fd = raw_connect(d);
+    // A valid header around random bodies of random sizes, sometimes a random header.
+    uint32_t len = rng() % 512;
+    std::vector<std::byte> buf(kFrameHeaderBytes + len);
+    auto h = encode_header({kProtocolVersion, FrameKind::kRequest, len});
+    std::memcpy(buf.data(), h.data(), h.size());
+    for (size_t j = (i % 4 == 0 ? 0 : kFrameHeaderBytes); j < buf.size(); ++j) buf[j] = std::byte(rng());
+    ::send(fd, buf.data(), buf.size(), MSG_NOSIGNAL);
+    ::shutdown(fd, SHUT_WR);
+    char sink[4096];
+    while (::recv(fd, sink, sizeof(sink), 0) > 0) {
+    }
+    ::close(fd);
+  }
+  REQUIRE(d.running());
+  daemon_still_serves(d);
+}

@@ -1,0 +1,124 @@
+#include "tests/testing/daemon.h"
+
+#include <signal.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+#include <thread>
+
+namespace kvtier::testing {
+namespace {
+
+bool can_connect(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  return ok;
+}
+
+std::atomic<int> g_counter{0};
+
+}  // namespace
+
+std::string kvtierd_path() {
+  if (const char* env = std::getenv("KVTIERD")) return env;
+#ifdef KVTIER_BINARY_DIR
+  return std::string(KVTIER_BINARY_DIR) + "/daemon/kvtierd";
+#else
+  return "kvtierd";
+#endif
+}
+
+Daemon::Daemon(DaemonOptions o) {
+  const std::string tag = std::to_string(::getpid()) + "-" + std::to_string(g_counter++);
+  dir_ = std::filesystem::temp_directory_path() / ("kvtier-test-" + tag);
+  std::filesystem::remove_all(dir_);
+  std::filesystem::create_directories(dir_);
+  socket_ = (dir_ / "kvtier.sock").string();
+  {
+    std::ofstream cfg(dir_ / "kvtier.toml");
+    cfg << "[daemon]\n"
+        << "socket = \"" << socket_ << "\"\n"
+        << "state_dir = \"" << (dir_ / "state").string() << "\"\n"
+        << "shm_prefix = \"kvtier-test-" << tag << "\"\n"
+        << "io_threads = " << o.io_threads << "\n"
+        << "max_message_bytes = " << o.max_message_bytes << "\n"
+        << "log_level = \"" << o.log_level << "\"\n"
+        << "drain_timeout_ms = 2000\n"
+        << "[host]\n"
+        << "size = " << o.host_bytes << "\n"
+        << "prefault = " << (o.prefault ? "true" : "false") << "\n"
+        << "[session]\n"
+        << "staging_bytes = " << o.staging_bytes << "\n"
+        << o.extra_toml << "\n";
+  }
+  const std::string bin = kvtierd_path();
+  const std::string cfg = (dir_ / "kvtier.toml").string();
+  const std::string log = (dir_ / "kvtierd.log").string();
+  pid_ = ::fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 2);
+      ::close(fd);
+    }
+    ::execl(bin.c_str(), bin.c_str(), "--config", cfg.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!can_connect(socket_)) {
+    int status;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      std::ifstream in(log);
+      std::string text((std::istreambuf_iterator<char>(in)), {});
+      throw std::runtime_error("kvtierd exited at start: " + text);
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+      throw std::runtime_error("kvtierd did not start within 20 s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+bool Daemon::running() const { return pid_ > 0 && ::kill(pid_, 0) == 0; }
+
+int Daemon::stop() {
+  if (pid_ <= 0) return 0;
+  ::kill(pid_, SIGTERM);
+  int status = 0;
+  for (int i = 0; i < 1000; ++i) {
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return -SIGKILL;
+}
+
+Daemon::~Daemon() {
+  stop();
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+}  // namespace kvtier::testing

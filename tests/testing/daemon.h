@@ -1,0 +1,48 @@
+// Starts a real kvtierd for integration tests and benchmarks: a private socket, state
+// directory and shared-memory name per instance, so several can run at once.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace kvtier::testing {
+
+struct DaemonOptions {
+  uint64_t host_bytes = 64ull << 20;
+  uint64_t staging_bytes = 16ull << 20;
+  uint32_t io_threads = 2;
+  uint64_t max_message_bytes = 4ull << 20;
+  bool prefault = false;
+  std::string extra_toml;  // appended verbatim (e.g. [[namespace]] rules, [access])
+  std::string log_level = "warn";
+};
+
+class Daemon {
+ public:
+  // Writes a config, starts kvtierd (path from $KVTIERD or the build tree) and waits until
+  // its socket accepts connections.  Throws std::runtime_error if it does not start.
+  explicit Daemon(DaemonOptions options = {});
+  ~Daemon();  // SIGTERM, wait; SIGKILL after 10 s
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  const std::string& socket() const { return socket_; }
+  const std::filesystem::path& dir() const { return dir_; }
+  pid_t pid() const { return pid_; }
+  // Sends SIGTERM and waits; returns the exit status (or -signal).
+  int stop();
+  bool running() const;
+
+ private:
+  std::filesystem::path dir_;
+  std::string socket_;
+  pid_t pid_ = -1;
+};
+
+// The kvtierd binary of this build.
+std::string kvtierd_path();
+
+}  // namespace kvtier::testing
