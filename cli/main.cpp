@@ -17,10 +17,14 @@ namespace {
 
 int exit_code(const kvtier::Status& s) {
   switch (s.code()) {
-    case kvtier::Errc::kOk: return 0;
-    case kvtier::Errc::kUnavailable: return 69;
-    case kvtier::Errc::kPermissionDenied: return 77;
-    default: return 1;
+    case kvtier::Errc::kOk:
+      return 0;
+    case kvtier::Errc::kUnavailable:
+      return 69;
+    case kvtier::Errc::kPermissionDenied:
+      return 77;
+    default:
+      return 1;
   }
 }
 
@@ -36,7 +40,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string socket;
   bool json = false;
-  app.add_option("-s,--socket", socket, "daemon socket (default: $KVTIER_SOCKET or the built-in path)");
+  app.add_option("-s,--socket", socket,
+                 "daemon socket (default: $KVTIER_SOCKET or the built-in path)");
   app.add_flag("--json", json, "print the daemon's JSON instead of a table");
 
   auto* stats = app.add_subcommand("stats", "tier usage, hit rates and counters");

@@ -20,9 +20,13 @@ std::string human_bytes(uint64_t b) {
 
 namespace {
 
-uint64_t u64(const nlohmann::json& j, const char* key) { return j.value(key, uint64_t{0}); }
+uint64_t u64(const nlohmann::json& j, const char* key) {
+  return j.value(key, uint64_t{0});
+}
 
-double ratio(uint64_t num, uint64_t den) { return den ? double(num) / double(den) : 0.0; }
+double ratio(uint64_t num, uint64_t den) {
+  return den ? double(num) / double(den) : 0.0;
+}
 
 }  // namespace
 
@@ -31,8 +35,8 @@ void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
   const char* reset = tty ? "\033[0m" : "";
   os << bold << std::left << std::setw(6) << "TIER" << std::right << std::setw(12) << "USED"
      << std::setw(12) << "CAPACITY" << std::setw(7) << "USE%" << std::setw(10) << "BLOCKS"
-     << std::setw(8) << "LEASED" << std::setw(11) << "EVICTIONS" << std::setw(8) << "RATIO"
-     << reset << "\n";
+     << std::setw(8) << "LEASED" << std::setw(11) << "EVICTIONS" << std::setw(8) << "RATIO" << reset
+     << "\n";
   for (const auto& [name, t] : j.at("tiers").items()) {
     uint64_t used = u64(t, "used_bytes"), cap = u64(t, "capacity_bytes");
     char pct[16], comp[16];
@@ -78,7 +82,8 @@ void print_health(std::ostream& os, const nlohmann::json& j) {
 void print_clients(std::ostream& os, const nlohmann::json& j) {
   os << std::left << std::setw(9) << "SESSION" << std::setw(9) << "PID" << std::setw(7) << "UID"
      << std::setw(17) << "COMMAND" << std::right << std::setw(8) << "LEASES" << std::setw(12)
-     << "LEASED" << std::setw(9) << "PENDING" << "\n";
+     << "LEASED" << std::setw(9) << "PENDING"
+     << "\n";
   for (const auto& c : j) {
     os << std::left << std::setw(9) << u64(c, "session") << std::setw(9) << c.value("pid", 0)
        << std::setw(7) << c.value("uid", 0) << std::setw(17) << c.value("comm", "") << std::right
@@ -88,9 +93,10 @@ void print_clients(std::ostream& os, const nlohmann::json& j) {
 }
 
 void print_list(std::ostream& os, const nlohmann::json& j) {
-  os << std::left << std::setw(34) << "KEY" << std::setw(6) << "TIER" << std::right
-     << std::setw(11) << "BYTES" << std::setw(7) << "LEASES" << std::setw(7) << "HITS"
-     << "  " << std::left << "NAMESPACE / TENSORS" << "\n";
+  os << std::left << std::setw(34) << "KEY" << std::setw(6) << "TIER" << std::right << std::setw(11)
+     << "BYTES" << std::setw(7) << "LEASES" << std::setw(7) << "HITS"
+     << "  " << std::left << "NAMESPACE / TENSORS"
+     << "\n";
   for (const auto& b : j) {
     os << std::left << std::setw(34) << b.value("key", "") << std::setw(6) << b.value("tier", "")
        << std::right << std::setw(11) << human_bytes(u64(b, "bytes")) << std::setw(7)

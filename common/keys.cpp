@@ -12,7 +12,9 @@ void put_u64(unsigned char* p, uint64_t v) {
   for (int i = 0; i < 8; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
 }
 
-BlockKey from_xxh(XXH128_hash_t h) { return BlockKey{h.low64, h.high64}; }
+BlockKey from_xxh(XXH128_hash_t h) {
+  return BlockKey{h.low64, h.high64};
+}
 
 }  // namespace
 

@@ -14,7 +14,9 @@ uint64_t TensorLayout::elements() const {
   return n;
 }
 
-uint64_t TensorLayout::cols() const { return shape.empty() ? 1 : shape.back(); }
+uint64_t TensorLayout::cols() const {
+  return shape.empty() ? 1 : shape.back();
+}
 
 uint64_t TensorLayout::rows() const {
   uint64_t c = cols();
@@ -27,7 +29,9 @@ const TensorLayout* BlockLayout::find(std::string_view name) const {
   return nullptr;
 }
 
-uint64_t checksum64(const void* data, size_t bytes) { return XXH3_64bits(data, bytes); }
+uint64_t checksum64(const void* data, size_t bytes) {
+  return XXH3_64bits(data, bytes);
+}
 
 Status validate_put_layout(const BlockLayout& l, uint64_t max_block_bytes) {
   auto bad = [](std::string m) { return error(Errc::kInvalidArgument, std::move(m)); };
@@ -60,8 +64,8 @@ Status validate_put_layout(const BlockLayout& l, uint64_t max_block_bytes) {
       return bad(who + "unknown nf4 layout");
     uint64_t raw = n * dtype_size(t.dtype);
     if (t.raw_bytes != raw || t.bytes != raw)
-      return bad(who + "byte count " + std::to_string(t.bytes) + " does not match shape and dtype (" +
-                 std::to_string(raw) + ")");
+      return bad(who + "byte count " + std::to_string(t.bytes) +
+                 " does not match shape and dtype (" + std::to_string(raw) + ")");
     if (t.offset > l.total_bytes || t.bytes > l.total_bytes - t.offset)
       return bad(who + "extends past the end of the block");
     ranges.emplace_back(t.offset, t.offset + t.bytes);

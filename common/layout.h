@@ -49,6 +49,8 @@ Status validate_put_layout(const BlockLayout& layout, uint64_t max_block_bytes);
 // XXH3-64 of a byte range (the checksum in TensorLayout).
 uint64_t checksum64(const void* data, size_t bytes);
 
-inline uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+inline uint64_t align_up(uint64_t v, uint64_t a) {
+  return (v + a - 1) / a * a;
+}
 
 }  // namespace kvtier

@@ -15,8 +15,12 @@
 
 namespace kvtier::wire_util {
 
-inline wire::Key128 to_wire(const BlockKey& k) { return wire::Key128(k.lo, k.hi); }
-inline BlockKey from_wire(const wire::Key128& k) { return BlockKey{k.lo(), k.hi()}; }
+inline wire::Key128 to_wire(const BlockKey& k) {
+  return wire::Key128(k.lo, k.hi);
+}
+inline BlockKey from_wire(const wire::Key128& k) {
+  return BlockKey{k.lo(), k.hi()};
+}
 
 flatbuffers::Offset<wire::BlockLayout> to_wire(flatbuffers::FlatBufferBuilder& fbb,
                                                const BlockLayout& layout);
@@ -29,11 +33,12 @@ flatbuffers::Offset<flatbuffers::Vector<const wire::Key128*>> keys_to_wire(
 const wire::RequestMsg* verify_request(std::span<const std::byte> body);
 const wire::ResponseMsg* verify_response(std::span<const std::byte> body);
 
-
 inline std::span<const std::byte> bytes_of(const flatbuffers::FlatBufferBuilder& fbb) {
   return {reinterpret_cast<const std::byte*>(fbb.GetBufferPointer()), fbb.GetSize()};
 }
 
-inline std::string str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }
+inline std::string str(const flatbuffers::String* s) {
+  return s ? s->str() : std::string();
+}
 
 }  // namespace kvtier::wire_util

@@ -50,7 +50,9 @@ void on_health(Server& s, const wire::RequestMsg&, Reply& r) {
   text(r, j);
 }
 
-void on_clients(Server& s, const wire::RequestMsg&, Reply& r) { text(r, s.cache().clients_json()); }
+void on_clients(Server& s, const wire::RequestMsg&, Reply& r) {
+  text(r, s.cache().clients_json());
+}
 
 void on_config(Server& s, const wire::RequestMsg&, Reply& r) {
   text(r, nlohmann::json{{"toml", s.config().to_toml()}});

@@ -62,9 +62,9 @@ Result<uint32_t> Cache::resolve_namespace(std::string_view ns, const PeerInfo& p
   const config::NamespaceRule* rule = config_.rule_for(ns);
   if (rule == nullptr || !rule->allows(peer.uid, peer.gid, peer.groups)) {
     bump(metrics_.permission_denied);
-    return error(Errc::kPermissionDenied,
-                 "uid " + std::to_string(peer.uid) + " gid " + std::to_string(peer.gid) +
-                     " may not use namespace '" + std::string(ns) + "'");
+    return error(Errc::kPermissionDenied, "uid " + std::to_string(peer.uid) + " gid " +
+                                              std::to_string(peer.gid) +
+                                              " may not use namespace '" + std::string(ns) + "'");
   }
   std::lock_guard lock(mu_);
   if (auto id = find_namespace(ns)) return *id;
@@ -128,7 +128,8 @@ Status Cache::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout)
   Session* s = session(sid);
   if (s == nullptr) return error(Errc::kUnavailable, "session closed");
   auto it = s->puts.find(put_id);
-  if (it == s->puts.end()) return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
+  if (it == s->puts.end())
+    return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
   PendingPut put = std::move(it->second);
   s->puts.erase(it);
   uint64_t raw = 0;
@@ -148,7 +149,8 @@ Status Cache::abort_put(uint64_t sid, uint64_t put_id) {
   Session* s = session(sid);
   if (s == nullptr) return error(Errc::kUnavailable, "session closed");
   auto it = s->puts.find(put_id);
-  if (it == s->puts.end()) return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
+  if (it == s->puts.end())
+    return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
   host_->unreserve(it->second.extent);
   s->puts.erase(it);
   bump(metrics_.puts_aborted);
@@ -206,9 +208,14 @@ Cache::RemoveCount Cache::remove(uint32_t ns, std::span<const BlockKey> keys) {
   RemoveCount c;
   for (const auto& k : keys) {
     switch (host_->remove(NsKey{ns, k})) {
-      case RemoveOutcome::kRemoved: ++c.removed; break;
-      case RemoveOutcome::kDeferred: ++c.deferred; break;
-      case RemoveOutcome::kNotFound: break;
+      case RemoveOutcome::kRemoved:
+        ++c.removed;
+        break;
+      case RemoveOutcome::kDeferred:
+        ++c.deferred;
+        break;
+      case RemoveOutcome::kNotFound:
+        break;
     }
   }
   bump(metrics_.removes, c.removed + c.deferred);

@@ -32,9 +32,9 @@ namespace kvtier {
 struct PendingPut {
   uint32_t ns = 0;
   BlockKey key;
-  Extent extent;             // reserved in the host tier
-  BlockLayout client_layout; // tensors as the client wrote them into staging
-  BlockLayout stored_layout; // tensors as they will be stored (offsets, codecs)
+  Extent extent;              // reserved in the host tier
+  BlockLayout client_layout;  // tensors as the client wrote them into staging
+  BlockLayout stored_layout;  // tensors as they will be stored (offsets, codecs)
   uint64_t staging_offset = 0;
 };
 
@@ -98,7 +98,7 @@ class Cache {
     std::unordered_map<uint64_t, PendingPut> puts;
     uint64_t leased_bytes = 0;
   };
-  Session* session(uint64_t sid);  // requires mu_
+  Session* session(uint64_t sid);                                     // requires mu_
   std::optional<uint32_t> find_namespace(std::string_view ns) const;  // requires mu_
 
   // Constant after construction.

@@ -32,9 +32,8 @@ nlohmann::json Cache::stats_json() const {
   j["leases"] = leases;
   j["pending_puts"] = pending;
   nlohmann::json c;
-  metrics_.visit([&](std::string_view name, std::string_view, uint64_t v) {
-    c[std::string(name)] = v;
-  });
+  metrics_.visit(
+      [&](std::string_view name, std::string_view, uint64_t v) { c[std::string(name)] = v; });
   j["counters"] = c;
   return j;
 }

@@ -141,8 +141,8 @@ void Session::on_get(const wire::GetReq& req, Reply& r) {
     }
     // g.layout stays valid: this session holds the lease and only it can release it.
     auto layout = wire_util::to_wire(fbb, *g.layout);
-    blocks.push_back(wire::CreateLeasedBlock(fbb, &key, 0, g.lease_id, g.extent.arena,
-                                             g.extent.offset, layout));
+    blocks.push_back(
+        wire::CreateLeasedBlock(fbb, &key, 0, g.lease_id, g.extent.arena, g.extent.offset, layout));
   }
   r.set(wire::Response::GetResp, wire::CreateGetResp(fbb, fbb.CreateVector(blocks)));
 }

@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
   CLI::App app{"kvtierd: host-local tiered KV and fusion cache daemon"};
   std::string config_path, socket, state_dir, log_level;
   bool check_only = false, show_version = false;
-  app.add_option("-c,--config", config_path, "TOML configuration file (default: built-in defaults)");
+  app.add_option("-c,--config", config_path,
+                 "TOML configuration file (default: built-in defaults)");
   app.add_option("--socket", socket, "override daemon.socket");
   app.add_option("--state-dir", state_dir, "override daemon.state_dir");
   app.add_option("--log-level", log_level, "override daemon.log_level");

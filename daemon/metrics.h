@@ -9,25 +9,25 @@
 
 namespace kvtier {
 
-#define KVTIER_METRICS(X)                                                           \
-  X(connections_total, "connections accepted")                                      \
-  X(connections_refused, "connections refused at the max_connections limit")       \
-  X(requests, "requests handled")                                                   \
-  X(errors, "requests answered with an error")                                      \
-  X(protocol_errors, "malformed, oversized or wrong-version messages")               \
-  X(permission_denied, "requests refused by namespace or admin access rules")       \
-  X(lookups, "lookup requests")                                                     \
-  X(lookup_keys, "keys asked in lookups")                                           \
-  X(lookup_hits, "keys found by lookups (the matched prefix)")                      \
-  X(puts, "puts sealed")                                                            \
-  X(put_bytes, "raw bytes sealed")                                                  \
-  X(puts_aborted, "puts aborted (explicitly or by disconnect)")                     \
-  X(puts_no_space, "puts refused for lack of space")                                \
-  X(gets, "get requests")                                                           \
-  X(get_hits, "blocks leased by gets")                                              \
-  X(get_misses, "keys not found by gets")                                           \
-  X(releases, "leases released by clients")                                         \
-  X(leases_reclaimed, "leases released because their connection closed")           \
+#define KVTIER_METRICS(X)                                                     \
+  X(connections_total, "connections accepted")                                \
+  X(connections_refused, "connections refused at the max_connections limit")  \
+  X(requests, "requests handled")                                             \
+  X(errors, "requests answered with an error")                                \
+  X(protocol_errors, "malformed, oversized or wrong-version messages")        \
+  X(permission_denied, "requests refused by namespace or admin access rules") \
+  X(lookups, "lookup requests")                                               \
+  X(lookup_keys, "keys asked in lookups")                                     \
+  X(lookup_hits, "keys found by lookups (the matched prefix)")                \
+  X(puts, "puts sealed")                                                      \
+  X(put_bytes, "raw bytes sealed")                                            \
+  X(puts_aborted, "puts aborted (explicitly or by disconnect)")               \
+  X(puts_no_space, "puts refused for lack of space")                          \
+  X(gets, "get requests")                                                     \
+  X(get_hits, "blocks leased by gets")                                        \
+  X(get_misses, "keys not found by gets")                                     \
+  X(releases, "leases released by clients")                                   \
+  X(leases_reclaimed, "leases released because their connection closed")      \
   X(removes, "blocks removed by clients")
 
 struct Metrics {

@@ -57,8 +57,8 @@ Server::Server(config::Config config)
   ho.ghost_entries = config_.host.ghost_entries;
   auto host = HostTier::create(ho);
   if (!host) throw std::runtime_error("host tier: " + host.status().message());
-  spdlog::info("host tier: {} MiB in /dev/shm/{}{}, S3-FIFO eviction", ho.bytes >> 20,
-               ho.shm_name, ho.prefault ? " (prefaulted)" : "");
+  spdlog::info("host tier: {} MiB in /dev/shm/{}{}, S3-FIFO eviction", ho.bytes >> 20, ho.shm_name,
+               ho.prefault ? " (prefaulted)" : "");
   cache_ = std::make_unique<Cache>(config_, std::move(host).value(), metrics_);
   std::error_code ec;
   std::filesystem::create_directories(config_.daemon.state_dir, ec);
@@ -90,7 +90,8 @@ void Server::bind_socket() {
     throw std::runtime_error("chmod " + path.string() + ": " + std::strerror(errno));
   if (!config_.access.socket_group.empty()) {
     group* g = ::getgrnam(config_.access.socket_group.c_str());
-    if (g == nullptr) throw std::runtime_error("unknown group '" + config_.access.socket_group + "'");
+    if (g == nullptr)
+      throw std::runtime_error("unknown group '" + config_.access.socket_group + "'");
     if (::chown(path.c_str(), static_cast<uid_t>(-1), g->gr_gid) != 0)
       throw std::runtime_error("chown " + path.string() + ": " + std::strerror(errno));
   }
@@ -180,7 +181,8 @@ int Server::run() {
              static_cast<unsigned long>(::getpid()));
   spdlog::info("kvtierd ready (pid {}, {} io threads)", ::getpid(), config_.daemon.io_threads);
   std::vector<std::thread> threads;
-  for (uint32_t i = 1; i < config_.daemon.io_threads; ++i) threads.emplace_back([this] { io_.run(); });
+  for (uint32_t i = 1; i < config_.daemon.io_threads; ++i)
+    threads.emplace_back([this] { io_.run(); });
   io_.run();
   for (auto& t : threads) t.join();
   std::error_code ec;

@@ -113,8 +113,8 @@ awaitable<bool> Session::send(uint64_t request_id, Reply& r) {
   }
   fbb.Finish(msg);
   auto body = wire_util::bytes_of(fbb);
-  auto header = encode_header({kProtocolVersion, FrameKind::kResponse,
-                               static_cast<uint32_t>(body.size())});
+  auto header =
+      encode_header({kProtocolVersion, FrameKind::kResponse, static_cast<uint32_t>(body.size())});
   boost::system::error_code ec;
   size_t sent = 0;
   if (!r.fds.empty()) {
@@ -165,22 +165,33 @@ awaitable<bool> Session::send(uint64_t request_id, Reply& r) {
 void Session::handle(const wire::RequestMsg& msg, Reply& r) {
   using R = wire::Request;
   switch (msg.body_type()) {
-    case R::HelloReq: return on_hello(*msg.body_as_HelloReq(), r);
-    case R::MapArenaReq: return on_map_arena(*msg.body_as_MapArenaReq(), r);
-    case R::LookupReq: return on_lookup(*msg.body_as_LookupReq(), r);
-    case R::PutBeginReq: return on_put_begin(*msg.body_as_PutBeginReq(), r);
-    case R::SealReq: return on_seal(*msg.body_as_SealReq(), r);
-    case R::AbortReq: return on_abort(*msg.body_as_AbortReq(), r);
-    case R::GetReq: return on_get(*msg.body_as_GetReq(), r);
-    case R::ReleaseReq: return on_release(*msg.body_as_ReleaseReq(), r);
-    case R::RemoveReq: return on_remove(*msg.body_as_RemoveReq(), r);
+    case R::HelloReq:
+      return on_hello(*msg.body_as_HelloReq(), r);
+    case R::MapArenaReq:
+      return on_map_arena(*msg.body_as_MapArenaReq(), r);
+    case R::LookupReq:
+      return on_lookup(*msg.body_as_LookupReq(), r);
+    case R::PutBeginReq:
+      return on_put_begin(*msg.body_as_PutBeginReq(), r);
+    case R::SealReq:
+      return on_seal(*msg.body_as_SealReq(), r);
+    case R::AbortReq:
+      return on_abort(*msg.body_as_AbortReq(), r);
+    case R::GetReq:
+      return on_get(*msg.body_as_GetReq(), r);
+    case R::ReleaseReq:
+      return on_release(*msg.body_as_ReleaseReq(), r);
+    case R::RemoveReq:
+      return on_remove(*msg.body_as_RemoveReq(), r);
     case R::StatsReq:
     case R::EvictReq:
     case R::ListReq:
     case R::ClientsReq:
     case R::HealthReq:
-    case R::ConfigReq: return on_admin(msg, r);
-    case R::NONE: break;
+    case R::ConfigReq:
+      return on_admin(msg, r);
+    case R::NONE:
+      break;
   }
   r.fail(error(Errc::kProtocol, "unknown or missing request type"));
 }

@@ -44,7 +44,7 @@ struct BlockInfo {
   Extent extent;
   BlockLayout layout;
   uint32_t leases = 0;
-  bool doomed = false;           // removed while leased: freed at the last release
+  bool doomed = false;  // removed while leased: freed at the last release
   uint64_t created_unix_ms = 0;
   uint64_t last_access_unix_ms = 0;
   uint64_t hits = 0;
@@ -52,9 +52,9 @@ struct BlockInfo {
 
 struct TierUsage {
   uint64_t capacity_bytes = 0;
-  uint64_t used_bytes = 0;       // bytes held by sealed blocks (stored size)
-  uint64_t reserved_bytes = 0;   // reserved for puts not yet sealed
-  uint64_t raw_bytes = 0;        // bytes the sealed blocks had before encoding
+  uint64_t used_bytes = 0;      // bytes held by sealed blocks (stored size)
+  uint64_t reserved_bytes = 0;  // reserved for puts not yet sealed
+  uint64_t raw_bytes = 0;       // bytes the sealed blocks had before encoding
   uint64_t blocks = 0;
   uint64_t leased_blocks = 0;
   uint64_t evictions = 0;

@@ -19,7 +19,9 @@ TEST_CASE("frame header round trip and rejection") {
   CHECK(back->length == 1234);
   CHECK(back->kind == FrameKind::kResponse);
 
-  SECTION("too long") { CHECK(decode_header(bytes, 1000).status().code() == Errc::kLimit); }
+  SECTION("too long") {
+    CHECK(decode_header(bytes, 1000).status().code() == Errc::kLimit);
+  }
   SECTION("bad magic") {
     bytes[0] = std::byte{'X'};
     CHECK(decode_header(bytes, 1 << 20).status().code() == Errc::kProtocol);

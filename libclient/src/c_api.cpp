@@ -47,8 +47,12 @@ int guarded(F&& f) {
 
 extern "C" {
 
-const char* kvtier_last_error(void) { return g_last_error.c_str(); }
-const char* kvtier_version(void) { return KVTIER_VERSION; }
+const char* kvtier_last_error(void) {
+  return g_last_error.c_str();
+}
+const char* kvtier_version(void) {
+  return KVTIER_VERSION;
+}
 
 int kvtier_connect(const char* socket, kvtier_client** out) {
   return guarded([&] {
@@ -59,7 +63,9 @@ int kvtier_connect(const char* socket, kvtier_client** out) {
   });
 }
 
-void kvtier_disconnect(kvtier_client* client) { delete client; }
+void kvtier_disconnect(kvtier_client* client) {
+  delete client;
+}
 
 int kvtier_chain_keys(const char* ns, const uint32_t* tokens, size_t n_tokens, size_t chunk_tokens,
                       kvtier_key* keys, size_t capacity, size_t* count) {
@@ -129,9 +135,13 @@ int kvtier_stats_json(kvtier_client* c, char** json) {
   });
 }
 
-void kvtier_free(void* p) { std::free(p); }
+void kvtier_free(void* p) {
+  std::free(p);
+}
 
-size_t kvtier_lease_blocks(const kvtier_lease* lease) { return lease->lease.size(); }
+size_t kvtier_lease_blocks(const kvtier_lease* lease) {
+  return lease->lease.size();
+}
 
 int kvtier_lease_block_status(const kvtier_lease* lease, size_t block) {
   if (block >= lease->lease.size()) return static_cast<int>(kvtier::Errc::kInvalidArgument);

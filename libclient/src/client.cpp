@@ -16,7 +16,9 @@ struct Lease::State {
   std::vector<std::shared_ptr<ArenaMapping>> mappings;
 };
 
-bool TensorView::verify() const { return checksum64(data, bytes) == checksum; }
+bool TensorView::verify() const {
+  return checksum64(data, bytes) == checksum;
+}
 
 const TensorView* LeasedBlock::tensor(std::string_view name) const {
   for (const auto& t : tensors)
@@ -33,7 +35,9 @@ Lease& Lease::operator=(Lease&& other) noexcept {
   }
   return *this;
 }
-Lease::~Lease() { (void)release(); }
+Lease::~Lease() {
+  (void)release();
+}
 
 size_t Lease::found() const {
   size_t n = 0;
@@ -59,8 +63,12 @@ Status Lease::release() {
 
 Client::Client(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
-uint64_t Client::session_id() const { return impl_->session_id; }
-const std::string& Client::socket_path() const { return impl_->socket_path; }
+uint64_t Client::session_id() const {
+  return impl_->session_id;
+}
+const std::string& Client::socket_path() const {
+  return impl_->socket_path;
+}
 
 Result<uint32_t> Client::lookup(std::string_view ns, std::span<const BlockKey> keys) {
   if (keys.empty()) return 0u;
@@ -115,7 +123,8 @@ Status Client::put(std::string_view ns, const BlockKey& key, std::span<const Ten
     void* p = ::mmap(nullptr, begin->staging_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, sfd, 0);
     int e = errno;
     ::close(sfd);
-    if (p == MAP_FAILED) return abort(error(Errc::kIo, std::string("mmap staging: ") + std::strerror(e)));
+    if (p == MAP_FAILED)
+      return abort(error(Errc::kIo, std::string("mmap staging: ") + std::strerror(e)));
     impl_->staging = static_cast<std::byte*>(p);
     impl_->staging_bytes = begin->staging_bytes();
   }

@@ -102,8 +102,8 @@ TEST_CASE("the daemon refuses configurations it cannot serve") {
 
 TEST_CASE("a second daemon on a live socket refuses to start") {
   Daemon d;
-  std::string cmd = kvtier::testing::kvtierd_path() + " --socket " + d.socket() +
-                    " --config " + (d.dir() / "kvtier.toml").string() + " 2>&1";
+  std::string cmd = kvtier::testing::kvtierd_path() + " --socket " + d.socket() + " --config " +
+                    (d.dir() / "kvtier.toml").string() + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   REQUIRE(p != nullptr);
   std::string out;

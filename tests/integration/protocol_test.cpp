@@ -91,8 +91,8 @@ TEST_CASE("wrong protocol version: error reply naming the versions") {
   Daemon d;
   int fd = raw_connect(d);
   flatbuffers::FlatBufferBuilder fbb;
-  fbb.Finish(wire::CreateRequestMsg(fbb, 1, wire::Request::StatsReq,
-                                    wire::CreateStatsReq(fbb).Union()));
+  fbb.Finish(
+      wire::CreateRequestMsg(fbb, 1, wire::Request::StatsReq, wire::CreateStatsReq(fbb).Union()));
   auto f = frame_of(fbb, 7);
   send_bytes(fd, f.data(), f.size());
   CHECK(read_reply(fd) == Errc::kProtocol);
@@ -134,8 +134,8 @@ TEST_CASE("a body that fails verification gets an error and the connection stays
   CHECK(read_reply(fd) == Errc::kProtocol);
   // Still framed: a valid request on the same connection works.
   flatbuffers::FlatBufferBuilder fbb;
-  fbb.Finish(wire::CreateRequestMsg(fbb, 2, wire::Request::HealthReq,
-                                    wire::CreateHealthReq(fbb).Union()));
+  fbb.Finish(
+      wire::CreateRequestMsg(fbb, 2, wire::Request::HealthReq, wire::CreateHealthReq(fbb).Union()));
   auto f = frame_of(fbb);
   send_bytes(fd, f.data(), f.size());
   CHECK(read_reply(fd) == Errc::kOk);
@@ -165,10 +165,11 @@ TEST_CASE("valid frames with bad contents get clear errors") {
     flatbuffers::FlatBufferBuilder fbb;
     BlockLayout l;
     l.total_bytes = 64;
-    l.tensors.push_back(TensorLayout{"k", DType::kF16, {1000, 1000}, {}, Codec::kRaw,
-                                     Nf4Layout::kRowBlocks, 0, 64, 64, 0});
+    l.tensors.push_back(TensorLayout{
+        "k", DType::kF16, {1000, 1000}, {}, Codec::kRaw, Nf4Layout::kRowBlocks, 0, 64, 64, 0});
     wire::Key128 key(1, 2);
-    auto req = wire::CreatePutBeginReq(fbb, fbb.CreateString("ns"), &key, wire_util::to_wire(fbb, l));
+    auto req =
+        wire::CreatePutBeginReq(fbb, fbb.CreateString("ns"), &key, wire_util::to_wire(fbb, l));
     fbb.Finish(wire::CreateRequestMsg(fbb, 3, wire::Request::PutBeginReq, req.Union()));
     CHECK(roundtrip(fbb) == Errc::kInvalidArgument);
   }
@@ -199,7 +200,8 @@ TEST_CASE("random frames do not crash the daemon (fuzz smoke)") {
     std::vector<std::byte> buf(kFrameHeaderBytes + len);
     auto h = encode_header({kProtocolVersion, FrameKind::kRequest, len});
     std::memcpy(buf.data(), h.data(), h.size());
-    for (size_t j = (i % 4 == 0 ? 0 : kFrameHeaderBytes); j < buf.size(); ++j) buf[j] = std::byte(rng());
+    for (size_t j = (i % 4 == 0 ? 0 : kFrameHeaderBytes); j < buf.size(); ++j)
+      buf[j] = std::byte(rng());
     ::send(fd, buf.data(), buf.size(), MSG_NOSIGNAL);
     ::shutdown(fd, SHUT_WR);
     char sink[4096];

@@ -27,7 +27,9 @@ std::unique_ptr<Client> connect(const Daemon& d) {
   return std::move(c).value();
 }
 
-nlohmann::json stats(Client& c) { return nlohmann::json::parse(c.stats_json().value()); }
+nlohmann::json stats(Client& c) {
+  return nlohmann::json::parse(c.stats_json().value());
+}
 
 std::vector<BlockKey> keys_for(std::string_view ns, size_t n, uint32_t salt = 0) {
   std::vector<uint32_t> tokens(n * 16);

@@ -96,7 +96,9 @@ Daemon::Daemon(DaemonOptions o) {
   }
 }
 
-bool Daemon::running() const { return pid_ > 0 && ::kill(pid_, 0) == 0; }
+bool Daemon::running() const {
+  return pid_ > 0 && ::kill(pid_, 0) == 0;
+}
 
 int Daemon::stop() {
   if (pid_ <= 0) return 0;

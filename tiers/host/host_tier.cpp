@@ -27,29 +27,29 @@ HostTier::HostTier(std::unique_ptr<ShmArena> arena, const Options& o)
       policy_(o.bytes, o.small_ratio,
               o.ghost_entries ? o.ghost_entries : std::max<size_t>(64, o.bytes >> 16)) {}
 
-HostTier::~HostTier() { policy_.clear(); }
+HostTier::~HostTier() {
+  policy_.clear();
+}
 
 Result<Extent> HostTier::reserve(uint64_t bytes) {
   if (bytes == 0 || bytes > arena_->size())
     return error(Errc::kNoSpace, "block of " + std::to_string(bytes) +
-                                     " bytes does not fit the host tier (" +
-                                     mib(arena_->size()) + ")");
+                                     " bytes does not fit the host tier (" + mib(arena_->size()) +
+                                     ")");
   for (;;) {
     auto off = arena_->allocate(bytes);
     if (off) {
       reserved_bytes_ += bytes;
       return Extent{arena_id(), off.value(), bytes};
     }
-    auto* victim = policy_.evict([](const S3FifoNode& n) {
-      return static_cast<const Entry&>(n).info.leases > 0;
-    });
+    auto* victim = policy_.evict(
+        [](const S3FifoNode& n) { return static_cast<const Entry&>(n).info.leases > 0; });
     if (victim == nullptr) {
-      return error(Errc::kNoSpace,
-                   "host tier full: " + std::to_string(leased_blocks_) + " of " +
-                       std::to_string(index_.size()) + " blocks leased, " +
-                       mib(reserved_bytes_) + " reserved by unsealed puts, " +
-                       mib(arena_->free_bytes()) + " free of " + mib(arena_->size()) +
-                       "; release leases or grow host.size");
+      return error(Errc::kNoSpace, "host tier full: " + std::to_string(leased_blocks_) + " of " +
+                                       std::to_string(index_.size()) + " blocks leased, " +
+                                       mib(reserved_bytes_) + " reserved by unsealed puts, " +
+                                       mib(arena_->free_bytes()) + " free of " +
+                                       mib(arena_->size()) + "; release leases or grow host.size");
     }
     auto& e = static_cast<Entry&>(*victim);
     ++evictions_;

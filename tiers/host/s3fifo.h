@@ -25,7 +25,7 @@ namespace kvtier {
 struct S3FifoNode : boost::intrusive::list_base_hook<> {
   NsKey key;
   uint64_t bytes = 0;
-  uint8_t freq = 0;      // 0..3, saturating
+  uint8_t freq = 0;  // 0..3, saturating
   bool in_main = false;
 };
 

@@ -74,9 +74,13 @@ Result<uint64_t> ShmArena::allocate(uint64_t bytes) {
   return static_cast<uint64_t>(static_cast<std::byte*>(p) - base_);
 }
 
-void ShmArena::deallocate(uint64_t offset) { impl_->heap.deallocate(base_ + offset); }
+void ShmArena::deallocate(uint64_t offset) {
+  impl_->heap.deallocate(base_ + offset);
+}
 
-uint64_t ShmArena::free_bytes() const { return impl_->heap.get_free_memory(); }
+uint64_t ShmArena::free_bytes() const {
+  return impl_->heap.get_free_memory();
+}
 
 Result<int> ShmArena::open_readonly_fd() const {
   std::string path = "/dev/shm/" + name_;

@@ -99,8 +99,8 @@ struct ClientOptions {
   // Socket path; empty = $KVTIER_SOCKET, else the default (./var/kvtier.sock, then
   // /run/kvtier/kvtier.sock).
   std::string socket;
-  std::string name;            // shown by `kvtierctl clients`
-  uint32_t timeout_ms = 30000; // per request
+  std::string name;             // shown by `kvtierctl clients`
+  uint32_t timeout_ms = 30000;  // per request
 };
 
 class Client {

@@ -30,7 +30,9 @@ struct BlockKey {
 };
 
 struct BlockKeyHash {
-  size_t operator()(const BlockKey& k) const noexcept { return k.lo ^ (k.hi * 0x9e3779b97f4a7c15ull); }
+  size_t operator()(const BlockKey& k) const noexcept {
+    return k.lo ^ (k.hi * 0x9e3779b97f4a7c15ull);
+  }
 };
 
 BlockKey namespace_seed(std::string_view ns);

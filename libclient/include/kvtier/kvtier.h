@@ -21,30 +21,37 @@ typedef struct {
 } kvtier_key;
 
 enum { KVTIER_OK = 0, KVTIER_E_NOT_FOUND = 2, KVTIER_E_NO_SPACE = 3, KVTIER_E_EXISTS = 7 };
-enum { KVTIER_U8 = 0, KVTIER_F16 = 1, KVTIER_BF16 = 2, KVTIER_F32 = 3, KVTIER_I32 = 4, KVTIER_I64 = 5 };
+enum {
+  KVTIER_U8 = 0,
+  KVTIER_F16 = 1,
+  KVTIER_BF16 = 2,
+  KVTIER_F32 = 3,
+  KVTIER_I32 = 4,
+  KVTIER_I64 = 5
+};
 enum { KVTIER_CODEC_RAW = 0, KVTIER_CODEC_NF4 = 1 };
 enum { KVTIER_NF4_ROW_BLOCKS = 0, KVTIER_NF4_COLUMN_BLOCKS = 1 };
 
 typedef struct {
   const char* name;
-  int dtype;               /* KVTIER_F16, ... */
+  int dtype; /* KVTIER_F16, ... */
   size_t rank;
   const uint64_t* shape;
-  const void* data;        /* contiguous row-major */
-  int nf4_layout;          /* KVTIER_NF4_COLUMN_BLOCKS for keys in NF4 namespaces */
+  const void* data; /* contiguous row-major */
+  int nf4_layout;   /* KVTIER_NF4_COLUMN_BLOCKS for keys in NF4 namespaces */
 } kvtier_tensor_in;
 
 typedef struct {
-  const char* name;        /* valid while the lease is held */
+  const char* name; /* valid while the lease is held */
   int dtype;
-  int codec;               /* KVTIER_CODEC_RAW or KVTIER_CODEC_NF4 */
+  int codec; /* KVTIER_CODEC_RAW or KVTIER_CODEC_NF4 */
   int nf4_layout;
   size_t rank;
   const uint64_t* shape;
-  const void* data;        /* read-only, in the daemon's shared arena */
-  uint64_t bytes;          /* stored bytes */
-  uint64_t raw_bytes;      /* bytes once decoded */
-  uint64_t checksum;       /* XXH3-64 of the stored bytes */
+  const void* data;   /* read-only, in the daemon's shared arena */
+  uint64_t bytes;     /* stored bytes */
+  uint64_t raw_bytes; /* bytes once decoded */
+  uint64_t checksum;  /* XXH3-64 of the stored bytes */
 } kvtier_tensor_view;
 
 const char* kvtier_last_error(void);

@@ -14,18 +14,18 @@ namespace kvtier {
 // Values are part of the wire protocol (docs/protocol.md): append only, never renumber.
 enum class Errc : uint16_t {
   kOk = 0,
-  kInvalidArgument = 1,  // malformed request, wrong shape, bad value
-  kNotFound = 2,         // no such key / lease / put
-  kNoSpace = 3,          // tier full and nothing evictable
-  kPermissionDenied = 4, // peer not allowed for this namespace or admin request
-  kProtocol = 5,         // bad frame, bad version, failed verification
-  kBusy = 6,             // leased / in use; retry later
-  kAlreadyExists = 7,    // key already sealed
-  kIo = 8,               // I/O or system call failure
-  kUnavailable = 9,      // daemon not reachable / shutting down
-  kCorrupt = 10,         // checksum mismatch, bad header
+  kInvalidArgument = 1,   // malformed request, wrong shape, bad value
+  kNotFound = 2,          // no such key / lease / put
+  kNoSpace = 3,           // tier full and nothing evictable
+  kPermissionDenied = 4,  // peer not allowed for this namespace or admin request
+  kProtocol = 5,          // bad frame, bad version, failed verification
+  kBusy = 6,              // leased / in use; retry later
+  kAlreadyExists = 7,     // key already sealed
+  kIo = 8,                // I/O or system call failure
+  kUnavailable = 9,       // daemon not reachable / shutting down
+  kCorrupt = 10,          // checksum mismatch, bad header
   kInternal = 11,
-  kLimit = 12,           // a configured limit (leases, message size, staging) reached
+  kLimit = 12,  // a configured limit (leases, message size, staging) reached
 };
 
 const char* errc_name(Errc e);
@@ -48,7 +48,9 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
-inline Status error(Errc code, std::string message) { return Status(code, std::move(message)); }
+inline Status error(Errc code, std::string message) {
+  return Status(code, std::move(message));
+}
 
 template <typename T>
 class [[nodiscard]] Result {

@@ -31,12 +31,18 @@ enum class Nf4Layout : uint8_t {
 
 constexpr size_t dtype_size(DType t) {
   switch (t) {
-    case DType::kU8: return 1;
-    case DType::kF16: return 2;
-    case DType::kBF16: return 2;
-    case DType::kF32: return 4;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
+    case DType::kU8:
+      return 1;
+    case DType::kF16:
+      return 2;
+    case DType::kBF16:
+      return 2;
+    case DType::kF32:
+      return 4;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
   }
   return 0;
 }

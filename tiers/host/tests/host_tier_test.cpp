@@ -31,7 +31,9 @@ BlockLayout layout_of(uint64_t bytes) {
   return l;
 }
 
-NsKey key(uint64_t i) { return NsKey{1, BlockKey{i, 42}}; }
+NsKey key(uint64_t i) {
+  return NsKey{1, BlockKey{i, 42}};
+}
 
 void put(HostTier& tier, uint64_t i, uint64_t bytes) {
   auto ext = tier.reserve(bytes);

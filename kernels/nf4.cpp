@@ -1,0 +1,291 @@
+// NF4 public entry points: format planning, header I/O, double quantization and dispatch to
+// the fastest CPU path.  The format is specified in docs/nf4.md.
+#include "kernels/nf4.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "kernels/nf4_device.h"
+#include "kernels/nf4_internal.h"
+
+namespace kvtier::nf4 {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "the format is little-endian");
+
+constexpr uint64_t kMaxElements = uint64_t{1} << 56;
+constexpr uint8_t kFlagDoubleQuant = 1;
+
+bool is_float(DType t) {
+  return t == DType::kF16 || t == DType::kBF16 || t == DType::kF32;
+}
+
+template <typename T>
+void put(std::byte* dst, size_t off, T v) {
+  std::memcpy(dst + off, &v, sizeof v);
+}
+
+template <typename T>
+T get(const std::byte* src, size_t off) {
+  T v;
+  std::memcpy(&v, src + off, sizeof v);
+  return v;
+}
+
+struct Impl {
+  bool (*absmax)(const Shape&, const void*, float*);
+  void (*quantize)(const Shape&, const void*, const float*, uint8_t*);
+  void (*dequantize)(const Shape&, const uint8_t*, const float*, void*);
+  const char* name;
+};
+
+const Impl kScalar{scalar::absmax, scalar::quantize, scalar::dequantize, "scalar"};
+const Impl kAvx2{avx2::absmax, avx2::quantize, avx2::dequantize, "avx2+f16c"};
+
+const Impl& active() {
+  static const Impl& impl = avx2::supported() ? kAvx2 : kScalar;
+  return impl;
+}
+
+const Impl* by_name(const char* path) {
+  if (std::strcmp(path, "scalar") == 0) return &kScalar;
+  if (std::strcmp(path, "avx2") == 0 && avx2::supported()) return &kAvx2;
+  return nullptr;
+}
+
+Status encode_impl(const Impl& impl, const Params& p, std::span<const std::byte> src,
+                   std::span<std::byte> dst) {
+  if (Status st = validate(p); !st) return st;
+  Header h = plan(p);
+  uint64_t n = p.rows * p.cols;
+  if (src.size() != n * dtype_size(p.dtype)) {
+    return error(Errc::kInvalidArgument, "nf4: source is " + std::to_string(src.size()) +
+                                             " bytes, expected " +
+                                             std::to_string(n * dtype_size(p.dtype)));
+  }
+  if (dst.size() < h.total_size) {
+    return error(Errc::kInvalidArgument, "nf4: destination holds " + std::to_string(dst.size()) +
+                                             " bytes, needs " + std::to_string(h.total_size));
+  }
+  std::byte* out = dst.data();
+  std::memset(out, 0, h.codes_offset);  // no valid header until the end; zero padding
+  Shape s = shape_of(p);
+  std::vector<float> scales(h.num_blocks);
+  if (!impl.absmax(s, src.data(), scales.data())) {
+    return error(Errc::kInvalidArgument, "nf4: input contains NaN or Inf");
+  }
+  for (float& a : scales) {
+    if (a < KVTIER_NF4_MIN_SCALE) a = 0.0f;  // stored as a zero block
+  }
+  if (p.double_quant) {
+    std::vector<float> steps(h.num_groups);
+    auto* q8 = reinterpret_cast<int8_t*>(out + h.q8_offset);
+    if (!double_quantize(scales, &h.dq_offset, steps, {q8, h.num_blocks})) {
+      return error(Errc::kInvalidArgument, "nf4: values too large for double quantization");
+    }
+    std::memcpy(out + h.scales_offset, steps.data(), steps.size() * 4);
+  } else {
+    std::memcpy(out + h.scales_offset, scales.data(), scales.size() * 4);
+  }
+  impl.quantize(s, src.data(), scales.data(), reinterpret_cast<uint8_t*>(out + h.codes_offset));
+  write_header(h, out);
+  return Status::ok();
+}
+
+Status decode_impl(const Impl& impl, std::span<const std::byte> encoded, DType out_dtype,
+                   std::span<std::byte> dst) {
+  Result<Header> h = parse_header(encoded);
+  if (!h) return h.status();
+  if (!is_float(out_dtype)) {
+    return error(Errc::kInvalidArgument, "nf4: decode needs a float output dtype");
+  }
+  uint64_t n = h->params.rows * h->params.cols;
+  if (dst.size() < n * dtype_size(out_dtype)) {
+    return error(Errc::kInvalidArgument, "nf4: destination holds " + std::to_string(dst.size()) +
+                                             " bytes, needs " +
+                                             std::to_string(n * dtype_size(out_dtype)));
+  }
+  Result<std::vector<float>> scales = read_scales(*h, encoded);
+  if (!scales) return scales.status();
+  Shape s = shape_of(h->params);
+  s.type = static_cast<uint8_t>(out_dtype);
+  impl.dequantize(s, reinterpret_cast<const uint8_t*>(encoded.data() + h->codes_offset),
+                  scales->data(), dst.data());
+  return Status::ok();
+}
+
+}  // namespace
+
+Status validate(const Params& p) {
+  if (!is_float(p.dtype)) return error(Errc::kInvalidArgument, "nf4: dtype must be f16/bf16/f32");
+  if (p.layout != Nf4Layout::kRowBlocks && p.layout != Nf4Layout::kColumnBlocks) {
+    return error(Errc::kInvalidArgument, "nf4: unknown layout");
+  }
+  if (p.rows == 0 || p.cols == 0) return error(Errc::kInvalidArgument, "nf4: empty tensor");
+  if (p.rows > kMaxElements / p.cols) return error(Errc::kInvalidArgument, "nf4: too large");
+  return Status::ok();
+}
+
+Header plan(const Params& p) {
+  Header h;
+  h.params = p;
+  uint64_t n = p.rows * p.cols;
+  h.num_blocks = p.layout == Nf4Layout::kRowBlocks
+                     ? (n + kBlockSize - 1) / kBlockSize
+                     : (p.rows + kBlockSize - 1) / kBlockSize * p.cols;
+  h.num_groups = p.double_quant ? (h.num_blocks + kDqGroupSize - 1) / kDqGroupSize : 0;
+  h.scales_offset = kHeaderSize;
+  h.q8_offset = h.scales_offset + 4 * (p.double_quant ? h.num_groups : h.num_blocks);
+  uint64_t q8_end = h.q8_offset + (p.double_quant ? h.num_blocks : 0);
+  h.codes_offset = (q8_end + 15) & ~uint64_t{15};
+  h.total_size = h.codes_offset + (n + 1) / 2;
+  return h;
+}
+
+size_t encoded_size(const Params& p) {
+  return validate(p) ? plan(p).total_size : 0;
+}
+
+Shape shape_of(const Params& p) {
+  return Shape{p.rows * p.cols, p.cols, p.layout == Nf4Layout::kColumnBlocks,
+               static_cast<uint8_t>(p.dtype)};
+}
+
+void write_header(const Header& h, std::byte* dst) {
+  std::memset(dst, 0, kHeaderSize);
+  put<uint32_t>(dst, 0, kMagic);
+  put<uint16_t>(dst, 4, kVersion);
+  put<uint16_t>(dst, 6, kHeaderSize);
+  put<uint8_t>(dst, 8, static_cast<uint8_t>(h.params.dtype));
+  put<uint8_t>(dst, 9, static_cast<uint8_t>(h.params.layout));
+  put<uint8_t>(dst, 10, h.params.double_quant ? kFlagDoubleQuant : 0);
+  put<uint8_t>(dst, 11, kBlockSize);
+  put<uint16_t>(dst, 12, h.params.double_quant ? kDqGroupSize : 0);
+  put<uint64_t>(dst, 16, h.params.rows);
+  put<uint64_t>(dst, 24, h.params.cols);
+  put<uint64_t>(dst, 32, h.num_blocks);
+  put<float>(dst, 40, h.dq_offset);
+  put<uint64_t>(dst, 48, h.total_size);
+}
+
+Result<Header> parse_header(std::span<const std::byte> encoded) {
+  auto corrupt = [](const char* what) {
+    return error(Errc::kCorrupt, std::string("nf4: ") + what);
+  };
+  if (encoded.size() < kHeaderSize) return corrupt("shorter than the header");
+  const std::byte* b = encoded.data();
+  if (get<uint32_t>(b, 0) != kMagic) return corrupt("bad magic");
+  if (get<uint16_t>(b, 4) != kVersion) {
+    return corrupt(("unsupported version " + std::to_string(get<uint16_t>(b, 4))).c_str());
+  }
+  if (get<uint16_t>(b, 6) != kHeaderSize || get<uint8_t>(b, 11) != kBlockSize) {
+    return corrupt("bad header or block size");
+  }
+  uint8_t flags = get<uint8_t>(b, 10);
+  if ((flags & ~kFlagDoubleQuant) != 0) return corrupt("unknown flags");
+  if (get<uint16_t>(b, 14) != 0 || get<uint32_t>(b, 44) != 0 || get<uint64_t>(b, 56) != 0) {
+    return corrupt("reserved bytes not zero");
+  }
+  Params p;
+  p.dtype = static_cast<DType>(get<uint8_t>(b, 8));
+  p.layout = static_cast<Nf4Layout>(get<uint8_t>(b, 9));
+  p.double_quant = (flags & kFlagDoubleQuant) != 0;
+  p.rows = get<uint64_t>(b, 16);
+  p.cols = get<uint64_t>(b, 24);
+  if (!validate(p)) return corrupt("bad dtype, layout or shape");
+  Header h = plan(p);
+  h.dq_offset = get<float>(b, 40);
+  if (get<uint16_t>(b, 12) != (p.double_quant ? kDqGroupSize : 0)) return corrupt("bad group size");
+  if (get<uint64_t>(b, 32) != h.num_blocks) return corrupt("block count does not match shape");
+  if (get<uint64_t>(b, 48) != h.total_size) return corrupt("size does not match shape");
+  if (encoded.size() < h.total_size) return corrupt("truncated");
+  if (!std::isfinite(h.dq_offset) || (!p.double_quant && h.dq_offset != 0.0f)) {
+    return corrupt("bad double-quant offset");
+  }
+  return h;
+}
+
+bool double_quantize(std::span<float> absmax, float* offset, std::span<float> steps,
+                     std::span<int8_t> q8) {
+  // The mean in a fixed order (per-group partial sums, then their sum, both in double) so
+  // every implementation, the GPU's included, gets the same offset.
+  double total = 0;
+  for (size_t g0 = 0; g0 < absmax.size(); g0 += kDqGroupSize) {
+    double sum = 0;
+    for (size_t i = g0; i < absmax.size() && i < g0 + kDqGroupSize; ++i) sum += absmax[i];
+    total += sum;
+  }
+  float off = static_cast<float>(total / static_cast<double>(absmax.size()));
+  *offset = off;
+  for (size_t g = 0; g < steps.size(); ++g) {
+    size_t end = std::min(absmax.size(), (g + 1) * kDqGroupSize);
+    float amax = 0;
+    for (size_t i = g * kDqGroupSize; i < end; ++i)
+      amax = std::max(amax, std::fabs(absmax[i] - off));
+    float step = amax / 127.0f;
+    steps[g] = step;
+    for (size_t i = g * kDqGroupSize; i < end; ++i) {
+      q8[i] = dev::dq_code(absmax[i], step, off);
+      absmax[i] = dev::dq_scale(q8[i], step, off);
+      if (!std::isfinite(absmax[i])) return false;
+    }
+  }
+  return true;
+}
+
+Result<std::vector<float>> read_scales(const Header& h, std::span<const std::byte> encoded) {
+  std::vector<float> scales(h.num_blocks);
+  const std::byte* b = encoded.data();
+  auto bad = [](float v) { return !std::isfinite(v) || std::signbit(v); };
+  if (!h.params.double_quant) {
+    std::memcpy(scales.data(), b + h.scales_offset, h.num_blocks * 4);
+    for (float a : scales) {
+      if (bad(a)) return error(Errc::kCorrupt, "nf4: negative or non-finite absmax");
+    }
+    return scales;
+  }
+  for (uint64_t g = 0; g < h.num_groups; ++g) {
+    float step = get<float>(b, h.scales_offset + 4 * g);
+    if (bad(step)) return error(Errc::kCorrupt, "nf4: negative or non-finite step");
+    uint64_t end = std::min<uint64_t>(h.num_blocks, (g + 1) * kDqGroupSize);
+    for (uint64_t i = g * kDqGroupSize; i < end; ++i) {
+      auto q = get<int8_t>(b, h.q8_offset + i);
+      scales[i] = dev::dq_scale(q, step, h.dq_offset);
+      if (q == -128 || !std::isfinite(scales[i])) {
+        return error(Errc::kCorrupt, "nf4: bad double-quant code");
+      }
+    }
+  }
+  return scales;
+}
+
+Status encode(const Params& p, std::span<const std::byte> src, std::span<std::byte> dst) {
+  return encode_impl(active(), p, src, dst);
+}
+
+Status decode(std::span<const std::byte> encoded, DType out_dtype, std::span<std::byte> dst) {
+  return decode_impl(active(), encoded, out_dtype, dst);
+}
+
+const char* active_cpu_path() {
+  return active().name;
+}
+
+Status encode_with(const char* path, const Params& p, std::span<const std::byte> src,
+                   std::span<std::byte> dst) {
+  const Impl* impl = by_name(path);
+  if (impl == nullptr) return error(Errc::kUnavailable, std::string("nf4: no path ") + path);
+  return encode_impl(*impl, p, src, dst);
+}
+
+Status decode_with(const char* path, std::span<const std::byte> encoded, DType out_dtype,
+                   std::span<std::byte> dst) {
+  const Impl* impl = by_name(path);
+  if (impl == nullptr) return error(Errc::kUnavailable, std::string("nf4: no path ") + path);
+  return decode_impl(*impl, encoded, out_dtype, dst);
+}
+
+}  // namespace kvtier::nf4

@@ -1,0 +1,71 @@
+// NF4: 4-bit NormalFloat quantization of fp16/bf16/fp32 tensors, bit-compatible with
+// bitsandbytes (codebook, ties to the lower code, blocks of 64, high nibble first).
+// The encoded format is specified in docs/nf4.md; this header is the whole public API.
+//
+// A tensor is viewed as [rows, cols] row-major: rows = tokens (all outer axes flattened),
+// cols = the innermost axis.  Codes are always stored in that row-major order; the layout
+// only decides which 64 values share an absmax.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "common/status.h"
+#include "common/types.h"
+
+namespace kvtier::nf4 {
+
+inline constexpr uint32_t kMagic = 0x344E564Bu;  // "KVN4" in byte order
+inline constexpr uint16_t kVersion = 1;
+inline constexpr size_t kHeaderSize = 64;
+inline constexpr uint32_t kBlockSize = 64;     // values per absmax
+inline constexpr uint32_t kDqGroupSize = 256;  // absmax values per double-quant step
+
+struct Params {
+  DType dtype = DType::kF16;  // source element type: kF16, kBF16 or kF32
+  Nf4Layout layout = Nf4Layout::kRowBlocks;
+  bool double_quant = false;  // absmax as 8-bit codes + one fp32 step per 256 blocks
+  uint64_t rows = 0;
+  uint64_t cols = 0;
+};
+
+// Everything needed to read an encoding; offsets are bytes from its start.
+struct Header {
+  Params params;
+  uint64_t num_blocks = 0;     // absmax values
+  uint64_t num_groups = 0;     // double-quant steps (0 without double quant)
+  float dq_offset = 0;         // added to every dequantized absmax (0 without double quant)
+  uint64_t scales_offset = 0;  // fp32[num_blocks] absmax, or fp32[num_groups] steps
+  uint64_t q8_offset = 0;      // int8[num_blocks] absmax codes (double quant only)
+  uint64_t codes_offset = 0;   // uint8[ceil(rows*cols/2)], 16-byte aligned
+  uint64_t total_size = 0;
+};
+
+// kInvalidArgument unless dtype is a float type, the layout is known, rows and cols are
+// non-zero and the encoding's size fits in 64 bits.
+Status validate(const Params& p);
+
+// Section offsets and sizes for valid params (see validate()).
+Header plan(const Params& p);
+
+// Exact bytes of header + scales + codes; 0 when the params are invalid.
+size_t encoded_size(const Params& p);
+
+// Quantizes src (rows*cols elements of p.dtype, any alignment) into dst.  Fails with
+// kInvalidArgument on a NaN or Inf input, a wrong src size or a short dst; dst's contents
+// are then unspecified but never a valid encoding's header.
+Status encode(const Params& p, std::span<const std::byte> src, std::span<std::byte> dst);
+
+// Validates magic, version, enums and that the sizes agree with the buffer (kCorrupt).
+Result<Header> parse_header(std::span<const std::byte> encoded);
+
+// Dequantizes into dst (rows*cols elements of out_dtype, a float type; dst.size() must be at
+// least that).  Values that do not fit out_dtype become infinity.  kCorrupt on a bad header
+// or a negative/non-finite scale.
+Status decode(std::span<const std::byte> encoded, DType out_dtype, std::span<std::byte> dst);
+
+// Which CPU implementation encode/decode use on this machine: "avx2+f16c" or "scalar".
+const char* active_cpu_path();
+
+}  // namespace kvtier::nf4

@@ -1,0 +1,69 @@
+// NF4 internals shared by the implementations and their tests; not part of the public API.
+//
+// Every CPU implementation splits the work the same way (nf4.cpp drives it):
+//   absmax   one fp32 per block, or false if a NaN/Inf is seen;
+//   scales   absmax as stored, or (double quant) as read back: the scale the codes use;
+//   codes    quantize_value(x * (1/scale)) packed two per byte, earlier element high;
+//   decode   code_value(nibble) * scale rounded to the output type.
+// Implementations must agree byte for byte; kernels/tests check that they do.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "common/status.h"
+#include "kernels/nf4.h"
+
+namespace kvtier::nf4 {
+
+// Geometry of one call, shared by all the kernels below.
+struct Shape {
+  uint64_t n = 0;     // rows * cols
+  uint64_t cols = 0;  // row length; scale index of (r, c) depends on it for column blocks
+  bool column_blocks = false;
+  uint8_t type = 0;  // dev::ElemType of the source (encode) or destination (decode)
+};
+
+Shape shape_of(const Params& p);
+
+// Serialises h (64 bytes, little-endian) into dst; parse_header() reads it back.
+void write_header(const Header& h, std::byte* dst);
+
+// Double quantization of absmax (in place: on return absmax holds the read-back scales).
+// steps gets num_groups fp32, q8 num_blocks int8.  Returns false if a read-back scale
+// is not finite (fp32 inputs near FLT_MAX).
+bool double_quantize(std::span<float> absmax, float* offset, std::span<float> steps,
+                     std::span<int8_t> q8);
+
+// Scales from a parsed encoding; kCorrupt on a negative, NaN or infinite value.
+Result<std::vector<float>> read_scales(const Header& h, std::span<const std::byte> encoded);
+
+namespace reference {
+// The spec in code: one element at a time, no tricks.  Slow.
+Status encode(const Params& p, std::span<const std::byte> src, std::span<std::byte> dst);
+Status decode(std::span<const std::byte> encoded, DType out_dtype, std::span<std::byte> dst);
+}  // namespace reference
+
+// The optimised paths.  Callers guarantee sizes; src/dst may be unaligned.
+namespace scalar {
+bool absmax(const Shape& s, const void* src, float* absmax);
+void quantize(const Shape& s, const void* src, const float* scales, uint8_t* codes);
+void dequantize(const Shape& s, const uint8_t* codes, const float* scales, void* dst);
+}  // namespace scalar
+
+namespace avx2 {
+bool supported();  // AVX2 and F16C present at run time
+bool absmax(const Shape& s, const void* src, float* absmax);
+void quantize(const Shape& s, const void* src, const float* scales, uint8_t* codes);
+void dequantize(const Shape& s, const uint8_t* codes, const float* scales, void* dst);
+}  // namespace avx2
+
+// Encode/decode through one named path ("scalar" or "avx2"); for tests and the benchmark.
+Status encode_with(const char* path, const Params& p, std::span<const std::byte> src,
+                   std::span<std::byte> dst);
+Status decode_with(const char* path, std::span<const std::byte> encoded, DType out_dtype,
+                   std::span<std::byte> dst);
+
+}  // namespace kvtier::nf4

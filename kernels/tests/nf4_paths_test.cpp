@@ -1,0 +1,76 @@
+// The AVX2 path, the scalar path and the reference agree byte for byte, encode and decode.
+#include <catch2/catch.hpp>
+
+#include "kernels/nf4.h"
+#include "kernels/nf4_internal.h"
+#include "kernels/tests/nf4_test_util.h"
+
+namespace kvtier::nf4 {
+namespace {
+
+using testing::Bytes;
+
+Bytes encode_via(const char* path, const Params& p, const Bytes& src) {
+  Bytes out(encoded_size(p), std::byte{0xCD});
+  Status st = path == nullptr ? reference::encode(p, src, out) : encode_with(path, p, src, out);
+  INFO(testing::describe(p) << " " << (path ? path : "reference") << ": " << st.to_string());
+  REQUIRE(st.is_ok());
+  return out;
+}
+
+Bytes decode_via(const char* path, const Bytes& enc, DType out_dtype, size_t n) {
+  Bytes out(n * dtype_size(out_dtype), std::byte{0xCD});
+  Status st = path == nullptr ? reference::decode(enc, out_dtype, out)
+                              : decode_with(path, enc, out_dtype, out);
+  REQUIRE(st.is_ok());
+  return out;
+}
+
+TEST_CASE("nf4 avx2 == scalar == reference, byte for byte", "[nf4][paths]") {
+  const bool have_avx2 = avx2::supported();
+  if (!have_avx2) WARN("no AVX2/F16C on this CPU: checking scalar against reference only");
+  // Shapes: cols % 64 == 0, % 8 == 0, odd; partial row blocks and partial column groups.
+  const uint64_t shapes[][2] = {{1, 64},  {2, 128}, {64, 128}, {130, 128}, {3, 8},
+                                {67, 24}, {5, 200}, {9, 63},   {1, 1},     {257, 72}};
+  uint32_t seed = 1;
+  for (auto [rows, cols] : shapes) {
+    for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
+      for (int l = 0; l < 2; ++l) {
+        for (bool dq : {false, true}) {
+          Params p{dt, static_cast<Nf4Layout>(l), dq, rows, cols};
+          std::vector<float> v = seed % 2 ? testing::tricky(rows * cols, seed)
+                                          : testing::normal(rows, cols, seed, {cols / 3}, 20.0f);
+          ++seed;
+          Bytes src = testing::to_dtype(v, dt);
+          Bytes ref = encode_via(nullptr, p, src);
+          INFO(testing::describe(p));
+          REQUIRE(encode_via("scalar", p, src) == ref);
+          if (have_avx2) REQUIRE(encode_via("avx2", p, src) == ref);
+          for (DType out : {DType::kF16, DType::kBF16, DType::kF32}) {
+            INFO("decode to " << dtype_name(out));
+            Bytes want = decode_via(nullptr, ref, out, rows * cols);
+            REQUIRE(decode_via("scalar", ref, out, rows * cols) == want);
+            if (have_avx2) REQUIRE(decode_via("avx2", ref, out, rows * cols) == want);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("nf4 paths agree on unaligned buffers", "[nf4][paths]") {
+  Params p{DType::kF16, Nf4Layout::kRowBlocks, false, 4, 128};
+  Bytes src = testing::to_dtype(testing::normal(4, 128, 11), DType::kF16);
+  Bytes shifted(src.size() + 1);
+  std::copy(src.begin(), src.end(), shifted.begin() + 1);
+  Bytes a(encoded_size(p)), b(encoded_size(p) + 3);
+  REQUIRE(encode(p, src, a).is_ok());
+  REQUIRE(encode(p, std::span(shifted).subspan(1), std::span(b).subspan(3)).is_ok());
+  CHECK(std::equal(a.begin(), a.end(), b.begin() + 3));
+  Bytes out(src.size() + 1);
+  REQUIRE(decode(std::span(b).subspan(3), DType::kF16, std::span(out).subspan(1)).is_ok());
+  CHECK(std::equal(out.begin() + 1, out.end(), testing::decode_ok(a, DType::kF16).begin()));
+}
+
+}  // namespace
+}  // namespace kvtier::nf4
