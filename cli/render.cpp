@@ -77,6 +77,9 @@ void print_health(std::ostream& os, const nlohmann::json& j) {
     if (t.contains("shm")) os << " " << t.value("shm", "");
     os << "\n";
   }
+  if (j.contains("nf4"))
+    os << "nf4      cpu " << j["nf4"].value("cpu_path", "?") << ", cuda "
+       << j["nf4"].value("cuda", "?") << "\n";
 }
 
 void print_clients(std::ostream& os, const nlohmann::json& j) {

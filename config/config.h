@@ -72,7 +72,7 @@ struct NamespaceRule {
   std::string prefix;
   std::vector<uid_t> allow_uids;  // empty uid and gid lists = any connected peer
   std::vector<gid_t> allow_gids;
-  Codec codec = Codec::kRaw;  // cold-tier format: "fp16" (raw) or "nf4"
+  Codec codec = Codec::kNf4;  // cold-tier format: "nf4" (default) or "fp16" (raw, lossless)
   bool nf4_double_quant = false;
   void validate() const;
   bool allows(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) const;

@@ -7,6 +7,8 @@
 
 #include "common/frame.h"
 #include "common/wire.h"
+#include "kernels/nf4.h"
+#include "kernels/nf4_cuda.h"
 #include "daemon/server.h"
 #include "daemon/session.h"
 
@@ -46,6 +48,9 @@ void on_health(Server& s, const wire::RequestMsg&, Reply& r) {
           {"used_bytes", u.used_bytes}}},
         {"gpu", {{"backend", "none"}, {"reason", "GPU tier not built yet (issue 5)"}}},
         {"disk", {{"backend", "none"}, {"reason", "disk tier not built yet (issue 4)"}}}}},
+      {"nf4",
+       {{"cpu_path", nf4::active_cpu_path()},
+        {"cuda", nf4::cuda::available() ? "available" : "unavailable (no driver or device)"}}},
   };
   text(r, j);
 }

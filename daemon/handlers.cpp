@@ -105,7 +105,7 @@ void Session::on_seal(const wire::SealReq& req, Reply& r) {
   // The reserved extent is this session's alone until seal or abort: copy without the lock.
   BlockLayout stored = put->stored_layout;
   Status st = encode_block(put->client_layout, staging_->data(put->staging_offset), stored,
-                           cache.host().data(put->extent));
+                           cache.host().data(put->extent), cache.rule_of(put->ns).nf4_double_quant);
   staging_->free(put->staging_offset);
   if (!st) {
     (void)cache.abort_put(id_, req.put_id());

@@ -139,7 +139,7 @@ TEST_CASE("defaults: built-in values, paths from the environment", "[config]") {
   CHECK(c.session.staging_bytes == 64 * kMiB);
   REQUIRE(c.namespaces.size() == 1);
   CHECK(c.namespaces[0].prefix.empty());
-  CHECK(c.namespaces[0].codec == Codec::kRaw);
+  CHECK(c.namespaces[0].codec == Codec::kNf4);
   CHECK(c.namespaces[0].allows(12345, 12345, {}));
   if (default_host_fits()) CHECK_NOTHROW(c.validate());
 }
@@ -299,7 +299,7 @@ TEST_CASE("validate: range checks, with the line of the offending key", "[config
       parse("[[namespace]]\nprefix = \"a/\"\n[[namespace]]\nprefix = \"b/\"\n[[namespace]]\n"
             "prefix = \"a/\"\n"),
       Contains("namespace[2].prefix: duplicate prefix 'a/' (also namespace[0]) (set at line 6"));
-  REQUIRE_THROWS_WITH(parse("[[namespace]]\nnf4_double_quant = true\n"),
+  REQUIRE_THROWS_WITH(parse("[[namespace]]\ncodec = \"fp16\"\nnf4_double_quant = true\n"),
                       Contains("namespace[0].nf4_double_quant: needs codec = \"nf4\""));
 }
 

@@ -170,6 +170,40 @@ int kvtier_lease_tensor(const kvtier_lease* lease, size_t block, size_t tensor,
   return ok();
 }
 
+int kvtier_lease_tensor_decode(const kvtier_lease* lease, size_t block, size_t tensor,
+                               int out_dtype, void* dst, size_t dst_bytes) {
+  if (block >= lease->lease.size() || tensor >= lease->lease.block(block).tensors.size())
+    return fail(kvtier::error(kvtier::Errc::kInvalidArgument, "no such block or tensor"));
+  auto st = kvtier::decode(lease->lease.block(block).tensors[tensor],
+                           static_cast<kvtier::DType>(out_dtype),
+                           {static_cast<std::byte*>(dst), dst_bytes});
+  return st ? ok() : fail(st);
+}
+
+uint64_t kvtier_nf4_encoded_size(int dtype, int nf4_layout, int double_quant, uint64_t rows,
+                                 uint64_t cols) {
+  return kvtier::nf4_encoded_size(static_cast<kvtier::DType>(dtype),
+                                  static_cast<kvtier::Nf4Layout>(nf4_layout), double_quant != 0,
+                                  rows, cols);
+}
+
+int kvtier_nf4_quantize(int dtype, int nf4_layout, int double_quant, uint64_t rows, uint64_t cols,
+                        const void* src, size_t src_bytes, void* dst, size_t dst_bytes) {
+  auto st = kvtier::nf4_quantize(static_cast<kvtier::DType>(dtype),
+                                 static_cast<kvtier::Nf4Layout>(nf4_layout), double_quant != 0,
+                                 rows, cols, {static_cast<const std::byte*>(src), src_bytes},
+                                 {static_cast<std::byte*>(dst), dst_bytes});
+  return st ? ok() : fail(st);
+}
+
+int kvtier_nf4_dequantize(const void* encoded, size_t encoded_bytes, int out_dtype, void* dst,
+                          size_t dst_bytes) {
+  auto st = kvtier::nf4_dequantize({static_cast<const std::byte*>(encoded), encoded_bytes},
+                                   static_cast<kvtier::DType>(out_dtype),
+                                   {static_cast<std::byte*>(dst), dst_bytes});
+  return st ? ok() : fail(st);
+}
+
 int kvtier_lease_release(kvtier_lease* lease) {
   if (lease == nullptr) return 0;
   auto st = lease->lease.release();

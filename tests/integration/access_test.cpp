@@ -24,7 +24,7 @@ TEST_CASE("namespace allow lists and admin rights are enforced by peer credentia
   // uid 0 (this test) may use "public/" but not "secret/", and is not an admin.
   o.extra_toml =
       "[access]\nadmin_uids = [12345]\n"
-      "[[namespace]]\nprefix = \"\"\n"
+      "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\n"
       "[[namespace]]\nprefix = \"secret/\"\nallow_uids = [12345]\n";
   Daemon d(o);
   auto c = Client::connect(d.socket()).value();

@@ -62,6 +62,8 @@ Daemon::Daemon(DaemonOptions o) {
         << "[session]\n"
         << "staging_bytes = " << o.staging_bytes << "\n"
         << o.extra_toml << "\n";
+    if (o.extra_toml.find("[[namespace]]") == std::string::npos)
+      cfg << "[[namespace]]\nprefix = \"\"\ncodec = \"" << o.codec << "\"\n";
   }
   const std::string bin = kvtierd_path();
   const std::string cfg = (dir_ / "kvtier.toml").string();

@@ -16,6 +16,9 @@ struct DaemonOptions {
   uint32_t io_threads = 2;
   uint64_t max_message_bytes = 4ull << 20;
   bool prefault = false;
+  // Codec of the catch-all namespace rule the fixture writes, unless extra_toml brings its
+  // own [[namespace]] rules.  Tests that compare bytes exactly use the lossless "fp16".
+  std::string codec = "fp16";
   std::string extra_toml;  // appended verbatim (e.g. [[namespace]] rules, [access])
   std::string log_level = "warn";
 };

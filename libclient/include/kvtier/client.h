@@ -6,6 +6,9 @@
 //   auto lease = client->get(ns, {keys.data(), cached}).value();
 //   const kvtier::TensorView* k = lease.block(0).tensor("k");   // zero-copy, read-only
 //
+// Blocks of NF4 namespaces (the default) come back NF4-encoded: kvtier::decode() turns a
+// tensor into fp16/bf16/fp32 in the caller's buffer in one call.
+//
 // A Client is one connection; its calls are serialised by an internal mutex, so it may be
 // shared between threads.  Leases pin their blocks in the daemon until released (explicitly,
 // by destruction, or when the connection closes).  Tensor data stays mapped for the life of
@@ -142,5 +145,19 @@ class Client {
 
 // The socket a client connects to when none is given.
 std::string default_socket_path();
+
+// Bytes of `t` once decoded into `out` (its element count times the size of `out`).
+uint64_t decoded_bytes(const TensorView& t, DType out);
+// Decodes a leased tensor into dst (at least decoded_bytes(t, out)): NF4 is dequantized to
+// out (kF16, kBF16 or kF32); a raw tensor is copied and out must be its own dtype.
+Status decode(const TensorView& t, DType out, std::span<std::byte> dst);
+
+// The NF4 codec the daemon stores with (docs/nf4.md), for callers that quantize themselves.
+// A tensor is viewed as [rows, cols]: cols = the innermost axis, rows = all the others.
+uint64_t nf4_encoded_size(DType dtype, Nf4Layout layout, bool double_quant, uint64_t rows,
+                          uint64_t cols);
+Status nf4_quantize(DType dtype, Nf4Layout layout, bool double_quant, uint64_t rows, uint64_t cols,
+                    std::span<const std::byte> src, std::span<std::byte> dst);
+Status nf4_dequantize(std::span<const std::byte> encoded, DType out, std::span<std::byte> dst);
 
 }  // namespace kvtier

@@ -83,6 +83,20 @@ int kvtier_lease_block_status(const kvtier_lease* lease, size_t block);
 size_t kvtier_lease_tensor_count(const kvtier_lease* lease, size_t block);
 int kvtier_lease_tensor(const kvtier_lease* lease, size_t block, size_t tensor,
                         kvtier_tensor_view* out);
+/* Decodes tensor `tensor` of block `block` into dst: NF4 is dequantized to out_dtype
+ * (KVTIER_F16, KVTIER_BF16 or KVTIER_F32); raw tensors are copied (out_dtype = their dtype).
+ * dst_bytes must be at least elements x size of out_dtype. */
+int kvtier_lease_tensor_decode(const kvtier_lease* lease, size_t block, size_t tensor,
+                               int out_dtype, void* dst, size_t dst_bytes);
+
+/* The NF4 codec (docs/nf4.md).  A tensor is viewed as [rows, cols], cols = innermost axis. */
+uint64_t kvtier_nf4_encoded_size(int dtype, int nf4_layout, int double_quant, uint64_t rows,
+                                 uint64_t cols);
+int kvtier_nf4_quantize(int dtype, int nf4_layout, int double_quant, uint64_t rows, uint64_t cols,
+                        const void* src, size_t src_bytes, void* dst, size_t dst_bytes);
+int kvtier_nf4_dequantize(const void* encoded, size_t encoded_bytes, int out_dtype, void* dst,
+                          size_t dst_bytes);
+
 /* Releases the blocks and frees the handle. */
 int kvtier_lease_release(kvtier_lease* lease);
 

@@ -1,0 +1,80 @@
+/* Compiled as C: proves kvtier.h is a C header, and drives the C ABI end to end against the
+ * daemon at $KVTIER_SOCKET.  Exit 0 on success; prints what failed otherwise. */
+#include <kvtier/kvtier.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "%s:%d: %s (%s)\n", __FILE__, __LINE__, #cond,          \
+              kvtier_last_error());                                            \
+      return 1;                                                                \
+    }                                                                          \
+  } while (0)
+
+int main(void) {
+  kvtier_client* c = NULL;
+  CHECK(kvtier_connect(NULL, &c) == KVTIER_OK);
+
+  uint32_t tokens[64];
+  for (int i = 0; i < 64; ++i) tokens[i] = (uint32_t)i;
+  kvtier_key keys[4];
+  size_t n = 0;
+  CHECK(kvtier_chain_keys("c-abi/nf4", tokens, 64, 16, keys, 4, &n) == KVTIER_OK);
+  CHECK(n == 4);
+
+  /* fp32 values in [-1, 1): quantized to NF4 by the daemon (default codec). */
+  static float values[16 * 128];
+  for (int i = 0; i < 16 * 128; ++i) values[i] = (float)((i * 37) % 200 - 100) / 100.0f;
+  uint64_t shape[2] = {16, 128};
+  kvtier_tensor_in t = {"v", KVTIER_F32, 2, shape, values, KVTIER_NF4_ROW_BLOCKS};
+  for (size_t i = 0; i < n; ++i) CHECK(kvtier_put(c, "c-abi/nf4", keys[i], &t, 1) == KVTIER_OK);
+  CHECK(kvtier_put(c, "c-abi/nf4", keys[0], &t, 1) == KVTIER_E_EXISTS);
+
+  uint32_t matched = 0;
+  CHECK(kvtier_lookup(c, "c-abi/nf4", keys, n, &matched) == KVTIER_OK);
+  CHECK(matched == 4);
+
+  kvtier_lease* lease = NULL;
+  CHECK(kvtier_get(c, "c-abi/nf4", keys, 2, &lease) == KVTIER_OK);
+  CHECK(kvtier_lease_blocks(lease) == 2);
+  CHECK(kvtier_lease_block_status(lease, 0) == KVTIER_OK);
+  CHECK(kvtier_lease_tensor_count(lease, 0) == 1);
+  kvtier_tensor_view view;
+  CHECK(kvtier_lease_tensor(lease, 0, 0, &view) == KVTIER_OK);
+  CHECK(strcmp(view.name, "v") == 0);
+  CHECK(view.codec == KVTIER_CODEC_NF4);
+  CHECK(view.rank == 2 && view.shape[0] == 16 && view.shape[1] == 128);
+  static float back[16 * 128];
+  CHECK(kvtier_lease_tensor_decode(lease, 0, 0, KVTIER_F32, back, sizeof(back)) == KVTIER_OK);
+  double err = 0;
+  for (int i = 0; i < 16 * 128; ++i) err += back[i] > values[i] ? back[i] - values[i] : values[i] - back[i];
+  CHECK(err / (16 * 128) < 0.1);
+  CHECK(kvtier_lease_tensor_decode(lease, 0, 0, KVTIER_F32, back, 8) != KVTIER_OK);
+  CHECK(strlen(kvtier_last_error()) > 0);
+  CHECK(kvtier_lease_release(lease) == KVTIER_OK);
+
+  /* The codec on caller buffers. */
+  uint64_t enc_size = kvtier_nf4_encoded_size(KVTIER_F32, KVTIER_NF4_COLUMN_BLOCKS, 0, 16, 128);
+  CHECK(enc_size > 0);
+  void* enc = malloc(enc_size);
+  CHECK(kvtier_nf4_quantize(KVTIER_F32, KVTIER_NF4_COLUMN_BLOCKS, 0, 16, 128, values,
+                            sizeof(values), enc, enc_size) == KVTIER_OK);
+  CHECK(kvtier_nf4_dequantize(enc, enc_size, KVTIER_F32, back, sizeof(back)) == KVTIER_OK);
+  free(enc);
+
+  char* json = NULL;
+  CHECK(kvtier_stats_json(c, &json) == KVTIER_OK);
+  CHECK(strstr(json, "\"host\"") != NULL);
+  kvtier_free(json);
+
+  uint32_t removed = 0;
+  CHECK(kvtier_remove(c, "c-abi/nf4", keys, n, &removed) == KVTIER_OK);
+  CHECK(removed == 4);
+  kvtier_disconnect(c);
+  printf("c abi smoke: ok\n");
+  return 0;
+}
