@@ -1,7 +1,9 @@
 // NF4 quality on synthetic KV: cosine similarity and relative error of K, V and of the
 // attention output softmax(Q K^T / sqrt(d)) V (fp32), per-token vs per-channel keys, with and
-// without double quant, on data with and without outlier key channels.  Prints the table
-// pasted into docs/nf4.md.  Values are always per token (bitsandbytes' layout).
+// without double quant and with outlier channels kept exactly (keys only), on data with and
+// without outlier key channels.  The last two columns isolate the key error (values exact)
+// and the value error (keys exact).  Prints the table pasted into docs/nf4.md.  Values are
+// always per token (bitsandbytes' layout).
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -37,9 +39,12 @@ std::vector<float> fp16(std::vector<float> v) {
   return v;
 }
 
-// NF4 round trip of a [kTokens, kDim] fp16 tensor; *bpv gets encoded bytes per value.
-std::vector<float> nf4_trip(const std::vector<float>& v, Nf4Layout layout, bool dq, double* bpv) {
+// NF4 round trip of a [kTokens, kDim] fp16 tensor; *bpv gets encoded bytes per value (the
+// header's exact total size, outlier sections included).
+std::vector<float> nf4_trip(const std::vector<float>& v, Nf4Layout layout, bool dq, bool outliers,
+                            double* bpv) {
   nf4::Params p{DType::kF16, layout, dq, kTokens, kDim};
+  p.keep_outlier_channels = outliers;
   std::vector<uint16_t> src(v.size()), out(v.size());
   for (size_t i = 0; i < v.size(); ++i) src[i] = nf4::dev::f32_to_f16(v[i]);
   std::vector<std::byte> enc(nf4::encoded_size(p));
@@ -49,7 +54,7 @@ std::vector<float> nf4_trip(const std::vector<float>& v, Nf4Layout layout, bool 
     std::fprintf(stderr, "nf4_quality: %s\n", st.to_string().c_str());
     std::exit(1);
   }
-  *bpv = double(enc.size()) / double(v.size());
+  *bpv = double(nf4::parse_header(enc)->total_size) / double(v.size());
   std::vector<float> back(v.size());
   for (size_t i = 0; i < v.size(); ++i) back[i] = nf4::dev::f16_to_f32(out[i]);
   return back;
@@ -102,26 +107,37 @@ int main() {
   std::vector<float> queries = gen(kQueries * kDim, 1.0f);
 
   std::printf(
-      "| keys | key layout | double quant | K bytes/value | V bytes/value | K cos | K rel err "
-      "| V cos | V rel err | attn cos | attn rel err |\n");
-  std::printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+      "| keys | key layout | double quant | outlier ch. | K bytes/value | V bytes/value | K cos | "
+      "K rel err | V cos | V rel err | attn cos | attn rel err | attn cos, V exact | attn cos, "
+      "K exact |\n");
+  std::printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  struct Row {
+    Nf4Layout layout;
+    bool dq, outliers;
+  };
+  const Row rows[] = {
+      {Nf4Layout::kRowBlocks, false, false}, {Nf4Layout::kColumnBlocks, false, false},
+      {Nf4Layout::kRowBlocks, true, false},  {Nf4Layout::kColumnBlocks, true, false},
+      {Nf4Layout::kRowBlocks, false, true},  {Nf4Layout::kColumnBlocks, false, true},
+      {Nf4Layout::kColumnBlocks, true, true}};
   for (int outliers = 0; outliers < 2; ++outliers) {
     std::vector<float> k = fp16(outliers ? outlier_keys : keys);
     std::vector<float> ref = attention(queries, k, values);
-    for (bool dq : {false, true}) {
-      double vbpv;
-      std::vector<float> v2 = nf4_trip(values, Nf4Layout::kRowBlocks, dq, &vbpv);
-      Compare cv = compare(values, v2);
-      for (Nf4Layout layout : {Nf4Layout::kRowBlocks, Nf4Layout::kColumnBlocks}) {
-        double kbpv;
-        std::vector<float> k2 = nf4_trip(k, layout, dq, &kbpv);
-        Compare ck = compare(k, k2);
-        Compare ca = compare(ref, attention(queries, k2, v2));
-        std::printf("| %s | %s | %s | %.4f | %.4f | %.5f | %.4f | %.5f | %.4f | %.5f | %.4f |\n",
-                    outliers ? "4 outlier ch. x10-20" : "no outliers",
-                    layout == Nf4Layout::kRowBlocks ? "per-token" : "per-channel",
-                    dq ? "yes" : "no", kbpv, vbpv, ck.cos, ck.rel, cv.cos, cv.rel, ca.cos, ca.rel);
-      }
+    for (const Row& row : rows) {
+      double vbpv, kbpv;
+      std::vector<float> v2 = nf4_trip(values, Nf4Layout::kRowBlocks, row.dq, false, &vbpv);
+      std::vector<float> k2 = nf4_trip(k, row.layout, row.dq, row.outliers, &kbpv);
+      Compare cv = compare(values, v2), ck = compare(k, k2);
+      Compare ca = compare(ref, attention(queries, k2, v2));
+      Compare ca_k = compare(ref, attention(queries, k2, values));  // key error only
+      Compare ca_v = compare(ref, attention(queries, k, v2));       // value error only
+      std::printf(
+          "| %s | %s | %s | %s | %.4f | %.4f | %.5f | %.4f | %.5f | %.4f | %.5f | %.4f | %.5f | "
+          "%.5f |\n",
+          outliers ? "4 outlier ch. x10-20" : "no outliers",
+          row.layout == Nf4Layout::kRowBlocks ? "per-token" : "per-channel", row.dq ? "yes" : "no",
+          row.outliers ? "kept" : "no", kbpv, vbpv, ck.cos, ck.rel, cv.cos, cv.rel, ca.cos, ca.rel,
+          ca_k.cos, ca_v.cos);
     }
   }
   std::printf(

@@ -60,7 +60,12 @@ int main(int argc, char** argv) {
   evict->add_option("-n,--namespace", ev_ns, "evict this namespace (or these keys in it)");
   evict->add_option("-k,--key", ev_keys, "block key, 32 hex digits (repeatable)");
   evict->add_flag("--all", ev_all, "evict every unleased block");
-  for (auto* sub : {stats, health, clients, config, ls, evict})
+  std::string ev_tier = "all";
+  evict->add_option("--tier", ev_tier, "host, disk or all (default)")
+      ->check(CLI::IsMember({"host", "disk", "all"}));
+  auto* compact = app.add_subcommand("compact", "rewrite sparse disk regions and free them");
+  auto* verify = app.add_subcommand("verify", "read and check every disk tier payload");
+  for (auto* sub : {stats, health, clients, config, ls, evict, compact, verify})
     sub->add_flag("--json", json, "print the daemon's JSON instead of a table");
 
   CLI11_PARSE(app, argc, argv);
@@ -99,18 +104,42 @@ int main(int argc, char** argv) {
   if (*clients) doc = c.clients_json();
   if (*config) doc = c.config_json();
   if (*ls) doc = c.list_json(ls_ns, ls_limit);
+  if (*compact || *verify) {
+    kvtierctl::ProgressBar bar(*compact ? "compact" : "verify", ::isatty(STDERR_FILENO) && !json);
+    auto r = *compact ? c.compact(bar.callback()) : c.verify(bar.callback());
+    bar.finish();
+    if (!r) return report(r.status());
+    auto j = nlohmann::json::parse(*r, nullptr, false);
+    if (json || j.is_discarded()) {
+      std::cout << *r << "\n";
+    } else if (*compact) {
+      std::cout << "moved " << j.value("moved", 0) << " blocks, freed "
+                << j.value("regions_freed", 0) << " regions ("
+                << kvtierctl::human_bytes(j.value("bytes_freed", uint64_t{0})) << ")\n";
+    } else {
+      std::cout << "checked " << j.value("checked", 0) << " blocks, " << j.value("corrupt", 0)
+                << " corrupt (dropped)\n";
+    }
+    return 0;
+  }
   if (*evict) {
-    auto r = c.evict(ev_ns, keys, ev_all);
+    const auto tier = ev_tier == "host"   ? kvtier::TierSel::kHost
+                      : ev_tier == "disk" ? kvtier::TierSel::kDisk
+                                          : kvtier::TierSel::kAll;
+    auto r = c.evict(ev_ns, keys, ev_all, tier);
     if (!r) return report(r.status());
     if (json) {
       std::cout << nlohmann::json{{"evicted", r->evicted},
                                   {"skipped_leased", r->skipped_leased},
-                                  {"bytes", r->bytes}}
+                                  {"bytes", r->bytes},
+                                  {"disk_evicted", r->disk_evicted}}
                        .dump(2)
                 << "\n";
     } else {
       std::cout << "evicted " << r->evicted << " blocks (" << kvtierctl::human_bytes(r->bytes)
-                << "); skipped " << r->skipped_leased << " leased\n";
+                << "); skipped " << r->skipped_leased << " leased";
+      if (tier != kvtier::TierSel::kHost) std::cout << "; disk: evicted " << r->disk_evicted;
+      std::cout << "\n";
     }
     return 0;
   }

@@ -18,6 +18,25 @@ std::string human_bytes(uint64_t b) {
   return buf;
 }
 
+std::function<void(uint64_t, uint64_t)> ProgressBar::callback() {
+  return [this](uint64_t done, uint64_t total) {
+    if (!enabled_) return;
+    const int width = 30;
+    const double f = total ? std::min(1.0, double(done) / double(total)) : 0.0;
+    const int filled = static_cast<int>(f * width);
+    std::fprintf(stderr, "\r%s [%.*s%*s] %5.1f%% %llu/%llu", label_.c_str(), filled,
+                 "##############################", width - filled, "", 100.0 * f,
+                 (unsigned long long)done, (unsigned long long)total);
+    std::fflush(stderr);
+    drawn_ = true;
+  };
+}
+
+void ProgressBar::finish() {
+  if (drawn_) std::fprintf(stderr, "\n");
+  drawn_ = false;
+}
+
 namespace {
 
 uint64_t u64(const nlohmann::json& j, const char* key) {

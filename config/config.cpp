@@ -200,6 +200,27 @@ void HostTierConfig::validate(const std::filesystem::path& shm_dir) const {
   }
 }
 
+void DiskTierConfig::validate() const {
+  if (!enabled) return;
+  if (region_bytes < kMiB || region_bytes > (4096ull << 20) || region_bytes % 4096 != 0) {
+    fail("disk.region_bytes: must be a multiple of 4KiB in 1MiB..4GiB, got " +
+         human_size(region_bytes));
+  }
+  if (size_bytes < 2 * region_bytes) {
+    fail("disk.size: must hold at least two regions (2 x " + human_size(region_bytes) + "), got " +
+         human_size(size_bytes));
+  }
+  if (write_queue_bytes < kMiB) {
+    fail("disk.write_queue_bytes: must be at least 1MiB, got " + human_size(write_queue_bytes));
+  }
+  if (io_backend != "auto" && io_backend != "io_uring" && io_backend != "threads") {
+    fail("disk.io_backend: '" + io_backend + "' is not one of \"auto\", \"io_uring\", \"threads\"");
+  }
+  if (threads < 1 || threads > 64)
+    fail("disk.threads: must be in 1..64, got " + std::to_string(threads));
+  if (reader_check_s < 1) fail("disk.reader_check_s: must be at least 1");
+}
+
 void SessionConfig::validate() const {
   if (staging_bytes < kMiB) {
     fail("session.staging_bytes: must be at least 1MiB, got " + human_size(staging_bytes));
@@ -229,6 +250,7 @@ bool NamespaceRule::allows(uid_t uid, gid_t gid, const std::vector<gid_t>& group
 void Config::validate() const {
   daemon.validate();
   access.validate();
+  disk.validate();
   session.validate();
   std::map<std::string_view, size_t> seen;  // prefix -> index of its first rule
   for (size_t i = 0; i < namespaces.size(); ++i) {
@@ -251,6 +273,10 @@ void Config::validate() const {
   }
   // Last: the host tier check reads /dev/shm, the others need nothing but the values.
   host.validate();
+}
+
+std::filesystem::path Config::disk_dir() const {
+  return disk.dir.empty() ? daemon.state_dir / "disk" : disk.dir;
 }
 
 const NamespaceRule* Config::rule_for(std::string_view ns) const {

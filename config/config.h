@@ -59,6 +59,27 @@ struct HostTierConfig {
   void validate(const std::filesystem::path& shm_dir = "/dev/shm") const;
 };
 
+// The disk tier: region files and an LMDB index under `dir` (docs/disk.md).
+struct DiskTierConfig {
+  bool enabled = true;
+  std::filesystem::path dir;                  // empty = <daemon.state_dir>/disk
+  uint64_t size_bytes = 16ull << 30;          // region bytes on disk
+  uint64_t region_bytes = 64ull << 20;        // size of one region file
+  uint64_t write_queue_bytes = 256ull << 20;  // demotions queued for writing; beyond: dropped
+  std::string io_backend = "auto";            // auto | io_uring | threads
+  bool o_direct = true;                       // falls back to buffered I/O where refused
+  uint32_t threads = 2;                       // thread-pool I/O and compression workers
+  uint32_t reader_check_s = 60;               // mdb_reader_check period
+  void validate() const;
+};
+
+// What happens to a namespace's blocks on the disk tier.
+enum class DiskPolicy : uint8_t {
+  kOff = 0,        // never written to disk
+  kWriteBack = 1,  // written when the host tier evicts them (default)
+  kPersist = 2,    // written at seal too; seal answers once the block is durable
+};
+
 struct SessionConfig {
   uint64_t staging_bytes = 64ull << 20;  // per-connection staging area (largest single put)
   uint32_t max_leases = 65536;           // per connection
@@ -74,6 +95,8 @@ struct NamespaceRule {
   std::vector<gid_t> allow_gids;
   Codec codec = Codec::kNf4;  // cold-tier format: "nf4" (default) or "fp16" (raw, lossless)
   bool nf4_double_quant = false;
+  DiskPolicy disk = DiskPolicy::kWriteBack;  // "off" | "writeback" | "persist"
+  bool compress = true;                      // zstd on the disk tier where it pays
   void validate() const;
   bool allows(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) const;
 };
@@ -82,10 +105,13 @@ struct Config {
   DaemonConfig daemon;
   AccessConfig access;
   HostTierConfig host;
+  DiskTierConfig disk;
   SessionConfig session;
   std::vector<NamespaceRule> namespaces;  // default: one rule, prefix "", any peer
 
   void validate() const;
+  // disk.dir, or <daemon.state_dir>/disk when it is empty.
+  std::filesystem::path disk_dir() const;
   // The rule for a namespace, or nullptr when none matches (requests are then refused).
   const NamespaceRule* rule_for(std::string_view ns) const;
   // The effective settings as TOML (`kvtierctl config`).

@@ -217,6 +217,31 @@ void read_host(Reader& r, const toml::table& t, HostTierConfig& h) {
        {"ghost_entries", [&](auto& n, auto& k) { h.ghost_entries = r.integer<uint64_t>(n, k); }}});
 }
 
+void read_disk(Reader& r, const toml::table& t, DiskTierConfig& d) {
+  r.read_table(
+      t, "disk",
+      {{"enabled", [&](auto& n, auto& k) { d.enabled = r.boolean(n, k); }},
+       {"dir", [&](auto& n, auto& k) { d.dir = r.str(n, k); }},
+       {"size", [&](auto& n, auto& k) { d.size_bytes = r.size(n, k); }},
+       {"region_bytes", [&](auto& n, auto& k) { d.region_bytes = r.size(n, k); }},
+       {"write_queue_bytes", [&](auto& n, auto& k) { d.write_queue_bytes = r.size(n, k); }},
+       {"io_backend", [&](auto& n, auto& k) { d.io_backend = r.str(n, k); }},
+       {"o_direct", [&](auto& n, auto& k) { d.o_direct = r.boolean(n, k); }},
+       {"threads", [&](auto& n, auto& k) { d.threads = r.integer<uint32_t>(n, k); }},
+       {"reader_check_s",
+        [&](auto& n, auto& k) { d.reader_check_s = r.integer<uint32_t>(n, k); }}});
+}
+
+DiskPolicy disk_policy(Reader& r, const toml::node& n, const std::string& key) {
+  const std::string v = r.str(n, key);
+  if (v == "off") return DiskPolicy::kOff;
+  if (v == "writeback") return DiskPolicy::kWriteBack;
+  if (v == "persist") return DiskPolicy::kPersist;
+  r.fail(key + ": unknown disk policy '" + v + "' (expected \"off\", \"writeback\" or \"persist\")",
+         n.source());
+  return DiskPolicy::kOff;
+}
+
 void read_session(Reader& r, const toml::table& t, SessionConfig& s) {
   r.read_table(t, "session",
                {{"staging_bytes", [&](auto& n, auto& k) { s.staging_bytes = r.size(n, k); }},
@@ -240,7 +265,9 @@ void read_namespaces(Reader& r, const toml::node& node, std::vector<NamespaceRul
          {"allow_uids", [&](auto& n, auto& k) { rule.allow_uids = r.ids(n, k); }},
          {"allow_gids", [&](auto& n, auto& k) { rule.allow_gids = r.ids(n, k); }},
          {"codec", [&](auto& n, auto& k) { rule.codec = r.codec(n, k); }},
-         {"nf4_double_quant", [&](auto& n, auto& k) { rule.nf4_double_quant = r.boolean(n, k); }}});
+         {"nf4_double_quant", [&](auto& n, auto& k) { rule.nf4_double_quant = r.boolean(n, k); }},
+         {"disk", [&](auto& n, auto& k) { rule.disk = disk_policy(r, n, k); }},
+         {"compress", [&](auto& n, auto& k) { rule.compress = r.boolean(n, k); }}});
   }
 }
 
@@ -272,6 +299,7 @@ Config parse(std::string_view toml_text, const std::string& origin) {
                {{"daemon", [&](auto& n, auto& k) { read_daemon(r, r.table(n, k), cfg.daemon); }},
                 {"access", [&](auto& n, auto& k) { read_access(r, r.table(n, k), cfg.access); }},
                 {"host", [&](auto& n, auto& k) { read_host(r, r.table(n, k), cfg.host); }},
+                {"disk", [&](auto& n, auto& k) { read_disk(r, r.table(n, k), cfg.disk); }},
                 {"session", [&](auto& n, auto& k) { read_session(r, r.table(n, k), cfg.session); }},
                 {"namespace", [&](auto& n, auto&) { read_namespaces(r, n, cfg.namespaces); }}});
   try {

@@ -85,6 +85,16 @@ std::string Config::to_toml() const {
     << "prefault = " << boolean(host.prefault) << "\n"
     << "small_queue_ratio = " << float_text(host.small_queue_ratio) << "\n"
     << "ghost_entries = " << host.ghost_entries << "\n";
+  o << "\n[disk]\n"
+    << "enabled = " << boolean(disk.enabled) << "\n"
+    << "dir = " << quote(disk.dir.native()) << "\n"
+    << "size = " << toml_size(disk.size_bytes) << "\n"
+    << "region_bytes = " << toml_size(disk.region_bytes) << "\n"
+    << "write_queue_bytes = " << toml_size(disk.write_queue_bytes) << "\n"
+    << "io_backend = " << quote(disk.io_backend) << "\n"
+    << "o_direct = " << boolean(disk.o_direct) << "\n"
+    << "threads = " << disk.threads << "\n"
+    << "reader_check_s = " << disk.reader_check_s << "\n";
   o << "\n[session]\n"
     << "staging_bytes = " << toml_size(session.staging_bytes) << "\n"
     << "max_leases = " << session.max_leases << "\n"
@@ -95,7 +105,13 @@ std::string Config::to_toml() const {
       << "allow_uids = " << id_list(rule.allow_uids) << "\n"
       << "allow_gids = " << id_list(rule.allow_gids) << "\n"
       << "codec = " << quote(codec_toml_name(rule.codec)) << "\n"
-      << "nf4_double_quant = " << boolean(rule.nf4_double_quant) << "\n";
+      << "nf4_double_quant = " << boolean(rule.nf4_double_quant) << "\n"
+      << "disk = "
+      << quote(rule.disk == DiskPolicy::kOff       ? "off"
+               : rule.disk == DiskPolicy::kPersist ? "persist"
+                                                   : "writeback")
+      << "\n"
+      << "compress = " << boolean(rule.compress) << "\n";
   }
   return o.str();
 }

@@ -47,7 +47,10 @@ void on_health(Server& s, const wire::RequestMsg&, Reply& r) {
           {"capacity_bytes", u.capacity_bytes},
           {"used_bytes", u.used_bytes}}},
         {"gpu", {{"backend", "none"}, {"reason", "GPU tier not built yet (issue 5)"}}},
-        {"disk", {{"backend", "none"}, {"reason", "disk tier not built yet (issue 4)"}}}}},
+        {"disk", s.cache().disk()
+                     ? nlohmann::json{{"backend", s.cache().disk()->backend()},
+                                      {"dir", s.config().disk_dir().string()}}
+                     : nlohmann::json{{"backend", "none"}, {"reason", s.cache().disk_status()}}}}},
       {"nf4",
        {{"cpu_path", nf4::active_cpu_path()},
         {"cuda", nf4::cuda::available() ? "available" : "unavailable (no driver or device)"}}},
@@ -74,10 +77,14 @@ void on_evict(Server& s, const wire::RequestMsg& msg, Reply& r) {
   auto keys = wire_util::keys_from_wire(req->keys());
   if (!req->all() && ns.empty())
     return r.fail(error(Errc::kInvalidArgument, "evict needs a namespace, keys, or all"));
-  auto c = s.cache().evict(ns.empty() ? std::nullopt : std::optional(ns), keys, req->all());
+  // tier: 0 = every tier, 1 = host, 2 = disk.
+  if (req->tier() > 2) return r.fail(error(Errc::kInvalidArgument, "unknown tier"));
+  auto c = s.cache().evict(ns.empty() ? std::nullopt : std::optional(ns), keys, req->all(),
+                           req->tier() != 2, req->tier() != 1);
   r.set(wire::Response::EvictResp,
-        wire::CreateEvictResp(r.fbb, static_cast<uint32_t>(c.evicted),
-                              static_cast<uint32_t>(c.skipped_leased), c.bytes));
+        wire::CreateEvictResp(r.fbb, static_cast<uint32_t>(c.host.evicted),
+                              static_cast<uint32_t>(c.host.skipped_leased), c.host.bytes,
+                              static_cast<uint32_t>(c.disk)));
 }
 
 struct Command {

@@ -13,8 +13,39 @@ uint64_t now_unix_ms() {
 
 }  // namespace
 
-Cache::Cache(const config::Config& config, std::unique_ptr<HostTier> host, Metrics& metrics)
-    : config_(config), metrics_(metrics), host_(std::move(host)) {}
+void Promotion::wait(std::function<void(Status)> fn) {
+  std::unique_lock lock(mu_);
+  if (!done_) {
+    waiters_.push_back(std::move(fn));
+    return;
+  }
+  Status result = result_;
+  lock.unlock();
+  fn(result);
+}
+
+void Promotion::complete(Status result) {
+  std::vector<std::function<void(Status)>> waiters;
+  {
+    std::lock_guard lock(mu_);
+    done_ = true;
+    result_ = result;
+    waiters.swap(waiters_);
+  }
+  for (auto& w : waiters) w(result);
+}
+
+Cache::Cache(const config::Config& config, std::unique_ptr<HostTier> host,
+             std::unique_ptr<DiskTier> disk, std::string disk_status, Metrics& metrics)
+    : config_(config),
+      metrics_(metrics),
+      disk_(std::move(disk)),
+      disk_status_(std::move(disk_status)),
+      host_(std::move(host)) {
+  // Runs inside HostTier::reserve(), which is only called with mu_ held.
+  host_->set_evict_listener(
+      [this](const BlockInfo& b, std::span<const std::byte> bytes) { demote(b, bytes); });
+}
 
 Cache::~Cache() {
   std::vector<uint64_t> ids;
@@ -23,6 +54,104 @@ Cache::~Cache() {
     for (auto& [id, s] : sessions_) ids.push_back(id);
   }
   for (uint64_t id : ids) close_session(id);
+  if (disk_) disk_->flush();  // queued demotions reach the disk before the host tier goes
+}
+
+const std::string& Cache::namespace_name(uint32_t ns) const {
+  std::lock_guard lock(mu_);
+  return ns_names_.at(ns);
+}
+
+void Cache::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
+  const config::NamespaceRule* rule = ns_rules_.at(b.id.ns);
+  if (!disk_ || rule->disk == config::DiskPolicy::kOff) {
+    bump(metrics_.demotions_skipped);
+    return;
+  }
+  Metrics* m = &metrics_;
+  // DiskTier::write copies the bytes into its queue: the extent is freed right after this.
+  Status st =
+      disk_->write(ns_names_.at(b.id.ns), b.id.key, b.layout, bytes, rule->compress,
+                   [m](Status s) { bump(s.is_ok() ? m->demotions : m->demotion_failures); });
+  if (st.code() == Errc::kLimit) bump(metrics_.demotions_dropped);
+  // kAlreadyExists: a persist block, durable already.  Anything else refused the write.
+  if (st.code() == Errc::kAlreadyExists) bump(metrics_.demotions);
+  if (!st && st.code() != Errc::kLimit && st.code() != Errc::kAlreadyExists)
+    bump(metrics_.demotion_failures);
+}
+
+Status Cache::persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done) {
+  std::lock_guard lock(mu_);
+  if (!disk_) return error(Errc::kUnavailable, "no disk tier: " + disk_status_);
+  const BlockInfo* b = host_->find(NsKey{ns, key});
+  if (b == nullptr) return error(Errc::kNotFound, "block " + key.hex() + " left the host tier");
+  Status st =
+      disk_->write(ns_names_.at(ns), key, b->layout, {host_->data(b->extent), b->extent.bytes},
+                   ns_rules_.at(ns)->compress, std::move(done));
+  if (st.code() == Errc::kAlreadyExists) return error(Errc::kAlreadyExists, "on disk already");
+  return st;
+}
+
+Result<PromotionTicket> Cache::begin_promotion(uint32_t ns, const BlockKey& key) {
+  if (!disk_) return error(Errc::kNotFound, "not cached");
+  const NsKey id{ns, key};
+  std::string name;
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = promotions_.find(id); it != promotions_.end())
+      return PromotionTicket{it->second, false, {}, {}};
+    name = ns_names_.at(ns);
+  }
+  // The index read needs no lock of ours (LMDB read transaction).
+  auto entry = disk_->find(name, key);
+  if (!entry) return error(Errc::kNotFound, "not cached");
+  std::lock_guard lock(mu_);
+  if (auto it = promotions_.find(id); it != promotions_.end())
+    return PromotionTicket{it->second, false, {}, {}};
+  if (host_->find(id) != nullptr) {
+    // Promoted (or put) between get() and here: a fresh get() finds it.
+    auto done = std::make_shared<Promotion>();
+    done->complete({});
+    return PromotionTicket{done, false, {}, {}};
+  }
+  auto ext = host_->reserve(entry->payload_bytes);
+  if (!ext) return ext.status();
+  PromotionTicket t{std::make_shared<Promotion>(), true, *ext, std::move(*entry)};
+  promotions_.emplace(id, t.promotion);
+  return t;
+}
+
+LeaseGrant Cache::finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& key,
+                                   const PromotionTicket& t, Status read) {
+  LeaseGrant g;
+  g.key = key;
+  const NsKey id{ns, key};
+  {
+    std::lock_guard lock(mu_);
+    promotions_.erase(id);
+    if (read.is_ok()) {
+      Status st = host_->insert(id, t.extent, t.entry.layout);
+      if (!st) host_->unreserve(t.extent);  // put by a client meanwhile: lease that one
+      bump(metrics_.promotions);
+    } else {
+      host_->unreserve(t.extent);
+      bump(metrics_.promotion_failures);
+    }
+    Session* s = session(sid);
+    const BlockInfo* b = read.is_ok() ? host_->acquire(id) : nullptr;
+    if (s == nullptr || b == nullptr) {
+      if (b) host_->release(b);
+      g.code = s == nullptr ? Errc::kUnavailable : Errc::kNotFound;
+    } else {
+      g.lease_id = s->next_id++;
+      g.extent = b->extent;
+      g.layout = &b->layout;
+      s->leases.emplace(g.lease_id, b);
+      s->leased_bytes += b->extent.bytes;
+    }
+  }
+  t.promotion->complete(read);
+  return g;
 }
 
 uint64_t Cache::open_session(const PeerInfo& peer) {
@@ -84,7 +213,9 @@ uint32_t Cache::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
   std::lock_guard lock(mu_);
   uint32_t n = 0;
   for (const auto& k : keys) {
-    if (host_->find(NsKey{ns, k}) == nullptr) break;
+    if (host_->find(NsKey{ns, k}) == nullptr &&
+        !(disk_ && disk_->find(ns_names_.at(ns), k).has_value()))
+      break;
     ++n;
   }
   bump(metrics_.lookups);
@@ -207,6 +338,7 @@ Cache::RemoveCount Cache::remove(uint32_t ns, std::span<const BlockKey> keys) {
   std::lock_guard lock(mu_);
   RemoveCount c;
   for (const auto& k : keys) {
+    const bool on_disk = disk_ && disk_->remove(ns_names_.at(ns), k).is_ok();
     switch (host_->remove(NsKey{ns, k})) {
       case RemoveOutcome::kRemoved:
         ++c.removed;
@@ -215,6 +347,7 @@ Cache::RemoveCount Cache::remove(uint32_t ns, std::span<const BlockKey> keys) {
         ++c.deferred;
         break;
       case RemoveOutcome::kNotFound:
+        c.removed += on_disk;
         break;
     }
   }
@@ -222,18 +355,22 @@ Cache::RemoveCount Cache::remove(uint32_t ns, std::span<const BlockKey> keys) {
   return c;
 }
 
-Tier::EvictCount Cache::evict(std::optional<std::string> ns, std::span<const BlockKey> keys,
-                              bool all) {
-  std::lock_guard lock(mu_);
-  if (all) return host_->evict_matching([](const BlockInfo&) { return true; });
-  if (!ns) return {};
-  auto id = find_namespace(*ns);
-  if (!id) return {};
-  if (keys.empty())
-    return host_->evict_matching([&](const BlockInfo& b) { return b.id.ns == *id; });
+Cache::EvictCount Cache::evict(std::optional<std::string> ns, std::span<const BlockKey> keys,
+                               bool all, bool host, bool disk) {
+  EvictCount c;
+  if (!all && !ns) return c;
   std::unordered_set<BlockKey, BlockKeyHash> wanted(keys.begin(), keys.end());
-  return host_->evict_matching(
-      [&](const BlockInfo& b) { return b.id.ns == *id && wanted.count(b.id.key) > 0; });
+  auto match = [&](std::string_view block_ns, const BlockKey& k) {
+    return all || (block_ns == *ns && (wanted.empty() || wanted.count(k) > 0));
+  };
+  if (disk && disk_)
+    c.disk = disk_->evict_matching([&](const DiskEntry& e) { return match(e.ns, e.key); });
+  if (host) {
+    std::lock_guard lock(mu_);
+    c.host = host_->evict_matching(
+        [&](const BlockInfo& b) { return match(ns_names_.at(b.id.ns), b.id.key); });
+  }
+  return c;
 }
 
 uint64_t Cache::session_count() const {

@@ -25,6 +25,7 @@
 #include "config/config.h"
 #include "daemon/metrics.h"
 #include "daemon/peer.h"
+#include "tiers/disk/disk_tier.h"
 #include "tiers/host/host_tier.h"
 
 namespace kvtier {
@@ -38,6 +39,28 @@ struct PendingPut {
   uint64_t staging_offset = 0;
 };
 
+// A promotion from the disk tier to the host tier in flight: later requests for the same
+// block wait for it instead of reading the block again.
+class Promotion {
+ public:
+  // Calls fn(result) once the promotion completes (at once if it has).
+  void wait(std::function<void(Status)> fn);
+  void complete(Status result);
+
+ private:
+  std::mutex mu_;
+  bool done_ = false;                                 // guarded by mu_
+  Status result_;                                     // guarded by mu_
+  std::vector<std::function<void(Status)>> waiters_;  // guarded by mu_
+};
+
+struct PromotionTicket {
+  std::shared_ptr<Promotion> promotion;
+  bool leader = false;  // this request reads the block; the others wait on `promotion`
+  Extent extent;        // host space reserved for it (leader only)
+  DiskEntry entry;
+};
+
 struct LeaseGrant {
   BlockKey key;
   Errc code = Errc::kOk;
@@ -48,10 +71,16 @@ struct LeaseGrant {
 
 class Cache {
  public:
-  Cache(const config::Config& config, std::unique_ptr<HostTier> host, Metrics& metrics);
+  // `disk` may be null (disabled, or it failed to open: `disk_status` says why).
+  Cache(const config::Config& config, std::unique_ptr<HostTier> host,
+        std::unique_ptr<DiskTier> disk, std::string disk_status, Metrics& metrics);
   ~Cache();
 
   HostTier& host() { return *host_; }
+  // Thread-safe on its own (tiers/disk/disk_tier.h); null when there is no disk tier.
+  DiskTier* disk() { return disk_.get(); }
+  const std::string& disk_status() const { return disk_status_; }
+  const std::string& namespace_name(uint32_t ns) const;
   const config::Config& config() const { return config_; }
 
   uint64_t open_session(const PeerInfo& peer);
@@ -64,6 +93,19 @@ class Cache {
 
   // Number of leading keys present in any tier.
   uint32_t lookup(uint32_t ns, std::span<const BlockKey> keys) const;
+
+  // For a key that get() missed: when the disk tier has it, reserves host space and makes this
+  // request the leader of its promotion, or joins the promotion already in flight.
+  // kNotFound when the disk tier does not have it either.
+  Result<PromotionTicket> begin_promotion(uint32_t ns, const BlockKey& key);
+  // The leader's end of a promotion: publishes the block read into ticket.extent (read ok)
+  // or gives the space back, wakes the waiters, and leases the block to `sid` when published.
+  LeaseGrant finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& key,
+                              const PromotionTicket& ticket, Status read);
+
+  // Namespaces with disk = "persist": queues the sealed block for the disk tier; done(status)
+  // runs once it is durable.  Returns ok when done will be called.
+  Status persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done);
 
   Result<uint64_t> begin_put(uint64_t sid, PendingPut put);
   // A copy of the pending put (its extent stays reserved until seal or abort).
@@ -80,8 +122,14 @@ class Cache {
     uint32_t deferred = 0;
   };
   RemoveCount remove(uint32_t ns, std::span<const BlockKey> keys);
-  // Admin eviction: by keys within a namespace, a whole namespace, or everything.
-  Tier::EvictCount evict(std::optional<std::string> ns, std::span<const BlockKey> keys, bool all);
+  // Admin eviction: by keys within a namespace, a whole namespace, or everything, from the
+  // host tier, the disk tier or both.  Nothing evicted this way is demoted.
+  struct EvictCount {
+    Tier::EvictCount host;
+    uint64_t disk = 0;
+  };
+  EvictCount evict(std::optional<std::string> ns, std::span<const BlockKey> keys, bool all,
+                   bool host, bool disk);
 
   nlohmann::json stats_json() const;
   nlohmann::json clients_json() const;
@@ -101,9 +149,14 @@ class Cache {
   Session* session(uint64_t sid);                                     // requires mu_
   std::optional<uint32_t> find_namespace(std::string_view ns) const;  // requires mu_
 
+  // Capacity eviction from the host tier: hands the block to the disk tier (write-back).
+  void demote(const BlockInfo& block, std::span<const std::byte> bytes);  // requires mu_
+
   // Constant after construction.
   const config::Config config_;
   Metrics& metrics_;
+  const std::unique_ptr<DiskTier> disk_;  // thread-safe itself; may be null
+  const std::string disk_status_;
 
   mutable std::mutex mu_;
   // Guarded by mu_.
@@ -113,6 +166,7 @@ class Cache {
   std::unordered_map<std::string, uint32_t> ns_ids_;
   std::unordered_map<uint64_t, Session> sessions_;
   uint64_t next_session_ = 1;
+  std::unordered_map<NsKey, std::shared_ptr<Promotion>, NsKeyHash> promotions_;
 };
 
 }  // namespace kvtier

@@ -28,6 +28,29 @@ nlohmann::json Cache::stats_json() const {
       {"evicted_bytes", u.evicted_bytes},
       {"policy", "s3fifo"},
   };
+  if (disk_) {
+    DiskUsage d = disk_->usage();
+    j["tiers"]["disk"] = {
+        {"capacity_bytes", d.capacity_bytes},
+        {"used_bytes", d.used_bytes},
+        {"stored_bytes", d.disk_bytes},
+        {"raw_bytes", d.payload_bytes},
+        {"compression_ratio", d.disk_bytes ? double(d.payload_bytes) / double(d.disk_bytes) : 1.0},
+        {"blocks", d.blocks},
+        {"regions", d.regions},
+        {"queued_bytes", d.queued_bytes},
+        {"writes", d.writes},
+        {"write_bytes", d.write_bytes},
+        {"reads", d.reads},
+        {"read_bytes", d.read_bytes},
+        {"write_errors", d.write_errors},
+        {"read_errors", d.read_errors},
+        {"corrupt_dropped", d.corrupt_dropped},
+        {"regions_reclaimed", d.regions_reclaimed},
+        {"dropped_at_open", d.dropped_at_open},
+        {"backend", disk_->backend()},
+    };
+  }
   j["sessions"] = sessions;
   j["leases"] = leases;
   j["pending_puts"] = pending;
@@ -84,6 +107,28 @@ nlohmann::json Cache::list_json(const std::string& ns_filter, uint32_t limit) co
                    {"last_access_unix_ms", b.last_access_unix_ms},
                    {"tensors", tensors}});
   });
+  if (disk_) {
+    disk_->visit([&](const DiskEntry& e) {
+      if (!ns_filter.empty() && e.ns != ns_filter) return;
+      if (limit && arr.size() >= limit) return;
+      auto tensors = nlohmann::json::array();
+      for (const auto& t : e.layout.tensors) {
+        tensors.push_back({{"name", t.name},
+                           {"dtype", dtype_name(t.dtype)},
+                           {"shape", t.shape},
+                           {"codec", codec_name(t.codec)},
+                           {"bytes", t.bytes}});
+      }
+      arr.push_back({{"namespace", e.ns},
+                     {"key", e.key.hex()},
+                     {"tier", "disk"},
+                     {"bytes", e.disk_bytes},
+                     {"leases", 0},
+                     {"hits", 0},
+                     {"last_access_unix_ms", e.last_access_unix_ms},
+                     {"tensors", tensors}});
+    });
+  }
   return arr;
 }
 

@@ -3,9 +3,12 @@
 
 #include "common/frame.h"
 #include "common/wire.h"
+#include "daemon/await.h"
 #include "daemon/block_codec.h"
 #include "daemon/server.h"
 #include "daemon/session.h"
+
+using boost::asio::awaitable;
 
 namespace kvtier {
 
@@ -98,21 +101,36 @@ void Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
         wire::CreatePutBeginResp(r.fbb, *put_id, *off, attach, staging_->size()));
 }
 
-void Session::on_seal(const wire::SealReq& req, Reply& r) {
+awaitable<void> Session::on_seal(const wire::SealReq& req, Reply& r) {
   Cache& cache = server_.cache();
   auto put = cache.pending(id_, req.put_id());
-  if (!put) return r.fail(put.status());
+  if (!put) co_return r.fail(put.status());
   // The reserved extent is this session's alone until seal or abort: copy without the lock.
   BlockLayout stored = put->stored_layout;
+  const config::NamespaceRule& rule = cache.rule_of(put->ns);
   Status st = encode_block(put->client_layout, staging_->data(put->staging_offset), stored,
-                           cache.host().data(put->extent), cache.rule_of(put->ns).nf4_double_quant);
+                           cache.host().data(put->extent), rule.nf4_double_quant);
   staging_->free(put->staging_offset);
   if (!st) {
     (void)cache.abort_put(id_, req.put_id());
-    return r.fail(st);
+    co_return r.fail(st);
   }
   uint64_t stored_bytes = stored.total_bytes;
-  if (Status s = cache.seal_put(id_, req.put_id(), std::move(stored)); !s) return r.fail(s);
+  if (Status s = cache.seal_put(id_, req.put_id(), std::move(stored)); !s) co_return r.fail(s);
+  if (rule.disk == config::DiskPolicy::kPersist) {
+    // Write-through: answer once the block is durable on the disk tier.
+    Status durable = co_await await_callback<Status>([&](std::function<void(Status)> done) {
+      Status queued = cache.persist(put->ns, put->key, done);
+      if (!queued) done(queued);
+    });
+    if (!durable && durable.code() != Errc::kAlreadyExists) {
+      bump(server_.metrics().persist_failures);
+      // All or nothing: a persist put that is not durable is not stored at all.
+      (void)cache.remove(put->ns, std::span(&put->key, 1));
+      co_return r.fail(error(durable.code(), "not persisted: " + durable.message()));
+    }
+    bump(server_.metrics().persisted);
+  }
   r.set(wire::Response::SealResp, wire::CreateSealResp(r.fbb, stored_bytes));
 }
 
@@ -124,12 +142,31 @@ void Session::on_abort(const wire::AbortReq& req, Reply& r) {
   r.set(wire::Response::AbortResp, wire::CreateAbortResp(r.fbb));
 }
 
-void Session::on_get(const wire::GetReq& req, Reply& r) {
-  auto ns = server_.cache().resolve_namespace(wire_util::str(req.namespace_()), peer_);
-  if (!ns) return r.fail(ns.status());
+awaitable<void> Session::on_get(const wire::GetReq& req, Reply& r) {
+  Cache& cache = server_.cache();
+  auto ns = cache.resolve_namespace(wire_util::str(req.namespace_()), peer_);
+  if (!ns) co_return r.fail(ns.status());
   auto keys = request_keys(req.keys());
-  if (!keys) return r.fail(keys.status());
-  auto grants = server_.cache().get(id_, *ns, *keys);
+  if (!keys) co_return r.fail(keys.status());
+  auto grants = cache.get(id_, *ns, *keys);
+  // Blocks only on the disk tier are promoted into the host tier and leased from there.
+  for (auto& g : grants) {
+    if (g.code != Errc::kNotFound || cache.disk() == nullptr) continue;
+    auto ticket = cache.begin_promotion(*ns, g.key);
+    if (!ticket) continue;  // not on disk either (or no host space): a miss
+    if (!ticket->leader) {
+      bump(server_.metrics().promotion_waits);
+      Status done = co_await await_callback<Status>(
+          [p = ticket->promotion](std::function<void(Status)> fn) { p->wait(std::move(fn)); });
+      if (done) g = cache.get(id_, *ns, std::span(&g.key, 1)).front();
+      continue;
+    }
+    DiskTier* disk = cache.disk();
+    std::span<std::byte> dst(cache.host().data(ticket->extent), ticket->entry.payload_bytes);
+    Status read = co_await await_callback<Status>(
+        [&](std::function<void(Status)> done) { disk->read(ticket->entry, dst, std::move(done)); });
+    g = cache.finish_promotion(id_, *ns, g.key, *ticket, read);
+  }
   auto& fbb = r.fbb;
   std::vector<flatbuffers::Offset<wire::LeasedBlock>> blocks;
   blocks.reserve(grants.size());

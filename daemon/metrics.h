@@ -9,26 +9,35 @@
 
 namespace kvtier {
 
-#define KVTIER_METRICS(X)                                                     \
-  X(connections_total, "connections accepted")                                \
-  X(connections_refused, "connections refused at the max_connections limit")  \
-  X(requests, "requests handled")                                             \
-  X(errors, "requests answered with an error")                                \
-  X(protocol_errors, "malformed, oversized or wrong-version messages")        \
-  X(permission_denied, "requests refused by namespace or admin access rules") \
-  X(lookups, "lookup requests")                                               \
-  X(lookup_keys, "keys asked in lookups")                                     \
-  X(lookup_hits, "keys found by lookups (the matched prefix)")                \
-  X(puts, "puts sealed")                                                      \
-  X(put_bytes, "raw bytes sealed")                                            \
-  X(puts_aborted, "puts aborted (explicitly or by disconnect)")               \
-  X(puts_no_space, "puts refused for lack of space")                          \
-  X(gets, "get requests")                                                     \
-  X(get_hits, "blocks leased by gets")                                        \
-  X(get_misses, "keys not found by gets")                                     \
-  X(releases, "leases released by clients")                                   \
-  X(leases_reclaimed, "leases released because their connection closed")      \
-  X(removes, "blocks removed by clients")
+#define KVTIER_METRICS(X)                                                                \
+  X(connections_total, "connections accepted")                                           \
+  X(connections_refused, "connections refused at the max_connections limit")             \
+  X(requests, "requests handled")                                                        \
+  X(errors, "requests answered with an error")                                           \
+  X(protocol_errors, "malformed, oversized or wrong-version messages")                   \
+  X(permission_denied, "requests refused by namespace or admin access rules")            \
+  X(lookups, "lookup requests")                                                          \
+  X(lookup_keys, "keys asked in lookups")                                                \
+  X(lookup_hits, "keys found by lookups (the matched prefix)")                           \
+  X(puts, "puts sealed")                                                                 \
+  X(put_bytes, "raw bytes sealed")                                                       \
+  X(puts_aborted, "puts aborted (explicitly or by disconnect)")                          \
+  X(puts_no_space, "puts refused for lack of space")                                     \
+  X(gets, "get requests")                                                                \
+  X(get_hits, "blocks leased by gets")                                                   \
+  X(get_misses, "keys not found by gets")                                                \
+  X(releases, "leases released by clients")                                              \
+  X(leases_reclaimed, "leases released because their connection closed")                 \
+  X(removes, "blocks removed by clients")                                                \
+  X(demotions, "blocks written to the disk tier on host eviction")                       \
+  X(demotions_dropped, "host evictions not demoted: disk write queue full")              \
+  X(demotion_failures, "demotions whose disk write failed")                              \
+  X(demotions_skipped, "host evictions of disk = off namespaces (or with no disk tier)") \
+  X(persisted, "blocks of persist namespaces made durable at seal")                      \
+  X(persist_failures, "seals of persist namespaces that could not be made durable")      \
+  X(promotions, "blocks read back from the disk tier into the host tier")                \
+  X(promotion_waits, "gets that waited on a promotion already in flight")                \
+  X(promotion_failures, "promotions that failed (corrupt, I/O, no space)")
 
 struct Metrics {
 #define KVTIER_METRIC_FIELD(name, help) std::atomic<uint64_t> name{0};

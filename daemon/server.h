@@ -46,6 +46,9 @@ class Server {
   boost::asio::awaitable<void> accept_loop();
   void begin_drain(const char* why);
   void bind_socket();
+  // The disk tier per config, or null with the reason (the daemon then runs without it).
+  std::pair<std::unique_ptr<DiskTier>, std::string> open_disk_tier();
+  void schedule_reader_check();  // mdb_reader_check every disk.reader_check_s
 
   // Constant after construction.
   const config::Config config_;
@@ -58,6 +61,7 @@ class Server {
   boost::asio::local::stream_protocol::acceptor acceptor_;
   boost::asio::signal_set signals_;
   boost::asio::steady_timer drain_timer_;
+  boost::asio::steady_timer reader_timer_;
   std::atomic<bool> draining_{false};
 
   std::mutex sessions_mu_;

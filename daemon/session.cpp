@@ -21,7 +21,6 @@ using asio::awaitable;
 using asio::use_awaitable;
 
 namespace kvtier {
-
 Session::Session(Server& server, Socket socket, PeerInfo peer, Strand strand)
     : server_(server),
       socket_(std::move(socket)),
@@ -83,7 +82,7 @@ awaitable<void> Session::serve() {
     if (const wire::RequestMsg* msg = wire_util::verify_request(body)) {
       request_id = msg->id();
       try {
-        handle(*msg, r);
+        co_await handle(*msg, r);
       } catch (const std::exception& e) {
         // A bug or resource exhaustion in one request must not take the connection down.
         spdlog::error("session {}: request failed: {}", id_, e.what());
@@ -162,34 +161,50 @@ awaitable<bool> Session::send(uint64_t request_id, Reply& r) {
   co_return !ec;
 }
 
-void Session::handle(const wire::RequestMsg& msg, Reply& r) {
+awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {
+  // Most requests complete without suspending; get (disk promotion), seal (persist) and the
+  // disk jobs may wait for the disk tier.
   using R = wire::Request;
   switch (msg.body_type()) {
     case R::HelloReq:
-      return on_hello(*msg.body_as_HelloReq(), r);
+      on_hello(*msg.body_as_HelloReq(), r);
+      co_return;
     case R::MapArenaReq:
-      return on_map_arena(*msg.body_as_MapArenaReq(), r);
+      on_map_arena(*msg.body_as_MapArenaReq(), r);
+      co_return;
     case R::LookupReq:
-      return on_lookup(*msg.body_as_LookupReq(), r);
+      on_lookup(*msg.body_as_LookupReq(), r);
+      co_return;
     case R::PutBeginReq:
-      return on_put_begin(*msg.body_as_PutBeginReq(), r);
+      on_put_begin(*msg.body_as_PutBeginReq(), r);
+      co_return;
     case R::SealReq:
-      return on_seal(*msg.body_as_SealReq(), r);
+      co_await on_seal(*msg.body_as_SealReq(), r);
+      co_return;
     case R::AbortReq:
-      return on_abort(*msg.body_as_AbortReq(), r);
+      on_abort(*msg.body_as_AbortReq(), r);
+      co_return;
     case R::GetReq:
-      return on_get(*msg.body_as_GetReq(), r);
+      co_await on_get(*msg.body_as_GetReq(), r);
+      co_return;
     case R::ReleaseReq:
-      return on_release(*msg.body_as_ReleaseReq(), r);
+      on_release(*msg.body_as_ReleaseReq(), r);
+      co_return;
     case R::RemoveReq:
-      return on_remove(*msg.body_as_RemoveReq(), r);
+      on_remove(*msg.body_as_RemoveReq(), r);
+      co_return;
+    case R::CompactReq:
+    case R::VerifyReq:
+      co_await on_disk_job(msg, r);
+      co_return;
     case R::StatsReq:
     case R::EvictReq:
     case R::ListReq:
     case R::ClientsReq:
     case R::HealthReq:
     case R::ConfigReq:
-      return on_admin(msg, r);
+      on_admin(msg, r);
+      co_return;
     case R::NONE:
       break;
   }

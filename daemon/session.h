@@ -57,18 +57,21 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   boost::asio::awaitable<void> serve();  // the request loop; returns when the client is gone
-  void handle(const wire::RequestMsg& msg, Reply& reply);
+  boost::asio::awaitable<void> handle(const wire::RequestMsg& msg, Reply& reply);
   void on_hello(const wire::HelloReq& req, Reply& r);
   void on_map_arena(const wire::MapArenaReq& req, Reply& r);
   void on_lookup(const wire::LookupReq& req, Reply& r);
   void on_put_begin(const wire::PutBeginReq& req, Reply& r);
-  void on_seal(const wire::SealReq& req, Reply& r);
+  boost::asio::awaitable<void> on_seal(const wire::SealReq& req, Reply& r);
   void on_abort(const wire::AbortReq& req, Reply& r);
-  void on_get(const wire::GetReq& req, Reply& r);
+  boost::asio::awaitable<void> on_get(const wire::GetReq& req, Reply& r);
   void on_release(const wire::ReleaseReq& req, Reply& r);
   void on_remove(const wire::RemoveReq& req, Reply& r);
   void on_admin(const wire::RequestMsg& msg, Reply& r);
+  // compact / verify: progress frames while the job runs on its own thread, then the report.
+  boost::asio::awaitable<void> on_disk_job(const wire::RequestMsg& msg, Reply& r);
   boost::asio::awaitable<bool> send(uint64_t request_id, Reply& reply);
+  boost::asio::awaitable<bool> send_progress(uint64_t request_id, uint64_t done, uint64_t total);
 
   Server& server_;
   Socket socket_;

@@ -6,6 +6,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "kernels/nf4_device.h"
@@ -18,6 +19,7 @@ static_assert(std::endian::native == std::endian::little, "the format is little-
 
 constexpr uint64_t kMaxElements = uint64_t{1} << 56;
 constexpr uint8_t kFlagDoubleQuant = 1;
+constexpr uint8_t kFlagOutliers = 2;
 
 bool is_float(DType t) {
   return t == DType::kF16 || t == DType::kBF16 || t == DType::kF32;
@@ -40,25 +42,35 @@ struct Impl {
   void (*quantize)(const Shape&, const void*, const float*, uint8_t*);
   void (*dequantize)(const Shape&, const uint8_t*, const float*, void*);
   const char* name;
+  // absmax (zeroed below 2^-126) and codes in one pass; nullptr: absmax, then quantize.
+  bool (*absmax_quantize)(const Shape&, const void*, float*, uint8_t*) = nullptr;
 };
 
 const Impl kScalar{scalar::absmax, scalar::quantize, scalar::dequantize, "scalar"};
 const Impl kAvx2{avx2::absmax, avx2::quantize, avx2::dequantize, "avx2+f16c"};
+const Impl kAvx512{avx512::absmax, avx512::quantize, avx512::dequantize, "avx512",
+                   avx512::absmax_quantize};
 
 const Impl& active() {
-  static const Impl& impl = avx2::supported() ? kAvx2 : kScalar;
+  static const Impl& impl = avx512::supported() ? kAvx512 : avx2::supported() ? kAvx2 : kScalar;
   return impl;
 }
 
 const Impl* by_name(const char* path) {
   if (std::strcmp(path, "scalar") == 0) return &kScalar;
   if (std::strcmp(path, "avx2") == 0 && avx2::supported()) return &kAvx2;
+  if (std::strcmp(path, "avx512") == 0 && avx512::supported()) return &kAvx512;
   return nullptr;
 }
 
 Status encode_impl(const Impl& impl, const Params& p, std::span<const std::byte> src,
                    std::span<std::byte> dst) {
   if (Status st = validate(p); !st) return st;
+  if (p.keep_outlier_channels) {
+    return encode_outliers(p, src, dst, [&impl](const Params& q, auto s, auto d) {
+      return encode_impl(impl, q, s, d);
+    });
+  }
   Header h = plan(p);
   uint64_t n = p.rows * p.cols;
   if (src.size() != n * dtype_size(p.dtype)) {
@@ -71,8 +83,22 @@ Status encode_impl(const Impl& impl, const Params& p, std::span<const std::byte>
                                              " bytes, needs " + std::to_string(h.total_size));
   }
   std::byte* out = dst.data();
-  std::memset(out, 0, h.codes_offset);  // no valid header until the end; zero padding
   Shape s = shape_of(p);
+  auto* codes = reinterpret_cast<uint8_t*>(out + h.codes_offset);
+  if (!p.double_quant && impl.absmax_quantize != nullptr) {
+    // Every byte before the codes is written: header last, scales, then the zero padding.
+    std::memset(out, 0, kHeaderSize);
+    std::unique_ptr<float[]> absmax(new float[h.num_blocks]);
+    if (!impl.absmax_quantize(s, src.data(), absmax.get(), codes)) {
+      return error(Errc::kInvalidArgument, "nf4: input contains NaN or Inf");
+    }
+    std::memcpy(out + h.scales_offset, absmax.get(), h.num_blocks * 4);
+    uint64_t end = h.scales_offset + h.num_blocks * 4;
+    std::memset(out + end, 0, h.codes_offset - end);
+    write_header(h, out);
+    return Status::ok();
+  }
+  std::memset(out, 0, h.codes_offset);  // no valid header until the end; zero padding
   std::vector<float> scales(h.num_blocks);
   if (!impl.absmax(s, src.data(), scales.data())) {
     return error(Errc::kInvalidArgument, "nf4: input contains NaN or Inf");
@@ -90,7 +116,7 @@ Status encode_impl(const Impl& impl, const Params& p, std::span<const std::byte>
   } else {
     std::memcpy(out + h.scales_offset, scales.data(), scales.size() * 4);
   }
-  impl.quantize(s, src.data(), scales.data(), reinterpret_cast<uint8_t*>(out + h.codes_offset));
+  impl.quantize(s, src.data(), scales.data(), codes);
   write_header(h, out);
   return Status::ok();
 }
@@ -114,7 +140,7 @@ Status decode_impl(const Impl& impl, std::span<const std::byte> encoded, DType o
   s.type = static_cast<uint8_t>(out_dtype);
   impl.dequantize(s, reinterpret_cast<const uint8_t*>(encoded.data() + h->codes_offset),
                   scales->data(), dst.data());
-  return Status::ok();
+  return h->num_outliers > 0 ? restore_outliers(*h, encoded, out_dtype, dst) : Status::ok();
 }
 
 }  // namespace
@@ -126,10 +152,17 @@ Status validate(const Params& p) {
   }
   if (p.rows == 0 || p.cols == 0) return error(Errc::kInvalidArgument, "nf4: empty tensor");
   if (p.rows > kMaxElements / p.cols) return error(Errc::kInvalidArgument, "nf4: too large");
+  if (p.keep_outlier_channels && !(p.outlier_ratio > 0.0f && std::isfinite(p.outlier_ratio))) {
+    return error(Errc::kInvalidArgument, "nf4: outlier_ratio must be positive and finite");
+  }
   return Status::ok();
 }
 
 Header plan(const Params& p) {
+  return plan(p, max_outliers(p));
+}
+
+Header plan(const Params& p, uint32_t num_outliers) {
   Header h;
   h.params = p;
   uint64_t n = p.rows * p.cols;
@@ -142,6 +175,13 @@ Header plan(const Params& p) {
   uint64_t q8_end = h.q8_offset + (p.double_quant ? h.num_blocks : 0);
   h.codes_offset = (q8_end + 15) & ~uint64_t{15};
   h.total_size = h.codes_offset + (n + 1) / 2;
+  if (p.keep_outlier_channels) {
+    h.num_outliers = num_outliers;
+    h.outlier_cols_offset = (h.total_size + 15) & ~uint64_t{15};
+    h.outlier_vals_offset =
+        (h.outlier_cols_offset + 4 * uint64_t{num_outliers} + 15) & ~uint64_t{15};
+    h.total_size = h.outlier_vals_offset + p.rows * num_outliers * dtype_size(p.dtype);
+  }
   return h;
 }
 
@@ -161,13 +201,16 @@ void write_header(const Header& h, std::byte* dst) {
   put<uint16_t>(dst, 6, kHeaderSize);
   put<uint8_t>(dst, 8, static_cast<uint8_t>(h.params.dtype));
   put<uint8_t>(dst, 9, static_cast<uint8_t>(h.params.layout));
-  put<uint8_t>(dst, 10, h.params.double_quant ? kFlagDoubleQuant : 0);
+  put<uint8_t>(dst, 10,
+               (h.params.double_quant ? kFlagDoubleQuant : 0) |
+                   (h.params.keep_outlier_channels ? kFlagOutliers : 0));
   put<uint8_t>(dst, 11, kBlockSize);
   put<uint16_t>(dst, 12, h.params.double_quant ? kDqGroupSize : 0);
   put<uint64_t>(dst, 16, h.params.rows);
   put<uint64_t>(dst, 24, h.params.cols);
   put<uint64_t>(dst, 32, h.num_blocks);
   put<float>(dst, 40, h.dq_offset);
+  put<uint32_t>(dst, 44, h.num_outliers);
   put<uint64_t>(dst, 48, h.total_size);
 }
 
@@ -185,18 +228,22 @@ Result<Header> parse_header(std::span<const std::byte> encoded) {
     return corrupt("bad header or block size");
   }
   uint8_t flags = get<uint8_t>(b, 10);
-  if ((flags & ~kFlagDoubleQuant) != 0) return corrupt("unknown flags");
-  if (get<uint16_t>(b, 14) != 0 || get<uint32_t>(b, 44) != 0 || get<uint64_t>(b, 56) != 0) {
+  if ((flags & ~(kFlagDoubleQuant | kFlagOutliers)) != 0) return corrupt("unknown flags");
+  const uint32_t num_outliers = get<uint32_t>(b, 44);
+  if (get<uint16_t>(b, 14) != 0 || get<uint64_t>(b, 56) != 0 ||
+      ((flags & kFlagOutliers) == 0 && num_outliers != 0)) {
     return corrupt("reserved bytes not zero");
   }
   Params p;
   p.dtype = static_cast<DType>(get<uint8_t>(b, 8));
   p.layout = static_cast<Nf4Layout>(get<uint8_t>(b, 9));
   p.double_quant = (flags & kFlagDoubleQuant) != 0;
+  p.keep_outlier_channels = (flags & kFlagOutliers) != 0;
   p.rows = get<uint64_t>(b, 16);
   p.cols = get<uint64_t>(b, 24);
   if (!validate(p)) return corrupt("bad dtype, layout or shape");
-  Header h = plan(p);
+  if (num_outliers > max_outliers(p)) return corrupt("too many outlier channels");
+  Header h = plan(p, num_outliers);
   h.dq_offset = get<float>(b, 40);
   if (get<uint16_t>(b, 12) != (p.double_quant ? kDqGroupSize : 0)) return corrupt("bad group size");
   if (get<uint64_t>(b, 32) != h.num_blocks) return corrupt("block count does not match shape");
@@ -205,6 +252,7 @@ Result<Header> parse_header(std::span<const std::byte> encoded) {
   if (!std::isfinite(h.dq_offset) || (!p.double_quant && h.dq_offset != 0.0f)) {
     return corrupt("bad double-quant offset");
   }
+  if (Status st = check_outlier_cols(h, encoded); !st) return st;
   return h;
 }
 

@@ -28,6 +28,13 @@ struct Params {
   bool double_quant = false;  // absmax as 8-bit codes + one fp32 step per 256 blocks
   uint64_t rows = 0;
   uint64_t cols = 0;
+  // Outlier channels (flags bit 1; docs/nf4.md): columns whose absmax over all rows exceeds
+  // outlier_ratio x the median column absmax, at most cols/16 of them (largest first), are
+  // stored exactly in the source dtype and quantized as zeros.  Either layout.  Encodings with
+  // it are not readable by pre-outlier readers (kCorrupt: unknown flag), and encoded_size()
+  // becomes an upper bound: the header's total_size (parse_header) is exact.
+  bool keep_outlier_channels = false;
+  float outlier_ratio = 4.0f;  // encoder only; not stored
 };
 
 // Everything needed to read an encoding; offsets are bytes from its start.
@@ -40,16 +47,21 @@ struct Header {
   uint64_t q8_offset = 0;      // int8[num_blocks] absmax codes (double quant only)
   uint64_t codes_offset = 0;   // uint8[ceil(rows*cols/2)], 16-byte aligned
   uint64_t total_size = 0;
+  uint32_t num_outliers = 0;         // outlier channels stored exactly (flag bit 1)
+  uint64_t outlier_cols_offset = 0;  // uint32[num_outliers], ascending column indices
+  uint64_t outlier_vals_offset = 0;  // source dtype [rows, num_outliers], row-major
 };
 
 // kInvalidArgument unless dtype is a float type, the layout is known, rows and cols are
 // non-zero and the encoding's size fits in 64 bits.
 Status validate(const Params& p);
 
-// Section offsets and sizes for valid params (see validate()).
+// Section offsets and sizes for valid params (see validate()); with keep_outlier_channels,
+// for the largest possible number of outlier channels (cols / 16).
 Header plan(const Params& p);
 
-// Exact bytes of header + scales + codes; 0 when the params are invalid.
+// Exact bytes of header + scales + codes (an upper bound with keep_outlier_channels); 0 when
+// the params are invalid.
 size_t encoded_size(const Params& p);
 
 // Quantizes src (rows*cols elements of p.dtype, any alignment) into dst.  Fails with
@@ -65,7 +77,8 @@ Result<Header> parse_header(std::span<const std::byte> encoded);
 // or a negative/non-finite scale.
 Status decode(std::span<const std::byte> encoded, DType out_dtype, std::span<std::byte> dst);
 
-// Which CPU implementation encode/decode use on this machine: "avx2+f16c" or "scalar".
+// Which CPU implementation encode/decode use on this machine: "avx512", "avx2+f16c" or
+// "scalar".
 const char* active_cpu_path();
 
 }  // namespace kvtier::nf4

@@ -62,6 +62,9 @@ bool available() {
 
 Status quantize(const Params& p, const void* src, void* dst, void* stream) {
   if (Status st = validate(p); !st) return st;
+  if (p.keep_outlier_channels) {
+    return error(Errc::kInvalidArgument, "nf4 cuda: outlier channels are CPU only");
+  }
   if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(src) % dtype_size(p.dtype) != 0) {
     return error(Errc::kInvalidArgument, "nf4 cuda: misaligned src or dst");
@@ -78,6 +81,9 @@ Status quantize(const Params& p, const void* src, void* dst, void* stream) {
 Status dequantize(const Header& h, const void* encoded, DType out_dtype, void* dst, void* stream) {
   if (out_dtype != DType::kF16 && out_dtype != DType::kBF16 && out_dtype != DType::kF32) {
     return error(Errc::kInvalidArgument, "nf4 cuda: decode needs a float output dtype");
+  }
+  if (h.params.keep_outlier_channels) {
+    return error(Errc::kInvalidArgument, "nf4 cuda: outlier channels are CPU only");
   }
   if (reinterpret_cast<uintptr_t>(encoded) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(dst) % dtype_size(out_dtype) != 0) {

@@ -15,7 +15,8 @@ bool available();
 // Encodes p.rows*p.cols elements at src (aligned to the element size) into dst
 // (encoded_size(p) bytes, 16-byte aligned).  Synchronises `stream` once after the absmax pass
 // so that NaN/Inf input is reported (kInvalidArgument) before dst is written; the rest is
-// queued on `stream`.  kUnavailable when there is no driver or device.
+// queued on `stream`.  kUnavailable when there is no driver or device; kInvalidArgument
+// for keep_outlier_channels (CPU only), in dequantize too.
 Status quantize(const Params& p, const void* src, void* dst, void* stream);
 
 // Decodes the encoding at `encoded` (device-visible, 16-byte aligned) whose header, parsed

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -27,6 +28,25 @@ struct Shape {
 };
 
 Shape shape_of(const Params& p);
+
+// plan() for exactly num_outliers outlier channels (0 unless p.keep_outlier_channels).
+Header plan(const Params& p, uint32_t num_outliers);
+inline uint32_t max_outliers(const Params& p) {
+  return p.keep_outlier_channels ? static_cast<uint32_t>(p.cols / 16) : 0;
+}
+
+// Encoding with p.keep_outlier_channels (nf4_outliers.cpp): picks the channels, runs `inner`
+// (an encoder for params without outliers) on a copy with them zeroed, appends them.
+using EncodeFn =
+    std::function<Status(const Params&, std::span<const std::byte>, std::span<std::byte>)>;
+Status encode_outliers(const Params& p, std::span<const std::byte> src, std::span<std::byte> dst,
+                       const EncodeFn& inner);
+// Checks the outlier channel list of a parsed encoding (kCorrupt).
+Status check_outlier_cols(const Header& h, std::span<const std::byte> encoded);
+// Overwrites the outlier channels of a decoded tensor with their stored values (kCorrupt on a
+// non-finite one).
+Status restore_outliers(const Header& h, std::span<const std::byte> encoded, DType out_dtype,
+                        std::span<std::byte> dst);
 
 // Serialises h (64 bytes, little-endian) into dst; parse_header() reads it back.
 void write_header(const Header& h, std::byte* dst);
@@ -60,7 +80,16 @@ void quantize(const Shape& s, const void* src, const float* scales, uint8_t* cod
 void dequantize(const Shape& s, const uint8_t* codes, const float* scales, void* dst);
 }  // namespace avx2
 
-// Encode/decode through one named path ("scalar" or "avx2"); for tests and the benchmark.
+namespace avx512 {
+bool supported();  // AVX-512 F/BW/VL/DQ (and AVX2/F16C) present at run time
+bool absmax(const Shape& s, const void* src, float* absmax);
+void quantize(const Shape& s, const void* src, const float* scales, uint8_t* codes);
+void dequantize(const Shape& s, const uint8_t* codes, const float* scales, void* dst);
+// absmax() with values below 2^-126 stored as 0, then quantize() against it, in one pass.
+bool absmax_quantize(const Shape& s, const void* src, float* absmax, uint8_t* codes);
+}  // namespace avx512
+
+// Encode/decode through one named path ("scalar", "avx2" or "avx512"); for tests and the benchmark.
 Status encode_with(const char* path, const Params& p, std::span<const std::byte> src,
                    std::span<std::byte> dst);
 Status decode_with(const char* path, std::span<const std::byte> encoded, DType out_dtype,

@@ -64,6 +64,7 @@ uint64_t block_of(const Params& p, uint64_t r, uint64_t c) {
 
 Status encode(const Params& p, std::span<const std::byte> src, std::span<std::byte> dst) {
   if (Status st = validate(p); !st) return st;
+  if (p.keep_outlier_channels) return encode_outliers(p, src, dst, encode);
   Header h = plan(p);
   uint64_t n = p.rows * p.cols;
   if (src.size() != n * dtype_size(p.dtype) || dst.size() < h.total_size) {
@@ -154,7 +155,7 @@ Status decode(std::span<const std::byte> encoded, DType out_dtype, std::span<std
       store(dst.data(), out_dtype, k, kCode[code] * (*scales)[block_of(p, r, c)]);
     }
   }
-  return Status::ok();
+  return h->num_outliers > 0 ? restore_outliers(*h, encoded, out_dtype, dst) : Status::ok();
 }
 
 }  // namespace kvtier::nf4::reference

@@ -365,3 +365,35 @@ TEST_CASE("load: a missing file", "[config]") {
   REQUIRE_THROWS_WITH(load("/nonexistent/kvtier.toml"),
                       Contains("cannot read config file /nonexistent/kvtier.toml"));
 }
+
+TEST_CASE("[disk] keys and per-namespace disk policy", "[config]") {
+  if (!default_host_fits()) return;
+  const std::string text =
+      "[daemon]\nstate_dir = \"/srv/kv\"\n"
+      "[disk]\nsize = \"2GiB\"\nregion_bytes = \"32MiB\"\nio_backend = \"threads\"\n"
+      "o_direct = false\nthreads = 4\nwrite_queue_bytes = \"64MiB\"\n"
+      "[[namespace]]\nprefix = \"\"\n"
+      "[[namespace]]\nprefix = \"p/\"\ndisk = \"persist\"\ncompress = false\n"
+      "[[namespace]]\nprefix = \"x/\"\ndisk = \"off\"\n";
+  Config c = parse(text);
+  CHECK(c.disk.enabled);
+  CHECK(c.disk.size_bytes == 2048 * kMiB);
+  CHECK(c.disk.region_bytes == 32 * kMiB);
+  CHECK(c.disk.io_backend == "threads");
+  CHECK_FALSE(c.disk.o_direct);
+  CHECK(c.disk_dir() == std::filesystem::path("/srv/kv/disk"));
+  CHECK(c.rule_for("a")->disk == DiskPolicy::kWriteBack);
+  CHECK(c.rule_for("a")->compress);
+  CHECK(c.rule_for("p/m")->disk == DiskPolicy::kPersist);
+  CHECK_FALSE(c.rule_for("p/m")->compress);
+  CHECK(c.rule_for("x/m")->disk == DiskPolicy::kOff);
+  CHECK(parse(c.to_toml()).to_toml() == c.to_toml());
+
+  REQUIRE_THROWS_WITH(parse("[disk]\nio_backend = \"aio\"\n"),
+                      Contains("disk.io_backend: 'aio' is not one of"));
+  REQUIRE_THROWS_WITH(parse("[disk]\nsize = \"64MiB\"\n"),
+                      Contains("disk.size: must hold at least two regions"));
+  REQUIRE_THROWS_WITH(parse("[[namespace]]\nprefix = \"\"\ndisk = \"sometimes\"\n"),
+                      Contains("unknown disk policy 'sometimes'") && Contains("line 3"));
+  CHECK_NOTHROW(parse("[disk]\nenabled = false\nsize = 1\n"));
+}

@@ -182,7 +182,8 @@ TEST_CASE("nf4 parse_header rejects corrupt encodings", "[nf4]") {
   CHECK(corrupt(4, 2) == Errc::kCorrupt);     // version
   CHECK(corrupt(8, 0) == Errc::kCorrupt);     // dtype u8
   CHECK(corrupt(9, 7) == Errc::kCorrupt);     // layout
-  CHECK(corrupt(10, 3) == Errc::kCorrupt);    // unknown flag
+  CHECK(corrupt(10, 5) == Errc::kCorrupt);    // unknown flag (bit 2)
+  CHECK(corrupt(44, 1) == Errc::kCorrupt);    // outlier count without the flag
   CHECK(corrupt(16, 101) == Errc::kCorrupt);  // rows no longer match the sizes
   CHECK(corrupt(60, 1) == Errc::kCorrupt);    // reserved
   Bytes short_buf(enc.begin(), enc.end() - 1);
@@ -210,7 +211,11 @@ TEST_CASE("nf4 argument checks", "[nf4]") {
   CHECK(decode(dst, DType::kF16, std::span(out).first(out.size() - 1)).code() ==
         Errc::kInvalidArgument);
   CHECK(std::string(active_cpu_path()) ==
-        (__builtin_cpu_supports("avx2") ? "avx2+f16c" : "scalar"));
+        (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                 __builtin_cpu_supports("avx512dq")
+             ? "avx512"
+         : __builtin_cpu_supports("avx2") ? "avx2+f16c"
+                                          : "scalar"));
 }
 
 }  // namespace

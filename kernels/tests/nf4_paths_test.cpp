@@ -1,5 +1,9 @@
-// The AVX2 path, the scalar path and the reference agree byte for byte, encode and decode.
+// The AVX-512 and AVX2 paths, the scalar path and the reference agree byte for byte, encode and
+// decode.
 #include <catch2/catch.hpp>
+
+#include <cmath>
+#include <vector>
 
 #include "kernels/nf4.h"
 #include "kernels/nf4_internal.h"
@@ -26,12 +30,23 @@ Bytes decode_via(const char* path, const Bytes& enc, DType out_dtype, size_t n) 
   return out;
 }
 
-TEST_CASE("nf4 avx2 == scalar == reference, byte for byte", "[nf4][paths]") {
-  const bool have_avx2 = avx2::supported();
-  if (!have_avx2) WARN("no AVX2/F16C on this CPU: checking scalar against reference only");
-  // Shapes: cols % 64 == 0, % 8 == 0, odd; partial row blocks and partial column groups.
-  const uint64_t shapes[][2] = {{1, 64},  {2, 128}, {64, 128}, {130, 128}, {3, 8},
-                                {67, 24}, {5, 200}, {9, 63},   {1, 1},     {257, 72}};
+// Every optimised path this CPU runs; each must equal the reference byte for byte.
+std::vector<const char*> cpu_paths() {
+  std::vector<const char*> paths = {"scalar"};
+  if (avx2::supported()) paths.push_back("avx2");
+  if (avx512::supported()) paths.push_back("avx512");
+  return paths;
+}
+
+TEST_CASE("nf4 avx512 == avx2 == scalar == reference, byte for byte", "[nf4][paths]") {
+  const std::vector<const char*> paths = cpu_paths();
+  if (!avx2::supported()) WARN("no AVX2/F16C on this CPU: checking scalar against reference only");
+  if (!avx512::supported()) WARN("no AVX-512 F/BW/VL/DQ on this CPU: avx512 path not checked");
+  // Shapes: cols % 64 == 0, % 32, % 16, % 8 == 0, odd; partial row blocks, partial column
+  // groups, more than 16 row blocks (the AVX-512 path reduces 16 at a time) with a tail.
+  const uint64_t shapes[][2] = {{1, 64},  {2, 128},  {64, 128}, {130, 128}, {3, 8},
+                                {67, 24}, {5, 200},  {9, 63},   {1, 1},     {257, 72},
+                                {70, 48}, {129, 96}, {33, 160}, {19, 1037}};
   uint32_t seed = 1;
   for (auto [rows, cols] : shapes) {
     for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
@@ -44,13 +59,36 @@ TEST_CASE("nf4 avx2 == scalar == reference, byte for byte", "[nf4][paths]") {
           Bytes src = testing::to_dtype(v, dt);
           Bytes ref = encode_via(nullptr, p, src);
           INFO(testing::describe(p));
-          REQUIRE(encode_via("scalar", p, src) == ref);
-          if (have_avx2) REQUIRE(encode_via("avx2", p, src) == ref);
+          for (const char* path : paths) {
+            INFO("path " << path);
+            REQUIRE(encode_via(path, p, src) == ref);
+          }
           for (DType out : {DType::kF16, DType::kBF16, DType::kF32}) {
             INFO("decode to " << dtype_name(out));
             Bytes want = decode_via(nullptr, ref, out, rows * cols);
-            REQUIRE(decode_via("scalar", ref, out, rows * cols) == want);
-            if (have_avx2) REQUIRE(decode_via("avx2", ref, out, rows * cols) == want);
+            for (const char* path : paths) {
+              INFO("path " << path);
+              REQUIRE(decode_via(path, ref, out, rows * cols) == want);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("nf4 paths reject NaN and Inf anywhere, also in a fused pass", "[nf4][paths]") {
+  for (const char* path : cpu_paths()) {
+    for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
+      for (int l = 0; l < 2; ++l) {
+        Params p{dt, static_cast<Nf4Layout>(l), false, 70, 48};
+        for (uint64_t at : {uint64_t{0}, uint64_t{1100}, uint64_t{70 * 48 - 1}}) {
+          for (float bad : {NAN, INFINITY, -INFINITY}) {
+            std::vector<float> v = testing::normal(70, 48, 5);
+            v[at] = bad;
+            Bytes src = testing::to_dtype(v, dt), out(encoded_size(p));
+            INFO(path << " " << testing::describe(p) << " at " << at);
+            CHECK(encode_with(path, p, src, out).code() == Errc::kInvalidArgument);
           }
         }
       }

@@ -42,6 +42,12 @@ Client::Impl::~Impl() {
 Result<std::unique_ptr<Response>> Client::Impl::call(flatbuffers::FlatBufferBuilder& fbb,
                                                      wire::Request type,
                                                      flatbuffers::Offset<void> body) {
+  return call(fbb, type, body, {});
+}
+
+Result<std::unique_ptr<Response>> Client::Impl::call(
+    flatbuffers::FlatBufferBuilder& fbb, wire::Request type, flatbuffers::Offset<void> body,
+    const std::function<void(uint64_t, uint64_t)>& progress) {
   if (fd < 0) return error(Errc::kUnavailable, "not connected");
   const uint64_t id = next_id++;
   fbb.Finish(wire::CreateRequestMsg(fbb, id, type, body));
@@ -52,14 +58,27 @@ Result<std::unique_ptr<Response>> Client::Impl::call(flatbuffers::FlatBufferBuil
                                    std::to_string(max_message_bytes));
   auto header =
       encode_header({kProtocolVersion, FrameKind::kRequest, static_cast<uint32_t>(bytes.size())});
-  // A transport failure leaves the stream unframed: the connection is unusable afterwards.
+  if (Status st = send_all(fd, header, bytes); !st) {
+    // A transport failure leaves the stream unframed: the connection is unusable afterwards.
+    ::close(fd);
+    fd = -1;
+    return st;
+  }
+  for (;;) {
+    auto resp = receive(id);
+    if (!resp) return resp;
+    const auto* p = (*resp)->msg->body_as_ProgressResp();
+    if (p == nullptr) return resp;
+    if (progress) progress(p->done(), p->total());
+  }
+}
+
+Result<std::unique_ptr<Response>> Client::Impl::receive(uint64_t id) {
   auto broken = [this](Status st) {
     ::close(fd);
     fd = -1;
     return st;
   };
-  if (Status st = send_all(fd, header, bytes); !st) return broken(st);
-
   auto resp = std::make_unique<Response>();
   std::array<std::byte, kFrameHeaderBytes> rh;
   if (Status st = recv_all(fd, rh, resp->fds); !st) return broken(st);

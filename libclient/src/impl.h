@@ -3,6 +3,8 @@
 
 #include <flatbuffers/flatbuffers.h>
 
+#include <functional>
+
 #include <cstddef>
 #include <map>
 #include <memory>
@@ -51,6 +53,12 @@ struct Client::Impl {
   // Requires mu held.
   Result<std::unique_ptr<Response>> call(flatbuffers::FlatBufferBuilder& fbb, wire::Request type,
                                          flatbuffers::Offset<void> body);
+  // Like call(), for requests the daemon answers with ProgressResp frames before the reply:
+  // each one is passed to `progress`.
+  Result<std::unique_ptr<Response>> call(
+      flatbuffers::FlatBufferBuilder& fbb, wire::Request type, flatbuffers::Offset<void> body,
+      const std::function<void(uint64_t done, uint64_t total)>& progress);
+  Result<std::unique_ptr<Response>> receive(uint64_t id);    // one reply frame; requires mu
   Result<std::shared_ptr<ArenaMapping>> arena(uint32_t id);  // requires mu
 };
 

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <stdexcept>
 #include <thread>
 
@@ -59,19 +60,28 @@ Daemon::Daemon(DaemonOptions o) {
         << "[host]\n"
         << "size = " << o.host_bytes << "\n"
         << "prefault = " << (o.prefault ? "true" : "false") << "\n"
+        << "[disk]\n"
+        << "enabled = " << (o.disk ? "true" : "false") << "\n"
+        << "size = " << o.disk_bytes << "\n"
+        << "region_bytes = " << o.region_bytes << "\n"
+        << "io_backend = \"" << o.disk_backend << "\"\n"
         << "[session]\n"
         << "staging_bytes = " << o.staging_bytes << "\n"
         << o.extra_toml << "\n";
     if (o.extra_toml.find("[[namespace]]") == std::string::npos)
       cfg << "[[namespace]]\nprefix = \"\"\ncodec = \"" << o.codec << "\"\n";
   }
+  start();
+}
+
+void Daemon::start() {
   const std::string bin = kvtierd_path();
   const std::string cfg = (dir_ / "kvtier.toml").string();
   const std::string log = (dir_ / "kvtierd.log").string();
   pid_ = ::fork();
   if (pid_ < 0) throw std::runtime_error("fork failed");
   if (pid_ == 0) {
-    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
       ::dup2(fd, 2);
       ::close(fd);
@@ -98,6 +108,18 @@ Daemon::Daemon(DaemonOptions o) {
   }
 }
 
+void Daemon::kill9() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+void Daemon::restart() {
+  stop();
+  start();
+}
+
 bool Daemon::running() const {
   return pid_ > 0 && ::kill(pid_, 0) == 0;
 }
@@ -120,6 +142,13 @@ int Daemon::stop() {
 }
 
 Daemon::~Daemon() {
+  // A daemon that died under a test leaves its log on stderr before the directory goes.
+  int status = 0;
+  if (pid_ > 0 && ::waitpid(pid_, &status, WNOHANG) == pid_) {
+    pid_ = -1;
+    std::ifstream in(dir_ / "kvtierd.log");
+    std::cerr << "kvtierd (pid exited, status " << status << ") log:\n" << in.rdbuf() << "\n";
+  }
   stop();
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);

@@ -21,6 +21,11 @@ struct DaemonOptions {
   std::string codec = "fp16";
   std::string extra_toml;  // appended verbatim (e.g. [[namespace]] rules, [access])
   std::string log_level = "warn";
+  // The disk tier, small and in the daemon's own directory.
+  bool disk = true;
+  uint64_t disk_bytes = 256ull << 20;
+  uint64_t region_bytes = 8ull << 20;
+  std::string disk_backend = "auto";  // auto | io_uring | threads
 };
 
 class Daemon {
@@ -37,9 +42,15 @@ class Daemon {
   pid_t pid() const { return pid_; }
   // Sends SIGTERM and waits; returns the exit status (or -signal).
   int stop();
+  // SIGKILL, no drain: what a crash looks like to the state directory.
+  void kill9();
+  // Starts kvtierd again on the same configuration and state directory.
+  void restart();
   bool running() const;
+  std::filesystem::path state_dir() const { return dir_ / "state"; }
 
  private:
+  void start();
   std::filesystem::path dir_;
   std::string socket_;
   pid_t pid_ = -1;

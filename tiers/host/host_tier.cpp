@@ -52,6 +52,7 @@ Result<Extent> HostTier::reserve(uint64_t bytes) {
                                        mib(arena_->size()) + "; release leases or grow host.size");
     }
     auto& e = static_cast<Entry&>(*victim);
+    if (on_evict_) on_evict_(e.info, {data(e.info.extent), e.info.extent.bytes});
     ++evictions_;
     evicted_bytes_ += e.info.extent.bytes;
     auto node = index_.extract(e.info.id);

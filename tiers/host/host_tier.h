@@ -2,7 +2,9 @@
 // Not thread-safe (see tiers/tier.h): the daemon's Cache serialises calls.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <unordered_map>
 
@@ -37,6 +39,12 @@ class HostTier final : public Tier {
   TierUsage usage() const override;
   void visit(const std::function<void(const BlockInfo&)>& fn) const override;
 
+  // Called for each block that capacity eviction (reserve()) removes, with its bytes, just
+  // before they are freed: the daemon demotes it to the disk tier here.  Admin eviction and
+  // remove() do not call it.
+  using EvictListener = std::function<void(const BlockInfo&, std::span<const std::byte>)>;
+  void set_evict_listener(EvictListener fn) { on_evict_ = std::move(fn); }
+
   // The arena's memory, for the daemon to copy sealed bytes into a reserved extent.
   std::byte* data(const Extent& extent) const { return arena_->base() + extent.offset; }
   const ShmArena& arena() const { return *arena_; }
@@ -50,6 +58,7 @@ class HostTier final : public Tier {
   void free_entry(Entry& e);  // returns its bytes to the arena and updates the counters
 
   std::unique_ptr<ShmArena> arena_;
+  EvictListener on_evict_;
   S3Fifo policy_;
   std::unordered_map<NsKey, std::unique_ptr<Entry>, NsKeyHash> index_;
   // Removed while leased: out of the index, freed at the last release.

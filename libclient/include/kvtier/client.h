@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -93,10 +94,13 @@ struct RemoveCount {
 };
 
 struct EvictCount {
-  uint32_t evicted = 0;
-  uint32_t skipped_leased = 0;
-  uint64_t bytes = 0;
+  uint32_t evicted = 0;         // from the host tier
+  uint32_t skipped_leased = 0;  // host blocks left alone because they are leased
+  uint64_t bytes = 0;           // host bytes freed
+  uint32_t disk_evicted = 0;    // from the disk tier
 };
+
+enum class TierSel : uint8_t { kAll = 0, kHost = 1, kDisk = 2 };
 
 struct ClientOptions {
   // Socket path; empty = $KVTIER_SOCKET, else the default (./var/kvtier.sock, then
@@ -131,7 +135,13 @@ class Client {
   Result<std::string> clients_json();
   Result<std::string> config_json();  // {"toml": "<effective settings>"}
   Result<std::string> list_json(std::string_view ns = {}, uint32_t limit = 0);
-  Result<EvictCount> evict(std::string_view ns, std::span<const BlockKey> keys, bool all);
+  Result<EvictCount> evict(std::string_view ns, std::span<const BlockKey> keys, bool all,
+                           TierSel tier = TierSel::kAll);
+  // Disk tier maintenance (admin); `progress(done, total)` is called as the daemon reports.
+  // Both return the daemon's JSON report.
+  using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+  Result<std::string> compact(const ProgressFn& progress = {});
+  Result<std::string> verify(const ProgressFn& progress = {});
 
   uint64_t session_id() const;
   const std::string& socket_path() const;

@@ -1,0 +1,46 @@
+// Bridges callback-style completions (disk I/O threads, promotion waiters) into the
+// connection coroutines.
+#pragma once
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
+
+namespace kvtier {
+
+// Calls start(done) and suspends until done(value) is called, from any thread; the coroutine
+// resumes on its own executor (its strand) with that value.  done must be called once.
+//
+// A timer that never expires serves as the event: done posts onto the coroutine's executor,
+// stores the value and cancels the timer, so the value and the wake-up are ordered with the
+// coroutine by the strand, whether done runs before or after the coroutine starts waiting.
+template <typename T>
+boost::asio::awaitable<T> await_callback(std::function<void(std::function<void(T)>)> start) {
+  struct Event {
+    explicit Event(const boost::asio::any_io_executor& ex)
+        : timer(ex, boost::asio::steady_timer::time_point::max()) {}
+    boost::asio::steady_timer timer;
+    std::optional<T> value;  // set on the coroutine's executor only
+  };
+  auto ex = co_await boost::asio::this_coro::executor;
+  auto event = std::make_shared<Event>(ex);
+  start([event, ex](T value) {
+    boost::asio::post(ex, [event, value = std::move(value)]() mutable {
+      event->value = std::move(value);
+      event->timer.cancel();
+    });
+  });
+  while (!event->value) {
+    boost::system::error_code ec;
+    co_await event->timer.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+  }
+  co_return std::move(*event->value);
+}
+
+}  // namespace kvtier

@@ -1,0 +1,318 @@
+// DiskTier: open, the public calls, the read path and the worker pool.  The write pipeline is
+// in disk_writer.cpp, recovery and admin in disk_admin.cpp.
+#include <cstring>
+#include <future>
+
+#include "tiers/disk/disk_tier_impl.h"
+
+namespace kvtier {
+
+DiskTier::DiskTier(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DiskTier::~DiskTier() {
+  impl_->stop();
+}
+
+Result<std::unique_ptr<DiskTier>> DiskTier::open(const DiskOptions& options,
+                                                 std::unique_ptr<Device> device) {
+  if (options.dir.empty()) return error(Errc::kInvalidArgument, "disk tier: no dir");
+  if (options.region_bytes < 2 * kRegionHeaderBytes || options.region_bytes % kDiskAlign)
+    return error(Errc::kInvalidArgument, "disk tier: region_bytes must be >= 8 KiB, 4 KiB aligned");
+  auto impl = std::make_unique<Impl>();
+  impl->opt = options;
+  impl->max_regions = std::max<uint64_t>(2, options.capacity_bytes / options.region_bytes);
+  auto index = DiskIndex::open(options.dir / "index", options.index_map_bytes, options.durable);
+  if (!index) return index.status();
+  impl->index = std::move(index.value());
+  if (!device) {
+    FileDeviceOptions fo{options.dir, options.o_direct, options.threads, 128,
+                         options.refuse_io_uring};
+    std::string why;
+    if (options.backend != DiskOptions::Backend::kThreads) {
+      auto u = make_uring_device(fo);
+      if (u)
+        device = std::move(u.value());
+      else
+        why = u.status().message();
+    }
+    if (!device) {
+      auto t = make_thread_device(fo, why);
+      if (!t) return t.status();
+      device = std::move(t.value());
+    }
+  }
+  impl->dev = std::move(device);
+  if (Status s = impl->recover(); !s) return s;
+  impl->start();
+  return std::unique_ptr<DiskTier>(new DiskTier(std::move(impl)));
+}
+
+std::string DiskTier::backend() const {
+  return impl_->dev->describe();
+}
+
+void DiskTier::Impl::start() {
+  writer_ = std::thread([this] { writer_loop(); });
+  committer_ = std::thread([this] { committer_loop(); });
+  for (uint32_t i = 0; i < std::max(1u, opt.threads); ++i)
+    workers_.emplace_back([this] { worker_loop(); });
+}
+
+void DiskTier::Impl::stop() {
+  {
+    std::unique_lock lock(mu_);
+    stop_ = true;
+    cv_.notify_all();
+  }
+  writer_.join();  // drains the queue first
+  committer_.join();
+  {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return inflight_reads_ == 0; });
+  }
+  {
+    std::lock_guard lock(mu_);
+    cv_.notify_all();
+  }
+  for (auto& t : workers_) t.join();
+  std::unordered_map<std::string, uint64_t> touched;
+  {
+    std::lock_guard lock(mu_);
+    touched.swap(touched_);
+  }
+  if (!touched.empty()) {
+    if (auto txn = index->begin_write()) {
+      for (auto& [k, ms] : touched)
+        if (auto v = txn->get_block(k)) {
+          patch_last_access(*v, ms);
+          (void)txn->put_block(k, *v, false);
+        }
+      (void)txn->commit();
+    }
+  }
+  dev.reset();
+  index.reset();
+}
+
+void DiskTier::Impl::post(std::function<void()> fn) {
+  std::lock_guard lock(mu_);
+  work_.push_back(std::move(fn));
+  cv_.notify_all();
+}
+
+void DiskTier::Impl::worker_loop() {
+  for (;;) {
+    std::function<void()> fn;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return !work_.empty() || (stop_ && inflight_reads_ == 0); });
+      if (work_.empty()) return;
+      fn = std::move(work_.front());
+      work_.pop_front();
+    }
+    fn();
+  }
+}
+
+Status DiskTier::write(std::string_view ns, const BlockKey& key, const BlockLayout& layout,
+                       std::span<const std::byte> payload, bool compress,
+                       std::function<void(Status)> done) {
+  Impl& m = *impl_;
+  if (ns.size() > kMaxDiskNamespaceBytes)
+    return error(Errc::kInvalidArgument, "disk tier: namespace longer than 255 bytes");
+  if (payload.size() != layout.total_bytes || payload.empty())
+    return error(Errc::kInvalidArgument, "disk tier: payload size != layout.total_bytes");
+  if (align_up(payload.size(), kDiskAlign) + kRegionHeaderBytes > m.opt.region_bytes)
+    return error(Errc::kInvalidArgument, "disk tier: block larger than a region");
+  std::string bkey = encode_block_key(ns, key);
+  if (m.index->get_block(bkey)) return error(Errc::kAlreadyExists, "disk tier: key on disk");
+  {
+    std::lock_guard lock(m.mu_);
+    if (m.stop_) return error(Errc::kUnavailable, "disk tier: closing");
+    if (m.pending_.count(bkey)) return error(Errc::kAlreadyExists, "disk tier: key queued");
+    if (m.queued_bytes_ > 0 && m.queued_bytes_ + payload.size() > m.opt.write_queue_bytes)
+      return error(Errc::kLimit, "disk tier: write queue full");
+    m.queued_bytes_ += payload.size();  // reserved now, copied below without the lock
+    m.pending_.insert(bkey);
+  }
+  auto job = std::make_unique<Impl::Job>();
+  job->ns = std::string(ns);
+  job->bkey = std::move(bkey);
+  job->key = key;
+  job->layout = layout;
+  job->payload = AlignedBuffer(payload.size());
+  std::memcpy(job->payload.data(), payload.data(), payload.size());
+  std::memset(job->payload.data() + payload.size(), 0, job->payload.size() - payload.size());
+  job->payload_bytes = payload.size();
+  job->compress = compress;
+  job->done = std::move(done);
+  m.enqueue(std::move(job));
+  return {};
+}
+
+void DiskTier::Impl::enqueue(std::unique_ptr<Job> job) {
+  std::lock_guard lock(mu_);
+  queue_.push_back(std::move(job));
+  ++unfinished_;
+  cv_.notify_all();
+}
+
+std::optional<DiskEntry> DiskTier::find(std::string_view ns, const BlockKey& key) const {
+  std::string bkey = encode_block_key(ns, key);
+  auto v = impl_->index->get_block(bkey);
+  if (!v) return std::nullopt;
+  DiskEntry e;
+  if (!decode_entry(bkey, *v, e)) return std::nullopt;
+  return e;
+}
+
+void DiskTier::read(const DiskEntry& entry, std::span<std::byte> dst,
+                    std::function<void(Status)> done) {
+  impl_->start_read(entry, dst, std::move(done));
+}
+
+void DiskTier::Impl::start_read(const DiskEntry& entry, std::span<std::byte> dst,
+                                std::function<void(Status)> done) {
+  if (dst.size() < entry.payload_bytes)
+    return done(error(Errc::kInvalidArgument, "disk tier: destination too small"));
+  bool gone = false;
+  {
+    std::lock_guard lock(mu_);
+    auto it = regions_.find(entry.region);
+    gone = stop_ || it == regions_.end() || it->second.reclaiming ||
+           entry.offset + entry.disk_bytes > it->second.write_end;
+    if (!gone) {
+      ++it->second.readers;
+      ++inflight_reads_;
+    }
+  }
+  if (gone) return done(error(Errc::kNotFound, "disk tier: region reclaimed"));
+  auto buf = std::make_shared<AlignedBuffer>(std::max<uint64_t>(entry.disk_bytes, 1));
+  auto e = std::make_shared<DiskEntry>(entry);
+  dev->read(entry.region, entry.offset, buf->span(),
+            [this, buf, e, dst, done = std::move(done)](Result<size_t> r) mutable {
+              post([this, buf, e, dst, r = std::move(r), done = std::move(done)]() mutable {
+                finish_read(*e, dst, *buf, std::move(r), done);
+              });
+            });
+  dev->submit();
+}
+
+void DiskTier::Impl::finish_read(const DiskEntry& e, std::span<std::byte> dst,
+                                 const AlignedBuffer& buf, Result<size_t> r,
+                                 const std::function<void(Status)>& done) {
+  Status s;
+  bool io_error = false;
+  if (!r) {
+    s = r.status();
+    io_error = true;
+  } else if (r.value() < e.disk_bytes) {
+    s = error(Errc::kIo, "disk tier: short read");
+    io_error = true;
+  } else if (checksum64(buf.data(), e.disk_bytes) != e.checksum) {
+    s = error(Errc::kCorrupt, "disk tier: checksum mismatch");
+  } else if (e.compression == uint8_t(DiskCompression::kZstdPlanes2)) {
+    s = decompress_planes2({buf.data(), e.disk_bytes}, dst.first(e.payload_bytes));
+  } else if (e.compression != 0 || e.disk_bytes != e.payload_bytes) {
+    s = error(Errc::kCorrupt, "disk tier: unknown compression");
+  } else {
+    std::memcpy(dst.data(), buf.data(), e.payload_bytes);
+  }
+  uint64_t dropped = 0;
+  if (s.code() == Errc::kCorrupt)
+    dropped = drop({{encode_block_key(e.ns, e.key), e.region, e.offset}});
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = regions_.find(e.region); it != regions_.end()) --it->second.readers;
+    if (s) {
+      ++c_.reads;
+      c_.read_bytes += e.payload_bytes;
+      touched_[encode_block_key(e.ns, e.key)] = now_unix_ms();
+    }
+    if (io_error) ++c_.read_errors;
+    c_.corrupt_dropped += dropped;
+    cv_.notify_all();
+  }
+  done(std::move(s));
+  std::lock_guard lock(mu_);
+  --inflight_reads_;
+  cv_.notify_all();
+}
+
+Status DiskTier::Impl::read_sync(const DiskEntry& e, std::span<std::byte> dst) {
+  std::promise<Status> p;
+  auto f = p.get_future();
+  start_read(e, dst, [&p](Status s) { p.set_value(std::move(s)); });
+  return f.get();
+}
+
+Status DiskTier::remove(std::string_view ns, const BlockKey& key) {
+  auto e = find(ns, key);
+  if (!e) return error(Errc::kNotFound, "disk tier: no such key");
+  if (impl_->drop({{encode_block_key(ns, key), e->region, e->offset}}) == 0)
+    return error(Errc::kNotFound, "disk tier: no such key");
+  return {};
+}
+
+uint64_t DiskTier::evict_matching(const std::function<bool(const DiskEntry&)>& match) {
+  std::vector<Impl::Loc> locs;
+  visit([&](const DiskEntry& e) {
+    if (match(e)) locs.push_back({encode_block_key(e.ns, e.key), e.region, e.offset});
+  });
+  return impl_->drop(locs);
+}
+
+DiskUsage DiskTier::usage() const {
+  const Impl& m = *impl_;
+  std::lock_guard lock(m.mu_);
+  DiskUsage u = m.c_;
+  u.capacity_bytes = m.opt.capacity_bytes;
+  u.regions = m.regions_.size();
+  u.queued_bytes = m.queued_bytes_;
+  u.used_bytes = u.payload_bytes = u.blocks = u.disk_bytes = 0;
+  for (auto& [id, r] : m.regions_) {
+    u.used_bytes += r.write_end;
+    u.payload_bytes += r.payload_bytes;
+    u.disk_bytes += r.disk_bytes;
+    u.blocks += r.blocks;
+  }
+  return u;
+}
+
+std::vector<DiskEntry> DiskTier::Impl::entries() const {
+  std::vector<DiskEntry> out;
+  std::string after;
+  for (;;) {
+    size_t n = index->scan_blocks(after, 4096, [&](std::string_view k, std::string_view v) {
+      DiskEntry e;
+      if (decode_entry(k, v, e)) out.push_back(std::move(e));
+      after = std::string(k);
+    });
+    if (n < 4096) return out;
+  }
+}
+
+void DiskTier::visit(const std::function<void(const DiskEntry&)>& fn) const {
+  std::string after;
+  for (;;) {  // chunks, so that fn runs with no transaction open
+    std::vector<DiskEntry> chunk;
+    size_t n = impl_->index->scan_blocks(after, 1024, [&](std::string_view k, std::string_view v) {
+      DiskEntry e;
+      if (decode_entry(k, v, e)) chunk.push_back(std::move(e));
+      after = std::string(k);
+    });
+    for (const DiskEntry& e : chunk) fn(e);
+    if (n < 1024) return;
+  }
+}
+
+void DiskTier::flush() {
+  Impl& m = *impl_;
+  std::unique_lock lock(m.mu_);
+  m.cv_.wait(lock, [&] { return m.unfinished_ == 0; });
+}
+
+void DiskTier::check_readers() {
+  impl_->index->check_readers();
+}
+
+}  // namespace kvtier

@@ -1,0 +1,117 @@
+// The disk tier: blocks in append-only region files on NVMe, indexed by LMDB (DESIGN.md rule
+// 6, docs/disk.md).  Writes are queued and return at once; a writer thread compresses and
+// submits them in batches, a commit thread syncs the region and commits the batch's index
+// entries in one LMDB transaction, then runs the callbacks.  LMDB is the source of truth: an
+// entry is in the index only once its payload is durable, so after a crash every indexed entry
+// is readable and anything else is dropped at open().
+//
+// Threads: writer (compress, place, submit), committer (wait for the batch's I/O, fdatasync,
+// LMDB commit, done callbacks), `threads` workers (verify + decompress finished reads, read
+// callbacks), plus the Device's own threads.
+//
+// Locking: all public methods are safe from any thread and never call user callbacks with a
+// lock held.  One mutex, Impl::mu_, guards the queues, the region table (readers, live
+// counters) and the counters; LMDB write transactions are serialised by LMDB itself and are
+// never begun while mu_ is held (lock order: LMDB write lock, then mu_; never the reverse).
+// Readers of the index (find, visit) use read-only transactions (MDB_NOTLS) and no lock.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "common/keys.h"
+#include "common/layout.h"
+#include "common/status.h"
+#include "tiers/disk/device.h"
+
+namespace kvtier {
+
+struct DiskOptions {
+  std::filesystem::path dir;  // created if missing; index in dir/index, regions in dir
+  uint64_t capacity_bytes = 16ull << 30;
+  uint64_t region_bytes = 64ull << 20;
+  uint64_t write_queue_bytes = 256ull << 20;  // bytes of queued, not yet written payloads
+  enum class Backend { kAuto, kIoUring, kThreads } backend = Backend::kAuto;
+  bool o_direct = true;
+  uint32_t threads = 2;  // thread-pool backend / compression workers
+  // Additions:
+  uint64_t index_map_bytes = 16ull << 30;  // LMDB map size, set once (address space only)
+  uint64_t batch_bytes = 32ull << 20;      // payload bytes per write batch (one sync + txn)
+  bool refuse_io_uring = false;            // test hook: behave as if io_uring were refused
+  bool durable = true;  // false (tests only): no fdatasync, LMDB MDB_NOSYNC; crash-unsafe
+};
+
+struct DiskEntry {  // what the index knows about a block
+  std::string ns;
+  BlockKey key;
+  BlockLayout layout;          // as stored in the host tier (offsets, codecs, checksums)
+  uint64_t payload_bytes = 0;  // uncompressed payload (= layout.total_bytes)
+  uint64_t disk_bytes = 0;     // on disk (before padding to 4 KiB)
+  uint32_t region = 0;
+  uint64_t offset = 0;
+  uint8_t compression = 0;  // DiskCompression: 0 none, 1 zstd over fp16/bf16 byte planes
+  uint64_t checksum = 0;    // XXH3-64 of the disk_bytes stored bytes
+  uint64_t last_access_unix_ms = 0;
+};
+
+struct DiskUsage {
+  uint64_t capacity_bytes = 0, used_bytes = 0, payload_bytes = 0, blocks = 0, regions = 0,
+           queued_bytes = 0, writes = 0, write_bytes = 0, reads = 0, read_bytes = 0,
+           write_errors = 0, read_errors = 0, corrupt_dropped = 0, regions_reclaimed = 0,
+           dropped_at_open = 0;
+  uint64_t regions_dropped_at_open = 0;  // addition: region files with no durable record
+  uint64_t disk_bytes = 0;               // addition: live bytes as stored (compressed)
+};
+
+class DiskTier {
+ public:
+  static Result<std::unique_ptr<DiskTier>> open(const DiskOptions&,
+                                                std::unique_ptr<Device> device = nullptr);
+  ~DiskTier();  // flushes queued writes, joins threads
+  DiskTier(const DiskTier&) = delete;
+  DiskTier& operator=(const DiskTier&) = delete;
+
+  std::string backend() const;  // "io_uring", "threads (io_uring refused: EPERM)", ...
+  // Copies `payload` into the write queue and returns at once; done(status) runs on an
+  // internal thread once the entry is durable and in the index (ok) or failed.  kLimit (done
+  // not called) when the queue is full; kAlreadyExists when the key is on disk or queued;
+  // kInvalidArgument when payload.size() != layout.total_bytes or it cannot fit a region.
+  Status write(std::string_view ns, const BlockKey& key, const BlockLayout& layout,
+               std::span<const std::byte> payload, bool compress, std::function<void(Status)> done);
+  std::optional<DiskEntry> find(std::string_view ns, const BlockKey& key) const;
+  // Reads, decompresses and verifies the payload into dst (>= entry.payload_bytes); done on an
+  // internal thread: ok, kCorrupt (entry dropped), kNotFound (reclaimed meanwhile), kIo.
+  void read(const DiskEntry& entry, std::span<std::byte> dst, std::function<void(Status)> done);
+  Status remove(std::string_view ns, const BlockKey& key);
+  uint64_t evict_matching(const std::function<bool(const DiskEntry&)>& match);  // count
+  DiskUsage usage() const;
+  void visit(const std::function<void(const DiskEntry&)>& fn) const;
+  struct Progress {
+    uint64_t done = 0, total = 0;
+  };
+  struct VerifyReport {
+    uint64_t checked = 0, corrupt = 0;
+  };
+  Result<VerifyReport> verify(const std::function<void(Progress)>& progress = {});
+  struct CompactReport {
+    uint64_t moved = 0, regions_freed = 0, bytes_freed = 0;
+  };
+  // Rewrites the live entries of regions less than half full into new regions, then frees them.
+  Result<CompactReport> compact(const std::function<void(Progress)>& progress = {});
+  void flush();          // waits until the write queue is empty
+  void check_readers();  // mdb_reader_check; call on a timer
+
+  struct Impl;
+
+ private:
+  explicit DiskTier(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvtier

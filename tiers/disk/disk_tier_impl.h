@@ -1,0 +1,107 @@
+// Internal: DiskTier's state.  See disk_tier.h for the threads and the lock order.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "tiers/disk/disk_format.h"
+#include "tiers/disk/disk_index.h"
+#include "tiers/disk/disk_tier.h"
+
+namespace kvtier {
+
+struct DiskTier::Impl {
+  // One queued write, then one placed and submitted write.
+  struct Job {
+    std::string ns, bkey;
+    BlockKey key;
+    BlockLayout layout;
+    AlignedBuffer payload;  // the caller's bytes (padded)
+    uint64_t payload_bytes = 0;
+    bool compress = false;
+    std::function<void(Status)> done;
+    std::optional<std::pair<uint32_t, uint64_t>> replaces;  // compaction: the old location
+    uint64_t replaced_disk_bytes = 0;
+    // Set by the writer thread:
+    AlignedBuffer stored;  // compressed bytes, when compression paid
+    uint64_t disk_bytes = 0, checksum = 0;
+    uint8_t compression = 0;
+    uint32_t region = 0;
+    uint64_t offset = 0;
+    Status status;  // set by the completion before pending reaches 0, read by the committer
+    std::span<const std::byte> bytes() const {
+      const AlignedBuffer& b = compression ? stored : payload;
+      return {b.data(), align_up(disk_bytes, kDiskAlign)};
+    }
+  };
+  struct Batch {
+    std::vector<std::unique_ptr<Job>> jobs;
+    uint64_t pending = 0;  // guarded by mu_: writes not yet completed
+  };
+  struct Region {
+    RegionRecord rec;
+    uint64_t write_end = kRegionHeaderBytes;                 // next append offset
+    uint64_t blocks = 0, disk_bytes = 0, payload_bytes = 0;  // live entries
+    uint32_t readers = 0;                                    // reads in flight
+    uint32_t writes = 0;      // writes placed here, not yet committed
+    bool reclaiming = false;  // no new reads; reclaimed once readers drain
+  };
+  struct Loc {  // an index entry to delete if it still points here
+    std::string bkey;
+    uint32_t region;
+    uint64_t offset;
+  };
+
+  // Constant after open().
+  DiskOptions opt;
+  uint64_t max_regions = 2;
+  std::unique_ptr<Device> dev;
+  std::unique_ptr<DiskIndex> index;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;               // signalled on every change below
+  std::deque<std::unique_ptr<Job>> queue_;   // guarded by mu_
+  std::unordered_set<std::string> pending_;  // guarded by mu_: keys queued or in flight
+  uint64_t queued_bytes_ = 0;                // guarded by mu_
+  uint64_t unfinished_ = 0;  // guarded by mu_: jobs enqueued whose callbacks have not returned
+  std::deque<std::unique_ptr<Batch>> batches_;         // guarded by mu_: submitted, not committed
+  std::map<uint32_t, Region> regions_;                 // guarded by mu_
+  std::optional<uint32_t> cur_region_;                 // guarded by mu_; changed by the writer only
+  uint32_t next_region_ = 1;                           // writer thread only (after open)
+  std::unordered_map<std::string, uint64_t> touched_;  // guarded by mu_: last access to persist
+  DiskUsage c_;                                        // guarded by mu_: counters
+  uint64_t inflight_reads_ = 0;                        // guarded by mu_
+  bool stop_ = false, writer_done_ = false;            // guarded by mu_
+  std::deque<std::function<void()>> work_;             // guarded by mu_: worker pool tasks
+
+  std::thread writer_, committer_;
+  std::vector<std::thread> workers_;
+
+  Status recover();  // open(): regions and entries that are not durable are dropped
+  void start();
+  void stop();
+  void post(std::function<void()> fn);
+  void worker_loop();
+  void writer_loop();
+  void committer_loop();
+  void prepare(Job& job);
+  Status place(Job& job);
+  Status open_region();
+  bool reclaim(uint32_t region);
+  void commit_batch(Batch& batch);
+  // Deletes each entry still at its location in one transaction; returns how many.
+  uint64_t drop(const std::vector<Loc>& locs);
+  void finish_read(const DiskEntry& e, std::span<std::byte> dst, const AlignedBuffer& buf,
+                   Result<size_t> r, const std::function<void(Status)>& done);
+  void enqueue(std::unique_ptr<Job> job);
+  void start_read(const DiskEntry& e, std::span<std::byte> dst, std::function<void(Status)> done);
+  Status read_sync(const DiskEntry& e, std::span<std::byte> dst);
+  std::vector<DiskEntry> entries() const;
+};
+
+}  // namespace kvtier
