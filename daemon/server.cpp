@@ -34,6 +34,13 @@ uint64_t now_unix_ms() {
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
+std::vector<std::unique_ptr<asio::io_context>> make_contexts(uint32_t n) {
+  std::vector<std::unique_ptr<asio::io_context>> v;
+  for (uint32_t i = 0; i < std::max<uint32_t>(n, 1); ++i)
+    v.push_back(std::make_unique<asio::io_context>(1));  // concurrency hint: one thread
+  return v;
+}
+
 BlockKey random_instance() {
   std::random_device rd;
   auto word = [&] { return (uint64_t(rd()) << 32) | rd(); };
@@ -46,6 +53,8 @@ Server::Server(config::Config config)
     : config_(std::move(config)),
       instance_(random_instance()),
       started_unix_ms_(now_unix_ms()),
+      ios_(make_contexts(config_.daemon.io_threads)),
+      io_(*ios_[0]),
       acceptor_(io_),
       signals_(io_, SIGTERM, SIGINT),
       drain_timer_(io_),
@@ -173,18 +182,26 @@ awaitable<void> Server::accept_loop() {
                      sessions_.size());
         continue;
       }
-      session = std::make_shared<Session>(*this, std::move(sock), std::move(peer).value(),
-                                          asio::make_strand(io_));
+      // Move the connection onto the next io_context (round-robin).
+      asio::io_context& target = *ios_[next_io_++ % ios_.size()];
+      boost::system::error_code aec;
+      stream::socket moved(target);
+      moved.assign(stream(), sock.release(aec), aec);
+      if (aec) {
+        spdlog::warn("dropping connection: {}", aec.message());
+        continue;
+      }
+      session = std::make_shared<Session>(*this, std::move(moved), std::move(peer).value());
       sessions_.emplace(session->id(), session);
     }
-    asio::co_spawn(session->strand(), Session::run(session), asio::detached);
+    asio::co_spawn(session->executor(), Session::run(session), asio::detached);
   }
 }
 
 void Server::on_session_end(uint64_t sid) {
   std::lock_guard lock(sessions_mu_);
   sessions_.erase(sid);
-  if (draining_ && sessions_.empty()) io_.stop();
+  if (draining_ && sessions_.empty()) stop_all();
 }
 
 void Server::begin_drain(const char* why) {
@@ -196,18 +213,22 @@ void Server::begin_drain(const char* why) {
   reader_timer_.cancel();
   std::lock_guard lock(sessions_mu_);
   if (sessions_.empty()) {
-    io_.stop();
+    stop_all();
     return;
   }
   for (auto& [id, weak] : sessions_) {
-    if (auto s = weak.lock()) asio::post(s->strand(), [s] { s->stop_reading(); });
+    if (auto s = weak.lock()) asio::post(s->executor(), [s] { s->stop_reading(); });
   }
   drain_timer_.expires_after(std::chrono::milliseconds(config_.daemon.drain_timeout_ms));
   drain_timer_.async_wait([this](boost::system::error_code e) {
     if (e) return;
     spdlog::warn("drain timeout: closing remaining connections");
-    io_.stop();
+    stop_all();
   });
+}
+
+void Server::stop_all() {
+  for (auto& io : ios_) io->stop();
 }
 
 void Server::stop() {
@@ -230,10 +251,11 @@ int Server::run() {
   sd_notifyf(0, "READY=1\nSTATUS=serving on %s\nMAINPID=%lu", config_.daemon.socket.c_str(),
              static_cast<unsigned long>(::getpid()));
   spdlog::info("kvtierd ready (pid {}, {} io threads)", ::getpid(), config_.daemon.io_threads);
+  for (auto& io : ios_) work_.push_back(asio::make_work_guard(*io));
   std::vector<std::thread> threads;
-  for (uint32_t i = 1; i < config_.daemon.io_threads; ++i)
-    threads.emplace_back([this] { io_.run(); });
+  for (size_t i = 1; i < ios_.size(); ++i) threads.emplace_back([this, i] { ios_[i]->run(); });
   io_.run();
+  stop_all();
   for (auto& t : threads) t.join();
   std::error_code ec;
   std::filesystem::remove(config_.daemon.socket, ec);

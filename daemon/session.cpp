@@ -21,10 +21,9 @@ using asio::awaitable;
 using asio::use_awaitable;
 
 namespace kvtier {
-Session::Session(Server& server, Socket socket, PeerInfo peer, Strand strand)
+Session::Session(Server& server, Socket socket, PeerInfo peer)
     : server_(server),
       socket_(std::move(socket)),
-      strand_(std::move(strand)),
       peer_(std::move(peer)),
       id_(server.cache().open_session(peer_)) {}
 

@@ -6,7 +6,6 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/strand.hpp>
 
 #include <flatbuffers/flatbuffers.h>
 
@@ -43,14 +42,15 @@ struct Reply {
 class Session : public std::enable_shared_from_this<Session> {
  public:
   using Socket = boost::asio::local::stream_protocol::socket;
-  using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
-  Session(Server& server, Socket socket, PeerInfo peer, Strand strand);
+  // The socket belongs to one io_context, run by one thread: the session's coroutine, its
+  // socket and its staging area are only ever touched from that thread.
+  Session(Server& server, Socket socket, PeerInfo peer);
   ~Session();
 
   // The connection's coroutine; `self` (this session) keeps it alive until the client is gone.
   static boost::asio::awaitable<void> run(std::shared_ptr<Session> self);
-  const Strand& strand() const { return strand_; }
-  // Drain: stop reading after the request in flight.  Must run on the session's strand.
+  boost::asio::any_io_executor executor() { return socket_.get_executor(); }
+  // Drain: stop reading after the request in flight.  Must run on the session's executor.
   void stop_reading();
   uint64_t id() const { return id_; }
   const PeerInfo& peer() const { return peer_; }
@@ -75,7 +75,6 @@ class Session : public std::enable_shared_from_this<Session> {
 
   Server& server_;
   Socket socket_;
-  const Strand strand_;
   const PeerInfo peer_;
   const uint64_t id_;
   std::unique_ptr<Staging> staging_;  // created at the first put

@@ -11,6 +11,9 @@ pkgs=(
   liburing-dev libzstd-dev liblmdb-dev libxxhash-dev
   libhiredis-dev redis-server
   clang-format
+  # the Python module and its tests (Debian's CPU torch, not PyPI's CUDA wheels)
+  python3-dev pybind11-dev python3-numpy python3-torch python3-pytest python3-pip python3-venv
+  xxhash
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -11,7 +11,9 @@ namespace kvtier {
 
 // What a Lease needs to give its blocks back and keep its memory mapped.
 struct Lease::State {
-  std::weak_ptr<Client::Impl> conn;
+  // Strong: the connection (and so the daemon's pins) lives as long as any lease on it, even
+  // when its Client is gone; otherwise the blocks could be evicted under live views.
+  std::shared_ptr<Client::Impl> conn;
   std::vector<uint64_t> lease_ids;
   std::vector<std::shared_ptr<ArenaMapping>> mappings;
 };
@@ -50,8 +52,7 @@ Status Lease::release() {
   auto state = std::move(state_);
   blocks_.clear();
   if (state->lease_ids.empty()) return {};
-  auto conn = state->conn.lock();
-  if (!conn) return {};  // the connection is closed: the daemon released everything
+  auto conn = state->conn;
   std::lock_guard lock(conn->mu);
   flatbuffers::FlatBufferBuilder fbb;
   auto req = wire::CreateReleaseReq(fbb, fbb.CreateVector(state->lease_ids));
