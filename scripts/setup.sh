@@ -13,7 +13,6 @@ pkgs=(
   clang-format
   # the Python module and its tests (Debian's CPU torch, not PyPI's CUDA wheels)
   python3-dev pybind11-dev python3-numpy python3-torch python3-pytest python3-pip python3-venv
-  xxhash
 )
 missing=()
 for p in "${pkgs[@]}"; do

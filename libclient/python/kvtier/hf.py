@@ -1,0 +1,120 @@
+"""Hugging Face-style KV through kvtier: save a prompt's KV chunk by chunk under its chain
+keys, and rebuild it for the longest cached prefix in another process.
+
+KV format: `past_key_values` as a tuple of per-layer (K, V), each [batch, heads, seq,
+head_dim] (the "legacy" cache of transformers).  A transformers `DynamicCache` is accepted
+through its `to_legacy_cache()` (transformers is not in Debian 12: that path is untested);
+`DynamicCache.from_legacy_cache(kv)` turns the rebuilt tuple back into one.
+
+Block format (one block per chunk of `chunk_tokens` tokens, all layers):
+    "k.{layer}", "v.{layer}": [heads, chunk_tokens, head_dim], the model's dtype or `dtype`
+In an NF4 namespace keys are quantized per channel ("column" blocks of 64 tokens of one
+head and channel; keep chunk_tokens a multiple of 64), values per token.
+"""
+from collections import namedtuple
+
+import torch
+
+from . import AlreadyExists, chain_keys
+
+CachedPrefix = namedtuple("CachedPrefix", "num_tokens past_key_values")
+
+
+def _legacy(past_key_values):
+    if hasattr(past_key_values, "to_legacy_cache"):  # transformers DynamicCache
+        return past_key_values.to_legacy_cache()
+    return tuple(past_key_values)
+
+
+def save_prefix(client, namespace, token_ids, past_key_values, chunk_tokens, *, batch_index=0,
+                dtype=None, skip_cached=True):
+    """Store the KV of every complete chunk of `token_ids` whose block is not cached yet.
+
+    `past_key_values` must cover at least those tokens (its seq axis starts at token 0).
+    Returns the number of blocks written.  Blocks already cached (by this or another process)
+    are skipped: lookup() finds the cached prefix, and a put that races another writer's
+    AlreadyExists is ignored."""
+    kv = _legacy(past_key_values)
+    keys = chain_keys(namespace, token_ids, chunk_tokens)
+    if not keys:
+        return 0
+    seq = kv[0][0].shape[2]
+    if seq < len(keys) * chunk_tokens:
+        raise ValueError("past_key_values hold %d tokens, %d chunks of %d need %d" %
+                         (seq, len(keys), chunk_tokens, len(keys) * chunk_tokens))
+    first = client.lookup(namespace, keys) if skip_cached else 0
+    layouts = {}
+    for layer in range(len(kv)):
+        layouts["k.%d" % layer] = "column"
+        layouts["v.%d" % layer] = "row"
+    written = 0
+    for i in range(first, len(keys)):
+        lo, hi = i * chunk_tokens, (i + 1) * chunk_tokens
+        tensors = []
+        for layer, (k, v) in enumerate(kv):
+            for name, t in (("k.%d" % layer, k), ("v.%d" % layer, v)):
+                t = t[batch_index, :, lo:hi, :]
+                if dtype is not None:
+                    t = t.to(dtype)
+                tensors.append((name, t))
+        try:
+            client.put(namespace, keys[i], tensors, nf4_layout=layouts)
+            written += 1
+        except AlreadyExists:
+            pass
+    return written
+
+
+def load_prefix(client, namespace, token_ids, chunk_tokens, *, max_tokens=None, dtype=None,
+                device=None):
+    """Rebuild the KV of the longest cached prefix of `token_ids`.
+
+    Looks the chain up (one round trip), leases the cached blocks, and assembles per layer
+    K and V of shape [1, heads, n * chunk_tokens, head_dim] in fresh tensors (raw blocks:
+    one copy out of the shared mapping; NF4 blocks: decoded).  The lease is released before
+    returning, so the result is ordinary writable memory.  `max_tokens` caps the prefix (pass
+    len(prompt) - 1 so that at least one token is left to prefill).  Returns
+    CachedPrefix(num_tokens, past_key_values), past_key_values None on a miss."""
+    keys = chain_keys(namespace, token_ids, chunk_tokens)
+    if max_tokens is not None:
+        keys = keys[:max(0, max_tokens) // chunk_tokens]
+    n = client.lookup(namespace, keys) if keys else 0
+    if n == 0:
+        return CachedPrefix(0, None)
+    with client.get(namespace, keys[:n]) as lease:
+        found = 0
+        while found < n and lease[found].found:  # a block evicted since lookup ends the prefix
+            found += 1
+        if found == 0:
+            return CachedPrefix(0, None)
+        kv = _assemble(lease, found, chunk_tokens, dtype, device)
+    return CachedPrefix(found * chunk_tokens, kv)
+
+
+def _assemble(lease, nblocks, chunk_tokens, dtype, device):
+    first = lease[0]
+    layers = sum(1 for name in first if name.startswith("k."))
+    kv = []
+    scratch = None
+    for layer in range(layers):
+        pair = []
+        for prefix in ("k", "v"):
+            name = "%s.%d" % (prefix, layer)
+            t0 = first[name]
+            heads, _, head_dim = t0.shape
+            dt = dtype if dtype is not None else getattr(torch, t0.dtype)
+            out = torch.empty(1, heads, nblocks * chunk_tokens, head_dim, dtype=dt)
+            for j in range(nblocks):
+                dst = out[0, :, j * chunk_tokens:(j + 1) * chunk_tokens, :]
+                t = lease[j][name]
+                if t.codec == "raw":
+                    dst.copy_(torch.from_dlpack(t))  # one copy out of the shared mapping
+                elif nblocks == 1:
+                    t.decode_into(out)  # the slice is the whole tensor: decode in place
+                else:
+                    if scratch is None or scratch.dtype != dt or scratch.shape != dst.shape:
+                        scratch = torch.empty(dst.shape, dtype=dt)
+                    dst.copy_(t.decode_into(scratch))
+            pair.append(out if device is None else out.to(device))
+        kv.append(tuple(pair))
+    return tuple(kv)

@@ -1,0 +1,300 @@
+// kvtier._kvtier: the Python binding of libkvtier (kvtier/client.h).  The pure-Python
+// package `kvtier` (kvtier/__init__.py) wraps it with torch/numpy conveniences.
+//
+// Threads: every call that waits on the daemon or copies bulk data drops the GIL; the C++
+// Client serialises requests with its own mutex, so one Client may be shared by threads.
+#include <pybind11/numpy.h>
+#include <pybind11/operators.h>
+#include <pybind11/stl.h>
+
+#include "binding.h"
+
+namespace kvtier::python {
+namespace {
+
+struct PyClient {
+  std::shared_ptr<Client> client;  // null once closed
+  std::shared_ptr<Client> get() const {
+    if (!client) throw_status(error(Errc::kUnavailable, "the client is closed"));
+    return client;
+  }
+};
+
+struct PyBlock {
+  std::weak_ptr<LeaseBox> box;
+  size_t index = 0;
+  std::shared_ptr<LeaseBox> lock() const { return TensorRef{box, index, 0}.lock(); }
+};
+
+struct PyLease {
+  std::shared_ptr<LeaseBox> box;  // null once released by this handle
+  size_t size = 0;
+  std::shared_ptr<LeaseBox> lock() const {
+    if (!box) throw std::runtime_error("the lease was released");
+    return box;
+  }
+  // Closes the lease to new exports; the daemon gets the blocks back now, or when the last
+  // exported tensor dies.  Returns whether that happened now.
+  bool release() {
+    if (!box) return false;
+    box->closed = true;
+    bool now = box.use_count() == 1;
+    std::shared_ptr<LeaseBox> last = std::move(box);
+    py::gil_scoped_release nogil;  // ~LeaseBox may send a ReleaseReq
+    last.reset();
+    return now;
+  }
+};
+
+size_t wrap_index(long long i, size_t n) {
+  if (i < 0) i += static_cast<long long>(n);
+  if (i < 0 || static_cast<size_t>(i) >= n) throw py::index_error("block index out of range");
+  return static_cast<size_t>(i);
+}
+
+Nf4Layout layout_from(py::handle spec, const std::string& name) {
+  py::object v = py::reinterpret_borrow<py::object>(spec);
+  if (py::isinstance<py::dict>(spec)) {
+    py::dict d = py::reinterpret_borrow<py::dict>(spec);
+    v = d.contains(name) ? py::reinterpret_borrow<py::object>(d[py::str(name)]) : py::none();
+  }
+  if (v.is_none()) return Nf4Layout::kRowBlocks;
+  auto s = v.cast<std::string>();
+  if (s == "row" || s == "per_token") return Nf4Layout::kRowBlocks;
+  if (s == "column" || s == "per_channel") return Nf4Layout::kColumnBlocks;
+  throw py::value_error("nf4_layout must be 'row' or 'column', not '" + s + "'");
+}
+
+py::object parse_json(const std::string& text) {
+  return py::module_::import("json").attr("loads")(text);
+}
+
+template <typename F>
+auto nogil(F&& f) {
+  py::gil_scoped_release release;
+  return f();
+}
+
+void put(PyClient& self, const std::string& ns, const BlockKey& key, py::object tensors,
+         py::object nf4_layout) {
+  auto client = self.get();
+  py::list items;
+  if (py::isinstance<py::dict>(tensors)) {
+    for (auto kv : py::reinterpret_borrow<py::dict>(tensors)) items.append(py::make_tuple(kv.first, kv.second));
+  } else {
+    for (auto item : tensors) items.append(item);
+  }
+  std::vector<Borrowed> held;  // destroyed with the GIL held, after the put
+  std::vector<TensorIn> in;
+  held.reserve(items.size());
+  for (auto item : items) {
+    auto pair = item.cast<py::tuple>();
+    if (pair.size() != 2) throw py::type_error("tensors: expected (name, tensor) pairs");
+    auto name = pair[0].cast<std::string>();
+    held.push_back(borrow(pair[1], /*writable=*/false, "tensor '" + name + "'"));
+    const Borrowed& b = held.back();
+    in.push_back(TensorIn{name, b.dtype, b.shape, b.data, layout_from(nf4_layout, name)});
+  }
+  Status st = nogil([&] { return client->put(ns, key, in); });
+  if (!st) throw_status(st);
+}
+
+py::object lease_tensor(PyLease& self, long long block, const std::string& name, py::object out,
+                        py::object dtype) {
+  auto box = self.lock();
+  if (box->closed) throw std::runtime_error("the lease was released");
+  size_t bi = wrap_index(block, self.size);
+  const LeasedBlock& b = box->lease.block(bi);
+  if (!b.found()) throw_status(error(Errc::kNotFound, "block " + std::to_string(bi) + " (" + b.key.hex() + ") is not cached"));
+  size_t ti = 0;
+  while (ti < b.tensors.size() && b.tensors[ti].name != name) ++ti;
+  if (ti == b.tensors.size()) throw py::key_error("block has no tensor '" + name + "'");
+  const TensorView& v = b.tensors[ti];
+  py::object ref = py::cast(TensorRef{box, bi, ti});
+  py::module_ torch = py::module_::import("torch");
+  if (v.codec == Codec::kRaw) {
+    py::object t = torch.attr("from_dlpack")(ref);
+    if (!out.is_none()) return out.attr("copy_")(t);
+    return dtype.is_none() ? t : t.attr("to")(dtype);
+  }
+  if (out.is_none()) {
+    py::object dt = dtype.is_none() ? torch.attr(dtype_str(v.dtype)) : dtype;
+    py::tuple shape(v.shape.size());
+    for (size_t i = 0; i < v.shape.size(); ++i) shape[i] = v.shape[i];
+    out = torch.attr("empty")(shape, py::arg("dtype") = dt);
+  }
+  return ref.attr("decode_into")(out);
+}
+
+}  // namespace
+}  // namespace kvtier::python
+
+using namespace kvtier;
+using namespace kvtier::python;
+
+PYBIND11_MODULE(_kvtier, m) {
+  m.doc() = "Binding of libkvtier, the client of the kvtier cache daemon (use `import kvtier`).";
+  register_errors(m);
+  register_tensor(m);
+
+  py::class_<BlockKey>(m, "Key", "A 128-bit chain key (docs/protocol.md).")
+      .def(py::init([](uint64_t lo, uint64_t hi) { return BlockKey{lo, hi}; }), py::arg("lo"),
+           py::arg("hi"))
+      .def_readonly("lo", &BlockKey::lo)
+      .def_readonly("hi", &BlockKey::hi)
+      .def("hex", &BlockKey::hex, "32 hex digits, hi then lo")
+      .def_static("from_hex",
+                  [](const std::string& s) {
+                    auto k = BlockKey::from_hex(s);
+                    if (!k) throw py::value_error("not a 32-digit hex key: '" + s + "'");
+                    return *k;
+                  })
+      .def(py::self == py::self)
+      .def(py::self < py::self)
+      .def("__hash__", [](const BlockKey& k) { return BlockKeyHash{}(k); })
+      .def("__repr__", [](const BlockKey& k) { return "Key('" + k.hex() + "')"; })
+      .def(py::pickle([](const BlockKey& k) { return py::make_tuple(k.lo, k.hi); },
+                      [](py::tuple t) { return BlockKey{t[0].cast<uint64_t>(), t[1].cast<uint64_t>()}; }));
+
+  m.def("_chain_keys",
+        [](const std::string& ns, py::array_t<uint32_t, py::array::c_style> tokens, size_t chunk,
+           bool include_partial) {
+          if (chunk == 0) throw py::value_error("chunk_tokens must be > 0");
+          std::span<const uint32_t> t(tokens.data(), static_cast<size_t>(tokens.size()));
+          return chain_keys(ns, t, chunk, include_partial);
+        },
+        py::arg("namespace"), py::arg("tokens"), py::arg("chunk_tokens"),
+        py::arg("include_partial") = false);
+  m.def("default_socket_path", &default_socket_path);
+
+  py::class_<PyBlock>(m, "Block", "One block of a lease: tensors by name (a mapping).")
+      .def_property_readonly("key", [](const PyBlock& b) { return b.lock()->lease.block(b.index).key; })
+      .def_property_readonly("found", [](const PyBlock& b) { return b.lock()->lease.block(b.index).found(); })
+      .def("names",
+           [](const PyBlock& b) {
+             auto box = b.lock();
+             std::vector<std::string> names;
+             for (const auto& t : box->lease.block(b.index).tensors) names.push_back(t.name);
+             return names;
+           })
+      .def("__len__", [](const PyBlock& b) { return b.lock()->lease.block(b.index).tensors.size(); })
+      .def("__contains__",
+           [](const PyBlock& b, const std::string& name) {
+             return b.lock()->lease.block(b.index).tensor(name) != nullptr;
+           })
+      .def("__getitem__",
+           [](const PyBlock& b, const std::string& name) {
+             auto box = b.lock();
+             const auto& ts = box->lease.block(b.index).tensors;
+             for (size_t i = 0; i < ts.size(); ++i)
+               if (ts[i].name == name) return TensorRef{b.box, b.index, i};
+             throw py::key_error(name);
+           })
+      .def("__iter__",
+           [](const PyBlock& b) {
+             auto box = b.lock();
+             py::list names;
+             for (const auto& t : box->lease.block(b.index).tensors) names.append(t.name);
+             return py::iter(names);
+           })
+      .def("__repr__", [](const PyBlock& b) {
+        auto box = b.box.lock();
+        if (!box || box->closed) return std::string("<kvtier.Block (lease released)>");
+        const auto& lb = box->lease.block(b.index);
+        return "<kvtier.Block " + lb.key.hex() + (lb.found() ? " " + std::to_string(lb.tensors.size()) + " tensors>" : " not found>");
+      });
+
+  py::class_<PyLease>(m, "Lease", R"doc(
+Leased blocks, pinned in the daemon while this lease (or any tensor exported from it) lives.
+A context manager: leaving `with` releases it.  release() with exported tensors still alive
+defers the daemon-side release until the last of them is gone (it returns False then).)doc")
+      .def("__len__", [](const PyLease& l) { return l.size; })
+      .def("__getitem__",
+           [](const PyLease& l, long long i) {
+             auto box = l.lock();
+             return PyBlock{box, wrap_index(i, l.size)};
+           })
+      .def_property_readonly("found", [](const PyLease& l) { return l.lock()->lease.found(); },
+                             "number of blocks that were cached")
+      .def_property_readonly("keys",
+                             [](const PyLease& l) {
+                               std::vector<BlockKey> keys;
+                               for (const auto& b : l.lock()->lease.blocks()) keys.push_back(b.key);
+                               return keys;
+                             })
+      .def_property_readonly("released", [](const PyLease& l) { return !l.box; })
+      .def("release", &PyLease::release)
+      .def("tensor", &lease_tensor, py::arg("block"), py::arg("name"), py::arg("out") = py::none(),
+           py::arg("dtype") = py::none(),
+           "A torch tensor: zero-copy for raw tensors (read-only!); NF4 is decoded into `out` "
+           "(or a new tensor of `dtype`, default the stored dtype).")
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](PyLease& l, py::args) { l.release(); return false; })
+      .def("__repr__", [](const PyLease& l) {
+        if (!l.box) return std::string("<kvtier.Lease released>");
+        return "<kvtier.Lease " + std::to_string(l.box->lease.found()) + "/" + std::to_string(l.size) + " found>";
+      });
+
+  py::class_<PyClient>(m, "_Client")
+      .def(py::init([](py::object socket, const std::string& name, uint32_t timeout_ms) {
+             ClientOptions o;
+             if (!socket.is_none()) o.socket = py::str(socket).cast<std::string>();
+             o.name = name;
+             o.timeout_ms = timeout_ms;
+             auto c = nogil([&] { return Client::connect(o); });
+             return PyClient{std::shared_ptr<Client>(unwrap(std::move(c)))};
+           }),
+           py::arg("socket") = py::none(), py::arg("name") = "", py::arg("timeout_ms") = 30000)
+      .def("lookup",
+           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
+             auto c = self.get();
+             return unwrap(nogil([&] { return c->lookup(ns, keys); }));
+           },
+           py::arg("namespace"), py::arg("keys"))
+      .def("get",
+           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
+             auto c = self.get();
+             auto box = std::make_shared<LeaseBox>();
+             box->client = c;
+             box->lease = unwrap(nogil([&] { return c->get(ns, keys); }));
+             return PyLease{box, box->lease.size()};
+           },
+           py::arg("namespace"), py::arg("keys"))
+      .def("_put", &put, py::arg("namespace"), py::arg("key"), py::arg("tensors"),
+           py::arg("nf4_layout") = py::none())
+      .def("remove",
+           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
+             auto c = self.get();
+             auto r = unwrap(nogil([&] { return c->remove(ns, keys); }));
+             return py::dict(py::arg("removed") = r.removed, py::arg("deferred") = r.deferred);
+           },
+           py::arg("namespace"), py::arg("keys"))
+      .def("stats", [](PyClient& s) { auto c = s.get(); return parse_json(unwrap(nogil([&] { return c->stats_json(); }))); })
+      .def("health", [](PyClient& s) { auto c = s.get(); return parse_json(unwrap(nogil([&] { return c->health_json(); }))); })
+      .def("clients", [](PyClient& s) { auto c = s.get(); return parse_json(unwrap(nogil([&] { return c->clients_json(); }))); })
+      .def("config", [](PyClient& s) { auto c = s.get(); return parse_json(unwrap(nogil([&] { return c->config_json(); }))); })
+      .def("ls",
+           [](PyClient& s, const std::string& ns, uint32_t limit) {
+             auto c = s.get();
+             return parse_json(unwrap(nogil([&] { return c->list_json(ns, limit); })));
+           },
+           py::arg("namespace") = "", py::arg("limit") = 0)
+      .def("evict",
+           [](PyClient& s, const std::string& ns, const std::vector<BlockKey>& keys, bool all) {
+             auto c = s.get();
+             auto r = unwrap(nogil([&] { return c->evict(ns, keys, all); }));
+             return py::dict(py::arg("evicted") = r.evicted, py::arg("skipped_leased") = r.skipped_leased,
+                             py::arg("bytes") = r.bytes);
+           },
+           py::arg("namespace") = "", py::arg("keys") = std::vector<BlockKey>{}, py::arg("all") = false)
+      .def_property_readonly("session_id", [](PyClient& s) { return s.get()->session_id(); })
+      .def_property_readonly("socket_path", [](PyClient& s) { return s.get()->socket_path(); })
+      .def_property_readonly("closed", [](const PyClient& s) { return !s.client; })
+      .def("close",
+           [](PyClient& s) {
+             // Leases still alive keep the connection (and their pins) until they go.
+             std::shared_ptr<Client> c = std::move(s.client);
+             py::gil_scoped_release nogil;
+             c.reset();
+           });
+}

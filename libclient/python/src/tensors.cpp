@@ -1,0 +1,362 @@
+// kvtier.Tensor: zero-copy exports of leased tensors (DLPack, read-only buffer protocol),
+// decoding into caller tensors, and borrowing caller tensors for puts.
+#include <cstring>
+
+#include "binding.h"
+
+namespace kvtier::python {
+namespace {
+
+// What a DLPack capsule of a leased tensor owns.
+struct ExportCtx {
+  std::shared_ptr<LeaseBox> box;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;
+  DLManagedTensor managed{};
+};
+
+void delete_export(DLManagedTensor* self) {
+  // May run on any thread, with or without the GIL (torch frees storages anywhere): only
+  // C++ state here.  The last export of a released lease gives its blocks back now.
+  delete static_cast<ExportCtx*>(self->manager_ctx);
+}
+
+void capsule_destructor(PyObject* cap) {
+  if (PyCapsule_IsValid(cap, "used_dltensor")) return;  // a consumer owns it now
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+  if (m != nullptr && m->deleter != nullptr) m->deleter(m);
+  PyErr_Clear();
+  PyErr_Restore(type, value, tb);
+}
+
+DLDataType to_dl(DType t) {
+  switch (t) {
+    case DType::kU8: return {kDLUInt, 8, 1};
+    case DType::kF16: return {kDLFloat, 16, 1};
+    case DType::kBF16: return {kDLBfloat, 16, 1};
+    case DType::kF32: return {kDLFloat, 32, 1};
+    case DType::kI32: return {kDLInt, 32, 1};
+    case DType::kI64: return {kDLInt, 64, 1};
+  }
+  return {kDLUInt, 8, 1};
+}
+
+bool from_dl(DLDataType t, DType* out) {
+  if (t.lanes != 1) return false;
+  const std::pair<DLDataType, DType> table[] = {
+      {{kDLUInt, 8, 1}, DType::kU8},    {{kDLFloat, 16, 1}, DType::kF16},
+      {{kDLBfloat, 16, 1}, DType::kBF16}, {{kDLFloat, 32, 1}, DType::kF32},
+      {{kDLInt, 32, 1}, DType::kI32},   {{kDLInt, 64, 1}, DType::kI64}};
+  for (const auto& [dl, dt] : table)
+    if (dl.code == t.code && dl.bits == t.bits) {
+      *out = dt;
+      return true;
+    }
+  return false;
+}
+
+// struct-module format of a dtype for the buffer protocol (bf16 has none).
+const char* buffer_format(DType t) {
+  switch (t) {
+    case DType::kU8: return "B";
+    case DType::kF16: return "e";
+    case DType::kF32: return "f";
+    case DType::kI32: return "i";
+    case DType::kI64: return "q";
+    case DType::kBF16: return nullptr;
+  }
+  return nullptr;
+}
+
+bool from_format(const char* f, Py_ssize_t itemsize, DType* out) {
+  std::string s = f ? f : "B";
+  if (!s.empty() && std::strchr("@=<", s[0])) s.erase(0, 1);
+  if (s == "B" || s == "b" || s == "c") *out = DType::kU8;
+  else if (s == "e") *out = DType::kF16;
+  else if (s == "f") *out = DType::kF32;
+  else if ((s == "i" || s == "l" || s == "q") && itemsize == 4) *out = DType::kI32;
+  else if ((s == "l" || s == "q") && itemsize == 8) *out = DType::kI64;
+  else return false;
+  return dtype_size(*out) == static_cast<size_t>(itemsize);
+}
+
+std::vector<int64_t> row_major(const std::vector<uint64_t>& shape) {
+  std::vector<int64_t> s(shape.size());
+  int64_t step = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    s[i] = step;
+    step *= static_cast<int64_t>(shape[i]);
+  }
+  return s;
+}
+
+std::vector<int64_t> strides_of(const TensorView& v) {
+  return v.strides.empty() ? row_major(v.shape) : v.strides;
+}
+
+uint64_t elements(const std::vector<uint64_t>& shape) {
+  uint64_t n = 1;
+  for (uint64_t d : shape) n *= d;
+  return n;
+}
+
+// Buffer protocol, written by hand rather than with pybind11's def_buffer so that a refusal
+// (NF4, bf16, a released lease, a writable request) is a BufferError, not a C++ exception
+// crossing a C callback.  Each export holds the lease.
+struct BufferExport {
+  std::shared_ptr<LeaseBox> box;
+  std::vector<Py_ssize_t> shape, strides;
+};
+
+int tensor_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
+  const char* why = nullptr;
+  try {
+    auto& ref = py::cast<TensorRef&>(py::handle(obj));
+    auto box = ref.lock();
+    const TensorView& v = ref.view(*box);
+    const char* fmt = buffer_format(v.dtype);
+    if (flags & PyBUF_WRITABLE) why = "leased kvtier tensors are read-only";
+    else if (v.codec != Codec::kRaw) why = "an NF4 tensor has no buffer: use decode_into()";
+    else if (fmt == nullptr) why = "bfloat16 has no buffer format: use torch.from_dlpack()";
+    if (why == nullptr) {
+      auto* ex = new BufferExport{std::move(box), {}, {}};
+      const size_t item = dtype_size(v.dtype);
+      for (uint64_t d : v.shape) ex->shape.push_back(static_cast<Py_ssize_t>(d));
+      for (int64_t s : strides_of(v)) ex->strides.push_back(static_cast<Py_ssize_t>(s * item));
+      view->obj = py::handle(obj).inc_ref().ptr();
+      view->buf = const_cast<std::byte*>(v.data);
+      view->len = static_cast<Py_ssize_t>(v.bytes);
+      view->readonly = 1;
+      view->itemsize = static_cast<Py_ssize_t>(item);
+      view->format = (flags & PyBUF_FORMAT) ? const_cast<char*>(fmt) : nullptr;
+      view->ndim = static_cast<int>(ex->shape.size());
+      view->shape = (flags & PyBUF_ND) ? ex->shape.data() : nullptr;
+      view->strides = (flags & PyBUF_STRIDES) ? ex->strides.data() : nullptr;
+      view->suboffsets = nullptr;
+      view->internal = ex;
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_BufferError, e.what());
+    view->obj = nullptr;
+    return -1;
+  }
+  PyErr_SetString(PyExc_BufferError, why);
+  view->obj = nullptr;
+  return -1;
+}
+
+void tensor_releasebuffer(PyObject*, Py_buffer* view) {
+  delete static_cast<BufferExport*>(view->internal);
+  view->internal = nullptr;
+}
+
+}  // namespace
+
+const char* dtype_str(DType t) {
+  switch (t) {
+    case DType::kU8: return "uint8";
+    case DType::kF16: return "float16";
+    case DType::kBF16: return "bfloat16";
+    case DType::kF32: return "float32";
+    case DType::kI32: return "int32";
+    case DType::kI64: return "int64";
+  }
+  return "?";
+}
+
+DType dtype_from_str(const std::string& s) {
+  for (DType t : {DType::kU8, DType::kF16, DType::kBF16, DType::kF32, DType::kI32, DType::kI64})
+    if (s == dtype_str(t)) return t;
+  throw py::type_error("unknown dtype '" + s + "'");
+}
+
+std::shared_ptr<LeaseBox> TensorRef::lock() const {
+  auto b = box.lock();
+  if (!b || b->closed) throw std::runtime_error("the lease of this tensor was released");
+  return b;
+}
+
+const TensorView& TensorRef::view(const LeaseBox& b) const {
+  return b.lease.block(block).tensors.at(index);
+}
+
+Borrowed::Borrowed(Borrowed&& o) noexcept
+    : data(o.data), dtype(o.dtype), shape(std::move(o.shape)), bytes(o.bytes),
+      managed_(o.managed_), buffer_(o.buffer_), has_buffer_(o.has_buffer_) {
+  o.managed_ = nullptr;
+  o.has_buffer_ = false;
+}
+
+Borrowed::~Borrowed() {
+  if (managed_ != nullptr && managed_->deleter != nullptr) managed_->deleter(managed_);
+  if (has_buffer_) PyBuffer_Release(&buffer_);
+}
+
+uint64_t Borrowed::elements() const {
+  return python::elements(shape);
+}
+
+Borrowed borrow(py::handle obj, bool writable, const std::string& what) {
+  Borrowed b;
+  if (py::hasattr(obj, "__dlpack__")) {
+    auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
+    if (dev.first != kDLCPU && dev.first != kDLCUDAHost)
+      throw py::value_error(what + " lives on DLPack device type " + std::to_string(dev.first) +
+                            ", not in host memory: move it to the CPU first");
+    py::object cap;
+    try {
+      cap = obj.attr("__dlpack__")();
+    } catch (py::error_already_set&) {
+      cap = py::object();  // e.g. numpy refuses to export read-only arrays: try the buffer
+    }
+    if (cap) {
+      auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
+      if (m == nullptr) throw py::error_already_set();
+      PyCapsule_SetName(cap.ptr(), "used_dltensor");
+      b.managed_ = m;
+      const DLTensor& t = m->dl_tensor;
+      if (!from_dl(t.dtype, &b.dtype))
+        throw py::type_error(what + " has a dtype kvtier does not store (code " +
+                             std::to_string(t.dtype.code) + ", " + std::to_string(t.dtype.bits) +
+                             " bits)");
+      for (int i = 0; i < t.ndim; ++i) b.shape.push_back(static_cast<uint64_t>(t.shape[i]));
+      if (t.strides != nullptr) {
+        auto want = row_major(b.shape);
+        for (int i = 0; i < t.ndim; ++i)
+          if (t.shape[i] > 1 && t.strides[i] != want[i])
+            throw py::value_error(what + " is not contiguous: call .contiguous() first");
+      }
+      b.data = static_cast<std::byte*>(t.data) + t.byte_offset;
+      b.bytes = b.elements() * dtype_size(b.dtype);
+      return b;
+    }
+  }
+  if (!PyObject_CheckBuffer(obj.ptr()))
+    throw py::type_error(what + " is neither a DLPack tensor nor a buffer");
+  int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+  if (PyObject_GetBuffer(obj.ptr(), &b.buffer_, flags) != 0) throw py::error_already_set();
+  b.has_buffer_ = true;
+  const Py_buffer& v = b.buffer_;
+  if (!from_format(v.format, v.itemsize, &b.dtype))
+    throw py::type_error(what + ": buffer format '" + std::string(v.format ? v.format : "B") +
+                         "' is not one kvtier stores");
+  if (v.ndim == 0 && v.shape == nullptr) b.shape.push_back(static_cast<uint64_t>(v.len / v.itemsize));
+  for (int i = 0; i < v.ndim; ++i) b.shape.push_back(static_cast<uint64_t>(v.shape[i]));
+  b.data = static_cast<std::byte*>(v.buf);
+  b.bytes = static_cast<uint64_t>(v.len);
+  return b;
+}
+
+py::capsule export_dlpack(std::shared_ptr<LeaseBox> box, const TensorView& v) {
+  if (v.codec != Codec::kRaw)
+    throw py::type_error("tensor '" + v.name + "' is stored " + codec_name(v.codec) +
+                         ": it cannot be shared without decoding; use decode_into() or "
+                         "Lease.tensor(..., out=...)");
+  auto ctx = std::make_unique<ExportCtx>();
+  ctx->box = std::move(box);
+  for (uint64_t d : v.shape) ctx->shape.push_back(static_cast<int64_t>(d));
+  ctx->strides = strides_of(v);
+  DLTensor& t = ctx->managed.dl_tensor;
+  // DLPack has no read-only flag before v1.0: consumers get a writable-looking tensor over a
+  // PROT_READ mapping.  Writing it faults (docs/python.md).
+  t.data = const_cast<std::byte*>(v.data);
+  t.device = {kDLCPU, 0};
+  t.ndim = static_cast<int32_t>(ctx->shape.size());
+  t.dtype = to_dl(v.dtype);
+  t.shape = ctx->shape.data();
+  t.strides = ctx->strides.data();
+  t.byte_offset = 0;
+  ctx->managed.manager_ctx = ctx.get();
+  ctx->managed.deleter = delete_export;
+  PyObject* cap = PyCapsule_New(&ctx->managed, "dltensor", capsule_destructor);
+  if (cap == nullptr) throw py::error_already_set();
+  ctx.release();  // owned by the capsule now
+  return py::reinterpret_steal<py::capsule>(cap);
+}
+
+void register_tensor(py::module_& m) {
+  auto cls = py::class_<TensorRef>(m, "Tensor", py::buffer_protocol(), R"doc(
+One tensor of a leased block: a read-only, zero-copy view into the daemon's shared memory.
+Raw tensors export through DLPack (torch.from_dlpack, numpy.from_dlpack) and the buffer
+protocol (read-only).  NF4 tensors must be decoded: decode_into(out).  Exports keep the lease
+alive; never write to them (the mapping is read-only: a write faults).)doc");
+  auto* type = reinterpret_cast<PyHeapTypeObject*>(cls.ptr());
+  type->as_buffer.bf_getbuffer = tensor_getbuffer;
+  type->as_buffer.bf_releasebuffer = tensor_releasebuffer;
+
+  // Every accessor holds the lease for its duration (a view alone does not).
+  auto prop = [&cls](const char* name, auto get, const char* doc = "") {
+    cls.def_property_readonly(
+        name, [get](const TensorRef& r) {
+          auto box = r.lock();
+          return get(r.view(*box));
+        },
+        doc);
+  };
+  prop("name", [](const TensorView& v) { return v.name; });
+  prop("dtype", [](const TensorView& v) { return std::string(dtype_str(v.dtype)); });
+  prop("shape", [](const TensorView& v) {
+    py::tuple t(v.shape.size());
+    for (size_t i = 0; i < t.size(); ++i) t[i] = v.shape[i];
+    return t;
+  });
+  prop("codec", [](const TensorView& v) { return std::string(codec_name(v.codec)); },
+       "'raw' (zero-copy) or 'nf4' (decode_into)");
+  prop("nf4_layout", [](const TensorView& v) {
+    return std::string(v.nf4_layout == Nf4Layout::kColumnBlocks ? "column" : "row");
+  });
+  prop("nbytes", [](const TensorView& v) { return v.bytes; },
+       "stored bytes (NF4-encoded for NF4 tensors)");
+  prop("raw_bytes", [](const TensorView& v) { return v.raw_bytes; }, "bytes once decoded");
+  prop("checksum", [](const TensorView& v) { return v.checksum; });
+  prop("data_ptr", [](const TensorView& v) { return reinterpret_cast<uintptr_t>(v.data); });
+
+  cls      .def("verify",
+           [](const TensorRef& r) {
+             auto box = r.lock();
+             py::gil_scoped_release nogil;
+             return r.view(*box).verify();
+           },
+           "recompute the stored bytes' checksum and compare")
+      .def("__dlpack__",
+           [](const TensorRef& r, py::object stream) {
+             (void)stream;  // host memory: nothing to synchronise
+             auto box = r.lock();
+             return export_dlpack(box, r.view(*box));
+           },
+           py::arg("stream") = py::none())
+      .def("__dlpack_device__", [](const TensorRef&) { return py::make_tuple(int(kDLCPU), 0); })
+      .def("decode_into",
+           [](const TensorRef& r, py::object out) {
+             auto box = r.lock();
+             const TensorView& v = r.view(*box);
+             Borrowed dst = borrow(out, /*writable=*/true, "out");
+             if (dst.elements() != elements(v.shape))
+               throw py::value_error("out has " + std::to_string(dst.elements()) +
+                                     " elements, tensor '" + v.name + "' has " +
+                                     std::to_string(elements(v.shape)));
+             Status st;
+             {
+               py::gil_scoped_release nogil;
+               st = decode(v, dst.dtype, {dst.data, dst.bytes});
+             }
+             if (!st) throw_status(st);
+             return out;
+           },
+           py::arg("out"),
+           "Decode into `out` (any writable, contiguous host tensor of the same element count: "
+           "fp16/bf16/fp32 for NF4, the stored dtype for raw tensors); returns out.")
+      .def("__repr__", [](const TensorRef& r) {
+        auto b = r.box.lock();
+        if (!b || b->closed) return std::string("<kvtier.Tensor (lease released)>");
+        const TensorView& v = r.view(*b);
+        std::string s = "<kvtier.Tensor '" + v.name + "' " + dtype_str(v.dtype) + " [";
+        for (size_t i = 0; i < v.shape.size(); ++i) s += (i ? ", " : "") + std::to_string(v.shape[i]);
+        return s + "] " + codec_name(v.codec) + ">";
+      });
+}
+
+}  // namespace kvtier::python
