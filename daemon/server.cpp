@@ -16,10 +16,12 @@
 #include <chrono>
 #include <filesystem>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
 #include "daemon/session.h"
+#include "tiers/disk/fault_device.h"
 
 namespace asio = boost::asio;
 using asio::awaitable;
@@ -82,6 +84,52 @@ Server::Server(config::Config config)
 
 Server::~Server() = default;
 
+namespace {
+
+// Tests only: KVTIER_TEST_DISK_FAULTS="op:kind:skip:count:probability[,...]" (op = read, write
+// or sync; kind = error, short or nospace; count -1 = unlimited) puts the disk tier on a
+// thread-pool device wrapped in the fault-injecting device of tiers/disk/fault_device.h.
+Result<std::unique_ptr<Device>> fault_injecting_device(const DiskOptions& o, std::string spec) {
+  auto plan = std::make_shared<FaultPlan>();
+  std::stringstream rules(spec);
+  for (std::string rule; std::getline(rules, rule, ',');) {
+    std::stringstream fields(rule);
+    std::string op, kind, skip, count, prob;
+    std::getline(fields, op, ':');
+    std::getline(fields, kind, ':');
+    std::getline(fields, skip, ':');
+    std::getline(fields, count, ':');
+    std::getline(fields, prob, ':');
+    FaultRule r;
+    r.op = op == "read"   ? FaultRule::Op::kRead
+           : op == "sync" ? FaultRule::Op::kSync
+                          : FaultRule::Op::kWrite;
+    r.kind = kind == "short"     ? FaultRule::Kind::kShort
+             : kind == "nospace" ? FaultRule::Kind::kNoSpace
+                                 : FaultRule::Kind::kError;
+    try {
+      r.skip = skip.empty() ? 0 : std::stoull(skip);
+      r.count = count.empty() || count == "-1" ? UINT64_MAX : std::stoull(count);
+      r.probability = prob.empty() ? 1.0 : std::stod(prob);
+    } catch (const std::exception&) {
+      return error(Errc::kInvalidArgument, "bad fault rule '" + rule + "'");
+    }
+    plan->add(r);
+  }
+  FileDeviceOptions fo;
+  fo.dir = o.dir;
+  fo.o_direct = o.o_direct;
+  fo.threads = o.threads;
+  std::error_code ec;
+  std::filesystem::create_directories(o.dir, ec);
+  auto inner = make_thread_device(fo, "fault injection");
+  if (!inner) return inner.status();
+  spdlog::warn("disk tier: TEST FAULT INJECTION ACTIVE ({})", spec);
+  return make_fault_device(std::move(inner).value(), plan);
+}
+
+}  // namespace
+
 std::pair<std::unique_ptr<DiskTier>, std::string> Server::open_disk_tier() {
   if (!config_.disk.enabled) {
     spdlog::info("disk tier: disabled by configuration");
@@ -98,7 +146,13 @@ std::pair<std::unique_ptr<DiskTier>, std::string> Server::open_disk_tier() {
   o.o_direct = config_.disk.o_direct;
   o.threads = config_.disk.threads;
   auto t0 = std::chrono::steady_clock::now();
-  auto disk = DiskTier::open(o);
+  std::unique_ptr<Device> device;
+  if (const char* faults = std::getenv("KVTIER_TEST_DISK_FAULTS"); faults && *faults) {
+    auto d = fault_injecting_device(o, faults);
+    if (!d) return {nullptr, "test fault injection: " + d.status().to_string()};
+    device = std::move(d).value();
+  }
+  auto disk = DiskTier::open(o, std::move(device));
   if (!disk) {
     // The daemon runs with what it has (DESIGN rule 8): host tier only, and says why.
     spdlog::error("disk tier unavailable, serving without it: {}", disk.status().to_string());

@@ -46,6 +46,7 @@ Daemon::Daemon(DaemonOptions o) {
   dir_ = std::filesystem::temp_directory_path() / ("kvtier-test-" + tag);
   std::filesystem::remove_all(dir_);
   std::filesystem::create_directories(dir_);
+  env_ = o.env;
   socket_ = (dir_ / "kvtier.sock").string();
   {
     std::ofstream cfg(dir_ / "kvtier.toml");
@@ -86,6 +87,7 @@ void Daemon::start() {
       ::dup2(fd, 2);
       ::close(fd);
     }
+    for (const auto& [name, value] : env_) ::setenv(name.c_str(), value.c_str(), 1);
     ::execl(bin.c_str(), bin.c_str(), "--config", cfg.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace kvtier::testing {
 
@@ -26,6 +28,8 @@ struct DaemonOptions {
   uint64_t disk_bytes = 256ull << 20;
   uint64_t region_bytes = 8ull << 20;
   std::string disk_backend = "auto";  // auto | io_uring | threads
+  // Extra environment for the daemon process (e.g. KVTIER_TEST_DISK_FAULTS).
+  std::vector<std::pair<std::string, std::string>> env;
 };
 
 class Daemon {
@@ -46,6 +50,8 @@ class Daemon {
   void kill9();
   // Starts kvtierd again on the same configuration and state directory.
   void restart();
+  // The environment for the next (re)start.
+  void set_env(std::vector<std::pair<std::string, std::string>> env) { env_ = std::move(env); }
   bool running() const;
   std::filesystem::path state_dir() const { return dir_ / "state"; }
 
@@ -53,6 +59,7 @@ class Daemon {
   void start();
   std::filesystem::path dir_;
   std::string socket_;
+  std::vector<std::pair<std::string, std::string>> env_;
   pid_t pid_ = -1;
 };
 
