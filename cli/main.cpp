@@ -53,6 +53,20 @@ int main(int argc, char** argv) {
   uint32_t ls_limit = 100;
   ls->add_option("-n,--namespace", ls_ns, "only this namespace");
   ls->add_option("--limit", ls_limit, "at most this many blocks (0 = all)");
+  bool ls_fusion = false;
+  ls->add_flag("--fusion", ls_fusion, "only chunks that carry fusion state");
+  auto* search = app.add_subcommand("search", "find cached chunks by embedding similarity");
+  std::string se_ns;
+  std::vector<std::string> se_queries, se_thresholds, se_weights;
+  uint32_t se_k = 5;
+  search->add_option("-n,--namespace", se_ns, "namespace")->required();
+  search
+      ->add_option("-q,--query", se_queries,
+                   "MODALITY=v1,v2,... or MODALITY=@FILE (floats, whitespace/comma separated)")
+      ->required();
+  search->add_option("-t,--threshold", se_thresholds, "MODALITY=cosine (default 0)");
+  search->add_option("-w,--weight", se_weights, "MODALITY=weight (default 1)");
+  search->add_option("-k", se_k, "at most this many chunks (default 5)");
   auto* evict = app.add_subcommand("evict", "evict unleased blocks (leased ones are skipped)");
   std::string ev_ns;
   std::vector<std::string> ev_keys;
@@ -65,7 +79,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"host", "disk", "all"}));
   auto* compact = app.add_subcommand("compact", "rewrite sparse disk regions and free them");
   auto* verify = app.add_subcommand("verify", "read and check every disk tier payload");
-  for (auto* sub : {stats, health, clients, config, ls, evict, compact, verify})
+  for (auto* sub : {stats, health, clients, config, ls, evict, compact, verify, search})
     sub->add_flag("--json", json, "print the daemon's JSON instead of a table");
 
   CLI11_PARSE(app, argc, argv);
@@ -103,7 +117,18 @@ int main(int argc, char** argv) {
   if (*health) doc = c.health_json();
   if (*clients) doc = c.clients_json();
   if (*config) doc = c.config_json();
-  if (*ls) doc = c.list_json(ls_ns, ls_limit);
+  if (*ls) doc = c.list_json(ls_ns, ls_limit, ls_fusion);
+  if (*search) {
+    auto queries = kvtierctl::parse_queries(se_queries, se_thresholds, se_weights);
+    if (!queries) {
+      std::cerr << "kvtierctl search: " << queries.status().message() << "\n";
+      return 2;
+    }
+    auto r = c.search(se_ns, *queries, se_k);
+    if (!r) return report(r.status());
+    kvtierctl::print_search(std::cout, *queries, *r, json);
+    return 0;
+  }
   if (*compact || *verify) {
     kvtierctl::ProgressBar bar(*compact ? "compact" : "verify", ::isatty(STDERR_FILENO) && !json);
     auto r = *compact ? c.compact(bar.callback()) : c.verify(bar.callback());

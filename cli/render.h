@@ -7,6 +7,9 @@
 #include <functional>
 #include <ostream>
 #include <string>
+#include <vector>
+
+#include "kvtier/client.h"
 
 namespace kvtierctl {
 
@@ -28,5 +31,12 @@ void print_stats(std::ostream& os, const nlohmann::json& j, bool tty);
 void print_health(std::ostream& os, const nlohmann::json& j);
 void print_clients(std::ostream& os, const nlohmann::json& j);
 void print_list(std::ostream& os, const nlohmann::json& j);
+
+// "vision=0.1,0.2" / "vision=@file" plus "vision=0.8" thresholds and weights.
+kvtier::Result<std::vector<kvtier::SearchQuery>> parse_queries(
+    const std::vector<std::string>& queries, const std::vector<std::string>& thresholds,
+    const std::vector<std::string>& weights);
+void print_search(std::ostream& os, const std::vector<kvtier::SearchQuery>& queries,
+                  const kvtier::SearchResult& result, bool json);
 
 }  // namespace kvtierctl

@@ -49,6 +49,7 @@ Status validate_put_layout(const BlockLayout& l, uint64_t max_block_bytes) {
     if (t.name.empty() || t.name.size() > kMaxTensorNameBytes)
       return bad("tensor names must be 1..255 bytes");
     if (!names.insert(t.name).second) return bad(who + "duplicate name");
+    if (is_fusion_tensor(t.name)) return bad(who + "the prefix 'fusion/' is reserved");
     if (dtype_size(t.dtype) == 0) return bad(who + "unknown dtype");
     if (t.shape.empty() || t.shape.size() > kMaxTensorRank)
       return bad(who + "rank must be 1..8, got " + std::to_string(t.shape.size()));

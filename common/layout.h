@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -15,6 +16,14 @@ constexpr size_t kMaxTensorsPerBlock = 64;
 constexpr size_t kMaxTensorRank = 8;
 constexpr size_t kMaxTensorNameBytes = 255;
 constexpr size_t kTensorAlignment = 64;  // stored tensors start on this boundary
+// Fusion state rides in its chunk's block as tensors named "fusion/<name>", plus its opaque
+// metadata as the u8 tensor "fusion/.metadata".  Client tensor names may not use the prefix.
+constexpr std::string_view kFusionPrefix = "fusion/";
+constexpr std::string_view kFusionMetadata = "fusion/.metadata";
+constexpr size_t kMaxFusionMetadataBytes = 64 * 1024;
+inline bool is_fusion_tensor(std::string_view name) {
+  return name.starts_with(kFusionPrefix);
+}
 
 struct TensorLayout {
   std::string name;

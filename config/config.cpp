@@ -221,6 +221,13 @@ void DiskTierConfig::validate() const {
   if (reader_check_s < 1) fail("disk.reader_check_s: must be at least 1");
 }
 
+void IndexConfig::validate() const {
+  if (exact_max_vectors < 1000)
+    fail("index.exact_max_vectors: must be at least 1000, got " +
+         std::to_string(exact_max_vectors));
+  if (save_interval_s < 1) fail("index.save_interval_s: must be at least 1");
+}
+
 void SessionConfig::validate() const {
   if (staging_bytes < kMiB) {
     fail("session.staging_bytes: must be at least 1MiB, got " + human_size(staging_bytes));
@@ -251,6 +258,7 @@ void Config::validate() const {
   daemon.validate();
   access.validate();
   disk.validate();
+  index.validate();
   session.validate();
   std::map<std::string_view, size_t> seen;  // prefix -> index of its first rule
   for (size_t i = 0; i < namespaces.size(); ++i) {

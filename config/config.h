@@ -73,6 +73,15 @@ struct DiskTierConfig {
   void validate() const;
 };
 
+// The semantic index (FAISS) over embedding entries of cached chunks (docs/index.md).
+struct IndexConfig {
+  bool enabled = true;
+  uint64_t exact_max_vectors = 50000;  // exact search up to this many vectors per modality
+  uint32_t nprobe = 0;                 // IVF lists probed; 0 = chosen from nlist
+  uint32_t save_interval_s = 30;       // persist changed indices this often (and at exit)
+  void validate() const;
+};
+
 // What happens to a namespace's blocks on the disk tier.
 enum class DiskPolicy : uint8_t {
   kOff = 0,        // never written to disk
@@ -95,6 +104,7 @@ struct NamespaceRule {
   std::vector<gid_t> allow_gids;
   Codec codec = Codec::kNf4;  // cold-tier format: "nf4" (default) or "fp16" (raw, lossless)
   bool nf4_double_quant = false;
+  Codec fusion_codec = Codec::kRaw;          // fusion tensors: "fp16" (lossless, default) or "nf4"
   DiskPolicy disk = DiskPolicy::kWriteBack;  // "off" | "writeback" | "persist"
   bool compress = true;                      // zstd on the disk tier where it pays
   void validate() const;
@@ -106,6 +116,7 @@ struct Config {
   AccessConfig access;
   HostTierConfig host;
   DiskTierConfig disk;
+  IndexConfig index;
   SessionConfig session;
   std::vector<NamespaceRule> namespaces;  // default: one rule, prefix "", any peer
 

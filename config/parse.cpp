@@ -232,6 +232,16 @@ void read_disk(Reader& r, const toml::table& t, DiskTierConfig& d) {
         [&](auto& n, auto& k) { d.reader_check_s = r.integer<uint32_t>(n, k); }}});
 }
 
+void read_index(Reader& r, const toml::table& t, IndexConfig& x) {
+  r.read_table(t, "index",
+               {{"enabled", [&](auto& n, auto& k) { x.enabled = r.boolean(n, k); }},
+                {"exact_max_vectors",
+                 [&](auto& n, auto& k) { x.exact_max_vectors = r.integer<uint64_t>(n, k); }},
+                {"nprobe", [&](auto& n, auto& k) { x.nprobe = r.integer<uint32_t>(n, k); }},
+                {"save_interval_s",
+                 [&](auto& n, auto& k) { x.save_interval_s = r.integer<uint32_t>(n, k); }}});
+}
+
 DiskPolicy disk_policy(Reader& r, const toml::node& n, const std::string& key) {
   const std::string v = r.str(n, key);
   if (v == "off") return DiskPolicy::kOff;
@@ -266,6 +276,7 @@ void read_namespaces(Reader& r, const toml::node& node, std::vector<NamespaceRul
          {"allow_gids", [&](auto& n, auto& k) { rule.allow_gids = r.ids(n, k); }},
          {"codec", [&](auto& n, auto& k) { rule.codec = r.codec(n, k); }},
          {"nf4_double_quant", [&](auto& n, auto& k) { rule.nf4_double_quant = r.boolean(n, k); }},
+         {"fusion_codec", [&](auto& n, auto& k) { rule.fusion_codec = r.codec(n, k); }},
          {"disk", [&](auto& n, auto& k) { rule.disk = disk_policy(r, n, k); }},
          {"compress", [&](auto& n, auto& k) { rule.compress = r.boolean(n, k); }}});
   }
@@ -300,6 +311,7 @@ Config parse(std::string_view toml_text, const std::string& origin) {
                 {"access", [&](auto& n, auto& k) { read_access(r, r.table(n, k), cfg.access); }},
                 {"host", [&](auto& n, auto& k) { read_host(r, r.table(n, k), cfg.host); }},
                 {"disk", [&](auto& n, auto& k) { read_disk(r, r.table(n, k), cfg.disk); }},
+                {"index", [&](auto& n, auto& k) { read_index(r, r.table(n, k), cfg.index); }},
                 {"session", [&](auto& n, auto& k) { read_session(r, r.table(n, k), cfg.session); }},
                 {"namespace", [&](auto& n, auto&) { read_namespaces(r, n, cfg.namespaces); }}});
   try {

@@ -95,6 +95,11 @@ std::string Config::to_toml() const {
     << "o_direct = " << boolean(disk.o_direct) << "\n"
     << "threads = " << disk.threads << "\n"
     << "reader_check_s = " << disk.reader_check_s << "\n";
+  o << "\n[index]\n"
+    << "enabled = " << boolean(index.enabled) << "\n"
+    << "exact_max_vectors = " << index.exact_max_vectors << "\n"
+    << "nprobe = " << index.nprobe << "\n"
+    << "save_interval_s = " << index.save_interval_s << "\n";
   o << "\n[session]\n"
     << "staging_bytes = " << toml_size(session.staging_bytes) << "\n"
     << "max_leases = " << session.max_leases << "\n"
@@ -106,6 +111,7 @@ std::string Config::to_toml() const {
       << "allow_gids = " << id_list(rule.allow_gids) << "\n"
       << "codec = " << quote(codec_toml_name(rule.codec)) << "\n"
       << "nf4_double_quant = " << boolean(rule.nf4_double_quant) << "\n"
+      << "fusion_codec = " << quote(codec_toml_name(rule.fusion_codec)) << "\n"
       << "disk = "
       << quote(rule.disk == DiskPolicy::kOff       ? "off"
                : rule.disk == DiskPolicy::kPersist ? "persist"

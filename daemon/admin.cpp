@@ -68,7 +68,7 @@ void on_config(Server& s, const wire::RequestMsg&, Reply& r) {
 
 void on_list(Server& s, const wire::RequestMsg& msg, Reply& r) {
   const auto* req = msg.body_as_ListReq();
-  text(r, s.cache().list_json(wire_util::str(req->namespace_()), req->limit()));
+  text(r, s.cache().list_json(wire_util::str(req->namespace_()), req->limit(), req->fusion_only()));
 }
 
 void on_evict(Server& s, const wire::RequestMsg& msg, Reply& r) {

@@ -58,4 +58,67 @@ Status encode_block(const BlockLayout& client, const std::byte* staging, BlockLa
   return {};
 }
 
+BlockLayout plan_fusion_layout(const BlockLayout& base, const BlockLayout& fusion_client,
+                               const config::NamespaceRule& rule, uint64_t metadata_bytes) {
+  BlockLayout out;
+  uint64_t off = 0;
+  for (const auto& t : base.tensors) {
+    if (is_fusion_tensor(t.name)) continue;  // the previous fusion state is replaced
+    TensorLayout s = t;
+    s.offset = off;
+    off = align_up(off + s.bytes, kTensorAlignment);
+    out.tensors.push_back(std::move(s));
+  }
+  config::NamespaceRule fusion_rule = rule;
+  fusion_rule.codec = rule.fusion_codec;
+  for (auto t : plan_stored_layout(fusion_client, fusion_rule).tensors) {
+    t.name = std::string(kFusionPrefix) + t.name;
+    t.offset = off;
+    off = align_up(off + t.bytes, kTensorAlignment);
+    out.tensors.push_back(std::move(t));
+  }
+  if (metadata_bytes > 0) {
+    TensorLayout m;
+    m.name = std::string(kFusionMetadata);
+    m.dtype = DType::kU8;
+    m.shape = {metadata_bytes};
+    m.codec = Codec::kRaw;
+    m.offset = off;
+    m.bytes = m.raw_bytes = metadata_bytes;
+    off = align_up(off + m.bytes, kTensorAlignment);
+    out.tensors.push_back(std::move(m));
+  }
+  out.total_bytes = std::max<uint64_t>(off, 1);
+  return out;
+}
+
+Status encode_fusion_block(const BlockLayout& base, const std::byte* base_bytes,
+                           const BlockLayout& fusion_client, const std::byte* staging,
+                           std::span<const std::byte> metadata, const config::NamespaceRule& rule,
+                           BlockLayout& stored, std::byte* dest) {
+  size_t i = 0;
+  for (const auto& t : base.tensors) {
+    if (is_fusion_tensor(t.name)) continue;
+    TensorLayout& out = stored.tensors[i++];
+    std::memcpy(dest + out.offset, base_bytes + t.offset, t.bytes);
+    out.checksum = checksum64(dest + out.offset, out.bytes);
+  }
+  // The fusion tensors: a sub-layout whose offsets point into the new block.
+  BlockLayout fusion_stored;
+  const size_t first_fusion = i;
+  for (size_t j = 0; j < fusion_client.tensors.size(); ++j)
+    fusion_stored.tensors.push_back(stored.tensors[first_fusion + j]);
+  Status st = encode_block(fusion_client, staging, fusion_stored, dest,
+                           rule.fusion_codec == Codec::kNf4 && rule.nf4_double_quant);
+  if (!st) return st;
+  for (size_t j = 0; j < fusion_client.tensors.size(); ++j)
+    stored.tensors[first_fusion + j].checksum = fusion_stored.tensors[j].checksum;
+  if (!metadata.empty()) {
+    TensorLayout& m = stored.tensors.back();
+    std::memcpy(dest + m.offset, metadata.data(), metadata.size());
+    m.checksum = checksum64(dest + m.offset, m.bytes);
+  }
+  return {};
+}
+
 }  // namespace kvtier

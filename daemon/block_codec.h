@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <span>
 
 #include "common/layout.h"
 #include "common/status.h"
@@ -19,5 +20,19 @@ BlockLayout plan_stored_layout(const BlockLayout& client, const config::Namespac
 // Staging is client-writable memory: it is read once per tensor and checksummed after the copy.
 Status encode_block(const BlockLayout& client, const std::byte* staging, BlockLayout& stored,
                     std::byte* dest, bool double_quant);
+
+// The layout of a chunk's block with new fusion state: the base block's non-fusion tensors as
+// they are stored (codecs kept, offsets re-packed), then the client's fusion tensors renamed
+// "fusion/<name>" and stored with the namespace's fusion_codec, then the metadata tensor.
+BlockLayout plan_fusion_layout(const BlockLayout& base, const BlockLayout& fusion_client,
+                               const config::NamespaceRule& rule, uint64_t metadata_bytes);
+
+// Fills a block laid out by plan_fusion_layout: copies the base tensors from `base_bytes`
+// (the old block in the arena, leased), encodes the fusion tensors from staging, writes the
+// metadata, and fills the checksums.
+Status encode_fusion_block(const BlockLayout& base, const std::byte* base_bytes,
+                           const BlockLayout& fusion_client, const std::byte* staging,
+                           std::span<const std::byte> metadata, const config::NamespaceRule& rule,
+                           BlockLayout& stored, std::byte* dest);
 
 }  // namespace kvtier

@@ -36,11 +36,13 @@ void Promotion::complete(Status result) {
 }
 
 Cache::Cache(const config::Config& config, std::unique_ptr<HostTier> host,
-             std::unique_ptr<DiskTier> disk, std::string disk_status, Metrics& metrics)
+             std::unique_ptr<DiskTier> disk, std::string disk_status,
+             std::unique_ptr<SemanticIndex> index, Metrics& metrics)
     : config_(config),
       metrics_(metrics),
       disk_(std::move(disk)),
       disk_status_(std::move(disk_status)),
+      index_(std::move(index)),
       host_(std::move(host)) {
   // Runs inside HostTier::reserve(), which is only called with mu_ held.
   host_->set_evict_listener(
@@ -224,6 +226,12 @@ uint32_t Cache::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
   return n;
 }
 
+bool Cache::is_cached(uint32_t ns, const BlockKey& key) const {
+  std::lock_guard lock(mu_);
+  if (host_->find(NsKey{ns, key}) != nullptr) return true;
+  return disk_ && disk_->find(ns_names_.at(ns), key).has_value();
+}
+
 Result<uint64_t> Cache::begin_put(uint64_t sid, PendingPut put) {
   std::lock_guard lock(mu_);
   Session* s = session(sid);
@@ -231,7 +239,7 @@ Result<uint64_t> Cache::begin_put(uint64_t sid, PendingPut put) {
   if (s->puts.size() >= config_.session.max_pending_puts)
     return error(Errc::kLimit, "too many unsealed puts on this connection (limit " +
                                    std::to_string(config_.session.max_pending_puts) + ")");
-  if (host_->find(NsKey{put.ns, put.key}) != nullptr)
+  if (!put.fusion && host_->find(NsKey{put.ns, put.key}) != nullptr)
     return error(Errc::kAlreadyExists, "block " + put.key.hex() + " is already cached");
   auto ext = host_->reserve(put.stored_layout.total_bytes);
   if (!ext) {
@@ -265,6 +273,17 @@ Status Cache::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout)
   s->puts.erase(it);
   uint64_t raw = 0;
   for (const auto& t : stored_layout.tensors) raw += t.raw_bytes;
+  if (put.fusion) {
+    // The new block (chunk + fusion) replaces the old one: readers holding leases on the old
+    // one keep it until they release (deferred free); the disk copy lacks the fusion state.
+    (void)host_->remove(NsKey{put.ns, put.key});
+    if (disk_) (void)disk_->remove(ns_names_.at(put.ns), put.key);
+    if (auto l = s->leases.find(put.base_lease); l != s->leases.end()) {
+      s->leased_bytes -= l->second->extent.bytes;
+      host_->release(l->second);
+      s->leases.erase(l);
+    }
+  }
   Status st = host_->insert(NsKey{put.ns, put.key}, put.extent, std::move(stored_layout));
   if (!st) {
     host_->unreserve(put.extent);  // another connection sealed the same key first
@@ -283,6 +302,13 @@ Status Cache::abort_put(uint64_t sid, uint64_t put_id) {
   if (it == s->puts.end())
     return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
   host_->unreserve(it->second.extent);
+  if (it->second.fusion) {
+    if (auto l = s->leases.find(it->second.base_lease); l != s->leases.end()) {
+      s->leased_bytes -= l->second->extent.bytes;
+      host_->release(l->second);
+      s->leases.erase(l);
+    }
+  }
   s->puts.erase(it);
   bump(metrics_.puts_aborted);
   return {};

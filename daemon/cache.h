@@ -25,6 +25,7 @@
 #include "config/config.h"
 #include "daemon/metrics.h"
 #include "daemon/peer.h"
+#include "index/semantic_index.h"
 #include "tiers/disk/disk_tier.h"
 #include "tiers/host/host_tier.h"
 
@@ -37,6 +38,13 @@ struct PendingPut {
   BlockLayout client_layout;  // tensors as the client wrote them into staging
   BlockLayout stored_layout;  // tensors as they will be stored (offsets, codecs)
   uint64_t staging_offset = 0;
+  // Fusion puts: the chunk's current block, leased by this session until seal or abort; the
+  // new block (base tensors + fusion tensors) replaces it at seal.
+  bool fusion = false;
+  uint64_t base_lease = 0;
+  Extent base_extent;
+  BlockLayout base_layout;
+  std::vector<std::byte> metadata;
 };
 
 // A promotion from the disk tier to the host tier in flight: later requests for the same
@@ -73,7 +81,8 @@ class Cache {
  public:
   // `disk` may be null (disabled, or it failed to open: `disk_status` says why).
   Cache(const config::Config& config, std::unique_ptr<HostTier> host,
-        std::unique_ptr<DiskTier> disk, std::string disk_status, Metrics& metrics);
+        std::unique_ptr<DiskTier> disk, std::string disk_status,
+        std::unique_ptr<SemanticIndex> index, Metrics& metrics);
   ~Cache();
 
   HostTier& host() { return *host_; }
@@ -93,6 +102,11 @@ class Cache {
 
   // Number of leading keys present in any tier.
   uint32_t lookup(uint32_t ns, std::span<const BlockKey> keys) const;
+  // In the host or the disk tier.
+  bool is_cached(uint32_t ns, const BlockKey& key) const;
+  // The semantic index (index/semantic_index.h); thread-safe itself, never called with mu_ held
+  // (its search calls is_cached, which takes mu_).  Null when it could not be opened.
+  SemanticIndex* index() { return index_.get(); }
 
   // For a key that get() missed: when the disk tier has it, reserves host space and makes this
   // request the leader of its promotion, or joins the promotion already in flight.
@@ -133,7 +147,10 @@ class Cache {
 
   nlohmann::json stats_json() const;
   nlohmann::json clients_json() const;
-  nlohmann::json list_json(const std::string& ns_filter, uint32_t limit) const;
+  // fusion_only: just the chunks that carry fusion state (host tier; the disk keeps the
+  // layout too).
+  nlohmann::json list_json(const std::string& ns_filter, uint32_t limit,
+                           bool fusion_only = false) const;
   uint64_t session_count() const;
   uint64_t leases_of(uint64_t sid) const;
 
@@ -157,6 +174,7 @@ class Cache {
   Metrics& metrics_;
   const std::unique_ptr<DiskTier> disk_;  // thread-safe itself; may be null
   const std::string disk_status_;
+  const std::unique_ptr<SemanticIndex> index_;  // thread-safe itself; may be null
 
   mutable std::mutex mu_;
   // Guarded by mu_.

@@ -21,6 +21,7 @@ nlohmann::json Cache::stats_json() const {
       {"used_bytes", u.used_bytes},
       {"reserved_bytes", u.reserved_bytes},
       {"raw_bytes", u.raw_bytes},
+      {"fusion_bytes", u.fusion_bytes},
       {"compression_ratio", u.used_bytes ? double(u.raw_bytes) / double(u.used_bytes) : 1.0},
       {"blocks", u.blocks},
       {"leased_blocks", u.leased_blocks},
@@ -51,6 +52,7 @@ nlohmann::json Cache::stats_json() const {
         {"backend", disk_->backend()},
     };
   }
+  if (index_) j["index"] = index_->stats();
   j["sessions"] = sessions;
   j["leases"] = leases;
   j["pending_puts"] = pending;
@@ -78,7 +80,8 @@ nlohmann::json Cache::clients_json() const {
   return arr;
 }
 
-nlohmann::json Cache::list_json(const std::string& ns_filter, uint32_t limit) const {
+nlohmann::json Cache::list_json(const std::string& ns_filter, uint32_t limit,
+                                bool fusion_only) const {
   auto arr = nlohmann::json::array();
   std::lock_guard lock(mu_);
   std::optional<uint32_t> only;
@@ -86,9 +89,15 @@ nlohmann::json Cache::list_json(const std::string& ns_filter, uint32_t limit) co
     only = find_namespace(ns_filter);
     if (!only) return arr;
   }
+  auto fused = [](const BlockLayout& l) {
+    for (const auto& t : l.tensors)
+      if (is_fusion_tensor(t.name)) return true;
+    return false;
+  };
   host_->visit([&](const BlockInfo& b) {
     if (only && b.id.ns != *only) return;
     if (limit && arr.size() >= limit) return;
+    if (fusion_only && !fused(b.layout)) return;
     auto tensors = nlohmann::json::array();
     for (const auto& t : b.layout.tensors) {
       tensors.push_back({{"name", t.name},
@@ -111,6 +120,7 @@ nlohmann::json Cache::list_json(const std::string& ns_filter, uint32_t limit) co
     disk_->visit([&](const DiskEntry& e) {
       if (!ns_filter.empty() && e.ns != ns_filter) return;
       if (limit && arr.size() >= limit) return;
+      if (fusion_only && !fused(e.layout)) return;
       auto tensors = nlohmann::json::array();
       for (const auto& t : e.layout.tensors) {
         tensors.push_back({{"name", t.name},

@@ -51,48 +51,86 @@ void Session::on_map_arena(const wire::MapArenaReq& req, Reply& r) {
   r.set(wire::Response::MapArenaResp, wire::CreateMapArenaResp(r.fbb, info));
 }
 
-void Session::on_lookup(const wire::LookupReq& req, Reply& r) {
+awaitable<void> Session::on_lookup(const wire::LookupReq& req, Reply& r) {
   auto ns = server_.cache().resolve_namespace(wire_util::str(req.namespace_()), peer_);
-  if (!ns) return r.fail(ns.status());
+  if (!ns) co_return r.fail(ns.status());
   auto keys = request_keys(req.keys());
-  if (!keys) return r.fail(keys.status());
+  if (!keys) co_return r.fail(keys.status());
   uint32_t matched = server_.cache().lookup(*ns, *keys);
-  r.set(wire::Response::LookupResp, wire::CreateLookupResp(r.fbb, matched));
+  flatbuffers::Offset<wire::LeasedBlock> fusion;
+  if (req.with_fusion() && matched > 0) {
+    // One round trip for the common path: the fusion state of the last matched chunk.
+    LeaseGrant g = co_await lease_one(*ns, (*keys)[matched - 1]);
+    if (g.code == Errc::kOk && !has_fusion(*g.layout)) {
+      server_.cache().release(id_, std::span(&g.lease_id, 1));
+    } else if (g.code == Errc::kOk) {
+      fusion = leased_block(r.fbb, g);
+    }
+  }
+  r.set(wire::Response::LookupResp, wire::CreateLookupResp(r.fbb, matched, fusion));
 }
 
-void Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
+awaitable<void> Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
   Cache& cache = server_.cache();
   auto ns = cache.resolve_namespace(wire_util::str(req.namespace_()), peer_);
-  if (!ns) return r.fail(ns.status());
-  if (req.key() == nullptr) return r.fail(error(Errc::kInvalidArgument, "put without a key"));
+  if (!ns) co_return r.fail(ns.status());
+  if (req.key() == nullptr) co_return r.fail(error(Errc::kInvalidArgument, "put without a key"));
   PendingPut put;
   put.ns = *ns;
   put.key = wire_util::from_wire(*req.key());
   put.client_layout = wire_util::from_wire(req.layout());
   const uint64_t staging_bytes = server_.config().session.staging_bytes;
-  if (Status st = validate_put_layout(put.client_layout, staging_bytes); !st) return r.fail(st);
-  put.stored_layout = plan_stored_layout(put.client_layout, cache.rule_of(*ns));
-
+  if (Status st = validate_put_layout(put.client_layout, staging_bytes); !st) co_return r.fail(st);
+  const config::NamespaceRule& rule = server_.cache().rule_of(*ns);
+  if (req.fusion()) {
+    // Fusion state belongs to a cached chunk: lease the chunk (promoting it from disk if
+    // needed) until seal builds its new block.
+    const auto* md = req.metadata();
+    if (md && md->size() > kMaxFusionMetadataBytes)
+      co_return r.fail(error(Errc::kInvalidArgument, "fusion metadata over 64 KiB"));
+    LeaseGrant g = co_await lease_one(*ns, put.key);
+    if (g.code == Errc::kNotFound)
+      co_return r.fail(error(Errc::kNotFound,
+                             "chunk " + put.key.hex() + " is not cached: put its KV block first"));
+    if (g.code != Errc::kOk) co_return r.fail(error(g.code, "cannot lease the chunk"));
+    put.fusion = true;
+    put.base_lease = g.lease_id;
+    put.base_extent = g.extent;
+    put.base_layout = *g.layout;
+    if (md) {
+      auto* p = reinterpret_cast<const std::byte*>(md->data());
+      put.metadata.assign(p, p + md->size());
+    }
+    put.stored_layout =
+        plan_fusion_layout(put.base_layout, put.client_layout, rule, put.metadata.size());
+  } else {
+    put.stored_layout = plan_stored_layout(put.client_layout, rule);
+  }
+  const uint64_t base_lease = put.fusion ? put.base_lease : 0;
+  auto fail = [&](Status st) {
+    if (base_lease) cache.release(id_, std::span(&base_lease, 1));
+    r.fail(std::move(st));
+  };
   if (!staging_) {
     auto s = Staging::create(staging_bytes);
-    if (!s) return r.fail(s.status());
+    if (!s) co_return fail(s.status());
     staging_ = std::move(s).value();
   }
   auto off = staging_->allocate(put.client_layout.total_bytes);
-  if (!off) return r.fail(off.status());
+  if (!off) co_return fail(off.status());
   put.staging_offset = *off;
   auto put_id = cache.begin_put(id_, std::move(put));
   if (!put_id) {
     staging_->free(*off);
-    return r.fail(put_id.status());
+    co_return fail(put_id.status());
   }
   bool attach = !staging_sent_;
   if (attach) {
     int fd = ::dup(staging_->fd());
     if (fd < 0) {
-      (void)cache.abort_put(id_, *put_id);
+      (void)cache.abort_put(id_, *put_id);  // releases the chunk's lease too
       staging_->free(*off);
-      return r.fail(error(Errc::kIo, "dup staging fd failed"));
+      co_return r.fail(error(Errc::kIo, "dup staging fd failed"));
     }
     r.fds.push_back(fd);
     staging_sent_ = true;
@@ -108,8 +146,13 @@ awaitable<void> Session::on_seal(const wire::SealReq& req, Reply& r) {
   // The reserved extent is this session's alone until seal or abort: copy without the lock.
   BlockLayout stored = put->stored_layout;
   const config::NamespaceRule& rule = cache.rule_of(put->ns);
-  Status st = encode_block(put->client_layout, staging_->data(put->staging_offset), stored,
-                           cache.host().data(put->extent), rule.nf4_double_quant);
+  // The base block of a fusion put is leased by this session: its bytes stay put.
+  Status st = put->fusion
+                  ? encode_fusion_block(put->base_layout, cache.host().data(put->base_extent),
+                                        put->client_layout, staging_->data(put->staging_offset),
+                                        put->metadata, rule, stored, cache.host().data(put->extent))
+                  : encode_block(put->client_layout, staging_->data(put->staging_offset), stored,
+                                 cache.host().data(put->extent), rule.nf4_double_quant);
   staging_->free(put->staging_offset);
   if (!st) {
     (void)cache.abort_put(id_, req.put_id());
@@ -142,6 +185,48 @@ void Session::on_abort(const wire::AbortReq& req, Reply& r) {
   r.set(wire::Response::AbortResp, wire::CreateAbortResp(r.fbb));
 }
 
+flatbuffers::Offset<wire::LeasedBlock> leased_block(flatbuffers::FlatBufferBuilder& fbb,
+                                                    const LeaseGrant& g) {
+  auto key = wire_util::to_wire(g.key);
+  if (g.code != Errc::kOk) return wire::CreateLeasedBlock(fbb, &key, static_cast<uint16_t>(g.code));
+  // g.layout stays valid: this session holds the lease and only it can release it.
+  auto layout = wire_util::to_wire(fbb, *g.layout);
+  return wire::CreateLeasedBlock(fbb, &key, 0, g.lease_id, g.extent.arena, g.extent.offset, layout);
+}
+
+bool has_fusion(const BlockLayout& layout) {
+  for (const auto& t : layout.tensors)
+    if (is_fusion_tensor(t.name)) return true;
+  return false;
+}
+
+awaitable<LeaseGrant> Session::lease_one(uint32_t ns, BlockKey key) {
+  LeaseGrant g = server_.cache().get(id_, ns, std::span(&key, 1)).front();
+  if (g.code == Errc::kNotFound && server_.cache().disk() != nullptr) g = co_await promote(ns, key);
+  co_return g;
+}
+
+awaitable<LeaseGrant> Session::promote(uint32_t ns, BlockKey key) {
+  Cache& cache = server_.cache();
+  LeaseGrant miss;
+  miss.key = key;
+  miss.code = Errc::kNotFound;
+  auto ticket = cache.begin_promotion(ns, key);
+  if (!ticket) co_return miss;  // not on disk either (or no host space): a miss
+  if (!ticket->leader) {
+    bump(server_.metrics().promotion_waits);
+    Status done = co_await await_callback<Status>(
+        [p = ticket->promotion](std::function<void(Status)> fn) { p->wait(std::move(fn)); });
+    if (!done) co_return miss;
+    co_return cache.get(id_, ns, std::span(&key, 1)).front();
+  }
+  DiskTier* disk = cache.disk();
+  std::span<std::byte> dst(cache.host().data(ticket->extent), ticket->entry.payload_bytes);
+  Status read = co_await await_callback<Status>(
+      [&](std::function<void(Status)> done) { disk->read(ticket->entry, dst, std::move(done)); });
+  co_return cache.finish_promotion(id_, ns, key, *ticket, read);
+}
+
 awaitable<void> Session::on_get(const wire::GetReq& req, Reply& r) {
   Cache& cache = server_.cache();
   auto ns = cache.resolve_namespace(wire_util::str(req.namespace_()), peer_);
@@ -150,37 +235,12 @@ awaitable<void> Session::on_get(const wire::GetReq& req, Reply& r) {
   if (!keys) co_return r.fail(keys.status());
   auto grants = cache.get(id_, *ns, *keys);
   // Blocks only on the disk tier are promoted into the host tier and leased from there.
-  for (auto& g : grants) {
-    if (g.code != Errc::kNotFound || cache.disk() == nullptr) continue;
-    auto ticket = cache.begin_promotion(*ns, g.key);
-    if (!ticket) continue;  // not on disk either (or no host space): a miss
-    if (!ticket->leader) {
-      bump(server_.metrics().promotion_waits);
-      Status done = co_await await_callback<Status>(
-          [p = ticket->promotion](std::function<void(Status)> fn) { p->wait(std::move(fn)); });
-      if (done) g = cache.get(id_, *ns, std::span(&g.key, 1)).front();
-      continue;
-    }
-    DiskTier* disk = cache.disk();
-    std::span<std::byte> dst(cache.host().data(ticket->extent), ticket->entry.payload_bytes);
-    Status read = co_await await_callback<Status>(
-        [&](std::function<void(Status)> done) { disk->read(ticket->entry, dst, std::move(done)); });
-    g = cache.finish_promotion(id_, *ns, g.key, *ticket, read);
-  }
+  for (auto& g : grants)
+    if (g.code == Errc::kNotFound && cache.disk() != nullptr) g = co_await promote(*ns, g.key);
   auto& fbb = r.fbb;
   std::vector<flatbuffers::Offset<wire::LeasedBlock>> blocks;
   blocks.reserve(grants.size());
-  for (const auto& g : grants) {
-    auto key = wire_util::to_wire(g.key);
-    if (g.code != Errc::kOk) {
-      blocks.push_back(wire::CreateLeasedBlock(fbb, &key, static_cast<uint16_t>(g.code)));
-      continue;
-    }
-    // g.layout stays valid: this session holds the lease and only it can release it.
-    auto layout = wire_util::to_wire(fbb, *g.layout);
-    blocks.push_back(
-        wire::CreateLeasedBlock(fbb, &key, 0, g.lease_id, g.extent.arena, g.extent.offset, layout));
-  }
+  for (const auto& g : grants) blocks.push_back(leased_block(fbb, g));
   r.set(wire::Response::GetResp, wire::CreateGetResp(fbb, fbb.CreateVector(blocks)));
 }
 
@@ -199,6 +259,10 @@ void Session::on_remove(const wire::RemoveReq& req, Reply& r) {
   auto keys = request_keys(req.keys());
   if (!keys) return r.fail(keys.status());
   auto c = server_.cache().remove(*ns, *keys);
+  // A removed chunk's embedding entries go with it (the index is never called under the
+  // cache's lock).
+  if (SemanticIndex* index = server_.cache().index())
+    for (const auto& k : *keys) index->remove(wire_util::str(req.namespace_()), k);
   r.set(wire::Response::RemoveResp, wire::CreateRemoveResp(r.fbb, c.removed, c.deferred));
 }
 

@@ -37,7 +37,9 @@ namespace kvtier {
   X(persist_failures, "seals of persist namespaces that could not be made durable")      \
   X(promotions, "blocks read back from the disk tier into the host tier")                \
   X(promotion_waits, "gets that waited on a promotion already in flight")                \
-  X(promotion_failures, "promotions that failed (corrupt, I/O, no space)")
+  X(promotion_failures, "promotions that failed (corrupt, I/O, no space)")               \
+  X(searches, "semantic searches")                                                       \
+  X(search_hits, "semantic searches that found at least one chunk")
 
 struct Metrics {
 #define KVTIER_METRIC_FIELD(name, help) std::atomic<uint64_t> name{0};

@@ -60,7 +60,8 @@ Server::Server(config::Config config)
       acceptor_(io_),
       signals_(io_, SIGTERM, SIGINT),
       drain_timer_(io_),
-      reader_timer_(io_) {
+      reader_timer_(io_),
+      index_timer_(io_) {
   HostTier::Options ho;
   ho.shm_name = config_.daemon.shm_prefix + "-host-0";
   ho.bytes = config_.host.size_bytes;
@@ -78,7 +79,7 @@ Server::Server(config::Config config)
                              ": " + ec.message());
   auto [disk, disk_status] = open_disk_tier();
   cache_ = std::make_unique<Cache>(config_, std::move(host).value(), std::move(disk),
-                                   std::move(disk_status), metrics_);
+                                   std::move(disk_status), open_index(), metrics_);
   bind_socket();
 }
 
@@ -169,6 +170,35 @@ std::pair<std::unique_ptr<DiskTier>, std::string> Server::open_disk_tier() {
     spdlog::warn("disk tier: dropped {} entries of regions that were being written at a crash",
                  u.dropped_at_open);
   return {std::move(disk).value(), "open"};
+}
+
+std::unique_ptr<SemanticIndex> Server::open_index() {
+  if (!config_.index.enabled) {
+    spdlog::info("semantic index: disabled by configuration");
+    return nullptr;
+  }
+  IndexOptions o;
+  o.dir = config_.daemon.state_dir / "index";
+  o.exact_max_vectors = config_.index.exact_max_vectors;
+  o.nprobe = config_.index.nprobe;
+  auto index = SemanticIndex::open(o);
+  if (!index) {
+    spdlog::error("semantic index unavailable, serving without it: {}", index.status().to_string());
+    return nullptr;
+  }
+  spdlog::info("semantic index: {}", (*index)->stats().dump());
+  return std::move(index).value();
+}
+
+void Server::schedule_index_save() {
+  if (cache_->index() == nullptr) return;
+  index_timer_.expires_after(std::chrono::seconds(config_.index.save_interval_s));
+  index_timer_.async_wait([this](boost::system::error_code ec) {
+    if (ec) return;
+    if (Status st = cache_->index()->save(); !st)
+      spdlog::warn("semantic index: save failed: {}", st.to_string());
+    schedule_index_save();
+  });
 }
 
 void Server::schedule_reader_check() {
@@ -265,6 +295,7 @@ void Server::begin_drain(const char* why) {
   boost::system::error_code ec;
   acceptor_.close(ec);
   reader_timer_.cancel();
+  index_timer_.cancel();
   std::lock_guard lock(sessions_mu_);
   if (sessions_.empty()) {
     stop_all();
@@ -299,6 +330,7 @@ int Server::run() {
     }
   });
   schedule_reader_check();
+  schedule_index_save();
   signals_.async_wait([this](boost::system::error_code ec, int sig) {
     if (!ec) begin_drain(sig == SIGTERM ? "SIGTERM" : "SIGINT");
   });
@@ -311,6 +343,9 @@ int Server::run() {
   io_.run();
   stop_all();
   for (auto& t : threads) t.join();
+  if (SemanticIndex* index = cache_->index())
+    if (Status st = index->save(); !st)
+      spdlog::warn("semantic index: save failed: {}", st.to_string());
   std::error_code ec;
   std::filesystem::remove(config_.daemon.socket, ec);
   spdlog::info("kvtierd stopped");

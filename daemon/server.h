@@ -50,7 +50,9 @@ class Server {
   void bind_socket();
   // The disk tier per config, or null with the reason (the daemon then runs without it).
   std::pair<std::unique_ptr<DiskTier>, std::string> open_disk_tier();
-  void schedule_reader_check();  // mdb_reader_check every disk.reader_check_s
+  void schedule_reader_check();                 // mdb_reader_check every disk.reader_check_s
+  std::unique_ptr<SemanticIndex> open_index();  // null (and logged) when disabled or broken
+  void schedule_index_save();                   // every index.save_interval_s
 
   // Constant after construction.
   const config::Config config_;
@@ -71,6 +73,7 @@ class Server {
   boost::asio::signal_set signals_;
   boost::asio::steady_timer drain_timer_;
   boost::asio::steady_timer reader_timer_;
+  boost::asio::steady_timer index_timer_;
   std::atomic<bool> draining_{false};
 
   std::mutex sessions_mu_;

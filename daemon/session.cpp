@@ -172,10 +172,19 @@ awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {
       on_map_arena(*msg.body_as_MapArenaReq(), r);
       co_return;
     case R::LookupReq:
-      on_lookup(*msg.body_as_LookupReq(), r);
+      co_await on_lookup(*msg.body_as_LookupReq(), r);
       co_return;
     case R::PutBeginReq:
-      on_put_begin(*msg.body_as_PutBeginReq(), r);
+      co_await on_put_begin(*msg.body_as_PutBeginReq(), r);
+      co_return;
+    case R::GetFusionReq:
+      co_await on_get_fusion(*msg.body_as_GetFusionReq(), r);
+      co_return;
+    case R::AddEmbeddingsReq:
+      on_add_embeddings(*msg.body_as_AddEmbeddingsReq(), r);
+      co_return;
+    case R::SearchReq:
+      co_await on_search(*msg.body_as_SearchReq(), r);
       co_return;
     case R::SealReq:
       co_await on_seal(*msg.body_as_SealReq(), r);

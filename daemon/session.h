@@ -14,12 +14,18 @@
 
 #include "common/protocol_generated.h"
 #include "common/status.h"
+#include "daemon/cache.h"
 #include "daemon/peer.h"
 #include "daemon/staging.h"
 
 namespace kvtier {
 
 class Server;
+
+// A LeasedBlock for a reply (the block's layout stays valid while the lease is held).
+flatbuffers::Offset<wire::LeasedBlock> leased_block(flatbuffers::FlatBufferBuilder& fbb,
+                                                    const LeaseGrant& g);
+bool has_fusion(const BlockLayout& layout);
 
 // A reply under construction: a body in the builder, or an error status; descriptors to pass.
 struct Reply {
@@ -60,11 +66,17 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<void> handle(const wire::RequestMsg& msg, Reply& reply);
   void on_hello(const wire::HelloReq& req, Reply& r);
   void on_map_arena(const wire::MapArenaReq& req, Reply& r);
-  void on_lookup(const wire::LookupReq& req, Reply& r);
-  void on_put_begin(const wire::PutBeginReq& req, Reply& r);
+  boost::asio::awaitable<void> on_lookup(const wire::LookupReq& req, Reply& r);
+  boost::asio::awaitable<void> on_put_begin(const wire::PutBeginReq& req, Reply& r);
   boost::asio::awaitable<void> on_seal(const wire::SealReq& req, Reply& r);
   void on_abort(const wire::AbortReq& req, Reply& r);
   boost::asio::awaitable<void> on_get(const wire::GetReq& req, Reply& r);
+  boost::asio::awaitable<void> on_get_fusion(const wire::GetFusionReq& req, Reply& r);
+  void on_add_embeddings(const wire::AddEmbeddingsReq& req, Reply& r);
+  boost::asio::awaitable<void> on_search(const wire::SearchReq& req, Reply& r);
+  // Leases one block for this session, promoting it from the disk tier when only there.
+  boost::asio::awaitable<LeaseGrant> lease_one(uint32_t ns, BlockKey key);
+  boost::asio::awaitable<LeaseGrant> promote(uint32_t ns, BlockKey key);
   void on_release(const wire::ReleaseReq& req, Reply& r);
   void on_remove(const wire::RemoveReq& req, Reply& r);
   void on_admin(const wire::RequestMsg& msg, Reply& r);

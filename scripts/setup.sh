@@ -9,6 +9,7 @@ pkgs=(
   libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   catch2 libsystemd-dev systemd
   liburing-dev libzstd-dev liblmdb-dev libxxhash-dev
+  libfaiss-dev libopenblas-dev liblapack-dev
   libhiredis-dev redis-server
   clang-format
   # the Python module and its tests (Debian's CPU torch, not PyPI's CUDA wheels)

@@ -55,6 +55,7 @@ struct TierUsage {
   uint64_t used_bytes = 0;      // bytes held by sealed blocks (stored size)
   uint64_t reserved_bytes = 0;  // reserved for puts not yet sealed
   uint64_t raw_bytes = 0;       // bytes the sealed blocks had before encoding
+  uint64_t fusion_bytes = 0;    // stored bytes of fusion tensors (part of used_bytes)
   uint64_t blocks = 0;
   uint64_t leased_blocks = 0;
   uint64_t evictions = 0;

@@ -39,9 +39,9 @@ Result<std::string> Client::config_json() {
                    [](auto& fbb) { return wire::CreateConfigReq(fbb); });
 }
 
-Result<std::string> Client::list_json(std::string_view ns, uint32_t limit) {
+Result<std::string> Client::list_json(std::string_view ns, uint32_t limit, bool fusion_only) {
   return text_call(*impl_, wire::Request::ListReq, [&](auto& fbb) {
-    return wire::CreateListReq(fbb, fbb.CreateString(ns.data(), ns.size()), limit);
+    return wire::CreateListReq(fbb, fbb.CreateString(ns.data(), ns.size()), limit, fusion_only);
   });
 }
 

@@ -85,6 +85,16 @@ Result<uint32_t> Client::lookup(std::string_view ns, std::span<const BlockKey> k
 }
 
 Status Client::put(std::string_view ns, const BlockKey& key, std::span<const TensorIn> tensors) {
+  return put_impl(ns, key, tensors, false, {});
+}
+
+Status Client::put_fusion(std::string_view ns, const BlockKey& chunk,
+                          std::span<const TensorIn> tensors, std::string_view metadata) {
+  return put_impl(ns, chunk, tensors, true, metadata);
+}
+
+Status Client::put_impl(std::string_view ns, const BlockKey& key, std::span<const TensorIn> tensors,
+                        bool fusion, std::string_view metadata) {
   BlockLayout layout;
   uint64_t off = 0;
   for (const auto& t : tensors) {
@@ -106,8 +116,11 @@ Status Client::put(std::string_view ns, const BlockKey& key, std::span<const Ten
   std::lock_guard lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb;
   auto wkey = wire_util::to_wire(key);
+  auto md =
+      fusion ? fbb.CreateVector(reinterpret_cast<const uint8_t*>(metadata.data()), metadata.size())
+             : 0;
   auto req = wire::CreatePutBeginReq(fbb, fbb.CreateString(ns.data(), ns.size()), &wkey,
-                                     wire_util::to_wire(fbb, layout));
+                                     wire_util::to_wire(fbb, layout), fusion, md);
   auto resp = impl_->call(fbb, wire::Request::PutBeginReq, req.Union());
   if (!resp) return resp.status();
   const auto* begin = (*resp)->msg->body_as_PutBeginResp();
@@ -140,9 +153,78 @@ Status Client::put(std::string_view ns, const BlockKey& key, std::span<const Ten
   return seal.status();
 }
 
-Result<Lease> Client::get(std::string_view ns, std::span<const BlockKey> keys) {
+namespace {
+
+// One leased block's tensor views, split into KV and fusion tensors.  Fails when a tensor
+// would lie outside the mapping (never trust an offset blindly).
+Status map_tensors(const wire::LeasedBlock& b, const ArenaMapping& mapping, LeasedBlock& lb) {
+  BlockLayout layout = wire_util::from_wire(b.layout());
+  for (auto& t : layout.tensors) {
+    if (b.offset() > mapping.size || t.offset > mapping.size - b.offset() ||
+        t.bytes > mapping.size - b.offset() - t.offset)
+      return error(Errc::kCorrupt, "tensor '" + t.name + "' lies outside the arena");
+    TensorView v;
+    v.name = std::move(t.name);
+    v.dtype = t.dtype;
+    v.shape = std::move(t.shape);
+    v.strides = std::move(t.strides);
+    v.codec = t.codec;
+    v.nf4_layout = t.nf4_layout;
+    v.data = mapping.base + b.offset() + t.offset;
+    v.bytes = t.bytes;
+    v.raw_bytes = t.raw_bytes;
+    v.checksum = t.checksum;
+    if (v.name == kFusionMetadata) {
+      lb.fusion_metadata.assign(reinterpret_cast<const char*>(v.data), v.bytes);
+    } else if (is_fusion_tensor(v.name)) {
+      v.name.erase(0, kFusionPrefix.size());
+      lb.fusion.push_back(std::move(v));
+    } else {
+      lb.tensors.push_back(std::move(v));
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<Lease> LeaseBuilder::build(const std::shared_ptr<Client::Impl>& impl,
+                                  const std::vector<const wire::LeasedBlock*>& blocks) {
   Lease lease;
-  if (keys.empty()) return lease;
+  auto state = std::make_shared<Lease::State>();
+  state->conn = impl;
+  Status failure;
+  for (const auto* b : blocks) {
+    if (b == nullptr) continue;
+    LeasedBlock lb;
+    if (b->key()) lb.key = wire_util::from_wire(*b->key());
+    lb.code = static_cast<Errc>(b->code());
+    if (lb.code == Errc::kOk) {
+      // Recorded first: whatever happens next, the lease is given back.
+      state->lease_ids.push_back(b->lease_id());
+      auto m = impl->arena(b->arena());
+      if (!m) {
+        failure = m.status();
+      } else {
+        if (std::find(state->mappings.begin(), state->mappings.end(), *m) == state->mappings.end())
+          state->mappings.push_back(*m);
+        if (Status st = map_tensors(*b, **m, lb); !st) failure = st;
+      }
+    }
+    lease.blocks_.push_back(std::move(lb));
+  }
+  if (!failure.is_ok()) {
+    flatbuffers::FlatBufferBuilder rel;
+    auto r = wire::CreateReleaseReq(rel, rel.CreateVector(state->lease_ids));
+    (void)impl->call(rel, wire::Request::ReleaseReq, r.Union());
+    return failure;
+  }
+  lease.state_ = std::move(state);
+  return lease;
+}
+
+Result<Lease> Client::get(std::string_view ns, std::span<const BlockKey> keys) {
+  if (keys.empty()) return Lease();
   std::lock_guard lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb(64 + keys.size() * 16);
   auto req = wire::CreateGetReq(fbb, fbb.CreateString(ns.data(), ns.size()),
@@ -151,57 +233,7 @@ Result<Lease> Client::get(std::string_view ns, std::span<const BlockKey> keys) {
   if (!resp) return resp.status();
   const auto* body = (*resp)->msg->body_as_GetResp();
   if (body == nullptr || body->blocks() == nullptr) return error(Errc::kProtocol, "bad get reply");
-  auto state = std::make_shared<Lease::State>();
-  state->conn = impl_;
-  Status failure;
-  for (const auto* b : *body->blocks()) {
-    LeasedBlock lb;
-    if (b->key()) lb.key = wire_util::from_wire(*b->key());
-    lb.code = static_cast<Errc>(b->code());
-    if (lb.code == Errc::kOk) {
-      state->lease_ids.push_back(b->lease_id());
-      auto m = impl_->arena(b->arena());
-      if (!m) {
-        failure = m.status();
-      } else {
-        std::shared_ptr<ArenaMapping> mapping = *m;
-        if (std::find(state->mappings.begin(), state->mappings.end(), mapping) ==
-            state->mappings.end())
-          state->mappings.push_back(mapping);
-        BlockLayout layout = wire_util::from_wire(b->layout());
-        for (auto& t : layout.tensors) {
-          // Never trust an offset blindly: a view must lie inside the mapping.
-          if (b->offset() > mapping->size || t.offset > mapping->size - b->offset() ||
-              t.bytes > mapping->size - b->offset() - t.offset) {
-            failure = error(Errc::kCorrupt, "tensor '" + t.name + "' lies outside the arena");
-            break;
-          }
-          TensorView v;
-          v.name = std::move(t.name);
-          v.dtype = t.dtype;
-          v.shape = std::move(t.shape);
-          v.strides = std::move(t.strides);
-          v.codec = t.codec;
-          v.nf4_layout = t.nf4_layout;
-          v.data = mapping->base + b->offset() + t.offset;
-          v.bytes = t.bytes;
-          v.raw_bytes = t.raw_bytes;
-          v.checksum = t.checksum;
-          lb.tensors.push_back(std::move(v));
-        }
-      }
-    }
-    lease.blocks_.push_back(std::move(lb));
-  }
-  if (!failure.is_ok()) {
-    // Give back what was granted before reporting (mu is held: call directly).
-    flatbuffers::FlatBufferBuilder rel;
-    auto r = wire::CreateReleaseReq(rel, rel.CreateVector(state->lease_ids));
-    (void)impl_->call(rel, wire::Request::ReleaseReq, r.Union());
-    return failure;
-  }
-  lease.state_ = std::move(state);
-  return lease;
+  return LeaseBuilder::build(impl_, {body->blocks()->begin(), body->blocks()->end()});
 }
 
 Result<RemoveCount> Client::remove(std::string_view ns, std::span<const BlockKey> keys) {

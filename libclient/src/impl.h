@@ -62,4 +62,12 @@ struct Client::Impl {
   Result<std::shared_ptr<ArenaMapping>> arena(uint32_t id);  // requires mu
 };
 
+// Turns LeasedBlock replies into a Lease (a friend of Lease), or gives the granted leases
+// back and fails.  Requires the connection's mu held.
+class LeaseBuilder {
+ public:
+  static Result<Lease> build(const std::shared_ptr<Client::Impl>& impl,
+                             const std::vector<const wire::LeasedBlock*>& blocks);
+};
+
 }  // namespace kvtier

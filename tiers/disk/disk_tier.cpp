@@ -139,7 +139,7 @@ Status DiskTier::write(std::string_view ns, const BlockKey& key, const BlockLayo
   job->bkey = std::move(bkey);
   job->key = key;
   job->layout = layout;
-  job->payload = AlignedBuffer(payload.size());
+  job->payload = m.take_buffer(payload.size());
   std::memcpy(job->payload.data(), payload.data(), payload.size());
   std::memset(job->payload.data() + payload.size(), 0, job->payload.size() - payload.size());
   job->payload_bytes = payload.size();
@@ -147,6 +147,27 @@ Status DiskTier::write(std::string_view ns, const BlockKey& key, const BlockLayo
   job->done = std::move(done);
   m.enqueue(std::move(job));
   return {};
+}
+
+AlignedBuffer DiskTier::Impl::take_buffer(size_t bytes) {
+  const size_t want = align_up(std::max<size_t>(bytes, 1), kDiskAlign);
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = pool_.begin(); it != pool_.end(); ++it)
+      if (it->size() == want) {
+        AlignedBuffer b = std::move(*it);
+        pool_.erase(it);
+        pool_bytes_ -= want;
+        return b;
+      }
+  }
+  return AlignedBuffer(want);
+}
+
+void DiskTier::Impl::give_buffer(AlignedBuffer b) {
+  if (b.size() < (1u << 20) || pool_bytes_ + b.size() > pool_cap()) return;  // freed
+  pool_bytes_ += b.size();
+  pool_.push_back(std::move(b));
 }
 
 void DiskTier::Impl::enqueue(std::unique_ptr<Job> job) {
@@ -186,36 +207,80 @@ void DiskTier::Impl::start_read(const DiskEntry& entry, std::span<std::byte> dst
     }
   }
   if (gone) return done(error(Errc::kNotFound, "disk tier: region reclaimed"));
-  auto buf = std::make_shared<AlignedBuffer>(std::max<uint64_t>(entry.disk_bytes, 1));
-  auto e = std::make_shared<DiskEntry>(entry);
-  dev->read(entry.region, entry.offset, buf->span(),
-            [this, buf, e, dst, done = std::move(done)](Result<size_t> r) mutable {
-              post([this, buf, e, dst, r = std::move(r), done = std::move(done)]() mutable {
-                finish_read(*e, dst, *buf, std::move(r), done);
-              });
-            });
+  auto op = std::make_shared<ReadOp>();
+  op->e = entry;
+  op->dst = dst;
+  op->done = std::move(done);
+  // Uncompressed payloads are read straight into dst when it is page aligned (O_DIRECT needs
+  // buffer, offset and length aligned): the whole pages directly, the last partial page
+  // through a one-page bounce buffer.  Everything else goes through a bounce buffer.
+  const uint64_t stored = entry.disk_bytes;
+  op->direct = entry.compression == 0 && stored == entry.payload_bytes &&
+               reinterpret_cast<uintptr_t>(dst.data()) % kDiskAlign == 0 && stored >= kDiskAlign;
+  struct Piece {
+    uint64_t off;
+    std::span<std::byte> buf;
+  };
+  std::vector<Piece> pieces;
+  auto split = [&](uint64_t off, std::span<std::byte> b) {
+    for (size_t at = 0; at < b.size(); at += kIoChunk)
+      pieces.push_back({off + at, b.subspan(at, std::min<size_t>(kIoChunk, b.size() - at))});
+  };
+  if (op->direct) {
+    const uint64_t whole = stored / kDiskAlign * kDiskAlign;
+    split(entry.offset, dst.first(whole));
+    if (whole < stored) {
+      op->tail = AlignedBuffer(kDiskAlign);
+      pieces.push_back({entry.offset + whole, op->tail.span()});
+    }
+  } else {
+    op->buf = AlignedBuffer(std::max<uint64_t>(stored, 1));
+    split(entry.offset, op->buf.span());
+  }
+  op->pending = pieces.size();
+  for (const Piece& p : pieces) {
+    // A short transfer is only an error where it ends before the stored bytes do.
+    const uint64_t need = std::min<uint64_t>(p.buf.size(), entry.offset + stored - p.off);
+    dev->read(entry.region, p.off, p.buf, [this, op, need](Result<size_t> r) {
+      {
+        std::lock_guard lock(op->mu);
+        if (op->io) {
+          if (!r)
+            op->io = r.status();
+          else if (r.value() < need)
+            op->io = error(Errc::kIo, "disk tier: short read");
+        }
+        if (--op->pending > 0) return;
+      }
+      post([this, op] { finish_read(*op); });
+    });
+  }
   dev->submit();
 }
 
-void DiskTier::Impl::finish_read(const DiskEntry& e, std::span<std::byte> dst,
-                                 const AlignedBuffer& buf, Result<size_t> r,
-                                 const std::function<void(Status)>& done) {
+void DiskTier::Impl::finish_read(ReadOp& op) {
+  const DiskEntry& e = op.e;
+  std::span<std::byte> dst = op.dst;
+  const std::byte* stored = op.direct ? dst.data() : op.buf.data();
   Status s;
   bool io_error = false;
-  if (!r) {
-    s = r.status();
+  if (!op.io) {
+    s = op.io;
     io_error = true;
-  } else if (r.value() < e.disk_bytes) {
-    s = error(Errc::kIo, "disk tier: short read");
-    io_error = true;
-  } else if (checksum64(buf.data(), e.disk_bytes) != e.checksum) {
-    s = error(Errc::kCorrupt, "disk tier: checksum mismatch");
-  } else if (e.compression == uint8_t(DiskCompression::kZstdPlanes2)) {
-    s = decompress_planes2({buf.data(), e.disk_bytes}, dst.first(e.payload_bytes));
-  } else if (e.compression != 0 || e.disk_bytes != e.payload_bytes) {
-    s = error(Errc::kCorrupt, "disk tier: unknown compression");
   } else {
-    std::memcpy(dst.data(), buf.data(), e.payload_bytes);
+    if (op.direct && op.tail.size()) {  // the last partial page, from the bounce page
+      const uint64_t whole = e.disk_bytes / kDiskAlign * kDiskAlign;
+      std::memcpy(dst.data() + whole, op.tail.data(), e.disk_bytes - whole);
+    }
+    if (checksum64(stored, e.disk_bytes) != e.checksum) {
+      s = error(Errc::kCorrupt, "disk tier: checksum mismatch");
+    } else if (e.compression == uint8_t(DiskCompression::kZstdPlanes2)) {
+      s = decompress_planes2({stored, e.disk_bytes}, dst.first(e.payload_bytes));
+    } else if (e.compression != 0 || e.disk_bytes != e.payload_bytes) {
+      s = error(Errc::kCorrupt, "disk tier: unknown compression");
+    } else if (!op.direct) {
+      std::memcpy(dst.data(), stored, e.payload_bytes);
+    }
   }
   uint64_t dropped = 0;
   if (s.code() == Errc::kCorrupt)
@@ -232,7 +297,7 @@ void DiskTier::Impl::finish_read(const DiskEntry& e, std::span<std::byte> dst,
     c_.corrupt_dropped += dropped;
     cv_.notify_all();
   }
-  done(std::move(s));
+  op.done(std::move(s));
   std::lock_guard lock(mu_);
   --inflight_reads_;
   cv_.notify_all();

@@ -15,6 +15,12 @@
 
 namespace kvtier {
 
+// Payloads are written and read as transfers of at most this many bytes, all in flight at
+// once (a 32 MiB block is 8 submissions, not one).
+constexpr size_t kIoChunk = 4u << 20;
+// The committer folds at most this many jobs of finished batches into one sync + transaction.
+constexpr size_t kMaxGroupJobs = 1u << 16;
+
 struct DiskTier::Impl {
   // One queued write, then one placed and submitted write.
   struct Job {
@@ -78,6 +84,13 @@ struct DiskTier::Impl {
   uint64_t inflight_reads_ = 0;                        // guarded by mu_
   bool stop_ = false, writer_done_ = false;            // guarded by mu_
   std::deque<std::function<void()>> work_;             // guarded by mu_: worker pool tasks
+  // Payload buffers of finished jobs, reused by write() (large allocations are fresh mmaps
+  // that page-fault on every copy otherwise); at most pool_cap() bytes kept.
+  std::vector<AlignedBuffer> pool_;  // guarded by mu_
+  uint64_t pool_bytes_ = 0;          // guarded by mu_
+  uint64_t pool_cap() const { return std::min(opt.write_queue_bytes, 2 * opt.batch_bytes); }
+  AlignedBuffer take_buffer(size_t bytes);  // a pooled buffer of exactly this aligned size
+  void give_buffer(AlignedBuffer b);        // mu_ held
 
   std::thread writer_, committer_;
   std::vector<std::thread> workers_;
@@ -96,8 +109,19 @@ struct DiskTier::Impl {
   void commit_batch(Batch& batch);
   // Deletes each entry still at its location in one transaction; returns how many.
   uint64_t drop(const std::vector<Loc>& locs);
-  void finish_read(const DiskEntry& e, std::span<std::byte> dst, const AlignedBuffer& buf,
-                   Result<size_t> r, const std::function<void(Status)>& done);
+  // One read in flight: its chunks land in dst directly (uncompressed, dst suitably aligned)
+  // or in the bounce buffer `buf`; `tail` holds the last partial page of a direct read.
+  struct ReadOp {
+    DiskEntry e;
+    std::span<std::byte> dst;
+    std::function<void(Status)> done;
+    AlignedBuffer buf, tail;
+    bool direct = false;
+    std::mutex mu;
+    size_t pending = 0;  // guarded by mu: chunks not yet completed
+    Status io;           // guarded by mu: the first chunk failure
+  };
+  void finish_read(ReadOp& op);
   void enqueue(std::unique_ptr<Job> job);
   void start_read(const DiskEntry& e, std::span<std::byte> dst, std::function<void(Status)> done);
   Status read_sync(const DiskEntry& e, std::span<std::byte> dst);

@@ -29,22 +29,34 @@ void DiskTier::Impl::writer_loop() {
     for (auto& j : b->jobs) {
       prepare(*j);
       j->status = place(*j);
-      if (j->status) ++b->pending;
+    }
+    // Big payloads go out as several kIoChunk submissions, all in flight at once; a job is
+    // complete when its last chunk is (batch->pending counts chunks), and any failed chunk
+    // fails the job.
+    {
+      std::lock_guard lock(mu_);
+      b->pending = 0;
+      for (auto& jp : b->jobs)
+        if (jp->status) b->pending += (jp->bytes().size() + kIoChunk - 1) / kIoChunk;
     }
     for (auto& jp : b->jobs) {
       if (!jp->status) continue;
       Job* j = jp.get();
       Batch* batch = b.get();
-      dev->write(j->region, j->offset, j->bytes(), [this, j, batch](Result<size_t> r) {
-        Status st;
-        if (!r)
-          st = r.status();
-        else if (r.value() < j->bytes().size())
-          st = error(Errc::kIo, "disk tier: short write");
-        std::lock_guard lock(mu_);
-        j->status = std::move(st);
-        if (--batch->pending == 0) cv_.notify_all();
-      });
+      const auto all = j->bytes();
+      for (size_t at = 0; at < all.size(); at += kIoChunk) {
+        const auto part = all.subspan(at, std::min<size_t>(kIoChunk, all.size() - at));
+        dev->write(j->region, j->offset + at, part, [this, j, batch, n = part.size()](Result<size_t> r) {
+          Status st;
+          if (!r)
+            st = r.status();
+          else if (r.value() < n)
+            st = error(Errc::kIo, "disk tier: short write");
+          std::lock_guard lock(mu_);
+          if (!st && j->status) j->status = std::move(st);  // the first failure wins
+          if (--batch->pending == 0) cv_.notify_all();
+        });
+      }
     }
     dev->submit();
     std::lock_guard lock(mu_);
@@ -121,13 +133,9 @@ Status DiskTier::Impl::open_region() {
     else if (w.value() != kRegionHeaderBytes)
       s = error(Errc::kIo, "disk tier: short header write");
   }
-  if (s) s = dev->sync(id);
-  if (s) {
-    auto txn = index->begin_write();
-    if (!txn) s = txn.status();
-    if (s) s = txn->put_region(id, rec);
-    if (s) s = txn->commit();
-  }
+  // No fdatasync and no record here: the record is committed with the first batch that
+  // writes this region, after that batch's fdatasync (which covers the header too).  A crash
+  // before then leaves a file with no record, deleted at open().
   if (!s) {
     (void)dev->remove_region(id);
     return s;
@@ -190,6 +198,14 @@ void DiskTier::Impl::committer_loop() {
       if (batches_.empty()) return;
       b = std::move(batches_.front());
       batches_.pop_front();
+      // Group commit: every further batch whose I/O has finished joins this one, so a
+      // committer that fell behind syncs and commits them with one fdatasync per region and
+      // one LMDB transaction (the device keeps writing the batches behind them meanwhile).
+      while (!batches_.empty() && batches_.front()->pending == 0 &&
+             b->jobs.size() < kMaxGroupJobs) {
+        for (auto& j : batches_.front()->jobs) b->jobs.push_back(std::move(j));
+        batches_.pop_front();
+      }
     }
     commit_batch(*b);
   }
@@ -297,8 +313,10 @@ void DiskTier::Impl::commit_batch(Batch& b) {
   for (auto& j : b.jobs)
     if (j->done) j->done(j->status);
   std::lock_guard lock(mu_);  // flush() returns only after the callbacks ran
-  for (auto& j : b.jobs)
+  for (auto& j : b.jobs) {
     if (!j->replaces) pending_.erase(j->bkey);
+    give_buffer(std::move(j->payload));
+  }
   unfinished_ -= b.jobs.size();
   cv_.notify_all();
 }

@@ -76,7 +76,10 @@ Status HostTier::insert(const NsKey& id, const Extent& extent, BlockLayout layou
   e->info.created_unix_ms = e->info.last_access_unix_ms = now_unix_ms();
   reserved_bytes_ -= extent.bytes;
   used_bytes_ += extent.bytes;
-  for (const auto& t : e->info.layout.tensors) raw_bytes_ += t.raw_bytes;
+  for (const auto& t : e->info.layout.tensors) {
+    raw_bytes_ += t.raw_bytes;
+    if (is_fusion_tensor(t.name)) fusion_bytes_ += t.bytes;
+  }
   policy_.insert(*e);
   index_.emplace(id, std::move(e));
   return {};
@@ -84,7 +87,10 @@ Status HostTier::insert(const NsKey& id, const Extent& extent, BlockLayout layou
 
 void HostTier::free_entry(Entry& e) {
   used_bytes_ -= e.info.extent.bytes;
-  for (const auto& t : e.info.layout.tensors) raw_bytes_ -= t.raw_bytes;
+  for (const auto& t : e.info.layout.tensors) {
+    raw_bytes_ -= t.raw_bytes;
+    if (is_fusion_tensor(t.name)) fusion_bytes_ -= t.bytes;
+  }
   arena_->deallocate(e.info.extent.offset);
 }
 
@@ -159,6 +165,7 @@ TierUsage HostTier::usage() const {
   u.used_bytes = used_bytes_;
   u.reserved_bytes = reserved_bytes_;
   u.raw_bytes = raw_bytes_;
+  u.fusion_bytes = fusion_bytes_;
   u.blocks = index_.size();
   u.leased_blocks = leased_blocks_;
   u.evictions = evictions_;

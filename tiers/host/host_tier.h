@@ -65,6 +65,7 @@ class HostTier final : public Tier {
   std::unordered_map<const BlockInfo*, std::unique_ptr<Entry>> doomed_;
   uint64_t used_bytes_ = 0;
   uint64_t raw_bytes_ = 0;
+  uint64_t fusion_bytes_ = 0;
   uint64_t reserved_bytes_ = 0;
   uint64_t leased_blocks_ = 0;
   uint64_t evictions_ = 0;

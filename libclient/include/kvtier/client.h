@@ -58,13 +58,17 @@ struct TensorView {
 
 struct LeasedBlock {
   BlockKey key;
-  Errc code = Errc::kOk;  // kNotFound when the key was not cached
-  std::vector<TensorView> tensors;
+  Errc code = Errc::kOk;            // kNotFound when the key was not cached
+  std::vector<TensorView> tensors;  // the KV tensors
+  // Fusion state stored with this chunk (put_fusion), names as given; empty if none.
+  std::vector<TensorView> fusion;
+  std::string fusion_metadata;
   const TensorView* tensor(std::string_view name) const;
   bool found() const { return code == Errc::kOk; }
 };
 
 class Client;
+class LeaseBuilder;
 
 // Zero-copy access to a batch of blocks.  Move-only; releases on destruction.
 class Lease {
@@ -83,9 +87,39 @@ class Lease {
 
  private:
   friend class Client;
+  friend class LeaseBuilder;
   struct State;
   std::shared_ptr<State> state_;
   std::vector<LeasedBlock> blocks_;
+};
+
+// Embedding entries that point at a cached chunk (the semantic index, docs/index.md).
+struct ModalityVector {
+  std::string modality;  // e.g. "vision" (512-d), "prompt" (384-d)
+  std::vector<float> values;
+};
+struct ChunkEmbeddings {
+  BlockKey key;
+  std::vector<ModalityVector> vectors;
+};
+struct SearchQuery {
+  std::string modality;
+  std::vector<float> values;
+  float threshold = 0.f;  // cosine the chunk must reach in this modality
+  float weight = 1.f;     // in the ranking score sum(weight*cos)/sum(weight)
+};
+struct SearchHit {
+  BlockKey key;
+  float score = 0.f;
+  std::vector<float> similarities;  // cosine per query, in query order
+};
+struct SearchResult {
+  std::vector<SearchHit> hits;  // best first
+  Lease fusion;                 // with_fusion: the best hit's block (empty if it has none)
+};
+struct LookupResult {
+  uint32_t matched = 0;
+  Lease fusion;  // with fusion: the last matched chunk's block, when it has fusion state
 };
 
 struct RemoveCount {
@@ -128,13 +162,31 @@ class Client {
   Result<Lease> get(std::string_view ns, std::span<const BlockKey> keys);
   Result<RemoveCount> remove(std::string_view ns, std::span<const BlockKey> keys);
 
+  // Fusion state: named tensors (+ opaque metadata) stored with a cached chunk, evicted,
+  // demoted and restored with it.  kNotFound when the chunk is not cached.  A new put_fusion
+  // replaces the chunk's previous fusion state.
+  Status put_fusion(std::string_view ns, const BlockKey& chunk, std::span<const TensorIn> tensors,
+                    std::string_view metadata = {});
+  // A lease over the chunk's block; its LeasedBlock::fusion holds the fusion tensors.
+  // kNotFound when the chunk is not cached or has no fusion state.
+  Result<Lease> get_fusion(std::string_view ns, const BlockKey& chunk);
+  // lookup() that also leases the last matched chunk's fusion state: one round trip.
+  Result<LookupResult> lookup_with_fusion(std::string_view ns, std::span<const BlockKey> keys);
+
+  // Semantic index: embedding entries for cached chunks (kNotFound otherwise).
+  Status add_embeddings(std::string_view ns, std::span<const ChunkEmbeddings> chunks);
+  // Up to k cached chunks whose every queried modality reaches its threshold, best first.
+  Result<SearchResult> search(std::string_view ns, std::span<const SearchQuery> queries, uint32_t k,
+                              bool with_fusion = false);
+
   // JSON documents (docs/operations.md).  health and stats need no admin rights.
   Result<std::string> stats_json();
   Result<std::string> health_json();
   // Admin (uid/gid in access.admin_*):
   Result<std::string> clients_json();
   Result<std::string> config_json();  // {"toml": "<effective settings>"}
-  Result<std::string> list_json(std::string_view ns = {}, uint32_t limit = 0);
+  Result<std::string> list_json(std::string_view ns = {}, uint32_t limit = 0,
+                                bool fusion_only = false);
   Result<EvictCount> evict(std::string_view ns, std::span<const BlockKey> keys, bool all,
                            TierSel tier = TierSel::kAll);
   // Disk tier maintenance (admin); `progress(done, total)` is called as the daemon reports.
@@ -150,6 +202,8 @@ class Client {
 
  private:
   explicit Client(std::shared_ptr<Impl> impl);
+  Status put_impl(std::string_view ns, const BlockKey& key, std::span<const TensorIn> tensors,
+                  bool fusion, std::string_view metadata);
   std::shared_ptr<Impl> impl_;
 };
 

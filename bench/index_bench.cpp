@@ -1,0 +1,161 @@
+// index_bench: SemanticIndex::search latency next to the bare FAISS call on the same index, and
+// the recall of the approximate (IVF,SQ8) index against exact search, at 10k/100k/1M vectors of
+// 512 dimensions, on clustered data (mixture of Gaussians, like real embeddings) and on
+// isotropic random data (the worst case).  --quick: 10k only (CI).  Figures in docs/index.md.
+#include <faiss/Index.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/utils/distances.h>
+#include <faiss/utils/random.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "bench/bench_util.h"
+#include "index/semantic_index.h"
+
+using namespace kvtier;
+using idx_t = faiss::Index::idx_t;
+
+namespace {
+
+constexpr size_t kDim = 512;
+
+// Clustered: `clusters` unit centres, each point = centre + N(0, 1/d) per dimension (noise norm
+// ~1, so cos(point, its centre) ~0.7).  Isotropic: N(0, 1).
+std::vector<float> make_data(size_t n, bool clustered, int64_t seed) {
+  std::vector<float> x(n * kDim);
+  faiss::float_randn(x.data(), x.size(), seed);
+  if (!clustered) return x;
+  const size_t clusters = std::clamp<size_t>(n / 100, 10, 1000);
+  std::vector<float> c(clusters * kDim);
+  faiss::float_randn(c.data(), c.size(), seed + 1);
+  faiss::fvec_renorm_L2(kDim, clusters, c.data());
+  const float s = 1.f / std::sqrt(float(kDim));
+  for (size_t i = 0; i < n; ++i) {
+    const float* ci = &c[((i * 2654435761u) % clusters) * kDim];
+    for (size_t j = 0; j < kDim; ++j) x[i * kDim + j] = ci[j] + s * x[i * kDim + j];
+  }
+  return x;
+}
+
+// Queries: clustered -> data points with small noise (near-duplicate lookups); isotropic ->
+// fresh random vectors.
+std::vector<float> make_queries(const std::vector<float>& data, size_t nq, bool clustered) {
+  std::vector<float> q(nq * kDim);
+  faiss::float_randn(q.data(), q.size(), 777);
+  if (clustered) {
+    const size_t n = data.size() / kDim;
+    const float s = 0.3f / std::sqrt(float(kDim));
+    for (size_t i = 0; i < nq; ++i)
+      for (size_t j = 0; j < kDim; ++j)
+        q[i * kDim + j] = data[((i * 7919) % n) * kDim + j] + s * q[i * kDim + j];
+  }
+  faiss::fvec_renorm_L2(kDim, nq, q.data());
+  return q;
+}
+
+BlockKey key_of(uint64_t i) { return BlockKey{i, ~i}; }
+
+void run(size_t n, bool clustered, size_t nq, const std::filesystem::path& dir) {
+  const char* kind = clustered ? "clustered" : "isotropic";
+  std::vector<float> data = make_data(n, clustered, 1234 + n);
+  std::vector<BlockKey> keys(n);
+  for (size_t i = 0; i < n; ++i) keys[i] = key_of(i);
+  std::filesystem::remove_all(dir);
+  IndexOptions opts;
+  opts.dir = dir;
+  auto idx = std::move(SemanticIndex::open(opts).value());
+  uint64_t t0 = bench::now_ns();
+  if (Status s = idx->add_batch("bench", "vision", keys, data); !s) {
+    std::printf("add_batch: %s\n", s.to_string().c_str());
+    return;
+  }
+  const double build_s = double(bench::now_ns() - t0) / 1e9;
+  auto info = *idx->info("bench", "vision");
+
+  // Exact ground truth over the normalised data.
+  faiss::fvec_renorm_L2(kDim, n, data.data());
+  std::vector<float> q = make_queries(data, nq, clustered);
+  const size_t k = 10;
+  std::vector<float> gd(nq * k);
+  std::vector<idx_t> gi(nq * k);
+  faiss::float_minheap_array_t heap{nq, k, gi.data(), gd.data()};
+  faiss::knn_inner_product(q.data(), data.data(), kDim, nq, n, &heap);
+  data.clear();
+  data.shrink_to_fit();
+
+  std::vector<uint64_t> bare_ns, sem_ns;
+  size_t r1 = 0, r10 = 0;
+  std::vector<float> d(k);
+  std::vector<idx_t> l(k);
+  faiss::SearchParametersIVF params;
+  params.nprobe = info.nprobe;
+  auto alive = [](const BlockKey&) { return true; };
+  for (size_t i = 0; i < nq; ++i) {
+    const float* qi = &q[i * kDim];
+    uint64_t a = bench::now_ns();
+    info.index->search(1, qi, k, d.data(), l.data(), info.nlist ? &params : nullptr);
+    uint64_t b = bench::now_ns();
+    auto hits = idx->search("bench", {{"vision", std::vector<float>(qi, qi + kDim)}}, k, alive);
+    uint64_t c = bench::now_ns();
+    bare_ns.push_back(b - a);
+    sem_ns.push_back(c - b);
+    if (!hits->empty() && (*hits)[0].key == key_of(uint64_t(gi[i * k]))) ++r1;
+    for (size_t j = 0; j < k; ++j)
+      for (const auto& h : *hits)
+        if (h.key == key_of(uint64_t(gi[i * k + j]))) ++r10;
+  }
+  auto bl = bench::summarize(bare_ns), sl = bench::summarize(sem_ns);
+  std::printf("| %7zu | %-9s | %-14s | %6u | %8.1f | %8.3f | %8.3f | %8.3f | %8.3f | %+5.0f%% | %5.3f | %5.3f |\n", n,
+              kind, info.type.c_str(), info.nprobe, build_s, bl.p50_us / 1e3, bl.p99_us / 1e3,
+              sl.p50_us / 1e3, sl.p99_us / 1e3, 100.0 * (sl.p50_us / bl.p50_us - 1),
+              double(r1) / nq, double(r10) / double(nq * k));
+
+  // nprobe sweep on the same IVF (the measurement behind choose_nprobe).
+  if (info.nlist) {
+    std::printf("|         |           |   sweep nprobe:");
+    for (uint32_t np : {4u, 8u, 16u, 32u, 64u}) {
+      params.nprobe = np;
+      std::vector<uint64_t> ns;
+      size_t hit = 0;
+      for (size_t i = 0; i < nq; ++i) {
+        uint64_t a = bench::now_ns();
+        info.index->search(1, &q[i * kDim], k, d.data(), l.data(), &params);
+        ns.push_back(bench::now_ns() - a);
+        hit += l[0] == gi[i * k];
+      }
+      auto s = bench::summarize(ns);
+      std::printf(" %u: r@1 %.3f p50 %.3f ms;", np, double(hit) / nq, s.p50_us / 1e3);
+    }
+    std::printf(" |\n");
+  }
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  std::vector<size_t> sizes = {10000, 100000, 1000000};
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--sizes") && i + 1 < argc) {
+      sizes.clear();
+      for (char* s = std::strtok(argv[++i], ","); s; s = std::strtok(nullptr, ",")) sizes.push_back(std::stoul(s));
+    }
+  }
+  if (quick) sizes = {10000};
+  const auto dir = std::filesystem::temp_directory_path() / ("kvtier-index-bench-" + std::to_string(::getpid()));
+  std::printf("index_bench: %zu-d, k=10, exact_max_vectors=50000; latencies in ms per query, one thread\n", kDim);
+  std::printf("| vectors | data      | index          | nprobe | build s  | bare p50 | bare p99 | sem p50  | sem p99  | +p50  | r@1   | r@10  |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (size_t n : sizes)
+    for (bool clustered : {true, false}) run(n, clustered, quick ? 100 : 300, dir);
+  std::filesystem::remove_all(dir);
+  return 0;
+}

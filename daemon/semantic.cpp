@@ -1,0 +1,115 @@
+// Fusion state and semantic search requests of a Session (issue 6).
+#include <cmath>
+
+#include "common/wire.h"
+#include "daemon/server.h"
+#include "daemon/session.h"
+
+using boost::asio::awaitable;
+
+namespace kvtier {
+namespace {
+
+constexpr size_t kMaxSearchK = 1024;
+
+Result<std::vector<float>> floats(const flatbuffers::Vector<float>* v, const std::string& what) {
+  if (v == nullptr || v->size() == 0) return error(Errc::kInvalidArgument, what + ": no values");
+  return std::vector<float>(v->begin(), v->end());
+}
+
+}  // namespace
+
+awaitable<void> Session::on_get_fusion(const wire::GetFusionReq& req, Reply& r) {
+  auto ns = server_.cache().resolve_namespace(wire_util::str(req.namespace_()), peer_);
+  if (!ns) co_return r.fail(ns.status());
+  if (req.key() == nullptr) co_return r.fail(error(Errc::kInvalidArgument, "no chunk key"));
+  const BlockKey key = wire_util::from_wire(*req.key());
+  LeaseGrant g = co_await lease_one(*ns, key);
+  if (g.code != Errc::kOk) co_return r.fail(error(g.code, "chunk " + key.hex() + " is not cached"));
+  if (!has_fusion(*g.layout)) {
+    server_.cache().release(id_, std::span(&g.lease_id, 1));
+    co_return r.fail(error(Errc::kNotFound, "chunk " + key.hex() + " has no fusion state"));
+  }
+  std::vector<flatbuffers::Offset<wire::LeasedBlock>> blocks = {leased_block(r.fbb, g)};
+  r.set(wire::Response::GetResp, wire::CreateGetResp(r.fbb, r.fbb.CreateVector(blocks)));
+}
+
+void Session::on_add_embeddings(const wire::AddEmbeddingsReq& req, Reply& r) {
+  Cache& cache = server_.cache();
+  const std::string ns_name = wire_util::str(req.namespace_());
+  auto ns = cache.resolve_namespace(ns_name, peer_);
+  if (!ns) return r.fail(ns.status());
+  SemanticIndex* index = cache.index();
+  if (index == nullptr) return r.fail(error(Errc::kUnavailable, "the semantic index is not open"));
+  if (req.chunks() == nullptr || req.chunks()->size() == 0)
+    return r.fail(error(Errc::kInvalidArgument, "no chunks"));
+  // Each chunk's vectors go in with one add(): a bad chunk fails the request with its key,
+  // the chunks before it stay added.
+  uint32_t added = 0;
+  for (const auto* c : *req.chunks()) {
+    if (c->key() == nullptr || c->vectors() == nullptr)
+      return r.fail(error(Errc::kInvalidArgument, "a chunk without key or vectors"));
+    const BlockKey key = wire_util::from_wire(*c->key());
+    // Embedding entries point at cached chunks only.
+    if (!cache.is_cached(*ns, key))
+      return r.fail(
+          error(Errc::kNotFound, "chunk " + key.hex() + " is not cached: put its KV block first"));
+    std::vector<std::pair<std::string, std::vector<float>>> vectors;
+    for (const auto* v : *c->vectors()) {
+      auto values = floats(v->values(), "modality '" + wire_util::str(v->modality()) + "'");
+      if (!values) return r.fail(values.status());
+      vectors.emplace_back(wire_util::str(v->modality()), std::move(values).value());
+    }
+    if (Status st = index->add(ns_name, key, vectors); !st)
+      return r.fail(error(st.code(), "chunk " + key.hex() + ": " + st.message()));
+    ++added;
+  }
+  r.set(wire::Response::AddEmbeddingsResp, wire::CreateAddEmbeddingsResp(r.fbb, added));
+}
+
+awaitable<void> Session::on_search(const wire::SearchReq& req, Reply& r) {
+  Cache& cache = server_.cache();
+  const std::string ns_name = wire_util::str(req.namespace_());
+  auto ns = cache.resolve_namespace(ns_name, peer_);
+  if (!ns) co_return r.fail(ns.status());
+  SemanticIndex* index = cache.index();
+  if (index == nullptr)
+    co_return r.fail(error(Errc::kUnavailable, "the semantic index is not open"));
+  if (req.queries() == nullptr || req.queries()->size() == 0)
+    co_return r.fail(error(Errc::kInvalidArgument, "no queries"));
+  if (req.k() == 0 || req.k() > kMaxSearchK)
+    co_return r.fail(error(Errc::kInvalidArgument, "k must be 1..1024"));
+  std::vector<ModalityQuery> queries;
+  for (const auto* q : *req.queries()) {
+    auto values = floats(q->values(), "modality '" + wire_util::str(q->modality()) + "'");
+    if (!values) co_return r.fail(values.status());
+    queries.push_back(ModalityQuery{wire_util::str(q->modality()), std::move(values).value(),
+                                    q->threshold(), q->weight()});
+  }
+  const uint32_t ns_id = *ns;
+  // alive() takes the cache's lock; the index calls it with none of its own held.
+  auto hits = index->search(ns_name, queries, req.k(),
+                            [&](const BlockKey& key) { return cache.is_cached(ns_id, key); });
+  if (!hits) co_return r.fail(hits.status());
+  bump(server_.metrics().searches);
+  if (!hits->empty()) bump(server_.metrics().search_hits);
+  flatbuffers::Offset<wire::LeasedBlock> fusion;
+  if (req.with_fusion() && !hits->empty()) {
+    LeaseGrant g = co_await lease_one(ns_id, hits->front().key);
+    if (g.code == Errc::kOk && has_fusion(*g.layout)) {
+      fusion = leased_block(r.fbb, g);
+    } else if (g.code == Errc::kOk) {
+      cache.release(id_, std::span(&g.lease_id, 1));
+    }
+  }
+  std::vector<flatbuffers::Offset<wire::SearchHit>> out;
+  for (const auto& h : *hits) {
+    std::vector<float> sims;
+    for (const auto& [modality, sim] : h.similarities) sims.push_back(sim);
+    auto key = wire_util::to_wire(h.key);
+    out.push_back(wire::CreateSearchHit(r.fbb, &key, h.score, r.fbb.CreateVector(sims)));
+  }
+  r.set(wire::Response::SearchResp, wire::CreateSearchResp(r.fbb, r.fbb.CreateVector(out), fusion));
+}
+
+}  // namespace kvtier

@@ -1,0 +1,320 @@
+#include "index/modality_index.h"
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/impl/AuxIndexStructures.h>
+#include <faiss/impl/FaissException.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_factory.h>
+#include <faiss/index_io.h>
+#include <faiss/utils/distances.h>
+#include <omp.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace kvtier::index_detail {
+namespace {
+
+using idx_t = faiss::Index::idx_t;
+
+constexpr char kMagic[8] = {'K', 'V', 'T', 'S', 'I', 'D', 'X', '\n'};
+constexpr uint32_t kVersion = 1;
+constexpr uint64_t kTrainPointsPerList = 40;  // FAISS warns below 39 per centroid
+
+// One query gains nothing from an OpenMP team, and concurrent searches each opening a team
+// oversubscribe the cores and spin in libgomp: searches run on the calling thread alone.
+class SingleThreadedOmp {
+ public:
+  SingleThreadedOmp() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SingleThreadedOmp() { omp_set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+std::unique_ptr<faiss::Index> make_exact(uint32_t dim) {
+  auto idmap = std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatIP(dim));
+  idmap->own_fields = true;
+  return idmap;
+}
+
+template <typename T>
+void put(std::string& out, const T& v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof v);
+}
+
+template <typename T>
+bool get(std::string_view& in, T* v) {
+  if (in.size() < sizeof *v) return false;
+  std::memcpy(v, in.data(), sizeof *v);
+  in.remove_prefix(sizeof *v);
+  return true;
+}
+
+void renormalise(float* v, uint32_t dim) {
+  float n = std::sqrt(faiss::fvec_norm_L2sqr(v, dim));
+  if (n > 0)
+    for (uint32_t i = 0; i < dim; ++i) v[i] /= n;
+}
+
+}  // namespace
+
+// nlist ~ sqrt(n): lists of ~sqrt(n) vectors, so one probe costs as much as the coarse
+// quantizer; capped at 1024 to bound training and the assignment of 1M adds (docs/index.md).
+uint32_t choose_nlist(uint64_t n) {
+  auto s = static_cast<uint32_t>(std::sqrt(static_cast<double>(n)));
+  return std::clamp<uint32_t>(s, 16, 1024);
+}
+
+// Measured on clustered 512-d data (docs/index.md): recall@1 >= 0.95 needs about nlist/32
+// probes past 100k vectors; fewer than 8 loses recall on small indices.
+uint32_t choose_nprobe(uint32_t nlist) { return std::clamp<uint32_t>(nlist / 32, 8, 64); }
+
+ModalityIndex::ModalityIndex(uint32_t dim) : dim_(dim), index_(make_exact(dim)) {}
+ModalityIndex::~ModalityIndex() = default;
+
+uint32_t ModalityIndex::nprobe(const IndexOptions& opts) const {
+  if (kind_ != Kind::kIvf) return 0;
+  uint32_t p = opts.nprobe ? opts.nprobe : choose_nprobe(nlist_);
+  return std::min(p, nlist_);
+}
+
+ModalityIndexInfo ModalityIndex::info(const IndexOptions& opts) const {
+  ModalityIndexInfo i;
+  i.index = index_.get();
+  i.type = kind_ == Kind::kExact ? "IDMap2,Flat" : "IVF" + std::to_string(nlist_) + ",SQ8";
+  i.dim = dim_;
+  i.nlist = kind_ == Kind::kIvf ? nlist_ : 0;
+  i.nprobe = nprobe(opts);
+  i.live = live();
+  i.dead = dead();
+  return i;
+}
+
+void ModalityIndex::add(std::span<const BlockKey> keys, std::span<const float> vecs,
+                        const IndexOptions& opts) {
+  for (const BlockKey& k : keys) remove(k);
+  std::vector<idx_t> ids(keys.size());
+  for (auto& id : ids) id = next_id_++;
+  if (kind_ == Kind::kExact && live() + keys.size() > opts.exact_max_vectors) {
+    rebuild(Kind::kIvf, opts, ids, vecs);
+  } else {
+    index_->add_with_ids(static_cast<idx_t>(ids.size()), vecs.data(), ids.data());
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    key_to_id_[keys[i]] = ids[i];
+    id_to_key_[ids[i]] = keys[i];
+  }
+  dirty_ = true;
+  maintain(opts);
+}
+
+bool ModalityIndex::remove(const BlockKey& key) {
+  auto it = key_to_id_.find(key);
+  if (it == key_to_id_.end()) return false;
+  id_to_key_.erase(it->second);
+  dead_ids_.push_back(it->second);
+  key_to_id_.erase(it);
+  dirty_ = true;
+  return true;
+}
+
+void ModalityIndex::maintain(const IndexOptions& opts, bool purge_all) {
+  if (kind_ == Kind::kExact && live() > opts.exact_max_vectors) {
+    rebuild(Kind::kIvf, opts);
+  } else if (kind_ == Kind::kIvf && 2 * live() < opts.exact_max_vectors) {
+    rebuild(Kind::kExact, opts);
+  } else if (kind_ == Kind::kIvf && (live() > 4 * trained_n_ || 4 * live() < trained_n_)) {
+    rebuild(Kind::kIvf, opts);
+  }
+  const auto total = static_cast<double>(index_->ntotal);
+  if (!dead_ids_.empty() &&
+      (purge_all || static_cast<double>(dead_ids_.size()) > opts.rebuild_dead_ratio * total)) {
+    purge();
+  }
+}
+
+void ModalityIndex::purge() {
+  if (kind_ == Kind::kExact) {
+    // One pass over the flat codes for the whole batch.
+    faiss::IDSelectorBatch sel(dead_ids_.size(), dead_ids_.data());
+    index_->remove_ids(sel);
+  } else {
+    // The hashtable direct map removes each id in O(1); it accepts only IDSelectorArray.
+    faiss::IDSelectorArray sel(dead_ids_.size(), dead_ids_.data());
+    index_->remove_ids(sel);
+  }
+  dead_ids_.clear();
+  dirty_ = true;
+}
+
+void ModalityIndex::rebuild(Kind kind, const IndexOptions& opts, std::span<const idx_t> extra_ids,
+                            std::span<const float> extra_vecs) {
+  // Live vectors in id order (deterministic training sample), then the extras.
+  std::vector<idx_t> ids;
+  ids.reserve(id_to_key_.size() + extra_ids.size());
+  for (const auto& [id, key] : id_to_key_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  const size_t old_n = ids.size();
+  std::vector<float> vecs((old_n + extra_ids.size()) * dim_);
+  for (size_t i = 0; i < old_n; ++i) {
+    index_->reconstruct(ids[i], &vecs[i * dim_]);
+    renormalise(&vecs[i * dim_], dim_);  // SQ8 decoding is not exactly unit norm
+  }
+  ids.insert(ids.end(), extra_ids.begin(), extra_ids.end());
+  std::copy(extra_vecs.begin(), extra_vecs.end(), vecs.begin() + old_n * dim_);
+  const auto n = static_cast<idx_t>(ids.size());
+
+  std::unique_ptr<faiss::Index> fresh;
+  if (kind == Kind::kExact) {
+    fresh = make_exact(dim_);
+    nlist_ = 0;
+    trained_n_ = 0;
+  } else {
+    nlist_ = choose_nlist(static_cast<uint64_t>(n));
+    fresh.reset(faiss::index_factory(static_cast<int>(dim_),
+                                     ("IVF" + std::to_string(nlist_) + ",SQ8").c_str(),
+                                     faiss::METRIC_INNER_PRODUCT));
+    auto* ivf = dynamic_cast<faiss::IndexIVF*>(fresh.get());
+    // Strided sample: the rows are in id (insertion) order, so this spans the history.
+    const uint64_t want = std::min<uint64_t>(n, kTrainPointsPerList * nlist_);
+    const uint64_t stride = n / want;
+    std::vector<float> sample(want * dim_);
+    for (uint64_t i = 0; i < want; ++i)
+      std::memcpy(&sample[i * dim_], &vecs[i * stride * dim_], dim_ * sizeof(float));
+    ivf->train(static_cast<idx_t>(want), sample.data());
+    ivf->set_direct_map_type(faiss::DirectMap::Hashtable);  // reconstruct + O(1) remove
+    trained_n_ = static_cast<uint64_t>(n);
+  }
+  if (n > 0) fresh->add_with_ids(n, vecs.data(), ids.data());
+  index_ = std::move(fresh);
+  kind_ = kind;
+  dead_ids_.clear();
+  dirty_ = true;
+  (void)opts;
+}
+
+std::vector<BlockKey> ModalityIndex::candidates(const float* q, size_t k,
+                                                const IndexOptions& opts) const {
+  std::vector<BlockKey> out;
+  const auto total = static_cast<size_t>(index_->ntotal);
+  if (total == 0 || live() == 0 || k == 0) return out;
+  // Over-fetch by the tombstones' share so that they do not crowd live chunks out.
+  size_t kk = std::min(total, k + (k * dead_ids_.size() + live() - 1) / live());
+  std::vector<float> dist(kk);
+  std::vector<idx_t> labels(kk);
+  SingleThreadedOmp one_thread;
+  if (kind_ == Kind::kIvf) {
+    faiss::SearchParametersIVF params;
+    params.nprobe = nprobe(opts);
+    index_->search(1, q, static_cast<idx_t>(kk), dist.data(), labels.data(), &params);
+  } else {
+    index_->search(1, q, static_cast<idx_t>(kk), dist.data(), labels.data());
+  }
+  out.reserve(kk);
+  for (idx_t id : labels) {
+    if (id < 0) break;
+    auto it = id_to_key_.find(id);
+    if (it != id_to_key_.end()) out.push_back(it->second);
+  }
+  return out;
+}
+
+bool ModalityIndex::similarity(const BlockKey& key, const float* q, float* out) const {
+  auto it = key_to_id_.find(key);
+  if (it == key_to_id_.end()) return false;
+  thread_local std::vector<float> buf;
+  buf.resize(dim_);
+  index_->reconstruct(it->second, buf.data());
+  *out = faiss::fvec_inner_product(q, buf.data(), dim_);
+  return true;
+}
+
+std::string ModalityIndex::serialize() const {
+  faiss::VectorIOWriter writer;
+  faiss::write_index(index_.get(), &writer);
+  std::string out;
+  out.reserve(64 + id_to_key_.size() * 24 + writer.data.size() + 8);
+  out.append(kMagic, sizeof kMagic);
+  put(out, kVersion);
+  put(out, static_cast<uint32_t>(kind_));
+  put(out, dim_);
+  put(out, nlist_);
+  put(out, static_cast<uint64_t>(next_id_));
+  put(out, trained_n_);
+  put(out, static_cast<uint64_t>(id_to_key_.size()));
+  put(out, static_cast<uint64_t>(dead_ids_.size()));
+  put(out, static_cast<uint64_t>(writer.data.size()));
+  std::vector<std::pair<idx_t, BlockKey>> rows(id_to_key_.begin(), id_to_key_.end());
+  std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.first < b.first; });
+  for (const auto& [id, key] : rows) {
+    put(out, static_cast<int64_t>(id));
+    put(out, key.lo);
+    put(out, key.hi);
+  }
+  for (idx_t id : dead_ids_) put(out, static_cast<int64_t>(id));
+  out.append(reinterpret_cast<const char*>(writer.data.data()), writer.data.size());
+  put(out, static_cast<uint64_t>(XXH3_64bits(out.data(), out.size())));
+  return out;
+}
+
+Result<std::unique_ptr<ModalityIndex>> ModalityIndex::deserialize(std::string_view bytes) {
+  auto corrupt = [](const std::string& why) { return error(Errc::kCorrupt, "index file: " + why); };
+  if (bytes.size() < sizeof kMagic + 8 || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
+    return corrupt("bad magic");
+  uint64_t sum;
+  std::memcpy(&sum, bytes.data() + bytes.size() - 8, 8);
+  if (sum != XXH3_64bits(bytes.data(), bytes.size() - 8)) return corrupt("checksum mismatch");
+  std::string_view in = bytes.substr(sizeof kMagic, bytes.size() - sizeof kMagic - 8);
+  uint32_t version = 0, kind = 0, dim = 0, nlist = 0;
+  uint64_t next_id = 0, trained_n = 0, nkeys = 0, ndead = 0, faiss_bytes = 0;
+  if (!get(in, &version) || version != kVersion)
+    return corrupt("unsupported version " + std::to_string(version));
+  if (!get(in, &kind) || !get(in, &dim) || !get(in, &nlist) || !get(in, &next_id) ||
+      !get(in, &trained_n) || !get(in, &nkeys) || !get(in, &ndead) || !get(in, &faiss_bytes))
+    return corrupt("short header");
+  if (kind > 1 || dim == 0 || in.size() != nkeys * 24 + ndead * 8 + faiss_bytes)
+    return corrupt("inconsistent header");
+  auto mi = std::make_unique<ModalityIndex>(dim);
+  mi->kind_ = static_cast<Kind>(kind);
+  mi->nlist_ = nlist;
+  mi->next_id_ = static_cast<int64_t>(next_id);
+  mi->trained_n_ = trained_n;
+  for (uint64_t i = 0; i < nkeys; ++i) {
+    int64_t id;
+    BlockKey key;
+    get(in, &id), get(in, &key.lo), get(in, &key.hi);
+    mi->key_to_id_[key] = id;
+    mi->id_to_key_[id] = key;
+  }
+  for (uint64_t i = 0; i < ndead; ++i) {
+    int64_t id;
+    get(in, &id);
+    mi->dead_ids_.push_back(id);
+  }
+  try {
+    faiss::VectorIOReader reader;
+    reader.data.assign(in.begin(), in.end());
+    mi->index_.reset(faiss::read_index(&reader));
+    if (mi->index_->d != static_cast<int>(dim)) return corrupt("dimension mismatch");
+    if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(mi->index_.get())) {
+      if (mi->kind_ != Kind::kIvf) return corrupt("kind mismatch");
+      if (ivf->direct_map.type != faiss::DirectMap::Hashtable)
+        ivf->set_direct_map_type(faiss::DirectMap::Hashtable);
+    } else if (!dynamic_cast<faiss::IndexIDMap2*>(mi->index_.get()) || mi->kind_ != Kind::kExact) {
+      return corrupt("unexpected FAISS index type");
+    }
+    if (static_cast<uint64_t>(mi->index_->ntotal) != nkeys + ndead)
+      return corrupt("id map does not match the FAISS index");
+  } catch (const faiss::FaissException& e) {
+    return corrupt(std::string("FAISS: ") + e.what());
+  }
+  return mi;
+}
+
+}  // namespace kvtier::index_detail

@@ -1,0 +1,396 @@
+#include "index/semantic_index.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <unordered_set>
+
+#include "index/modality_index.h"
+
+namespace kvtier {
+namespace fs = std::filesystem;
+using index_detail::ModalityIndex;
+using index_detail::Namespace;
+
+namespace {
+
+constexpr size_t kCandidateFactor = 4;  // k' = 4k + 16 candidates per queried modality
+constexpr size_t kCandidateExtra = 16;
+
+std::string hex_encode(std::string_view s) {
+  static const char* d = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : s) out += d[c >> 4], out += d[c & 15];
+  return out;
+}
+
+std::optional<std::string> hex_decode(std::string_view h) {
+  if (h.size() % 2) return std::nullopt;
+  auto v = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  std::string out;
+  for (size_t i = 0; i < h.size(); i += 2) {
+    int a = v(h[i]), b = v(h[i + 1]);
+    if (a < 0 || b < 0) return std::nullopt;
+    out += static_cast<char>(a * 16 + b);
+  }
+  return out;
+}
+
+// Copies `in` into `out` scaled to unit L2 norm.
+Status normalise(std::span<const float> in, float* out, std::string_view what) {
+  double sq = 0;
+  for (float x : in) {
+    if (!std::isfinite(x)) return error(Errc::kInvalidArgument, std::string(what) + ": non-finite value");
+    sq += double(x) * double(x);
+  }
+  if (sq == 0 || !std::isfinite(sq))
+    return error(Errc::kInvalidArgument, std::string(what) + ": zero or overflowing norm");
+  const double inv = 1.0 / std::sqrt(sq);
+  for (size_t i = 0; i < in.size(); ++i) out[i] = static_cast<float>(in[i] * inv);
+  return Status::ok();
+}
+
+Status write_atomic(const fs::path& path, const std::string& bytes) {
+  const fs::path tmp = path.string() + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return error(Errc::kIo, "open " + tmp.string() + ": " + std::strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      Status s = error(Errc::kIo, "write " + tmp.string() + ": " + std::strerror(errno));
+      ::close(fd);
+      return s;
+    }
+    done += static_cast<size_t>(w);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0)
+    return error(Errc::kIo, "fsync " + tmp.string() + ": " + std::strerror(errno));
+  if (::rename(tmp.c_str(), path.c_str()) != 0)
+    return error(Errc::kIo, "rename " + path.string() + ": " + std::strerror(errno));
+  int dfd = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) ::fsync(dfd), ::close(dfd);
+  return Status::ok();
+}
+
+uint64_t now_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+}  // namespace
+
+SemanticIndex::SemanticIndex(IndexOptions opts) : opts_(std::move(opts)) {}
+SemanticIndex::~SemanticIndex() = default;
+
+Result<std::unique_ptr<SemanticIndex>> SemanticIndex::open(const IndexOptions& opts) {
+  if (opts.rebuild_dead_ratio <= 0 || opts.rebuild_dead_ratio > 1)
+    return error(Errc::kInvalidArgument, "index: rebuild_dead_ratio must be in (0, 1]");
+  std::error_code ec;
+  fs::create_directories(opts.dir, ec);
+  if (ec) return error(Errc::kIo, "index: create " + opts.dir.string() + ": " + ec.message());
+  std::unique_ptr<SemanticIndex> idx(new SemanticIndex(opts));
+  for (const auto& nsdir : fs::directory_iterator(opts.dir, ec)) {
+    const std::string dname = nsdir.path().filename().string();
+    if (!nsdir.is_directory() || dname.rfind("ns-", 0) != 0) continue;
+    auto ns = hex_decode(std::string_view(dname).substr(3));
+    if (!ns) continue;
+    auto space = std::make_unique<Namespace>(*ns);
+    for (const auto& f : fs::directory_iterator(nsdir.path(), ec)) {
+      const std::string fname = f.path().filename().string();
+      if (fname.ends_with(".tmp")) {  // an interrupted save
+        fs::remove(f.path(), ec);
+        continue;
+      }
+      if (fname.rfind("m-", 0) != 0 || !fname.ends_with(".kvidx")) continue;
+      auto mod = hex_decode(std::string_view(fname).substr(2, fname.size() - 2 - 6));
+      if (!mod) continue;
+      std::ifstream in(f.path(), std::ios::binary);
+      std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (!in.good() && !in.eof()) return error(Errc::kIo, "index: read " + f.path().string());
+      auto mi = ModalityIndex::deserialize(bytes);
+      if (!mi) return error(mi.status().code(), mi.status().message() + " (" + f.path().string() + ")");
+      space->modalities.emplace(*mod, std::move(mi.value()));
+    }
+    idx->namespaces_.push_back(std::move(space));
+  }
+  if (ec) return error(Errc::kIo, "index: list " + opts.dir.string() + ": " + ec.message());
+  return idx;
+}
+
+std::shared_lock<std::shared_mutex> SemanticIndex::read_lock() const {
+  { std::lock_guard pass(gate_); }
+  return std::shared_lock(mu_);
+}
+
+std::unique_lock<std::shared_mutex> SemanticIndex::write_lock() {
+  std::lock_guard hold(gate_);
+  return std::unique_lock(mu_);
+}
+
+Namespace* SemanticIndex::find_ns(std::string_view ns) const {
+  for (const auto& n : namespaces_)
+    if (n->name == ns) return n.get();
+  return nullptr;
+}
+
+Namespace& SemanticIndex::ns_for_write(std::string_view ns) {
+  if (Namespace* n = find_ns(ns)) return *n;
+  namespaces_.push_back(std::make_unique<Namespace>(std::string(ns)));
+  return *namespaces_.back();
+}
+
+Status SemanticIndex::add(std::string_view ns, const BlockKey& chunk,
+                          const std::vector<std::pair<std::string, std::vector<float>>>& vectors) {
+  if (vectors.empty()) return error(Errc::kInvalidArgument, "index add: no vectors");
+  std::set<std::string_view> seen;
+  for (const auto& [m, v] : vectors) {
+    if (m.empty()) return error(Errc::kInvalidArgument, "index add: empty modality name");
+    if (!seen.insert(m).second)
+      return error(Errc::kInvalidArgument, "index add: modality '" + m + "' given twice");
+    if (v.empty()) return error(Errc::kInvalidArgument, "index add: empty vector for '" + m + "'");
+  }
+  // Validate and normalise everything before touching the index: all or nothing.
+  std::vector<std::vector<float>> normed(vectors.size());
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    normed[i].resize(vectors[i].second.size());
+    if (Status s = normalise(vectors[i].second, normed[i].data(), "index add '" + vectors[i].first + "'");
+        !s)
+      return s;
+  }
+  auto lock = write_lock();
+  if (Namespace* space = find_ns(ns)) {
+    for (const auto& [m, v] : vectors) {
+      ModalityIndex* mi = space->find(m);
+      if (mi && mi->dim() != v.size())
+        return error(Errc::kInvalidArgument, "index add: modality '" + m + "' has dimension " +
+                                                 std::to_string(mi->dim()) + ", got " +
+                                                 std::to_string(v.size()));
+    }
+  }
+  Namespace& space = ns_for_write(ns);
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    auto& slot = space.modalities[vectors[i].first];
+    if (!slot) slot = std::make_unique<ModalityIndex>(static_cast<uint32_t>(normed[i].size()));
+    slot->add(std::span(&chunk, 1), normed[i], opts_);
+  }
+  return Status::ok();
+}
+
+Status SemanticIndex::add_batch(std::string_view ns, std::string_view modality,
+                                std::span<const BlockKey> chunks, std::span<const float> vectors) {
+  if (modality.empty()) return error(Errc::kInvalidArgument, "index add: empty modality name");
+  if (chunks.empty()) return Status::ok();
+  if (vectors.empty() || vectors.size() % chunks.size() != 0)
+    return error(Errc::kInvalidArgument, "index add: vectors is not chunks x dimension");
+  const size_t dim = vectors.size() / chunks.size();
+  std::unordered_set<BlockKey, BlockKeyHash> uniq(chunks.begin(), chunks.end());
+  if (uniq.size() != chunks.size()) return error(Errc::kInvalidArgument, "index add: a chunk given twice");
+  std::vector<float> normed(vectors.size());
+  for (size_t i = 0; i < chunks.size(); ++i)
+    if (Status s = normalise(vectors.subspan(i * dim, dim), &normed[i * dim], "index add"); !s) return s;
+  auto lock = write_lock();
+  if (Namespace* space = find_ns(ns); space && space->find(modality) &&
+                                      space->find(modality)->dim() != dim)
+    return error(Errc::kInvalidArgument, "index add: modality '" + std::string(modality) +
+                                             "' has dimension " +
+                                             std::to_string(space->find(modality)->dim()) +
+                                             ", got " + std::to_string(dim));
+  auto& slot = ns_for_write(ns).modalities[std::string(modality)];
+  if (!slot) slot = std::make_unique<ModalityIndex>(static_cast<uint32_t>(dim));
+  slot->add(chunks, normed, opts_);
+  return Status::ok();
+}
+
+void SemanticIndex::remove(std::string_view ns, const BlockKey& chunk) {
+  auto lock = write_lock();
+  Namespace* space = find_ns(ns);
+  if (!space) return;
+  for (auto& [m, mi] : space->modalities)
+    if (mi->remove(chunk)) mi->maintain(opts_);
+}
+
+Result<std::vector<SearchHit>> SemanticIndex::search(
+    std::string_view ns, const std::vector<ModalityQuery>& queries, size_t k,
+    const std::function<bool(const BlockKey&)>& alive) {
+  if (queries.empty()) return error(Errc::kInvalidArgument, "index search: no queries");
+  struct Q {
+    const ModalityQuery* q;
+    ModalityIndex* mi;
+    std::vector<float> v;
+  };
+  std::vector<Q> qs(queries.size());
+  double wsum = 0;
+  std::vector<SearchHit> ranked;
+  const uint64_t t0 = now_ns();
+  {
+    auto lock = read_lock();
+    Namespace* space = find_ns(ns);
+    for (size_t i = 0; i < queries.size(); ++i) {
+      const ModalityQuery& q = queries[i];
+      for (size_t j = 0; j < i; ++j)
+        if (queries[j].modality == q.modality)
+          return error(Errc::kInvalidArgument, "index search: modality '" + q.modality + "' given twice");
+      ModalityIndex* mi = space ? space->find(q.modality) : nullptr;
+      if (!mi)
+        return error(Errc::kInvalidArgument, "index search: unknown modality '" + q.modality +
+                                                 "' in namespace '" + std::string(ns) + "'");
+      if (q.vector.size() != mi->dim())
+        return error(Errc::kInvalidArgument, "index search: modality '" + q.modality + "' has dimension " +
+                                                 std::to_string(mi->dim()) + ", got " +
+                                                 std::to_string(q.vector.size()));
+      if (!std::isfinite(q.weight) || q.weight < 0 || !std::isfinite(q.threshold))
+        return error(Errc::kInvalidArgument, "index search: bad weight or threshold for '" + q.modality + "'");
+      qs[i].q = &q;
+      qs[i].mi = mi;
+      qs[i].v.resize(q.vector.size());
+      if (Status s = normalise(q.vector, qs[i].v.data(), "index search '" + q.modality + "'"); !s) return s;
+      wsum += q.weight;
+    }
+    if (wsum <= 0) return error(Errc::kInvalidArgument, "index search: weights sum to 0");
+    if (k == 0) return std::vector<SearchHit>{};
+
+    // Candidates: the union of each queried modality's top k'.
+    const size_t kprime = kCandidateFactor * k + kCandidateExtra;
+    std::vector<BlockKey> cands;
+    std::unordered_set<BlockKey, BlockKeyHash> seen;
+    for (const Q& q : qs)
+      for (const BlockKey& key : q.mi->candidates(q.v.data(), kprime, opts_))
+        if (seen.insert(key).second) cands.push_back(key);
+
+    // Exact scoring of every candidate on every queried modality.
+    for (const BlockKey& key : cands) {
+      SearchHit hit;
+      hit.key = key;
+      double score = 0;
+      bool pass = true;
+      for (const Q& q : qs) {
+        float cos;
+        if (!q.mi->similarity(key, q.v.data(), &cos) || cos < q.q->threshold) {
+          pass = false;
+          break;
+        }
+        hit.similarities.emplace_back(q.q->modality, cos);
+        score += double(q.q->weight) * cos;
+      }
+      if (!pass) continue;
+      hit.score = static_cast<float>(score / wsum);
+      ranked.push_back(std::move(hit));
+    }
+  }
+  std::sort(ranked.begin(), ranked.end(), [](const SearchHit& a, const SearchHit& b) {
+    return a.score != b.score ? a.score > b.score : a.key < b.key;
+  });
+
+  // The alive check runs without mu_: it may take the caller's locks.
+  std::vector<SearchHit> out;
+  std::vector<BlockKey> gone;
+  for (SearchHit& h : ranked) {
+    if (out.size() == k) break;
+    if (!alive || alive(h.key)) out.push_back(std::move(h));
+    else gone.push_back(h.key);
+  }
+  const uint64_t dt = now_ns() - t0;
+  for (const Q& q : qs) {  // ModalityIndex objects outlive *this's locks (never destroyed)
+    q.mi->searches.fetch_add(1, std::memory_order_relaxed);
+    (out.empty() ? q.mi->misses : q.mi->hits).fetch_add(1, std::memory_order_relaxed);
+    q.mi->search_ns.fetch_add(dt, std::memory_order_relaxed);
+  }
+  if (!gone.empty()) {
+    auto lock = write_lock();
+    if (Namespace* space = find_ns(ns))
+      for (auto& [m, mi] : space->modalities) {
+        bool any = false;
+        for (const BlockKey& key : gone) any |= mi->remove(key);
+        if (any) mi->maintain(opts_);
+      }
+  }
+  return out;
+}
+
+Status SemanticIndex::save() {
+  std::lock_guard save_lock(save_mu_);
+  struct Pending {
+    ModalityIndex* mi;
+    fs::path path;
+    std::string bytes;
+  };
+  std::vector<Pending> todo;
+  {
+    auto lock = write_lock();
+    for (const auto& space : namespaces_) {
+      const fs::path dir = opts_.dir / ("ns-" + hex_encode(space->name));
+      for (auto& [m, mi] : space->modalities) {
+        if (!mi->dirty()) continue;
+        mi->maintain(opts_, /*purge_all=*/true);
+        todo.push_back({mi.get(), dir / ("m-" + hex_encode(m) + ".kvidx"), mi->serialize()});
+        mi->mark_clean();
+      }
+    }
+  }
+  // Files are written outside mu_: searches and updates go on meanwhile.
+  Status result;
+  for (size_t i = 0; i < todo.size(); ++i) {
+    std::error_code ec;
+    fs::create_directories(todo[i].path.parent_path(), ec);
+    Status s = ec ? error(Errc::kIo, "index: mkdir " + todo[i].path.parent_path().string() + ": " + ec.message())
+                  : write_atomic(todo[i].path, todo[i].bytes);
+    todo[i].bytes = {};
+    if (!s) {
+      auto lock = write_lock();
+      for (size_t j = i; j < todo.size(); ++j) todo[j].mi->mark_dirty();
+      return s;
+    }
+  }
+  return result;
+}
+
+nlohmann::json SemanticIndex::stats() const {
+  auto lock = read_lock();
+  nlohmann::json nss = nlohmann::json::object();
+  for (const auto& space : namespaces_) {
+    nlohmann::json mods = nlohmann::json::object();
+    for (const auto& [m, mi] : space->modalities) {
+      ModalityIndexInfo i = mi->info(opts_);
+      const uint64_t n = mi->searches.load(), ns = mi->search_ns.load();
+      mods[m] = {{"vectors", i.live},
+                 {"dead", i.dead},
+                 {"type", i.type},
+                 {"dim", i.dim},
+                 {"nlist", i.nlist},
+                 {"nprobe", i.nprobe},
+                 {"searches", n},
+                 {"hits", mi->hits.load()},
+                 {"misses", mi->misses.load()},
+                 {"search_us_total", double(ns) / 1e3},
+                 {"search_us_mean", n ? double(ns) / 1e3 / double(n) : 0.0}};
+    }
+    nss[space->name] = std::move(mods);
+  }
+  return {{"dir", opts_.dir.string()},
+          {"exact_max_vectors", opts_.exact_max_vectors},
+          {"rebuild_dead_ratio", opts_.rebuild_dead_ratio},
+          {"namespaces", std::move(nss)}};
+}
+
+std::optional<ModalityIndexInfo> SemanticIndex::info(std::string_view ns, std::string_view modality) const {
+  auto lock = read_lock();
+  Namespace* space = find_ns(ns);
+  ModalityIndex* mi = space ? space->find(modality) : nullptr;
+  if (!mi) return std::nullopt;
+  return mi->info(opts_);
+}
+
+}  // namespace kvtier

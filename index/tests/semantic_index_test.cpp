@@ -1,0 +1,365 @@
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <random>
+#include <thread>
+
+#include "index/semantic_index.h"
+
+namespace fs = std::filesystem;
+using namespace kvtier;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("kvtier-index-test-" + std::to_string(::getpid()) + "-" +
+                                        std::to_string(counter++));
+    fs::remove_all(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  static inline int counter = 0;
+};
+
+BlockKey key_of(uint64_t i) { return BlockKey{i, i * 31 + 7}; }
+
+std::vector<float> random_vec(std::mt19937& rng, size_t dim) {
+  std::normal_distribution<float> n(0, 1);
+  std::vector<float> v(dim);
+  for (auto& x : v) x = n(rng);
+  return v;
+}
+
+std::vector<float> normed(std::vector<float> v) {
+  double s = 0;
+  for (float x : v) s += double(x) * x;
+  for (auto& x : v) x = float(x / std::sqrt(s));
+  return v;
+}
+
+float dot(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += double(a[i]) * b[i];
+  return float(s);
+}
+
+// Clustered data: `clusters` Gaussian centres, points at noise `sigma` around them.
+std::vector<std::vector<float>> clustered(std::mt19937& rng, size_t n, size_t dim, size_t clusters,
+                                          float sigma) {
+  std::vector<std::vector<float>> centres;
+  for (size_t c = 0; c < clusters; ++c) centres.push_back(normed(random_vec(rng, dim)));
+  std::normal_distribution<float> noise(0, sigma);
+  std::uniform_int_distribution<size_t> pick(0, clusters - 1);
+  std::vector<std::vector<float>> out(n);
+  for (auto& v : out) {
+    v = centres[pick(rng)];
+    for (auto& x : v) x += noise(rng);
+  }
+  return out;
+}
+
+std::unique_ptr<SemanticIndex> open_index(const fs::path& dir, uint64_t exact_max = 50000) {
+  IndexOptions o;
+  o.dir = dir;
+  o.exact_max_vectors = exact_max;
+  auto r = SemanticIndex::open(o);
+  REQUIRE(r.is_ok());
+  return std::move(r.value());
+}
+
+// Brute-force top-k keys (by cosine) over data[i] <-> key_of(i).
+std::vector<BlockKey> brute_topk(const std::vector<std::vector<float>>& data, const std::vector<float>& q,
+                                 size_t k) {
+  auto nq = normed(q);
+  std::vector<std::pair<float, uint64_t>> s;
+  for (size_t i = 0; i < data.size(); ++i) s.push_back({dot(normed(data[i]), nq), i});
+  std::partial_sort(s.begin(), s.begin() + k, s.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  std::vector<BlockKey> out;
+  for (size_t i = 0; i < k; ++i) out.push_back(key_of(s[i].second));
+  return out;
+}
+
+std::vector<BlockKey> keys(const std::vector<SearchHit>& hits) {
+  std::vector<BlockKey> out;
+  for (auto& h : hits) out.push_back(h.key);
+  return out;
+}
+
+const auto kAll = [](const BlockKey&) { return true; };
+
+}  // namespace
+
+TEST_CASE("exact index: top-k identical to brute force") {
+  TempDir d;
+  auto idx = open_index(d.path);
+  std::mt19937 rng(1);
+  const size_t n = 2000, dim = 64, k = 10;
+  std::vector<std::vector<float>> data;
+  for (size_t i = 0; i < n; ++i) {
+    data.push_back(random_vec(rng, dim));
+    REQUIRE(idx->add("ns", key_of(i), {{"vision", data.back()}}).is_ok());
+  }
+  REQUIRE(idx->info("ns", "vision")->type == "IDMap2,Flat");
+  for (int t = 0; t < 20; ++t) {
+    auto q = random_vec(rng, dim);
+    auto r = idx->search("ns", {{"vision", q, -1.f, 1.f}}, k, kAll);
+    REQUIRE(r.is_ok());
+    REQUIRE(keys(*r) == brute_topk(data, q, k));
+    for (auto& h : *r) {
+      REQUIRE(h.similarities.size() == 1);
+      REQUIRE(h.similarities[0].first == "vision");
+      REQUIRE(h.score == Approx(h.similarities[0].second).margin(1e-6));
+    }
+  }
+}
+
+TEST_CASE("multi-modality: thresholds exclude, weights rank") {
+  TempDir d;
+  auto idx = open_index(d.path);
+  // Two chunks: A is close on vision, far on prompt; B the opposite.
+  std::vector<float> v1 = {1, 0, 0, 0}, v2 = {0.8f, 0.6f, 0, 0};
+  std::vector<float> p1 = {0, 0, 1}, p2 = {0, 0.6f, 0.8f};
+  REQUIRE(idx->add("ns", key_of(1), {{"vision", v1}, {"prompt", p2}}).is_ok());
+  REQUIRE(idx->add("ns", key_of(2), {{"vision", v2}, {"prompt", p1}}).is_ok());
+  REQUIRE(idx->add("ns", key_of(3), {{"vision", v1}}).is_ok());  // no prompt vector: never matches both
+
+  // cos: A vision 1.0 prompt 0.8; B vision 0.8 prompt 1.0.
+  auto both = [&](float tv, float wv, float tp, float wp) {
+    auto r = idx->search("ns", {{"vision", v1, tv, wv}, {"prompt", p1, tp, wp}}, 5, kAll);
+    REQUIRE(r.is_ok());
+    return *r;
+  };
+  auto r = both(0.9f, 1, 0.f, 1);
+  REQUIRE(keys(r) == std::vector<BlockKey>{key_of(1)});
+  REQUIRE(r[0].similarities.size() == 2);
+  REQUIRE(r[0].similarities[0].second == Approx(1.0f));
+  REQUIRE(r[0].similarities[1].second == Approx(0.8f));
+  REQUIRE(r[0].score == Approx(0.9f));
+  REQUIRE(keys(both(0.f, 1, 0.9f, 1)) == std::vector<BlockKey>{key_of(2)});
+  REQUIRE(both(0.99f, 1, 0.99f, 1).empty());
+  // Weights rank: vision-heavy puts A first, prompt-heavy puts B first.
+  REQUIRE(keys(both(0, 3, 0, 1)) == std::vector<BlockKey>{key_of(1), key_of(2)});
+  REQUIRE(keys(both(0, 1, 0, 3)) == std::vector<BlockKey>{key_of(2), key_of(1)});
+  auto w = both(0, 1, 0, 3);
+  REQUIRE(w[0].score == Approx((0.8f + 3 * 1.0f) / 4));
+  // Vision alone also finds chunk 3.
+  auto v = idx->search("ns", {{"vision", v1, 0.99f, 1}}, 5, kAll);
+  REQUIRE(v.is_ok());
+  REQUIRE(v->size() == 2);
+}
+
+TEST_CASE("remove, replace and the alive filter") {
+  TempDir d;
+  auto idx = open_index(d.path);
+  std::vector<float> a = {1, 0, 0}, b = {0, 1, 0};
+  REQUIRE(idx->add("ns", key_of(1), {{"vision", a}, {"prompt", a}}).is_ok());
+  REQUIRE(idx->add("ns", key_of(2), {{"vision", a}}).is_ok());
+  idx->remove("ns", key_of(1));
+  idx->remove("ns", key_of(99));  // absent: fine
+  idx->remove("other", key_of(1));
+  auto r = idx->search("ns", {{"vision", a}}, 5, kAll);
+  REQUIRE(keys(*r) == std::vector<BlockKey>{key_of(2)});
+  REQUIRE(idx->info("ns", "prompt")->live == 0);
+
+  // Replace: chunk 2's vision vector moves to b.
+  REQUIRE(idx->add("ns", key_of(2), {{"vision", b}}).is_ok());
+  r = idx->search("ns", {{"vision", b, 0.99f}}, 5, kAll);
+  REQUIRE(keys(*r) == std::vector<BlockKey>{key_of(2)});
+  REQUIRE(idx->search("ns", {{"vision", a, 0.5f}}, 5, kAll)->empty());
+
+  // Alive: chunk 3 is reported gone, dropped from the result and from the index.
+  REQUIRE(idx->add("ns", key_of(3), {{"vision", b}}).is_ok());
+  int calls = 0;
+  r = idx->search("ns", {{"vision", b}}, 5, [&](const BlockKey& k) {
+    ++calls;
+    return k != key_of(3);
+  });
+  REQUIRE(keys(*r) == std::vector<BlockKey>{key_of(2)});
+  REQUIRE(calls == 2);
+  REQUIRE(idx->info("ns", "vision")->live == 1);
+  calls = 0;
+  r = idx->search("ns", {{"vision", b}}, 5, [&](const BlockKey&) { return ++calls, true; });
+  REQUIRE(calls == 1);
+  auto st = idx->stats();
+  REQUIRE(st["namespaces"]["ns"]["vision"]["searches"].get<uint64_t>() >= 4);
+  REQUIRE(st["namespaces"]["ns"]["vision"]["vectors"].get<uint64_t>() == 1);
+}
+
+TEST_CASE("errors: dimension, unknown modality, NaN, zero vector") {
+  TempDir d;
+  auto idx = open_index(d.path);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  REQUIRE(idx->add("ns", key_of(1), {{"vision", {1, 2, 3}}}).is_ok());
+  auto bad = [](const Status& s) { return s.code() == Errc::kInvalidArgument; };
+  REQUIRE(bad(idx->add("ns", key_of(2), {{"vision", {1, 2}}})));
+  REQUIRE(bad(idx->add("ns", key_of(2), {{"vision", {1, nan, 3}}})));
+  REQUIRE(bad(idx->add("ns", key_of(2), {{"vision", {1, inf, 3}}})));
+  REQUIRE(bad(idx->add("ns", key_of(2), {{"vision", {0, 0, 0}}})));
+  REQUIRE(bad(idx->add("ns", key_of(2), {})));
+  REQUIRE(bad(idx->add("ns", key_of(2), {{"vision", {}}})));
+  REQUIRE(bad(idx->add("ns", key_of(2), {{"", {1}}})));
+  REQUIRE(bad(idx->add("ns", key_of(2), {{"vision", {1, 2, 3}}, {"vision", {1, 2, 3}}})));
+  // All or nothing: a good prompt vector next to a bad vision one adds nothing.
+  REQUIRE(bad(idx->add("ns", key_of(2), {{"prompt", {1, 2}}, {"vision", {1, 2}}})));
+  REQUIRE(!idx->info("ns", "prompt"));
+  // The same modality name may have another dimension in another namespace.
+  REQUIRE(idx->add("ns2", key_of(2), {{"vision", {1, 2}}}).is_ok());
+
+  auto sbad = [&](std::vector<ModalityQuery> q) {
+    auto r = idx->search("ns", q, 3, kAll);
+    return !r.is_ok() && r.status().code() == Errc::kInvalidArgument;
+  };
+  REQUIRE(sbad({{"vision", {1, 2}}}));
+  REQUIRE(sbad({{"prompt", {1, 2, 3}}}));
+  REQUIRE(sbad({{"vision", {1, nan, 3}}}));
+  REQUIRE(sbad({{"vision", {0, 0, 0}}}));
+  REQUIRE(sbad({}));
+  REQUIRE(sbad({{"vision", {1, 2, 3}, 0, -1}}));
+  REQUIRE(sbad({{"vision", {1, 2, 3}, 0, 0}}));
+  REQUIRE(sbad({{"vision", {1, 2, 3}}, {"vision", {1, 2, 3}}}));
+  REQUIRE(!idx->search("nope", {{"vision", {1, 2, 3}}}, 3, kAll).is_ok());
+  auto msg = idx->search("ns", {{"vision", {1, 2}}}, 3, kAll).status().message();
+  REQUIRE(msg.find("dimension 3") != std::string::npos);
+  REQUIRE(idx->search("ns", {{"vision", {1, 2, 3}}}, 0, kAll)->empty());
+}
+
+TEST_CASE("persistence: same results after close and reopen") {
+  TempDir d;
+  std::mt19937 rng(2);
+  std::vector<std::vector<float>> queries;
+  std::vector<std::vector<SearchHit>> before;
+  const size_t dim = 32;
+  for (uint64_t exact_max : {uint64_t(50000), uint64_t(1000)}) {  // exact, then IVF
+    fs::remove_all(d.path);
+    queries.clear();
+    before.clear();
+    {
+      auto idx = open_index(d.path, exact_max);
+      auto data = clustered(rng, 3000, dim, 30, 0.3f);
+      for (size_t i = 0; i < data.size(); ++i)
+        REQUIRE(idx->add("tenant/a", key_of(i), {{"vision", data[i]}, {"prompt", {float(i % 7) + 1, 1}}}).is_ok());
+      idx->remove("tenant/a", key_of(5));
+      for (int t = 0; t < 10; ++t) {
+        queries.push_back(random_vec(rng, dim));
+        before.push_back(*idx->search("tenant/a", {{"vision", queries.back()}, {"prompt", {1, 1}, 0, 0.5f}}, 5, kAll));
+      }
+      REQUIRE(idx->save().is_ok());
+      REQUIRE(idx->save().is_ok());  // nothing dirty: no-op
+    }
+    auto idx = open_index(d.path, exact_max);
+    REQUIRE(idx->info("tenant/a", "vision")->type.substr(0, 3) == (exact_max == 1000 ? "IVF" : "IDM"));
+    REQUIRE(idx->info("tenant/a", "vision")->live == 2999);
+    for (size_t t = 0; t < queries.size(); ++t) {
+      auto r = idx->search("tenant/a", {{"vision", queries[t]}, {"prompt", {1, 1}, 0, 0.5f}}, 5, kAll);
+      REQUIRE(r.is_ok());
+      REQUIRE(keys(*r) == keys(before[t]));
+      for (size_t i = 0; i < r->size(); ++i) REQUIRE((*r)[i].score == before[t][i].score);
+    }
+    // A corrupted file is refused with kCorrupt.
+    for (auto& e : fs::recursive_directory_iterator(d.path))
+      if (e.path().extension() == ".kvidx") {
+        fs::resize_file(e.path(), fs::file_size(e.path()) - 3);
+      }
+    IndexOptions o;
+    o.dir = d.path;
+    auto bad = SemanticIndex::open(o);
+    REQUIRE(!bad.is_ok());
+    REQUIRE(bad.status().code() == Errc::kCorrupt);
+  }
+}
+
+TEST_CASE("exact -> IVF switch, recall on clustered data, rebuild after removals") {
+  TempDir d;
+  std::mt19937 rng(3);
+  const size_t dim = 64, exact_max = 4000, n = 5000;
+  auto idx = open_index(d.path, exact_max);
+  auto data = clustered(rng, n, dim, 50, 0.25f);
+  std::vector<BlockKey> ks;
+  std::vector<float> flat;
+  for (size_t i = 0; i < exact_max; ++i) {
+    ks.push_back(key_of(i));
+    flat.insert(flat.end(), data[i].begin(), data[i].end());
+  }
+  REQUIRE(idx->add_batch("ns", "vision", ks, flat).is_ok());
+  REQUIRE(idx->info("ns", "vision")->type == "IDMap2,Flat");
+  for (size_t i = exact_max; i < n; ++i) REQUIRE(idx->add("ns", key_of(i), {{"vision", data[i]}}).is_ok());
+  auto info = idx->info("ns", "vision");
+  REQUIRE(info->type.rfind("IVF", 0) == 0);
+  REQUIRE(info->live == n);
+
+  // Queries near the data (like real lookups): recall@1 against brute force.
+  std::normal_distribution<float> noise(0, 0.05f);
+  int hit = 0;
+  const int nq = 200;
+  for (int t = 0; t < nq; ++t) {
+    auto q = data[rng() % n];
+    for (auto& x : q) x += noise(rng);
+    auto r = idx->search("ns", {{"vision", q}}, 1, kAll);
+    REQUIRE(r.is_ok());
+    REQUIRE(r->size() == 1);
+    hit += (*r)[0].key == brute_topk(data, q, 1)[0];
+  }
+  INFO("recall@1 " << double(hit) / nq);
+  REQUIRE(double(hit) / nq >= 0.95);
+
+  Result<std::vector<SearchHit>> r1 = std::vector<SearchHit>{};
+  // Many removals: tombstones, then a purge past rebuild_dead_ratio; below exact_max/2 the
+  // index goes back to exact.
+  for (size_t i = 0; i < 1000; ++i) idx->remove("ns", key_of(i));
+  REQUIRE(idx->info("ns", "vision")->dead == 1000);  // tombstones, below 0.25 of 5000
+  for (size_t i = 1000; i < 1500; ++i) idx->remove("ns", key_of(i));
+  info = idx->info("ns", "vision");
+  REQUIRE(info->live == 3500);
+  REQUIRE(info->dead < 1000);  // purged once past 1250
+  REQUIRE(info->type.rfind("IVF", 0) == 0);
+  r1 = idx->search("ns", {{"vision", data[4000]}}, 1, kAll);
+  REQUIRE((*r1)[0].key == key_of(4000));
+  for (size_t i = 1500; i < 3100; ++i) idx->remove("ns", key_of(i));
+  info = idx->info("ns", "vision");
+  REQUIRE(info->type == "IDMap2,Flat");  // below exact_max / 2
+  REQUIRE(info->live == 1900);
+  REQUIRE(info->dead < 200);  // the removals after the rebuild are tombstones again
+  auto q = data[4321];
+  auto r = idx->search("ns", {{"vision", q}}, 1, kAll);
+  REQUIRE((*r)[0].key == key_of(4321));
+  REQUIRE((*r)[0].score == Approx(1.0f).margin(0.01));
+}
+
+TEST_CASE("concurrent searches while adding") {
+  TempDir d;
+  auto idx = open_index(d.path, 1500);
+  std::mt19937 rng(4);
+  const size_t dim = 16;
+  for (size_t i = 0; i < 500; ++i) REQUIRE(idx->add("ns", key_of(i), {{"vision", random_vec(rng, dim)}}).is_ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0}, searches{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t)
+    readers.emplace_back([&, t] {
+      std::mt19937 r(100 + t);
+      while (!stop.load()) {
+        auto res = idx->search("ns", {{"vision", random_vec(r, dim), 0.f}}, 5, kAll);
+        if (!res.is_ok() || res->size() > 5) ++bad;
+        else
+          for (size_t i = 0; i < res->size(); ++i)
+            if ((*res)[i].score < 0 || (*res)[i].score > 1.001f || (i && (*res)[i].score > (*res)[i - 1].score)) ++bad;
+        ++searches;
+      }
+    });
+  for (size_t i = 500; i < 2500; ++i) {  // crosses exact_max: IVF built while readers run
+    REQUIRE(idx->add("ns", key_of(i), {{"vision", random_vec(rng, dim)}}).is_ok());
+    if (i % 3 == 0) idx->remove("ns", key_of(i - 100));
+    if (i % 500 == 0) REQUIRE(idx->save().is_ok());
+  }
+  stop = true;
+  for (auto& th : readers) th.join();
+  REQUIRE(bad == 0);
+  REQUIRE(searches > 0);
+  REQUIRE(idx->info("ns", "vision")->type.rfind("IVF", 0) == 0);
+}
