@@ -13,6 +13,7 @@ using boost::asio::awaitable;
 namespace kvtier {
 
 namespace {
+using StartFn = std::function<void(std::function<void(Status)>)>;
 constexpr size_t kMaxKeysPerRequest = 1 << 16;
 
 Result<std::vector<BlockKey>> request_keys(const flatbuffers::Vector<const wire::Key128*>* keys) {
@@ -162,10 +163,13 @@ awaitable<void> Session::on_seal(const wire::SealReq& req, Reply& r) {
   if (Status s = cache.seal_put(id_, req.put_id(), std::move(stored)); !s) co_return r.fail(s);
   if (rule.disk == config::DiskPolicy::kPersist) {
     // Write-through: answer once the block is durable on the disk tier.
-    Status durable = co_await await_callback<Status>([&](std::function<void(Status)> done) {
+    // Named, not a temporary in the co_await expression: GCC 12 may destroy such temporaries
+    // twice (ASan caught it on an earlier version of this code).
+    StartFn start = [&](std::function<void(Status)> done) {
       Status queued = cache.persist(put->ns, put->key, done);
       if (!queued) done(queued);
-    });
+    };
+    Status durable = co_await await_callback<Status>(std::move(start));
     if (!durable && durable.code() != Errc::kAlreadyExists) {
       bump(server_.metrics().persist_failures);
       // All or nothing: a persist put that is not durable is not stored at all.
@@ -215,15 +219,19 @@ awaitable<LeaseGrant> Session::promote(uint32_t ns, BlockKey key) {
   if (!ticket) co_return miss;  // not on disk either (or no host space): a miss
   if (!ticket->leader) {
     bump(server_.metrics().promotion_waits);
-    Status done = co_await await_callback<Status>(
-        [p = ticket->promotion](std::function<void(Status)> fn) { p->wait(std::move(fn)); });
+    StartFn wait = [p = ticket->promotion](std::function<void(Status)> fn) {
+      p->wait(std::move(fn));
+    };
+    Status done = co_await await_callback<Status>(std::move(wait));
     if (!done) co_return miss;
     co_return cache.get(id_, ns, std::span(&key, 1)).front();
   }
   DiskTier* disk = cache.disk();
   std::span<std::byte> dst(cache.host().data(ticket->extent), ticket->entry.payload_bytes);
-  Status read = co_await await_callback<Status>(
-      [&](std::function<void(Status)> done) { disk->read(ticket->entry, dst, std::move(done)); });
+  StartFn start = [&](std::function<void(Status)> done) {
+    disk->read(ticket->entry, dst, std::move(done));
+  };
+  Status read = co_await await_callback<Status>(std::move(start));
   co_return cache.finish_promotion(id_, ns, key, *ticket, read);
 }
 
