@@ -222,7 +222,7 @@ void SemanticIndex::remove(std::string_view ns, const BlockKey& chunk) {
     if (mi->remove(chunk)) mi->maintain(opts_);
 }
 
-Result<std::vector<SearchHit>> SemanticIndex::search(
+Result<std::vector<IndexHit>> SemanticIndex::search(
     std::string_view ns, const std::vector<ModalityQuery>& queries, size_t k,
     const std::function<bool(const BlockKey&)>& alive) {
   if (queries.empty()) return error(Errc::kInvalidArgument, "index search: no queries");
@@ -233,7 +233,7 @@ Result<std::vector<SearchHit>> SemanticIndex::search(
   };
   std::vector<Q> qs(queries.size());
   double wsum = 0;
-  std::vector<SearchHit> ranked;
+  std::vector<IndexHit> ranked;
   const uint64_t t0 = now_ns();
   {
     auto lock = read_lock();
@@ -260,7 +260,7 @@ Result<std::vector<SearchHit>> SemanticIndex::search(
       wsum += q.weight;
     }
     if (wsum <= 0) return error(Errc::kInvalidArgument, "index search: weights sum to 0");
-    if (k == 0) return std::vector<SearchHit>{};
+    if (k == 0) return std::vector<IndexHit>{};
 
     // Candidates: the union of each queried modality's top k'.
     const size_t kprime = kCandidateFactor * k + kCandidateExtra;
@@ -272,7 +272,7 @@ Result<std::vector<SearchHit>> SemanticIndex::search(
 
     // Exact scoring of every candidate on every queried modality.
     for (const BlockKey& key : cands) {
-      SearchHit hit;
+      IndexHit hit;
       hit.key = key;
       double score = 0;
       bool pass = true;
@@ -290,14 +290,14 @@ Result<std::vector<SearchHit>> SemanticIndex::search(
       ranked.push_back(std::move(hit));
     }
   }
-  std::sort(ranked.begin(), ranked.end(), [](const SearchHit& a, const SearchHit& b) {
+  std::sort(ranked.begin(), ranked.end(), [](const IndexHit& a, const IndexHit& b) {
     return a.score != b.score ? a.score > b.score : a.key < b.key;
   });
 
   // The alive check runs without mu_: it may take the caller's locks.
-  std::vector<SearchHit> out;
+  std::vector<IndexHit> out;
   std::vector<BlockKey> gone;
-  for (SearchHit& h : ranked) {
+  for (IndexHit& h : ranked) {
     if (out.size() == k) break;
     if (!alive || alive(h.key)) out.push_back(std::move(h));
     else gone.push_back(h.key);

@@ -55,7 +55,7 @@ struct ModalityQuery {
   float weight = 1.f;         // >= 0; the weights of a query must not sum to 0
 };
 
-struct SearchHit {
+struct IndexHit {
   BlockKey key;
   float score = 0;  // sum(weight*cos)/sum(weight)
   std::vector<std::pair<std::string, float>> similarities;  // per queried modality, cosine
@@ -108,7 +108,7 @@ class SemanticIndex {
   // the index removes those.  An empty result is fine.  kInvalidArgument: no queries, a
   // modality twice, unknown namespace/modality, wrong dimension, non-finite or zero vector,
   // negative or non-finite weight, weights summing to 0.
-  Result<std::vector<SearchHit>> search(std::string_view ns,
+  Result<std::vector<IndexHit>> search(std::string_view ns,
                                         const std::vector<ModalityQuery>& queries, size_t k,
                                         const std::function<bool(const BlockKey&)>& alive);
 

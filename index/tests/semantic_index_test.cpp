@@ -84,7 +84,7 @@ std::vector<BlockKey> brute_topk(const std::vector<std::vector<float>>& data, co
   return out;
 }
 
-std::vector<BlockKey> keys(const std::vector<SearchHit>& hits) {
+std::vector<BlockKey> keys(const std::vector<IndexHit>& hits) {
   std::vector<BlockKey> out;
   for (auto& h : hits) out.push_back(h.key);
   return out;
@@ -233,7 +233,7 @@ TEST_CASE("persistence: same results after close and reopen") {
   TempDir d;
   std::mt19937 rng(2);
   std::vector<std::vector<float>> queries;
-  std::vector<std::vector<SearchHit>> before;
+  std::vector<std::vector<IndexHit>> before;
   const size_t dim = 32;
   for (uint64_t exact_max : {uint64_t(50000), uint64_t(1000)}) {  // exact, then IVF
     fs::remove_all(d.path);
@@ -308,7 +308,7 @@ TEST_CASE("exact -> IVF switch, recall on clustered data, rebuild after removals
   INFO("recall@1 " << double(hit) / nq);
   REQUIRE(double(hit) / nq >= 0.95);
 
-  Result<std::vector<SearchHit>> r1 = std::vector<SearchHit>{};
+  Result<std::vector<IndexHit>> r1 = std::vector<IndexHit>{};
   // Many removals: tombstones, then a purge past rebuild_dead_ratio; below exact_max/2 the
   // index goes back to exact.
   for (size_t i = 0; i < 1000; ++i) idx->remove("ns", key_of(i));
