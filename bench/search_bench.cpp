@@ -9,6 +9,8 @@
 #include <faiss/utils/distances.h>
 #include <faiss/utils/random.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -150,6 +152,9 @@ Row run(size_t n, size_t nq) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As kvtierd does (daemon/main.cpp): no spinning OpenMP workers in the in-process baselines.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr && ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0)
+    ::execv("/proc/self/exe", argv);
   std::vector<size_t> sizes = {10000, 100000, 1000000};
   size_t nq = 200;
   for (int i = 1; i < argc; ++i) {

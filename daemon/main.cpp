@@ -1,5 +1,6 @@
 // kvtierd: the kvtier cache daemon.  Runs in the foreground (systemd Type=notify or a shell).
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -13,6 +14,12 @@
 #include "daemon/server.h"
 
 int main(int argc, char** argv) {
+  // libgomp reads OMP_WAIT_POLICY once, when it loads.  Its default lets FAISS's OpenMP
+  // workers spin for milliseconds after every parallel region, taking the CPU from the io
+  // threads: on 2 vCPUs semantic search was 3-7x slower (docs/index.md).  Re-exec once with
+  // the passive policy unless the operator chose one.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr && ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0)
+    ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
   CLI::App app{"kvtierd: host-local tiered KV and fusion cache daemon"};
   std::string config_path, socket, state_dir, log_level;
   bool check_only = false, show_version = false;

@@ -50,7 +50,8 @@ std::optional<std::string> hex_decode(std::string_view h) {
 Status normalise(std::span<const float> in, float* out, std::string_view what) {
   double sq = 0;
   for (float x : in) {
-    if (!std::isfinite(x)) return error(Errc::kInvalidArgument, std::string(what) + ": non-finite value");
+    if (!std::isfinite(x))
+      return error(Errc::kInvalidArgument, std::string(what) + ": non-finite value");
     sq += double(x) * double(x);
   }
   if (sq == 0 || !std::isfinite(sq))
@@ -121,7 +122,8 @@ Result<std::unique_ptr<SemanticIndex>> SemanticIndex::open(const IndexOptions& o
       std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
       if (!in.good() && !in.eof()) return error(Errc::kIo, "index: read " + f.path().string());
       auto mi = ModalityIndex::deserialize(bytes);
-      if (!mi) return error(mi.status().code(), mi.status().message() + " (" + f.path().string() + ")");
+      if (!mi)
+        return error(mi.status().code(), mi.status().message() + " (" + f.path().string() + ")");
       space->modalities.emplace(*mod, std::move(mi.value()));
     }
     idx->namespaces_.push_back(std::move(space));
@@ -166,7 +168,8 @@ Status SemanticIndex::add(std::string_view ns, const BlockKey& chunk,
   std::vector<std::vector<float>> normed(vectors.size());
   for (size_t i = 0; i < vectors.size(); ++i) {
     normed[i].resize(vectors[i].second.size());
-    if (Status s = normalise(vectors[i].second, normed[i].data(), "index add '" + vectors[i].first + "'");
+    if (Status s =
+            normalise(vectors[i].second, normed[i].data(), "index add '" + vectors[i].first + "'");
         !s)
       return s;
   }
@@ -197,17 +200,18 @@ Status SemanticIndex::add_batch(std::string_view ns, std::string_view modality,
     return error(Errc::kInvalidArgument, "index add: vectors is not chunks x dimension");
   const size_t dim = vectors.size() / chunks.size();
   std::unordered_set<BlockKey, BlockKeyHash> uniq(chunks.begin(), chunks.end());
-  if (uniq.size() != chunks.size()) return error(Errc::kInvalidArgument, "index add: a chunk given twice");
+  if (uniq.size() != chunks.size())
+    return error(Errc::kInvalidArgument, "index add: a chunk given twice");
   std::vector<float> normed(vectors.size());
   for (size_t i = 0; i < chunks.size(); ++i)
-    if (Status s = normalise(vectors.subspan(i * dim, dim), &normed[i * dim], "index add"); !s) return s;
+    if (Status s = normalise(vectors.subspan(i * dim, dim), &normed[i * dim], "index add"); !s)
+      return s;
   auto lock = write_lock();
-  if (Namespace* space = find_ns(ns); space && space->find(modality) &&
-                                      space->find(modality)->dim() != dim)
-    return error(Errc::kInvalidArgument, "index add: modality '" + std::string(modality) +
-                                             "' has dimension " +
-                                             std::to_string(space->find(modality)->dim()) +
-                                             ", got " + std::to_string(dim));
+  if (Namespace* space = find_ns(ns);
+      space && space->find(modality) && space->find(modality)->dim() != dim)
+    return error(Errc::kInvalidArgument,
+                 "index add: modality '" + std::string(modality) + "' has dimension " +
+                     std::to_string(space->find(modality)->dim()) + ", got " + std::to_string(dim));
   auto& slot = ns_for_write(ns).modalities[std::string(modality)];
   if (!slot) slot = std::make_unique<ModalityIndex>(static_cast<uint32_t>(dim));
   slot->add(chunks, normed, opts_);
@@ -242,28 +246,33 @@ Result<std::vector<IndexHit>> SemanticIndex::search(
       const ModalityQuery& q = queries[i];
       for (size_t j = 0; j < i; ++j)
         if (queries[j].modality == q.modality)
-          return error(Errc::kInvalidArgument, "index search: modality '" + q.modality + "' given twice");
+          return error(Errc::kInvalidArgument,
+                       "index search: modality '" + q.modality + "' given twice");
       ModalityIndex* mi = space ? space->find(q.modality) : nullptr;
       if (!mi)
         return error(Errc::kInvalidArgument, "index search: unknown modality '" + q.modality +
                                                  "' in namespace '" + std::string(ns) + "'");
       if (q.vector.size() != mi->dim())
-        return error(Errc::kInvalidArgument, "index search: modality '" + q.modality + "' has dimension " +
-                                                 std::to_string(mi->dim()) + ", got " +
-                                                 std::to_string(q.vector.size()));
+        return error(Errc::kInvalidArgument, "index search: modality '" + q.modality +
+                                                 "' has dimension " + std::to_string(mi->dim()) +
+                                                 ", got " + std::to_string(q.vector.size()));
       if (!std::isfinite(q.weight) || q.weight < 0 || !std::isfinite(q.threshold))
-        return error(Errc::kInvalidArgument, "index search: bad weight or threshold for '" + q.modality + "'");
+        return error(Errc::kInvalidArgument,
+                     "index search: bad weight or threshold for '" + q.modality + "'");
       qs[i].q = &q;
       qs[i].mi = mi;
       qs[i].v.resize(q.vector.size());
-      if (Status s = normalise(q.vector, qs[i].v.data(), "index search '" + q.modality + "'"); !s) return s;
+      if (Status s = normalise(q.vector, qs[i].v.data(), "index search '" + q.modality + "'"); !s)
+        return s;
       wsum += q.weight;
     }
     if (wsum <= 0) return error(Errc::kInvalidArgument, "index search: weights sum to 0");
     if (k == 0) return std::vector<IndexHit>{};
 
     // Candidates: the union of each queried modality's top k'.
-    const size_t kprime = kCandidateFactor * k + kCandidateExtra;
+    // One modality needs no intersection headroom, only a little for dead chunks.
+    const size_t kprime =
+        qs.size() == 1 ? k + kCandidateExtra : kCandidateFactor * k + kCandidateExtra;
     std::vector<BlockKey> cands;
     std::unordered_set<BlockKey, BlockKeyHash> seen;
     for (const Q& q : qs)
@@ -299,8 +308,10 @@ Result<std::vector<IndexHit>> SemanticIndex::search(
   std::vector<BlockKey> gone;
   for (IndexHit& h : ranked) {
     if (out.size() == k) break;
-    if (!alive || alive(h.key)) out.push_back(std::move(h));
-    else gone.push_back(h.key);
+    if (!alive || alive(h.key))
+      out.push_back(std::move(h));
+    else
+      gone.push_back(h.key);
   }
   const uint64_t dt = now_ns() - t0;
   for (const Q& q : qs) {  // ModalityIndex objects outlive *this's locks (never destroyed)
@@ -345,7 +356,8 @@ Status SemanticIndex::save() {
   for (size_t i = 0; i < todo.size(); ++i) {
     std::error_code ec;
     fs::create_directories(todo[i].path.parent_path(), ec);
-    Status s = ec ? error(Errc::kIo, "index: mkdir " + todo[i].path.parent_path().string() + ": " + ec.message())
+    Status s = ec ? error(Errc::kIo, "index: mkdir " + todo[i].path.parent_path().string() + ": " +
+                                         ec.message())
                   : write_atomic(todo[i].path, todo[i].bytes);
     todo[i].bytes = {};
     if (!s) {
@@ -385,7 +397,8 @@ nlohmann::json SemanticIndex::stats() const {
           {"namespaces", std::move(nss)}};
 }
 
-std::optional<ModalityIndexInfo> SemanticIndex::info(std::string_view ns, std::string_view modality) const {
+std::optional<ModalityIndexInfo> SemanticIndex::info(std::string_view ns,
+                                                     std::string_view modality) const {
   auto lock = read_lock();
   Namespace* space = find_ns(ns);
   ModalityIndex* mi = space ? space->find(modality) : nullptr;

@@ -18,14 +18,20 @@ from ._kvtier import (  # noqa: F401
     Lease, LimitExceeded, NoSpace, NotFound, PermissionDenied, ProtocolError, Tensor,
     Unavailable, _chain_keys, _Client, default_socket_path)
 
+import collections as _collections
+
 import numpy as _np
 
 __all__ = [
     "Client", "chain_keys", "Key", "Lease", "Block", "Tensor", "Error", "InvalidArgument",
     "NotFound", "NoSpace", "PermissionDenied", "ProtocolError", "Busy", "AlreadyExists",
     "IoError", "Unavailable", "Corrupt", "InternalError", "LimitExceeded",
-    "default_socket_path",
+    "default_socket_path", "SearchHit",
 ]
+
+SearchHit = _collections.namedtuple("SearchHit", ["key", "score", "similarities"])
+SearchHit.__doc__ = """One result of Client.search: the chunk's key, its ranking score
+(sum(weight*cosine)/sum(weight)) and a dict modality -> cosine, in query order."""
 
 
 def chain_keys(namespace, token_ids, chunk_tokens, include_partial=False):
@@ -44,6 +50,19 @@ def chain_keys(namespace, token_ids, chunk_tokens, include_partial=False):
         raise ValueError("token ids must lie in [0, 2**32)")
     return _chain_keys(namespace, _np.ascontiguousarray(arr, dtype=_np.uint32),
                        int(chunk_tokens), bool(include_partial))
+
+
+def _vector(v, what):
+    """A 1-D float32 numpy array (one copy at most) from a list, numpy array or torch tensor."""
+    if hasattr(v, "detach") and hasattr(v, "device"):  # torch.Tensor (CPU or CUDA)
+        v = v.detach().float().cpu().numpy()
+    try:
+        a = _np.ascontiguousarray(v, dtype=_np.float32)
+    except (TypeError, ValueError) as e:
+        raise TypeError("%s: expected a 1-D float vector (%s)" % (what, e)) from None
+    if a.ndim != 1:
+        raise ValueError("%s: expected a 1-D vector, got shape %s" % (what, a.shape))
+    return a
 
 
 def _host_contiguous(t):
@@ -79,6 +98,58 @@ class Client(_Client):
         Raises kvtier.AlreadyExists if the key is cached (blocks are immutable)."""
         items = tensors.items() if isinstance(tensors, dict) else tensors
         self._put(namespace, key, [(str(n), _host_contiguous(t)) for n, t in items], nf4_layout)
+
+    def put_fusion(self, namespace, key, tensors, metadata=b""):
+        """Store fusion state with the cached chunk `key`: named tensors (as for put) and
+        opaque `metadata` bytes.  Replaces the chunk's previous fusion state; evicted,
+        demoted and restored with the chunk.  Raises kvtier.NotFound if the chunk is not
+        cached (put it first)."""
+        items = tensors.items() if isinstance(tensors, dict) else tensors
+        if isinstance(metadata, str):
+            metadata = metadata.encode()
+        self._put_fusion(namespace, key, [(str(n), _host_contiguous(t)) for n, t in items],
+                         bytes(metadata))
+
+    def add_embeddings(self, namespace, embeddings):
+        """Index cached chunks by embedding: `embeddings` maps keys to {modality: vector}
+        (any 1-D float array-like: list, numpy, torch).  All or nothing.  Raises
+        kvtier.NotFound for a chunk that is not cached, kvtier.InvalidArgument for a vector
+        whose dimension differs from the modality's (fixed by its first vector in the
+        namespace), NaN/Inf or a zero vector."""
+        chunks = {}
+        for key, vectors in embeddings.items():
+            if not isinstance(vectors, dict):
+                raise TypeError("add_embeddings: expected {key: {modality: vector}}")
+            chunks[key] = {str(m): _vector(v, "embedding '%s'" % m) for m, v in vectors.items()}
+        self._add_embeddings(namespace, chunks)
+
+    def search(self, namespace, queries, k=5, with_fusion=False, threshold=0.0):
+        """Up to `k` cached chunks whose every queried modality reaches its cosine threshold,
+        best first, as a list of kvtier.SearchHit(key, score, similarities).
+
+        `queries` is {modality: vector} (each with `threshold`, weight 1) or a list of dicts
+        {"modality": m, "vector": v, "threshold": t (default `threshold`), "weight": w
+        (default 1)}.  with_fusion=True returns (hits, lease): a kvtier.Lease over the best
+        hit's block when it has fusion state (lease[0].fusion), else None."""
+        if isinstance(queries, dict):
+            queries = [{"modality": m, "vector": v} for m, v in queries.items()]
+        qs = []
+        for q in queries:
+            if not isinstance(q, dict) or "modality" not in q:
+                raise TypeError("search: each query must be a dict with 'modality' and 'vector'")
+            unknown = set(q) - {"modality", "vector", "values", "threshold", "weight"}
+            if unknown:
+                raise TypeError("search: unknown query fields %s" % sorted(unknown))
+            m = str(q["modality"])
+            v = q["vector"] if "vector" in q else q.get("values")
+            if v is None:
+                raise TypeError("search: query '%s' has no 'vector'" % m)
+            qs.append((m, _vector(v, "query '%s'" % m), float(q.get("threshold", threshold)),
+                       float(q.get("weight", 1.0))))
+        hits, lease = self._search(namespace, qs, int(k), bool(with_fusion))
+        names = [q[0] for q in qs]
+        hits = [SearchHit(key, score, dict(zip(names, sims))) for key, score, sims in hits]
+        return (hits, lease) if with_fusion else hits
 
     def __enter__(self):
         return self

@@ -57,6 +57,7 @@ struct TensorRef {
   std::weak_ptr<LeaseBox> box;
   size_t block = 0;
   size_t index = 0;
+  bool fusion = false;  // index into LeasedBlock::fusion rather than ::tensors
 
   // The lease, or RuntimeError when it was released.
   std::shared_ptr<LeaseBox> lock() const;

@@ -75,17 +75,15 @@ auto nogil(F&& f) {
   return f();
 }
 
-void put(PyClient& self, const std::string& ns, const BlockKey& key, py::object tensors,
-         py::object nf4_layout) {
-  auto client = self.get();
+// Borrows (name, tensor) pairs or a dict for one put; `held` must outlive the use of `in`.
+void borrow_tensors(py::object tensors, py::object nf4_layout, std::vector<Borrowed>& held,
+                    std::vector<TensorIn>& in) {
   py::list items;
   if (py::isinstance<py::dict>(tensors)) {
     for (auto kv : py::reinterpret_borrow<py::dict>(tensors)) items.append(py::make_tuple(kv.first, kv.second));
   } else {
     for (auto item : tensors) items.append(item);
   }
-  std::vector<Borrowed> held;  // destroyed with the GIL held, after the put
-  std::vector<TensorIn> in;
   held.reserve(items.size());
   for (auto item : items) {
     auto pair = item.cast<py::tuple>();
@@ -95,22 +93,110 @@ void put(PyClient& self, const std::string& ns, const BlockKey& key, py::object 
     const Borrowed& b = held.back();
     in.push_back(TensorIn{name, b.dtype, b.shape, b.data, layout_from(nf4_layout, name)});
   }
+}
+
+void put(PyClient& self, const std::string& ns, const BlockKey& key, py::object tensors,
+         py::object nf4_layout) {
+  auto client = self.get();
+  std::vector<Borrowed> held;  // destroyed with the GIL held, after the put
+  std::vector<TensorIn> in;
+  borrow_tensors(tensors, nf4_layout, held, in);
   Status st = nogil([&] { return client->put(ns, key, in); });
   if (!st) throw_status(st);
 }
 
-py::object lease_tensor(PyLease& self, long long block, const std::string& name, py::object out,
-                        py::object dtype) {
+void put_fusion(PyClient& self, const std::string& ns, const BlockKey& key, py::object tensors,
+                py::bytes metadata) {
+  auto client = self.get();
+  std::vector<Borrowed> held;
+  std::vector<TensorIn> in;
+  borrow_tensors(tensors, py::none(), held, in);
+  std::string meta = metadata;
+  Status st = nogil([&] { return client->put_fusion(ns, key, in, meta); });
+  if (!st) throw_status(st);
+}
+
+// A Python Lease over `lease`; None for an empty one (no fusion state) when `none_if_empty`.
+py::object wrap_lease(const std::shared_ptr<Client>& c, Lease lease, bool none_if_empty) {
+  if (none_if_empty && lease.size() == 0) return py::none();
+  auto box = std::make_shared<LeaseBox>();
+  box->client = c;
+  box->lease = std::move(lease);
+  size_t n = box->lease.size();
+  return py::cast(PyLease{std::move(box), n});
+}
+
+// Vectors arrive from kvtier/__init__.py as 1-D float32 numpy arrays.
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+std::vector<float> to_floats(py::handle obj, const std::string& what) {
+  auto a = FloatArray::ensure(obj);
+  if (!a) {
+    PyErr_Clear();
+    throw py::type_error(what + ": expected a 1-D float vector");
+  }
+  if (a.ndim() != 1) throw py::value_error(what + ": expected a 1-D vector, got " + std::to_string(a.ndim()) + " dimensions");
+  return std::vector<float>(a.data(), a.data() + a.size());
+}
+
+// {key: {modality: vector}}
+void add_embeddings(PyClient& self, const std::string& ns, py::dict chunks) {
+  auto client = self.get();
+  std::vector<ChunkEmbeddings> in;
+  for (auto kv : chunks) {
+    ChunkEmbeddings ce;
+    ce.key = kv.first.cast<BlockKey>();
+    if (!py::isinstance<py::dict>(kv.second))
+      throw py::type_error("add_embeddings: expected {key: {modality: vector}}");
+    for (auto mv : py::reinterpret_borrow<py::dict>(kv.second)) {
+      auto modality = mv.first.cast<std::string>();
+      ce.vectors.push_back(ModalityVector{modality, to_floats(mv.second, "embedding '" + modality + "' of " + ce.key.hex())});
+    }
+    in.push_back(std::move(ce));
+  }
+  Status st = nogil([&] { return client->add_embeddings(ns, in); });
+  if (!st) throw_status(st);
+}
+
+// queries: [(modality, vector, threshold, weight)]; returns ([(key, score, [sims])], lease|None).
+py::tuple search(PyClient& self, const std::string& ns, py::list queries, uint32_t k,
+                 bool with_fusion) {
+  auto client = self.get();
+  std::vector<SearchQuery> qs;
+  for (auto item : queries) {
+    auto q = item.cast<py::tuple>();
+    if (q.size() != 4) throw py::type_error("search: expected (modality, vector, threshold, weight)");
+    SearchQuery sq;
+    sq.modality = q[0].cast<std::string>();
+    sq.values = to_floats(q[1], "query '" + sq.modality + "'");
+    sq.threshold = q[2].cast<float>();
+    sq.weight = q[3].cast<float>();
+    qs.push_back(std::move(sq));
+  }
+  auto r = unwrap(nogil([&] { return client->search(ns, qs, k, with_fusion); }));
+  py::list hits;
+  for (const auto& h : r.hits) {
+    py::list sims;
+    for (float s : h.similarities) sims.append(s);
+    hits.append(py::make_tuple(h.key, h.score, sims));
+  }
+  py::object lease = with_fusion ? wrap_lease(client, std::move(r.fusion), true) : py::none();
+  return py::make_tuple(hits, lease);
+}
+
+py::object lease_tensor_of(PyLease& self, long long block, const std::string& name, py::object out,
+                           py::object dtype, bool fusion) {
   auto box = self.lock();
   if (box->closed) throw std::runtime_error("the lease was released");
   size_t bi = wrap_index(block, self.size);
   const LeasedBlock& b = box->lease.block(bi);
   if (!b.found()) throw_status(error(Errc::kNotFound, "block " + std::to_string(bi) + " (" + b.key.hex() + ") is not cached"));
+  const auto& list = fusion ? b.fusion : b.tensors;
   size_t ti = 0;
-  while (ti < b.tensors.size() && b.tensors[ti].name != name) ++ti;
-  if (ti == b.tensors.size()) throw py::key_error("block has no tensor '" + name + "'");
-  const TensorView& v = b.tensors[ti];
-  py::object ref = py::cast(TensorRef{box, bi, ti});
+  while (ti < list.size() && list[ti].name != name) ++ti;
+  if (ti == list.size())
+    throw py::key_error(std::string(fusion ? "block has no fusion tensor '" : "block has no tensor '") + name + "'");
+  const TensorView& v = list[ti];
+  py::object ref = py::cast(TensorRef{box, bi, ti, fusion});
   py::module_ torch = py::module_::import("torch");
   if (v.codec == Codec::kRaw) {
     py::object t = torch.attr("from_dlpack")(ref);
@@ -124,6 +210,15 @@ py::object lease_tensor(PyLease& self, long long block, const std::string& name,
     out = torch.attr("empty")(shape, py::arg("dtype") = dt);
   }
   return ref.attr("decode_into")(out);
+}
+
+py::object lease_tensor(PyLease& self, long long block, const std::string& name, py::object out,
+                        py::object dtype) {
+  return lease_tensor_of(self, block, name, out, dtype, false);
+}
+py::object lease_fusion(PyLease& self, long long block, const std::string& name, py::object out,
+                        py::object dtype) {
+  return lease_tensor_of(self, block, name, out, dtype, true);
 }
 
 }  // namespace
@@ -197,11 +292,27 @@ PYBIND11_MODULE(_kvtier, m) {
              for (const auto& t : box->lease.block(b.index).tensors) names.append(t.name);
              return py::iter(names);
            })
+      .def_property_readonly(
+          "fusion",
+          [](const PyBlock& b) {
+            auto box = b.lock();
+            const auto& fs = box->lease.block(b.index).fusion;
+            py::dict d;
+            for (size_t i = 0; i < fs.size(); ++i)
+              d[py::str(fs[i].name)] = py::cast(TensorRef{b.box, b.index, i, true});
+            return d;
+          },
+          "the chunk's fusion tensors (put_fusion): a dict name -> kvtier.Tensor, empty if none")
+      .def_property_readonly(
+          "fusion_metadata",
+          [](const PyBlock& b) { return py::bytes(b.lock()->lease.block(b.index).fusion_metadata); },
+          "the metadata stored with the fusion tensors (bytes; b'' if none)")
       .def("__repr__", [](const PyBlock& b) {
         auto box = b.box.lock();
         if (!box || box->closed) return std::string("<kvtier.Block (lease released)>");
         const auto& lb = box->lease.block(b.index);
-        return "<kvtier.Block " + lb.key.hex() + (lb.found() ? " " + std::to_string(lb.tensors.size()) + " tensors>" : " not found>");
+        std::string fusion = lb.fusion.empty() ? "" : ", " + std::to_string(lb.fusion.size()) + " fusion";
+        return "<kvtier.Block " + lb.key.hex() + (lb.found() ? " " + std::to_string(lb.tensors.size()) + " tensors" + fusion + ">" : " not found>");
       });
 
   py::class_<PyLease>(m, "Lease", R"doc(
@@ -228,6 +339,9 @@ defers the daemon-side release until the last of them is gone (it returns False 
            py::arg("dtype") = py::none(),
            "A torch tensor: zero-copy for raw tensors (read-only!); NF4 is decoded into `out` "
            "(or a new tensor of `dtype`, default the stored dtype).")
+      .def("fusion", &lease_fusion, py::arg("block"), py::arg("name"), py::arg("out") = py::none(),
+           py::arg("dtype") = py::none(),
+           "Like tensor(), for the block's fusion tensors (put_fusion).")
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](PyLease& l, py::args) { l.release(); return false; })
       .def("__repr__", [](const PyLease& l) {
@@ -246,11 +360,29 @@ defers the daemon-side release until the last of them is gone (it returns False 
            }),
            py::arg("socket") = py::none(), py::arg("name") = "", py::arg("timeout_ms") = 30000)
       .def("lookup",
-           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
+           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys,
+              bool with_fusion) -> py::object {
              auto c = self.get();
-             return unwrap(nogil([&] { return c->lookup(ns, keys); }));
+             if (!with_fusion) return py::cast(unwrap(nogil([&] { return c->lookup(ns, keys); })));
+             auto r = unwrap(nogil([&] { return c->lookup_with_fusion(ns, keys); }));
+             return py::make_tuple(r.matched, wrap_lease(c, std::move(r.fusion), true));
            },
-           py::arg("namespace"), py::arg("keys"))
+           py::arg("namespace"), py::arg("keys"), py::arg("with_fusion") = false,
+           "Number of leading keys cached.  with_fusion=True: (matched, lease) where lease is a "
+           "kvtier.Lease over the last matched chunk when it has fusion state, else None.")
+      .def("get_fusion",
+           [](PyClient& self, const std::string& ns, const BlockKey& key) {
+             auto c = self.get();
+             return wrap_lease(c, unwrap(nogil([&] { return c->get_fusion(ns, key); })), false);
+           },
+           py::arg("namespace"), py::arg("key"),
+           "A lease over the chunk's block; lease[0].fusion holds the fusion tensors.  Raises "
+           "kvtier.NotFound when the chunk is not cached or has no fusion state.")
+      .def("_put_fusion", &put_fusion, py::arg("namespace"), py::arg("key"), py::arg("tensors"),
+           py::arg("metadata") = py::bytes(""))
+      .def("_add_embeddings", &add_embeddings, py::arg("namespace"), py::arg("chunks"))
+      .def("_search", &search, py::arg("namespace"), py::arg("queries"), py::arg("k"),
+           py::arg("with_fusion"))
       .def("get",
            [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
              auto c = self.get();

@@ -180,7 +180,8 @@ std::shared_ptr<LeaseBox> TensorRef::lock() const {
 }
 
 const TensorView& TensorRef::view(const LeaseBox& b) const {
-  return b.lease.block(block).tensors.at(index);
+  const LeasedBlock& lb = b.lease.block(block);
+  return (fusion ? lb.fusion : lb.tensors).at(index);
 }
 
 Borrowed::Borrowed(Borrowed&& o) noexcept
