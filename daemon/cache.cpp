@@ -176,6 +176,15 @@ void Cache::close_session(uint64_t sid) {
   sessions_.erase(it);
 }
 
+bool Cache::drop_lease(Session& s, uint64_t lease_id) {
+  auto it = s.leases.find(lease_id);
+  if (it == s.leases.end()) return false;
+  s.leased_bytes -= it->second->extent.bytes;
+  host_->release(it->second);
+  s.leases.erase(it);
+  return true;
+}
+
 Cache::Session* Cache::session(uint64_t sid) {
   auto it = sessions_.find(sid);
   return it == sessions_.end() ? nullptr : &it->second;
@@ -278,11 +287,7 @@ Status Cache::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout)
     // one keep it until they release (deferred free); the disk copy lacks the fusion state.
     (void)host_->remove(NsKey{put.ns, put.key});
     if (disk_) (void)disk_->remove(ns_names_.at(put.ns), put.key);
-    if (auto l = s->leases.find(put.base_lease); l != s->leases.end()) {
-      s->leased_bytes -= l->second->extent.bytes;
-      host_->release(l->second);
-      s->leases.erase(l);
-    }
+    drop_lease(*s, put.base_lease);
   }
   Status st = host_->insert(NsKey{put.ns, put.key}, put.extent, std::move(stored_layout));
   if (!st) {
@@ -302,13 +307,7 @@ Status Cache::abort_put(uint64_t sid, uint64_t put_id) {
   if (it == s->puts.end())
     return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
   host_->unreserve(it->second.extent);
-  if (it->second.fusion) {
-    if (auto l = s->leases.find(it->second.base_lease); l != s->leases.end()) {
-      s->leased_bytes -= l->second->extent.bytes;
-      host_->release(l->second);
-      s->leases.erase(l);
-    }
-  }
+  if (it->second.fusion) drop_lease(*s, it->second.base_lease);
   s->puts.erase(it);
   bump(metrics_.puts_aborted);
   return {};
@@ -348,14 +347,7 @@ uint32_t Cache::release(uint64_t sid, std::span<const uint64_t> lease_ids) {
   Session* s = session(sid);
   if (s == nullptr) return 0;
   uint32_t n = 0;
-  for (uint64_t id : lease_ids) {
-    auto it = s->leases.find(id);
-    if (it == s->leases.end()) continue;
-    s->leased_bytes -= it->second->extent.bytes;
-    host_->release(it->second);
-    s->leases.erase(it);
-    ++n;
-  }
+  for (uint64_t id : lease_ids) n += drop_lease(*s, id);
   bump(metrics_.releases, n);
   return n;
 }

@@ -163,7 +163,8 @@ class Cache {
     std::unordered_map<uint64_t, PendingPut> puts;
     uint64_t leased_bytes = 0;
   };
-  Session* session(uint64_t sid);                                     // requires mu_
+  Session* session(uint64_t sid);                  // requires mu_
+  bool drop_lease(Session& s, uint64_t lease_id);  // requires mu_; false if s has no such lease
   std::optional<uint32_t> find_namespace(std::string_view ns) const;  // requires mu_
 
   // Capacity eviction from the host tier: hands the block to the disk tier (write-back).
