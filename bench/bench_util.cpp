@@ -130,9 +130,12 @@ double read_sum_gbps(size_t bytes, int iters, size_t pool_bytes) {
 
 const char* placement_name(Placement p) {
   switch (p) {
-    case Placement::kScheduler: return "unpinned";
-    case Placement::kSameCpu: return "1 CPU";
-    case Placement::kTwoCpus: return "2 CPUs";
+    case Placement::kScheduler:
+      return "unpinned";
+    case Placement::kSameCpu:
+      return "1 CPU";
+    case Placement::kTwoCpus:
+      return "2 CPUs";
   }
   return "?";
 }
@@ -140,8 +143,10 @@ const char* placement_name(Placement p) {
 std::optional<CpuPair> placement_cpus(Placement p) {
   const int self = ::sched_getcpu();
   switch (p) {
-    case Placement::kScheduler: return CpuPair{};
-    case Placement::kSameCpu: return CpuPair{self, self};
+    case Placement::kScheduler:
+      return CpuPair{};
+    case Placement::kSameCpu:
+      return CpuPair{self, self};
     case Placement::kTwoCpus: {
       cpu_set_t allowed = get_affinity();
       for (int c = 0; c < CPU_SETSIZE; ++c)
@@ -217,9 +222,12 @@ int set_process_affinity(pid_t pid, const cpu_set_t& set) {
 }
 
 std::string size_name(uint64_t bytes) {
-  if (bytes >= (1ull << 30) && bytes % (1ull << 30) == 0) return std::to_string(bytes >> 30) + " GiB";
-  if (bytes >= (1ull << 20) && bytes % (1ull << 20) == 0) return std::to_string(bytes >> 20) + " MiB";
-  if (bytes >= (1ull << 10) && bytes % (1ull << 10) == 0) return std::to_string(bytes >> 10) + " KiB";
+  if (bytes >= (1ull << 30) && bytes % (1ull << 30) == 0)
+    return std::to_string(bytes >> 30) + " GiB";
+  if (bytes >= (1ull << 20) && bytes % (1ull << 20) == 0)
+    return std::to_string(bytes >> 20) + " MiB";
+  if (bytes >= (1ull << 10) && bytes % (1ull << 10) == 0)
+    return std::to_string(bytes >> 10) + " KiB";
   return std::to_string(bytes) + " B";
 }
 

@@ -40,7 +40,9 @@ struct Latency {
 Latency summarize(std::vector<uint64_t>& samples_ns);
 
 // Bytes per nano-second == GB/s (10^9 bytes per second).
-inline double gbps(uint64_t bytes, uint64_t ns) { return ns ? double(bytes) / double(ns) : 0.0; }
+inline double gbps(uint64_t bytes, uint64_t ns) {
+  return ns ? double(bytes) / double(ns) : 0.0;
+}
 
 // Sums `bytes` (a multiple of 8) as 64-bit words: reads every byte once.
 uint64_t read_sum(const void* data, size_t bytes);

@@ -204,10 +204,12 @@ int main(int argc, char** argv) {
     double tsr = tier_read_mbps(t, block, n, false);
     double trr = tier_read_mbps(t, block, n, true);
     const char* mib = block == (2ull << 20) ? "2 MiB" : "32 MiB";
-    std::printf("| write (durable, indexed) vs raw, 1 fdatasync at end | %s | %.0f | %.0f | %.0f%% |\n",
-                mib, tw, rw, 100 * tw / rw);
-    std::printf("| write (durable, indexed) vs raw, fdatasync per 32 MiB | %s | %.0f | %.0f | %.0f%% |\n",
-                mib, tw, rws, 100 * tw / rws);
+    std::printf(
+        "| write (durable, indexed) vs raw, 1 fdatasync at end | %s | %.0f | %.0f | %.0f%% |\n",
+        mib, tw, rw, 100 * tw / rw);
+    std::printf(
+        "| write (durable, indexed) vs raw, fdatasync per 32 MiB | %s | %.0f | %.0f | %.0f%% |\n",
+        mib, tw, rws, 100 * tw / rws);
     std::printf("| sequential read | %s | %.0f | %.0f | %.0f%% |\n", mib, tsr, rsr,
                 100 * tsr / rsr);
     std::printf("| random read | %s | %.0f | %.0f | %.0f%% |\n", mib, trr, rrr, 100 * trr / rrr);

@@ -59,7 +59,9 @@ std::vector<float> make_queries(const std::vector<float>& data, size_t nq, bool 
   return q;
 }
 
-BlockKey key_of(uint64_t i) { return BlockKey{i, ~i}; }
+BlockKey key_of(uint64_t i) {
+  return BlockKey{i, ~i};
+}
 
 void run(size_t n, bool clustered, size_t nq, const std::filesystem::path& dir) {
   const char* kind = clustered ? "clustered" : "isotropic";
@@ -111,10 +113,12 @@ void run(size_t n, bool clustered, size_t nq, const std::filesystem::path& dir) 
         if (h.key == key_of(uint64_t(gi[i * k + j]))) ++r10;
   }
   auto bl = bench::summarize(bare_ns), sl = bench::summarize(sem_ns);
-  std::printf("| %7zu | %-9s | %-14s | %6u | %8.1f | %8.3f | %8.3f | %8.3f | %8.3f | %+5.0f%% | %5.3f | %5.3f |\n", n,
-              kind, info.type.c_str(), info.nprobe, build_s, bl.p50_us / 1e3, bl.p99_us / 1e3,
-              sl.p50_us / 1e3, sl.p99_us / 1e3, 100.0 * (sl.p50_us / bl.p50_us - 1),
-              double(r1) / nq, double(r10) / double(nq * k));
+  std::printf(
+      "| %7zu | %-9s | %-14s | %6u | %8.1f | %8.3f | %8.3f | %8.3f | %8.3f | %+5.0f%% | %5.3f | "
+      "%5.3f |\n",
+      n, kind, info.type.c_str(), info.nprobe, build_s, bl.p50_us / 1e3, bl.p99_us / 1e3,
+      sl.p50_us / 1e3, sl.p99_us / 1e3, 100.0 * (sl.p50_us / bl.p50_us - 1), double(r1) / nq,
+      double(r10) / double(nq * k));
 
   // nprobe sweep on the same IVF (the measurement behind choose_nprobe).
   if (info.nlist) {
@@ -143,16 +147,23 @@ int main(int argc, char** argv) {
   bool quick = false;
   std::vector<size_t> sizes = {10000, 100000, 1000000};
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--quick"))
+      quick = true;
     else if (!std::strcmp(argv[i], "--sizes") && i + 1 < argc) {
       sizes.clear();
-      for (char* s = std::strtok(argv[++i], ","); s; s = std::strtok(nullptr, ",")) sizes.push_back(std::stoul(s));
+      for (char* s = std::strtok(argv[++i], ","); s; s = std::strtok(nullptr, ","))
+        sizes.push_back(std::stoul(s));
     }
   }
   if (quick) sizes = {10000};
-  const auto dir = std::filesystem::temp_directory_path() / ("kvtier-index-bench-" + std::to_string(::getpid()));
-  std::printf("index_bench: %zu-d, k=10, exact_max_vectors=50000; latencies in ms per query, one thread\n", kDim);
-  std::printf("| vectors | data      | index          | nprobe | build s  | bare p50 | bare p99 | sem p50  | sem p99  | +p50  | r@1   | r@10  |\n");
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("kvtier-index-bench-" + std::to_string(::getpid()));
+  std::printf(
+      "index_bench: %zu-d, k=10, exact_max_vectors=50000; latencies in ms per query, one thread\n",
+      kDim);
+  std::printf(
+      "| vectors | data      | index          | nprobe | build s  | bare p50 | bare p99 | sem p50  "
+      "| sem p99  | +p50  | r@1   | r@10  |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t n : sizes)
     for (bool clustered : {true, false}) run(n, clustered, quick ? 100 : 300, dir);

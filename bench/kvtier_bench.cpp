@@ -82,15 +82,19 @@ std::string lat(const Latency& l) {
   std::snprintf(buf, sizeof(buf), "%.1f / %.1f us", l.p50_us, l.p99_us);
   return buf;
 }
-std::string bw(double g) { return fmt("%.2f GB/s", g); }
-std::string ratio(double r) { return fmt("%.2fx", r); }
+std::string bw(double g) {
+  return fmt("%.2f GB/s", g);
+}
+std::string ratio(double r) {
+  return fmt("%.2fx", r);
+}
 
 void print_table(const std::vector<Row>& rows) {
   const char* head[] = {"metric", "block", "kvtier", "baseline", "ratio", "goal", "met?"};
   size_t w[7];
   for (int c = 0; c < 7; ++c) w[c] = std::strlen(head[c]);
   auto cells = [](const Row& r) {
-    return std::vector<const std::string*>{&r.metric, &r.size,  &r.kvtier, &r.baseline,
+    return std::vector<const std::string*>{&r.metric, &r.size, &r.kvtier, &r.baseline,
                                            &r.ratio,  &r.goal, &r.met};
   };
   for (const auto& r : rows) {
@@ -108,8 +112,8 @@ void print_table(const std::vector<Row>& rows) {
   std::printf("\n");
   for (const auto& r : rows) {
     auto c = cells(r);
-    line({c[0]->c_str(), c[1]->c_str(), c[2]->c_str(), c[3]->c_str(), c[4]->c_str(),
-          c[5]->c_str(), c[6]->c_str()});
+    line({c[0]->c_str(), c[1]->c_str(), c[2]->c_str(), c[3]->c_str(), c[4]->c_str(), c[5]->c_str(),
+          c[6]->c_str()});
   }
 }
 
@@ -152,8 +156,8 @@ class Redis {
       int devnull = ::open("/dev/null", O_WRONLY);
       ::dup2(devnull, 1);
       ::dup2(devnull, 2);
-      ::execl(bin->c_str(), bin->c_str(), "--port", port.c_str(), "--bind", "127.0.0.1",
-              "--save", "", "--appendonly", "no", static_cast<char*>(nullptr));
+      ::execl(bin->c_str(), bin->c_str(), "--port", port.c_str(), "--bind", "127.0.0.1", "--save",
+              "", "--appendonly", "no", static_cast<char*>(nullptr));
       ::_exit(127);
     }
     for (int i = 0; i < 500; ++i) {  // up to 5 s for PING to answer
@@ -193,8 +197,8 @@ class Redis {
     for (int i = 0; i < plan.redis_keys; ++i)
       keys.push_back("kvtier-bench:" + std::to_string(plan.bytes) + ":" + std::to_string(i));
     uint64_t t0 = now_ns();
-    for (const auto& k : keys) check(command("SET %b %b", k.data(), k.size(), payload.data(),
-                                             payload.size()));
+    for (const auto& k : keys)
+      check(command("SET %b %b", k.data(), k.size(), payload.data(), payload.size()));
     res.set_gbps = gbps(plan.bytes * keys.size(), now_ns() - t0);
 
     std::vector<uint64_t> samples;
@@ -309,8 +313,8 @@ class KvBench {
 
   KvSize measure(const Plan& plan, bool full) {
     KvSize res;
-    const std::string ns = "bench/fp16/v1/run" + std::to_string(run_) + "/" +
-                           std::to_string(plan.bytes);
+    const std::string ns =
+        "bench/fp16/v1/run" + std::to_string(run_) + "/" + std::to_string(plan.bytes);
     std::vector<uint32_t> tokens(size_t(plan.puts + 1) * 16);
     std::iota(tokens.begin(), tokens.end(), 1u);
     auto all = chain_keys(ns, tokens, 16);
@@ -547,9 +551,12 @@ int run(bool quick, bool use_redis) {
                           judged ? (r <= 2.0 ? "yes" : "NO") : "-"});
         }
   };
-  latency_rows("lookup 1 key", [](const KvLatency& l) { return l.lookup1; }, 1, true);
-  latency_rows("lookup %.0f-key chain", [](const KvLatency& l) { return l.chain; }, 1, true);
-  latency_rows("get+release 1 block", [](const KvLatency& l) { return l.get_release; }, 2, false);
+  latency_rows(
+      "lookup 1 key", [](const KvLatency& l) { return l.lookup1; }, 1, true);
+  latency_rows(
+      "lookup %.0f-key chain", [](const KvLatency& l) { return l.chain; }, 1, true);
+  latency_rows(
+      "get+release 1 block", [](const KvLatency& l) { return l.get_release; }, 2, false);
   for (size_t i = 0; i < plans.size(); ++i) {
     const KvSize& k = kv[0][i];
     const std::string sz = size_name(plans[i].bytes);

@@ -73,7 +73,9 @@ uint32_t choose_nlist(uint64_t n) {
 
 // Measured on clustered 512-d data (docs/index.md): recall@1 >= 0.95 needs about nlist/32
 // probes past 100k vectors; fewer than 8 loses recall on small indices.
-uint32_t choose_nprobe(uint32_t nlist) { return std::clamp<uint32_t>(nlist / 32, 8, 64); }
+uint32_t choose_nprobe(uint32_t nlist) {
+  return std::clamp<uint32_t>(nlist / 32, 8, 64);
+}
 
 ModalityIndex::ModalityIndex(uint32_t dim) : dim_(dim), index_(make_exact(dim)) {}
 ModalityIndex::~ModalityIndex() = default;

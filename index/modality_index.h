@@ -79,7 +79,7 @@ class ModalityIndex {
   int64_t next_id_ = 0;     // FAISS ids are never reused
   std::unordered_map<BlockKey, int64_t, BlockKeyHash> key_to_id_;
   std::unordered_map<int64_t, BlockKey> id_to_key_;  // live ids only
-  std::vector<int64_t> dead_ids_;                     // tombstones still in index_
+  std::vector<int64_t> dead_ids_;                    // tombstones still in index_
   bool dirty_ = false;
 };
 

@@ -41,11 +41,11 @@ struct Index;
 namespace kvtier {
 
 struct IndexOptions {
-  std::filesystem::path dir;            // persisted indices live here (created if missing)
-  uint64_t exact_max_vectors = 50000;   // IDMap2,Flat (exact) up to this many live vectors per
-                                        // modality index, then IVF,SQ8 (approximate)
-  uint32_t nprobe = 0;                  // 0 = choose from nlist (docs/index.md)
-  double rebuild_dead_ratio = 0.25;     // purge tombstones when they exceed this share
+  std::filesystem::path dir;           // persisted indices live here (created if missing)
+  uint64_t exact_max_vectors = 50000;  // IDMap2,Flat (exact) up to this many live vectors per
+                                       // modality index, then IVF,SQ8 (approximate)
+  uint32_t nprobe = 0;                 // 0 = choose from nlist (docs/index.md)
+  double rebuild_dead_ratio = 0.25;    // purge tombstones when they exceed this share
 };
 
 struct ModalityQuery {
@@ -57,7 +57,7 @@ struct ModalityQuery {
 
 struct IndexHit {
   BlockKey key;
-  float score = 0;  // sum(weight*cos)/sum(weight)
+  float score = 0;                                          // sum(weight*cos)/sum(weight)
   std::vector<std::pair<std::string, float>> similarities;  // per queried modality, cosine
 };
 
@@ -65,12 +65,12 @@ struct IndexHit {
 // update runs, see faiss_index()).
 struct ModalityIndexInfo {
   const faiss::Index* index = nullptr;
-  std::string type;      // "IDMap2,Flat" or "IVF<nlist>,SQ8"
+  std::string type;  // "IDMap2,Flat" or "IVF<nlist>,SQ8"
   uint32_t dim = 0;
-  uint32_t nlist = 0;    // 0 for the exact index
-  uint32_t nprobe = 0;   // what search() uses; 0 for the exact index
-  uint64_t live = 0;     // chunks with a vector in this modality
-  uint64_t dead = 0;     // tombstoned ids still inside the FAISS index
+  uint32_t nlist = 0;   // 0 for the exact index
+  uint32_t nprobe = 0;  // what search() uses; 0 for the exact index
+  uint64_t live = 0;    // chunks with a vector in this modality
+  uint64_t dead = 0;    // tombstoned ids still inside the FAISS index
 };
 
 namespace index_detail {
@@ -109,8 +109,8 @@ class SemanticIndex {
   // modality twice, unknown namespace/modality, wrong dimension, non-finite or zero vector,
   // negative or non-finite weight, weights summing to 0.
   Result<std::vector<IndexHit>> search(std::string_view ns,
-                                        const std::vector<ModalityQuery>& queries, size_t k,
-                                        const std::function<bool(const BlockKey&)>& alive);
+                                       const std::vector<ModalityQuery>& queries, size_t k,
+                                       const std::function<bool(const BlockKey&)>& alive);
 
   // Persists dirty modality indices (one file each, written to a temporary and renamed);
   // purges their tombstones first.  The daemon calls it on a timer and at shutdown.

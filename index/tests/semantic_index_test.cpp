@@ -18,15 +18,17 @@ namespace {
 struct TempDir {
   fs::path path;
   TempDir() {
-    path = fs::temp_directory_path() / ("kvtier-index-test-" + std::to_string(::getpid()) + "-" +
-                                        std::to_string(counter++));
+    path = fs::temp_directory_path() /
+           ("kvtier-index-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
     fs::remove_all(path);
   }
   ~TempDir() { fs::remove_all(path); }
   static inline int counter = 0;
 };
 
-BlockKey key_of(uint64_t i) { return BlockKey{i, i * 31 + 7}; }
+BlockKey key_of(uint64_t i) {
+  return BlockKey{i, i * 31 + 7};
+}
 
 std::vector<float> random_vec(std::mt19937& rng, size_t dim) {
   std::normal_distribution<float> n(0, 1);
@@ -73,12 +75,13 @@ std::unique_ptr<SemanticIndex> open_index(const fs::path& dir, uint64_t exact_ma
 }
 
 // Brute-force top-k keys (by cosine) over data[i] <-> key_of(i).
-std::vector<BlockKey> brute_topk(const std::vector<std::vector<float>>& data, const std::vector<float>& q,
-                                 size_t k) {
+std::vector<BlockKey> brute_topk(const std::vector<std::vector<float>>& data,
+                                 const std::vector<float>& q, size_t k) {
   auto nq = normed(q);
   std::vector<std::pair<float, uint64_t>> s;
   for (size_t i = 0; i < data.size(); ++i) s.push_back({dot(normed(data[i]), nq), i});
-  std::partial_sort(s.begin(), s.begin() + k, s.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  std::partial_sort(s.begin(), s.begin() + k, s.end(),
+                    [](auto& a, auto& b) { return a.first > b.first; });
   std::vector<BlockKey> out;
   for (size_t i = 0; i < k; ++i) out.push_back(key_of(s[i].second));
   return out;
@@ -126,7 +129,8 @@ TEST_CASE("multi-modality: thresholds exclude, weights rank") {
   std::vector<float> p1 = {0, 0, 1}, p2 = {0, 0.6f, 0.8f};
   REQUIRE(idx->add("ns", key_of(1), {{"vision", v1}, {"prompt", p2}}).is_ok());
   REQUIRE(idx->add("ns", key_of(2), {{"vision", v2}, {"prompt", p1}}).is_ok());
-  REQUIRE(idx->add("ns", key_of(3), {{"vision", v1}}).is_ok());  // no prompt vector: never matches both
+  REQUIRE(
+      idx->add("ns", key_of(3), {{"vision", v1}}).is_ok());  // no prompt vector: never matches both
 
   // cos: A vision 1.0 prompt 0.8; B vision 0.8 prompt 1.0.
   auto both = [&](float tv, float wv, float tp, float wp) {
@@ -243,20 +247,25 @@ TEST_CASE("persistence: same results after close and reopen") {
       auto idx = open_index(d.path, exact_max);
       auto data = clustered(rng, 3000, dim, 30, 0.3f);
       for (size_t i = 0; i < data.size(); ++i)
-        REQUIRE(idx->add("tenant/a", key_of(i), {{"vision", data[i]}, {"prompt", {float(i % 7) + 1, 1}}}).is_ok());
+        REQUIRE(idx->add("tenant/a", key_of(i),
+                         {{"vision", data[i]}, {"prompt", {float(i % 7) + 1, 1}}})
+                    .is_ok());
       idx->remove("tenant/a", key_of(5));
       for (int t = 0; t < 10; ++t) {
         queries.push_back(random_vec(rng, dim));
-        before.push_back(*idx->search("tenant/a", {{"vision", queries.back()}, {"prompt", {1, 1}, 0, 0.5f}}, 5, kAll));
+        before.push_back(*idx->search(
+            "tenant/a", {{"vision", queries.back()}, {"prompt", {1, 1}, 0, 0.5f}}, 5, kAll));
       }
       REQUIRE(idx->save().is_ok());
       REQUIRE(idx->save().is_ok());  // nothing dirty: no-op
     }
     auto idx = open_index(d.path, exact_max);
-    REQUIRE(idx->info("tenant/a", "vision")->type.substr(0, 3) == (exact_max == 1000 ? "IVF" : "IDM"));
+    REQUIRE(idx->info("tenant/a", "vision")->type.substr(0, 3) ==
+            (exact_max == 1000 ? "IVF" : "IDM"));
     REQUIRE(idx->info("tenant/a", "vision")->live == 2999);
     for (size_t t = 0; t < queries.size(); ++t) {
-      auto r = idx->search("tenant/a", {{"vision", queries[t]}, {"prompt", {1, 1}, 0, 0.5f}}, 5, kAll);
+      auto r =
+          idx->search("tenant/a", {{"vision", queries[t]}, {"prompt", {1, 1}, 0, 0.5f}}, 5, kAll);
       REQUIRE(r.is_ok());
       REQUIRE(keys(*r) == keys(before[t]));
       for (size_t i = 0; i < r->size(); ++i) REQUIRE((*r)[i].score == before[t][i].score);
@@ -288,7 +297,8 @@ TEST_CASE("exact -> IVF switch, recall on clustered data, rebuild after removals
   }
   REQUIRE(idx->add_batch("ns", "vision", ks, flat).is_ok());
   REQUIRE(idx->info("ns", "vision")->type == "IDMap2,Flat");
-  for (size_t i = exact_max; i < n; ++i) REQUIRE(idx->add("ns", key_of(i), {{"vision", data[i]}}).is_ok());
+  for (size_t i = exact_max; i < n; ++i)
+    REQUIRE(idx->add("ns", key_of(i), {{"vision", data[i]}}).is_ok());
   auto info = idx->info("ns", "vision");
   REQUIRE(info->type.rfind("IVF", 0) == 0);
   REQUIRE(info->live == n);
@@ -336,7 +346,8 @@ TEST_CASE("concurrent searches while adding") {
   auto idx = open_index(d.path, 1500);
   std::mt19937 rng(4);
   const size_t dim = 16;
-  for (size_t i = 0; i < 500; ++i) REQUIRE(idx->add("ns", key_of(i), {{"vision", random_vec(rng, dim)}}).is_ok());
+  for (size_t i = 0; i < 500; ++i)
+    REQUIRE(idx->add("ns", key_of(i), {{"vision", random_vec(rng, dim)}}).is_ok());
   std::atomic<bool> stop{false};
   std::atomic<int> bad{0}, searches{0};
   std::vector<std::thread> readers;
@@ -345,10 +356,13 @@ TEST_CASE("concurrent searches while adding") {
       std::mt19937 r(100 + t);
       while (!stop.load()) {
         auto res = idx->search("ns", {{"vision", random_vec(r, dim), 0.f}}, 5, kAll);
-        if (!res.is_ok() || res->size() > 5) ++bad;
+        if (!res.is_ok() || res->size() > 5)
+          ++bad;
         else
           for (size_t i = 0; i < res->size(); ++i)
-            if ((*res)[i].score < 0 || (*res)[i].score > 1.001f || (i && (*res)[i].score > (*res)[i - 1].score)) ++bad;
+            if ((*res)[i].score < 0 || (*res)[i].score > 1.001f ||
+                (i && (*res)[i].score > (*res)[i - 1].score))
+              ++bad;
         ++searches;
       }
     });

@@ -46,16 +46,17 @@ void DiskTier::Impl::writer_loop() {
       const auto all = j->bytes();
       for (size_t at = 0; at < all.size(); at += kIoChunk) {
         const auto part = all.subspan(at, std::min<size_t>(kIoChunk, all.size() - at));
-        dev->write(j->region, j->offset + at, part, [this, j, batch, n = part.size()](Result<size_t> r) {
-          Status st;
-          if (!r)
-            st = r.status();
-          else if (r.value() < n)
-            st = error(Errc::kIo, "disk tier: short write");
-          std::lock_guard lock(mu_);
-          if (!st && j->status) j->status = std::move(st);  // the first failure wins
-          if (--batch->pending == 0) cv_.notify_all();
-        });
+        dev->write(j->region, j->offset + at, part,
+                   [this, j, batch, n = part.size()](Result<size_t> r) {
+                     Status st;
+                     if (!r)
+                       st = r.status();
+                     else if (r.value() < n)
+                       st = error(Errc::kIo, "disk tier: short write");
+                     std::lock_guard lock(mu_);
+                     if (!st && j->status) j->status = std::move(st);  // the first failure wins
+                     if (--batch->pending == 0) cv_.notify_all();
+                   });
       }
     }
     dev->submit();

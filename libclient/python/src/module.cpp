@@ -80,7 +80,8 @@ void borrow_tensors(py::object tensors, py::object nf4_layout, std::vector<Borro
                     std::vector<TensorIn>& in) {
   py::list items;
   if (py::isinstance<py::dict>(tensors)) {
-    for (auto kv : py::reinterpret_borrow<py::dict>(tensors)) items.append(py::make_tuple(kv.first, kv.second));
+    for (auto kv : py::reinterpret_borrow<py::dict>(tensors))
+      items.append(py::make_tuple(kv.first, kv.second));
   } else {
     for (auto item : tensors) items.append(item);
   }
@@ -134,7 +135,9 @@ std::vector<float> to_floats(py::handle obj, const std::string& what) {
     PyErr_Clear();
     throw py::type_error(what + ": expected a 1-D float vector");
   }
-  if (a.ndim() != 1) throw py::value_error(what + ": expected a 1-D vector, got " + std::to_string(a.ndim()) + " dimensions");
+  if (a.ndim() != 1)
+    throw py::value_error(what + ": expected a 1-D vector, got " + std::to_string(a.ndim()) +
+                          " dimensions");
   return std::vector<float>(a.data(), a.data() + a.size());
 }
 
@@ -149,7 +152,8 @@ void add_embeddings(PyClient& self, const std::string& ns, py::dict chunks) {
       throw py::type_error("add_embeddings: expected {key: {modality: vector}}");
     for (auto mv : py::reinterpret_borrow<py::dict>(kv.second)) {
       auto modality = mv.first.cast<std::string>();
-      ce.vectors.push_back(ModalityVector{modality, to_floats(mv.second, "embedding '" + modality + "' of " + ce.key.hex())});
+      ce.vectors.push_back(ModalityVector{
+          modality, to_floats(mv.second, "embedding '" + modality + "' of " + ce.key.hex())});
     }
     in.push_back(std::move(ce));
   }
@@ -164,7 +168,8 @@ py::tuple search(PyClient& self, const std::string& ns, py::list queries, uint32
   std::vector<SearchQuery> qs;
   for (auto item : queries) {
     auto q = item.cast<py::tuple>();
-    if (q.size() != 4) throw py::type_error("search: expected (modality, vector, threshold, weight)");
+    if (q.size() != 4)
+      throw py::type_error("search: expected (modality, vector, threshold, weight)");
     SearchQuery sq;
     sq.modality = q[0].cast<std::string>();
     sq.values = to_floats(q[1], "query '" + sq.modality + "'");
@@ -189,12 +194,16 @@ py::object lease_tensor_of(PyLease& self, long long block, const std::string& na
   if (box->closed) throw std::runtime_error("the lease was released");
   size_t bi = wrap_index(block, self.size);
   const LeasedBlock& b = box->lease.block(bi);
-  if (!b.found()) throw_status(error(Errc::kNotFound, "block " + std::to_string(bi) + " (" + b.key.hex() + ") is not cached"));
+  if (!b.found())
+    throw_status(error(Errc::kNotFound,
+                       "block " + std::to_string(bi) + " (" + b.key.hex() + ") is not cached"));
   const auto& list = fusion ? b.fusion : b.tensors;
   size_t ti = 0;
   while (ti < list.size() && list[ti].name != name) ++ti;
   if (ti == list.size())
-    throw py::key_error(std::string(fusion ? "block has no fusion tensor '" : "block has no tensor '") + name + "'");
+    throw py::key_error(
+        std::string(fusion ? "block has no fusion tensor '" : "block has no tensor '") + name +
+        "'");
   const TensorView& v = list[ti];
   py::object ref = py::cast(TensorRef{box, bi, ti, fusion});
   py::module_ torch = py::module_::import("torch");
@@ -233,8 +242,10 @@ PYBIND11_MODULE(_kvtier, m) {
   register_tensor(m);
 
   py::class_<BlockKey>(m, "Key", "A 128-bit chain key (docs/protocol.md).")
-      .def(py::init([](uint64_t lo, uint64_t hi) { return BlockKey{lo, hi}; }), py::arg("lo"),
-           py::arg("hi"))
+      .def(py::init([](uint64_t lo, uint64_t hi) {
+             return BlockKey{lo, hi};
+           }),
+           py::arg("lo"), py::arg("hi"))
       .def_readonly("lo", &BlockKey::lo)
       .def_readonly("hi", &BlockKey::hi)
       .def("hex", &BlockKey::hex, "32 hex digits, hi then lo")
@@ -249,22 +260,27 @@ PYBIND11_MODULE(_kvtier, m) {
       .def("__hash__", [](const BlockKey& k) { return BlockKeyHash{}(k); })
       .def("__repr__", [](const BlockKey& k) { return "Key('" + k.hex() + "')"; })
       .def(py::pickle([](const BlockKey& k) { return py::make_tuple(k.lo, k.hi); },
-                      [](py::tuple t) { return BlockKey{t[0].cast<uint64_t>(), t[1].cast<uint64_t>()}; }));
+                      [](py::tuple t) {
+                        return BlockKey{t[0].cast<uint64_t>(), t[1].cast<uint64_t>()};
+                      }));
 
-  m.def("_chain_keys",
-        [](const std::string& ns, py::array_t<uint32_t, py::array::c_style> tokens, size_t chunk,
-           bool include_partial) {
-          if (chunk == 0) throw py::value_error("chunk_tokens must be > 0");
-          std::span<const uint32_t> t(tokens.data(), static_cast<size_t>(tokens.size()));
-          return chain_keys(ns, t, chunk, include_partial);
-        },
-        py::arg("namespace"), py::arg("tokens"), py::arg("chunk_tokens"),
-        py::arg("include_partial") = false);
+  m.def(
+      "_chain_keys",
+      [](const std::string& ns, py::array_t<uint32_t, py::array::c_style> tokens, size_t chunk,
+         bool include_partial) {
+        if (chunk == 0) throw py::value_error("chunk_tokens must be > 0");
+        std::span<const uint32_t> t(tokens.data(), static_cast<size_t>(tokens.size()));
+        return chain_keys(ns, t, chunk, include_partial);
+      },
+      py::arg("namespace"), py::arg("tokens"), py::arg("chunk_tokens"),
+      py::arg("include_partial") = false);
   m.def("default_socket_path", &default_socket_path);
 
   py::class_<PyBlock>(m, "Block", "One block of a lease: tensors by name (a mapping).")
-      .def_property_readonly("key", [](const PyBlock& b) { return b.lock()->lease.block(b.index).key; })
-      .def_property_readonly("found", [](const PyBlock& b) { return b.lock()->lease.block(b.index).found(); })
+      .def_property_readonly("key",
+                             [](const PyBlock& b) { return b.lock()->lease.block(b.index).key; })
+      .def_property_readonly(
+          "found", [](const PyBlock& b) { return b.lock()->lease.block(b.index).found(); })
       .def("names",
            [](const PyBlock& b) {
              auto box = b.lock();
@@ -272,7 +288,8 @@ PYBIND11_MODULE(_kvtier, m) {
              for (const auto& t : box->lease.block(b.index).tensors) names.push_back(t.name);
              return names;
            })
-      .def("__len__", [](const PyBlock& b) { return b.lock()->lease.block(b.index).tensors.size(); })
+      .def("__len__",
+           [](const PyBlock& b) { return b.lock()->lease.block(b.index).tensors.size(); })
       .def("__contains__",
            [](const PyBlock& b, const std::string& name) {
              return b.lock()->lease.block(b.index).tensor(name) != nullptr;
@@ -305,14 +322,19 @@ PYBIND11_MODULE(_kvtier, m) {
           "the chunk's fusion tensors (put_fusion): a dict name -> kvtier.Tensor, empty if none")
       .def_property_readonly(
           "fusion_metadata",
-          [](const PyBlock& b) { return py::bytes(b.lock()->lease.block(b.index).fusion_metadata); },
+          [](const PyBlock& b) {
+            return py::bytes(b.lock()->lease.block(b.index).fusion_metadata);
+          },
           "the metadata stored with the fusion tensors (bytes; b'' if none)")
       .def("__repr__", [](const PyBlock& b) {
         auto box = b.box.lock();
         if (!box || box->closed) return std::string("<kvtier.Block (lease released)>");
         const auto& lb = box->lease.block(b.index);
-        std::string fusion = lb.fusion.empty() ? "" : ", " + std::to_string(lb.fusion.size()) + " fusion";
-        return "<kvtier.Block " + lb.key.hex() + (lb.found() ? " " + std::to_string(lb.tensors.size()) + " tensors" + fusion + ">" : " not found>");
+        std::string fusion =
+            lb.fusion.empty() ? "" : ", " + std::to_string(lb.fusion.size()) + " fusion";
+        return "<kvtier.Block " + lb.key.hex() +
+               (lb.found() ? " " + std::to_string(lb.tensors.size()) + " tensors" + fusion + ">"
+                           : " not found>");
       });
 
   py::class_<PyLease>(m, "Lease", R"doc(
@@ -325,8 +347,9 @@ defers the daemon-side release until the last of them is gone (it returns False 
              auto box = l.lock();
              return PyBlock{box, wrap_index(i, l.size)};
            })
-      .def_property_readonly("found", [](const PyLease& l) { return l.lock()->lease.found(); },
-                             "number of blocks that were cached")
+      .def_property_readonly(
+          "found", [](const PyLease& l) { return l.lock()->lease.found(); },
+          "number of blocks that were cached")
       .def_property_readonly("keys",
                              [](const PyLease& l) {
                                std::vector<BlockKey> keys;
@@ -343,10 +366,15 @@ defers the daemon-side release until the last of them is gone (it returns False 
            py::arg("dtype") = py::none(),
            "Like tensor(), for the block's fusion tensors (put_fusion).")
       .def("__enter__", [](py::object self) { return self; })
-      .def("__exit__", [](PyLease& l, py::args) { l.release(); return false; })
+      .def("__exit__",
+           [](PyLease& l, py::args) {
+             l.release();
+             return false;
+           })
       .def("__repr__", [](const PyLease& l) {
         if (!l.box) return std::string("<kvtier.Lease released>");
-        return "<kvtier.Lease " + std::to_string(l.box->lease.found()) + "/" + std::to_string(l.size) + " found>";
+        return "<kvtier.Lease " + std::to_string(l.box->lease.found()) + "/" +
+               std::to_string(l.size) + " found>";
       });
 
   py::class_<PyClient>(m, "_Client")
@@ -359,74 +387,97 @@ defers the daemon-side release until the last of them is gone (it returns False 
              return PyClient{std::shared_ptr<Client>(unwrap(std::move(c)))};
            }),
            py::arg("socket") = py::none(), py::arg("name") = "", py::arg("timeout_ms") = 30000)
-      .def("lookup",
-           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys,
-              bool with_fusion) -> py::object {
-             auto c = self.get();
-             if (!with_fusion) return py::cast(unwrap(nogil([&] { return c->lookup(ns, keys); })));
-             auto r = unwrap(nogil([&] { return c->lookup_with_fusion(ns, keys); }));
-             return py::make_tuple(r.matched, wrap_lease(c, std::move(r.fusion), true));
-           },
-           py::arg("namespace"), py::arg("keys"), py::arg("with_fusion") = false,
-           "Number of leading keys cached.  with_fusion=True: (matched, lease) where lease is a "
-           "kvtier.Lease over the last matched chunk when it has fusion state, else None.")
-      .def("get_fusion",
-           [](PyClient& self, const std::string& ns, const BlockKey& key) {
-             auto c = self.get();
-             return wrap_lease(c, unwrap(nogil([&] { return c->get_fusion(ns, key); })), false);
-           },
-           py::arg("namespace"), py::arg("key"),
-           "A lease over the chunk's block; lease[0].fusion holds the fusion tensors.  Raises "
-           "kvtier.NotFound when the chunk is not cached or has no fusion state.")
+      .def(
+          "lookup",
+          [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys,
+             bool with_fusion) -> py::object {
+            auto c = self.get();
+            if (!with_fusion) return py::cast(unwrap(nogil([&] { return c->lookup(ns, keys); })));
+            auto r = unwrap(nogil([&] { return c->lookup_with_fusion(ns, keys); }));
+            return py::make_tuple(r.matched, wrap_lease(c, std::move(r.fusion), true));
+          },
+          py::arg("namespace"), py::arg("keys"), py::arg("with_fusion") = false,
+          "Number of leading keys cached.  with_fusion=True: (matched, lease) where lease is a "
+          "kvtier.Lease over the last matched chunk when it has fusion state, else None.")
+      .def(
+          "get_fusion",
+          [](PyClient& self, const std::string& ns, const BlockKey& key) {
+            auto c = self.get();
+            return wrap_lease(c, unwrap(nogil([&] { return c->get_fusion(ns, key); })), false);
+          },
+          py::arg("namespace"), py::arg("key"),
+          "A lease over the chunk's block; lease[0].fusion holds the fusion tensors.  Raises "
+          "kvtier.NotFound when the chunk is not cached or has no fusion state.")
       .def("_put_fusion", &put_fusion, py::arg("namespace"), py::arg("key"), py::arg("tensors"),
            py::arg("metadata") = py::bytes(""))
       .def("_add_embeddings", &add_embeddings, py::arg("namespace"), py::arg("chunks"))
       .def("_search", &search, py::arg("namespace"), py::arg("queries"), py::arg("k"),
            py::arg("with_fusion"))
-      .def("get",
-           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
-             auto c = self.get();
-             auto box = std::make_shared<LeaseBox>();
-             box->client = c;
-             box->lease = unwrap(nogil([&] { return c->get(ns, keys); }));
-             return PyLease{box, box->lease.size()};
-           },
-           py::arg("namespace"), py::arg("keys"))
+      .def(
+          "get",
+          [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
+            auto c = self.get();
+            auto box = std::make_shared<LeaseBox>();
+            box->client = c;
+            box->lease = unwrap(nogil([&] { return c->get(ns, keys); }));
+            return PyLease{box, box->lease.size()};
+          },
+          py::arg("namespace"), py::arg("keys"))
       .def("_put", &put, py::arg("namespace"), py::arg("key"), py::arg("tensors"),
            py::arg("nf4_layout") = py::none())
-      .def("remove",
-           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
-             auto c = self.get();
-             auto r = unwrap(nogil([&] { return c->remove(ns, keys); }));
-             return py::dict(py::arg("removed") = r.removed, py::arg("deferred") = r.deferred);
-           },
-           py::arg("namespace"), py::arg("keys"))
-      .def("stats", [](PyClient& s) { auto c = s.get(); return parse_json(unwrap(nogil([&] { return c->stats_json(); }))); })
-      .def("health", [](PyClient& s) { auto c = s.get(); return parse_json(unwrap(nogil([&] { return c->health_json(); }))); })
-      .def("clients", [](PyClient& s) { auto c = s.get(); return parse_json(unwrap(nogil([&] { return c->clients_json(); }))); })
-      .def("config", [](PyClient& s) { auto c = s.get(); return parse_json(unwrap(nogil([&] { return c->config_json(); }))); })
-      .def("ls",
-           [](PyClient& s, const std::string& ns, uint32_t limit) {
+      .def(
+          "remove",
+          [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
+            auto c = self.get();
+            auto r = unwrap(nogil([&] { return c->remove(ns, keys); }));
+            return py::dict(py::arg("removed") = r.removed, py::arg("deferred") = r.deferred);
+          },
+          py::arg("namespace"), py::arg("keys"))
+      .def("stats",
+           [](PyClient& s) {
              auto c = s.get();
-             return parse_json(unwrap(nogil([&] { return c->list_json(ns, limit); })));
-           },
-           py::arg("namespace") = "", py::arg("limit") = 0)
-      .def("evict",
-           [](PyClient& s, const std::string& ns, const std::vector<BlockKey>& keys, bool all) {
+             return parse_json(unwrap(nogil([&] { return c->stats_json(); })));
+           })
+      .def("health",
+           [](PyClient& s) {
              auto c = s.get();
-             auto r = unwrap(nogil([&] { return c->evict(ns, keys, all); }));
-             return py::dict(py::arg("evicted") = r.evicted, py::arg("skipped_leased") = r.skipped_leased,
-                             py::arg("bytes") = r.bytes);
-           },
-           py::arg("namespace") = "", py::arg("keys") = std::vector<BlockKey>{}, py::arg("all") = false)
+             return parse_json(unwrap(nogil([&] { return c->health_json(); })));
+           })
+      .def("clients",
+           [](PyClient& s) {
+             auto c = s.get();
+             return parse_json(unwrap(nogil([&] { return c->clients_json(); })));
+           })
+      .def("config",
+           [](PyClient& s) {
+             auto c = s.get();
+             return parse_json(unwrap(nogil([&] { return c->config_json(); })));
+           })
+      .def(
+          "ls",
+          [](PyClient& s, const std::string& ns, uint32_t limit) {
+            auto c = s.get();
+            return parse_json(unwrap(nogil([&] { return c->list_json(ns, limit); })));
+          },
+          py::arg("namespace") = "", py::arg("limit") = 0)
+      .def(
+          "evict",
+          [](PyClient& s, const std::string& ns, const std::vector<BlockKey>& keys, bool all) {
+            auto c = s.get();
+            auto r = unwrap(nogil([&] { return c->evict(ns, keys, all); }));
+            return py::dict(py::arg("evicted") = r.evicted,
+                            py::arg("skipped_leased") = r.skipped_leased,
+                            py::arg("bytes") = r.bytes);
+          },
+          py::arg("namespace") = "", py::arg("keys") = std::vector<BlockKey>{},
+          py::arg("all") = false)
       .def_property_readonly("session_id", [](PyClient& s) { return s.get()->session_id(); })
       .def_property_readonly("socket_path", [](PyClient& s) { return s.get()->socket_path(); })
       .def_property_readonly("closed", [](const PyClient& s) { return !s.client; })
-      .def("close",
-           [](PyClient& s) {
-             // Leases still alive keep the connection (and their pins) until they go.
-             std::shared_ptr<Client> c = std::move(s.client);
-             py::gil_scoped_release nogil;
-             c.reset();
-           });
+      .def("close", [](PyClient& s) {
+        // Leases still alive keep the connection (and their pins) until they go.
+        std::shared_ptr<Client> c = std::move(s.client);
+        py::gil_scoped_release nogil;
+        c.reset();
+      });
 }

@@ -33,12 +33,18 @@ void capsule_destructor(PyObject* cap) {
 
 DLDataType to_dl(DType t) {
   switch (t) {
-    case DType::kU8: return {kDLUInt, 8, 1};
-    case DType::kF16: return {kDLFloat, 16, 1};
-    case DType::kBF16: return {kDLBfloat, 16, 1};
-    case DType::kF32: return {kDLFloat, 32, 1};
-    case DType::kI32: return {kDLInt, 32, 1};
-    case DType::kI64: return {kDLInt, 64, 1};
+    case DType::kU8:
+      return {kDLUInt, 8, 1};
+    case DType::kF16:
+      return {kDLFloat, 16, 1};
+    case DType::kBF16:
+      return {kDLBfloat, 16, 1};
+    case DType::kF32:
+      return {kDLFloat, 32, 1};
+    case DType::kI32:
+      return {kDLInt, 32, 1};
+    case DType::kI64:
+      return {kDLInt, 64, 1};
   }
   return {kDLUInt, 8, 1};
 }
@@ -46,9 +52,9 @@ DLDataType to_dl(DType t) {
 bool from_dl(DLDataType t, DType* out) {
   if (t.lanes != 1) return false;
   const std::pair<DLDataType, DType> table[] = {
-      {{kDLUInt, 8, 1}, DType::kU8},    {{kDLFloat, 16, 1}, DType::kF16},
+      {{kDLUInt, 8, 1}, DType::kU8},      {{kDLFloat, 16, 1}, DType::kF16},
       {{kDLBfloat, 16, 1}, DType::kBF16}, {{kDLFloat, 32, 1}, DType::kF32},
-      {{kDLInt, 32, 1}, DType::kI32},   {{kDLInt, 64, 1}, DType::kI64}};
+      {{kDLInt, 32, 1}, DType::kI32},     {{kDLInt, 64, 1}, DType::kI64}};
   for (const auto& [dl, dt] : table)
     if (dl.code == t.code && dl.bits == t.bits) {
       *out = dt;
@@ -60,12 +66,18 @@ bool from_dl(DLDataType t, DType* out) {
 // struct-module format of a dtype for the buffer protocol (bf16 has none).
 const char* buffer_format(DType t) {
   switch (t) {
-    case DType::kU8: return "B";
-    case DType::kF16: return "e";
-    case DType::kF32: return "f";
-    case DType::kI32: return "i";
-    case DType::kI64: return "q";
-    case DType::kBF16: return nullptr;
+    case DType::kU8:
+      return "B";
+    case DType::kF16:
+      return "e";
+    case DType::kF32:
+      return "f";
+    case DType::kI32:
+      return "i";
+    case DType::kI64:
+      return "q";
+    case DType::kBF16:
+      return nullptr;
   }
   return nullptr;
 }
@@ -73,12 +85,18 @@ const char* buffer_format(DType t) {
 bool from_format(const char* f, Py_ssize_t itemsize, DType* out) {
   std::string s = f ? f : "B";
   if (!s.empty() && std::strchr("@=<", s[0])) s.erase(0, 1);
-  if (s == "B" || s == "b" || s == "c") *out = DType::kU8;
-  else if (s == "e") *out = DType::kF16;
-  else if (s == "f") *out = DType::kF32;
-  else if ((s == "i" || s == "l" || s == "q") && itemsize == 4) *out = DType::kI32;
-  else if ((s == "l" || s == "q") && itemsize == 8) *out = DType::kI64;
-  else return false;
+  if (s == "B" || s == "b" || s == "c")
+    *out = DType::kU8;
+  else if (s == "e")
+    *out = DType::kF16;
+  else if (s == "f")
+    *out = DType::kF32;
+  else if ((s == "i" || s == "l" || s == "q") && itemsize == 4)
+    *out = DType::kI32;
+  else if ((s == "l" || s == "q") && itemsize == 8)
+    *out = DType::kI64;
+  else
+    return false;
   return dtype_size(*out) == static_cast<size_t>(itemsize);
 }
 
@@ -117,9 +135,12 @@ int tensor_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
     auto box = ref.lock();
     const TensorView& v = ref.view(*box);
     const char* fmt = buffer_format(v.dtype);
-    if (flags & PyBUF_WRITABLE) why = "leased kvtier tensors are read-only";
-    else if (v.codec != Codec::kRaw) why = "an NF4 tensor has no buffer: use decode_into()";
-    else if (fmt == nullptr) why = "bfloat16 has no buffer format: use torch.from_dlpack()";
+    if (flags & PyBUF_WRITABLE)
+      why = "leased kvtier tensors are read-only";
+    else if (v.codec != Codec::kRaw)
+      why = "an NF4 tensor has no buffer: use decode_into()";
+    else if (fmt == nullptr)
+      why = "bfloat16 has no buffer format: use torch.from_dlpack()";
     if (why == nullptr) {
       auto* ex = new BufferExport{std::move(box), {}, {}};
       const size_t item = dtype_size(v.dtype);
@@ -157,12 +178,18 @@ void tensor_releasebuffer(PyObject*, Py_buffer* view) {
 
 const char* dtype_str(DType t) {
   switch (t) {
-    case DType::kU8: return "uint8";
-    case DType::kF16: return "float16";
-    case DType::kBF16: return "bfloat16";
-    case DType::kF32: return "float32";
-    case DType::kI32: return "int32";
-    case DType::kI64: return "int64";
+    case DType::kU8:
+      return "uint8";
+    case DType::kF16:
+      return "float16";
+    case DType::kBF16:
+      return "bfloat16";
+    case DType::kF32:
+      return "float32";
+    case DType::kI32:
+      return "int32";
+    case DType::kI64:
+      return "int64";
   }
   return "?";
 }
@@ -185,8 +212,13 @@ const TensorView& TensorRef::view(const LeaseBox& b) const {
 }
 
 Borrowed::Borrowed(Borrowed&& o) noexcept
-    : data(o.data), dtype(o.dtype), shape(std::move(o.shape)), bytes(o.bytes),
-      managed_(o.managed_), buffer_(o.buffer_), has_buffer_(o.has_buffer_) {
+    : data(o.data),
+      dtype(o.dtype),
+      shape(std::move(o.shape)),
+      bytes(o.bytes),
+      managed_(o.managed_),
+      buffer_(o.buffer_),
+      has_buffer_(o.has_buffer_) {
   o.managed_ = nullptr;
   o.has_buffer_ = false;
 }
@@ -244,7 +276,8 @@ Borrowed borrow(py::handle obj, bool writable, const std::string& what) {
   if (!from_format(v.format, v.itemsize, &b.dtype))
     throw py::type_error(what + ": buffer format '" + std::string(v.format ? v.format : "B") +
                          "' is not one kvtier stores");
-  if (v.ndim == 0 && v.shape == nullptr) b.shape.push_back(static_cast<uint64_t>(v.len / v.itemsize));
+  if (v.ndim == 0 && v.shape == nullptr)
+    b.shape.push_back(static_cast<uint64_t>(v.len / v.itemsize));
   for (int i = 0; i < v.ndim; ++i) b.shape.push_back(static_cast<uint64_t>(v.shape[i]));
   b.data = static_cast<std::byte*>(v.buf);
   b.bytes = static_cast<uint64_t>(v.len);
@@ -291,7 +324,8 @@ alive; never write to them (the mapping is read-only: a write faults).)doc");
   // Every accessor holds the lease for its duration (a view alone does not).
   auto prop = [&cls](const char* name, auto get, const char* doc = "") {
     cls.def_property_readonly(
-        name, [get](const TensorRef& r) {
+        name,
+        [get](const TensorRef& r) {
           auto box = r.lock();
           return get(r.view(*box));
         },
@@ -304,58 +338,65 @@ alive; never write to them (the mapping is read-only: a write faults).)doc");
     for (size_t i = 0; i < t.size(); ++i) t[i] = v.shape[i];
     return t;
   });
-  prop("codec", [](const TensorView& v) { return std::string(codec_name(v.codec)); },
-       "'raw' (zero-copy) or 'nf4' (decode_into)");
+  prop(
+      "codec", [](const TensorView& v) { return std::string(codec_name(v.codec)); },
+      "'raw' (zero-copy) or 'nf4' (decode_into)");
   prop("nf4_layout", [](const TensorView& v) {
     return std::string(v.nf4_layout == Nf4Layout::kColumnBlocks ? "column" : "row");
   });
-  prop("nbytes", [](const TensorView& v) { return v.bytes; },
-       "stored bytes (NF4-encoded for NF4 tensors)");
-  prop("raw_bytes", [](const TensorView& v) { return v.raw_bytes; }, "bytes once decoded");
+  prop(
+      "nbytes", [](const TensorView& v) { return v.bytes; },
+      "stored bytes (NF4-encoded for NF4 tensors)");
+  prop(
+      "raw_bytes", [](const TensorView& v) { return v.raw_bytes; }, "bytes once decoded");
   prop("checksum", [](const TensorView& v) { return v.checksum; });
   prop("data_ptr", [](const TensorView& v) { return reinterpret_cast<uintptr_t>(v.data); });
 
-  cls      .def("verify",
-           [](const TensorRef& r) {
-             auto box = r.lock();
-             py::gil_scoped_release nogil;
-             return r.view(*box).verify();
-           },
-           "recompute the stored bytes' checksum and compare")
-      .def("__dlpack__",
-           [](const TensorRef& r, py::object stream) {
-             (void)stream;  // host memory: nothing to synchronise
-             auto box = r.lock();
-             return export_dlpack(box, r.view(*box));
-           },
-           py::arg("stream") = py::none())
+  cls.def(
+         "verify",
+         [](const TensorRef& r) {
+           auto box = r.lock();
+           py::gil_scoped_release nogil;
+           return r.view(*box).verify();
+         },
+         "recompute the stored bytes' checksum and compare")
+      .def(
+          "__dlpack__",
+          [](const TensorRef& r, py::object stream) {
+            (void)stream;  // host memory: nothing to synchronise
+            auto box = r.lock();
+            return export_dlpack(box, r.view(*box));
+          },
+          py::arg("stream") = py::none())
       .def("__dlpack_device__", [](const TensorRef&) { return py::make_tuple(int(kDLCPU), 0); })
-      .def("decode_into",
-           [](const TensorRef& r, py::object out) {
-             auto box = r.lock();
-             const TensorView& v = r.view(*box);
-             Borrowed dst = borrow(out, /*writable=*/true, "out");
-             if (dst.elements() != elements(v.shape))
-               throw py::value_error("out has " + std::to_string(dst.elements()) +
-                                     " elements, tensor '" + v.name + "' has " +
-                                     std::to_string(elements(v.shape)));
-             Status st;
-             {
-               py::gil_scoped_release nogil;
-               st = decode(v, dst.dtype, {dst.data, dst.bytes});
-             }
-             if (!st) throw_status(st);
-             return out;
-           },
-           py::arg("out"),
-           "Decode into `out` (any writable, contiguous host tensor of the same element count: "
-           "fp16/bf16/fp32 for NF4, the stored dtype for raw tensors); returns out.")
+      .def(
+          "decode_into",
+          [](const TensorRef& r, py::object out) {
+            auto box = r.lock();
+            const TensorView& v = r.view(*box);
+            Borrowed dst = borrow(out, /*writable=*/true, "out");
+            if (dst.elements() != elements(v.shape))
+              throw py::value_error("out has " + std::to_string(dst.elements()) +
+                                    " elements, tensor '" + v.name + "' has " +
+                                    std::to_string(elements(v.shape)));
+            Status st;
+            {
+              py::gil_scoped_release nogil;
+              st = decode(v, dst.dtype, {dst.data, dst.bytes});
+            }
+            if (!st) throw_status(st);
+            return out;
+          },
+          py::arg("out"),
+          "Decode into `out` (any writable, contiguous host tensor of the same element count: "
+          "fp16/bf16/fp32 for NF4, the stored dtype for raw tensors); returns out.")
       .def("__repr__", [](const TensorRef& r) {
         auto b = r.box.lock();
         if (!b || b->closed) return std::string("<kvtier.Tensor (lease released)>");
         const TensorView& v = r.view(*b);
         std::string s = "<kvtier.Tensor '" + v.name + "' " + dtype_str(v.dtype) + " [";
-        for (size_t i = 0; i < v.shape.size(); ++i) s += (i ? ", " : "") + std::to_string(v.shape[i]);
+        for (size_t i = 0; i < v.shape.size(); ++i)
+          s += (i ? ", " : "") + std::to_string(v.shape[i]);
         return s + "] " + codec_name(v.codec) + ">";
       });
 }
