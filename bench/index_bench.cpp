@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "bench/embeddings.h"
 #include "index/semantic_index.h"
 
 using namespace kvtier;
@@ -25,47 +26,13 @@ namespace {
 
 constexpr size_t kDim = 512;
 
-// Clustered: `clusters` unit centres, each point = centre + N(0, 1/d) per dimension (noise norm
-// ~1, so cos(point, its centre) ~0.7).  Isotropic: N(0, 1).
-std::vector<float> make_data(size_t n, bool clustered, int64_t seed) {
-  std::vector<float> x(n * kDim);
-  faiss::float_randn(x.data(), x.size(), seed);
-  if (!clustered) return x;
-  const size_t clusters = std::clamp<size_t>(n / 100, 10, 1000);
-  std::vector<float> c(clusters * kDim);
-  faiss::float_randn(c.data(), c.size(), seed + 1);
-  faiss::fvec_renorm_L2(kDim, clusters, c.data());
-  const float s = 1.f / std::sqrt(float(kDim));
-  for (size_t i = 0; i < n; ++i) {
-    const float* ci = &c[((i * 2654435761u) % clusters) * kDim];
-    for (size_t j = 0; j < kDim; ++j) x[i * kDim + j] = ci[j] + s * x[i * kDim + j];
-  }
-  return x;
-}
-
-// Queries: clustered -> data points with small noise (near-duplicate lookups); isotropic ->
-// fresh random vectors.
-std::vector<float> make_queries(const std::vector<float>& data, size_t nq, bool clustered) {
-  std::vector<float> q(nq * kDim);
-  faiss::float_randn(q.data(), q.size(), 777);
-  if (clustered) {
-    const size_t n = data.size() / kDim;
-    const float s = 0.3f / std::sqrt(float(kDim));
-    for (size_t i = 0; i < nq; ++i)
-      for (size_t j = 0; j < kDim; ++j)
-        q[i * kDim + j] = data[((i * 7919) % n) * kDim + j] + s * q[i * kDim + j];
-  }
-  faiss::fvec_renorm_L2(kDim, nq, q.data());
-  return q;
-}
-
 BlockKey key_of(uint64_t i) {
   return BlockKey{i, ~i};
 }
 
 void run(size_t n, bool clustered, size_t nq, const std::filesystem::path& dir) {
   const char* kind = clustered ? "clustered" : "isotropic";
-  std::vector<float> data = make_data(n, clustered, 1234 + n);
+  std::vector<float> data = bench::make_embeddings(n, clustered, 1234 + n);
   std::vector<BlockKey> keys(n);
   for (size_t i = 0; i < n; ++i) keys[i] = key_of(i);
   std::filesystem::remove_all(dir);
@@ -82,7 +49,7 @@ void run(size_t n, bool clustered, size_t nq, const std::filesystem::path& dir) 
 
   // Exact ground truth over the normalised data.
   faiss::fvec_renorm_L2(kDim, n, data.data());
-  std::vector<float> q = make_queries(data, nq, clustered);
+  std::vector<float> q = bench::make_embedding_queries(data, nq, clustered);
   const size_t k = 10;
   std::vector<float> gd(nq * k);
   std::vector<idx_t> gi(nq * k);

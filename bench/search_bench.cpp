@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "bench/bench_util.h"
+#include "bench/embeddings.h"
 #include "index/semantic_index.h"
 #include "kvtier/client.h"
 #include "tests/testing/daemon.h"
@@ -30,34 +31,6 @@ namespace {
 
 constexpr size_t kDim = 512;
 constexpr size_t kK = 10;
-
-std::vector<float> make_data(size_t n, int64_t seed) {  // a mixture of Gaussians
-  std::vector<float> x(n * kDim);
-  faiss::float_randn(x.data(), x.size(), seed);
-  const size_t clusters = std::clamp<size_t>(n / 100, 10, 1000);
-  std::vector<float> c(clusters * kDim);
-  faiss::float_randn(c.data(), c.size(), seed + 1);
-  faiss::fvec_renorm_L2(kDim, clusters, c.data());
-  const float s = 1.f / std::sqrt(float(kDim));
-  for (size_t i = 0; i < n; ++i) {
-    const float* ci = &c[((i * 2654435761u) % clusters) * kDim];
-    for (size_t j = 0; j < kDim; ++j) x[i * kDim + j] = ci[j] + s * x[i * kDim + j];
-  }
-  faiss::fvec_renorm_L2(kDim, n, x.data());
-  return x;
-}
-
-std::vector<float> make_queries(const std::vector<float>& data, size_t nq) {  // near-duplicates
-  std::vector<float> q(nq * kDim);
-  faiss::float_randn(q.data(), q.size(), 777);
-  const size_t n = data.size() / kDim;
-  const float s = 0.3f / std::sqrt(float(kDim));
-  for (size_t i = 0; i < nq; ++i)
-    for (size_t j = 0; j < kDim; ++j)
-      q[i * kDim + j] = data[((i * 7919) % n) * kDim + j] + s * q[i * kDim + j];
-  faiss::fvec_renorm_L2(kDim, nq, q.data());
-  return q;
-}
 
 BlockKey key_of(uint64_t i) {
   return BlockKey{i + 1, 0x5ea5c4u};
@@ -74,8 +47,9 @@ Row run(size_t n, size_t nq) {
   std::fprintf(stderr, "search_bench: %zu chunks...\n", n);
   Row row;
   row.n = n;
-  auto data = make_data(n, 42 + n);
-  auto queries = make_queries(data, nq);
+  auto data = bench::make_embeddings(n, /*clustered=*/true, 42 + n);
+  faiss::fvec_renorm_L2(kDim, n, data.data());
+  auto queries = bench::make_embedding_queries(data, nq, /*clustered=*/true);
 
   // Exact answers for recall.
   faiss::IndexFlatIP exact(kDim);

@@ -338,7 +338,7 @@ Status SemanticIndex::save() {
     fs::path path;
     std::string bytes;
   };
-  std::vector<Pending> todo;
+  std::vector<Pending> writes;
   {
     auto lock = write_lock();
     for (const auto& space : namespaces_) {
@@ -346,23 +346,23 @@ Status SemanticIndex::save() {
       for (auto& [m, mi] : space->modalities) {
         if (!mi->dirty()) continue;
         mi->maintain(opts_, /*purge_all=*/true);
-        todo.push_back({mi.get(), dir / ("m-" + hex_encode(m) + ".kvidx"), mi->serialize()});
+        writes.push_back({mi.get(), dir / ("m-" + hex_encode(m) + ".kvidx"), mi->serialize()});
         mi->mark_clean();
       }
     }
   }
   // Files are written outside mu_: searches and updates go on meanwhile.
   Status result;
-  for (size_t i = 0; i < todo.size(); ++i) {
+  for (size_t i = 0; i < writes.size(); ++i) {
     std::error_code ec;
-    fs::create_directories(todo[i].path.parent_path(), ec);
-    Status s = ec ? error(Errc::kIo, "index: mkdir " + todo[i].path.parent_path().string() + ": " +
-                                         ec.message())
-                  : write_atomic(todo[i].path, todo[i].bytes);
-    todo[i].bytes = {};
+    fs::create_directories(writes[i].path.parent_path(), ec);
+    Status s = ec ? error(Errc::kIo, "index: mkdir " + writes[i].path.parent_path().string() +
+                                         ": " + ec.message())
+                  : write_atomic(writes[i].path, writes[i].bytes);
+    writes[i].bytes = {};
     if (!s) {
       auto lock = write_lock();
-      for (size_t j = i; j < todo.size(); ++j) todo[j].mi->mark_dirty();
+      for (size_t j = i; j < writes.size(); ++j) writes[j].mi->mark_dirty();
       return s;
     }
   }
