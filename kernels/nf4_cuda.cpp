@@ -5,6 +5,7 @@
 #include <string>
 
 #include "kernels/nf4_cuda_launch.h"
+#include "kernels/nf4_cuda_args.h"
 #include "kernels/nf4_internal.h"
 
 namespace kvtier::nf4::cuda {
@@ -38,21 +39,6 @@ Status to_status(const detail::LaunchResult& r) {
   }
 }
 
-dev::CodecArgs args_for(const Header& h, uint8_t type) {
-  dev::CodecArgs a;
-  a.n = h.params.rows * h.params.cols;
-  a.cols = h.params.cols;
-  a.num_blocks = h.num_blocks;
-  a.num_groups = h.num_groups;
-  a.scales_offset = h.scales_offset;
-  a.q8_offset = h.q8_offset;
-  a.codes_offset = h.codes_offset;
-  a.type = type;
-  a.column_blocks = h.params.layout == Nf4Layout::kColumnBlocks;
-  a.double_quant = h.params.double_quant;
-  return a;
-}
-
 }  // namespace
 
 bool available() {
@@ -72,7 +58,7 @@ Status quantize(const Params& p, const void* src, void* dst, void* stream) {
   Header h = plan(p);
   std::byte header[kHeaderSize];
   write_header(h, header);
-  dev::CodecArgs a = args_for(h, static_cast<uint8_t>(p.dtype));
+  dev::CodecArgs a = codec_args(h, static_cast<uint8_t>(p.dtype));
   a.src = src;
   a.encoded = static_cast<uint8_t*>(dst);
   return to_status(detail::encode(a, header, stream));
@@ -89,7 +75,7 @@ Status dequantize(const Header& h, const void* encoded, DType out_dtype, void* d
       reinterpret_cast<uintptr_t>(dst) % dtype_size(out_dtype) != 0) {
     return error(Errc::kInvalidArgument, "nf4 cuda: misaligned encoding or dst");
   }
-  dev::CodecArgs a = args_for(h, static_cast<uint8_t>(out_dtype));
+  dev::CodecArgs a = codec_args(h, static_cast<uint8_t>(out_dtype));
   a.encoded = const_cast<uint8_t*>(static_cast<const uint8_t*>(encoded));  // read only
   a.dst = dst;
   return to_status(detail::decode(a, stream));

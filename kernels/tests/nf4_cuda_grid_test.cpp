@@ -8,6 +8,7 @@
 #include "kernels/nf4.h"
 #include "kernels/nf4_cuda.h"
 #include "kernels/nf4_cuda_kernels.h"
+#include "kernels/nf4_cuda_args.h"
 #include "kernels/nf4_internal.h"
 #include "kernels/tests/nf4_test_util.h"
 
@@ -26,21 +27,6 @@ void run_grid(Body body, uint64_t work, const dev::CodecArgs& a) {
   }
 }
 
-dev::CodecArgs args_for(const Header& h, uint8_t type) {
-  dev::CodecArgs a;
-  a.n = h.params.rows * h.params.cols;
-  a.cols = h.params.cols;
-  a.num_blocks = h.num_blocks;
-  a.num_groups = h.num_groups;
-  a.scales_offset = h.scales_offset;
-  a.q8_offset = h.q8_offset;
-  a.codes_offset = h.codes_offset;
-  a.type = type;
-  a.column_blocks = h.params.layout == Nf4Layout::kColumnBlocks;
-  a.double_quant = h.params.double_quant;
-  return a;
-}
-
 // The launcher's encode sequence (detail::encode); false on bad input.
 bool emulate_encode(const Params& p, const Bytes& src, Bytes& out) {
   Header h = plan(p);
@@ -49,7 +35,7 @@ bool emulate_encode(const Params& p, const Bytes& src, Bytes& out) {
   std::vector<double> sums(h.num_groups);
   float offset = 0;
   uint32_t bad = 0;
-  dev::CodecArgs a = args_for(h, static_cast<uint8_t>(p.dtype));
+  dev::CodecArgs a = codec_args(h, static_cast<uint8_t>(p.dtype));
   a.src = src.data();
   a.encoded = reinterpret_cast<uint8_t*>(out.data());
   a.scales = scales.data();
@@ -91,7 +77,7 @@ TEST_CASE("nf4 CUDA kernel bodies over their grids equal the reference", "[nf4][
           for (DType out : {DType::kF16, DType::kBF16, DType::kF32}) {
             Bytes ref(rows * cols * dtype_size(out)), dst(ref.size(), std::byte{0xCD});
             REQUIRE(reference::decode(want, out, ref).is_ok());
-            dev::CodecArgs a = args_for(*parse_header(want), static_cast<uint8_t>(out));
+            dev::CodecArgs a = codec_args(*parse_header(want), static_cast<uint8_t>(out));
             a.encoded = reinterpret_cast<uint8_t*>(want.data());
             a.dst = dst.data();
             run_grid(dev::decode_thread, (a.n + 1) / 2, a);
