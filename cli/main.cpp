@@ -75,8 +75,8 @@ int main(int argc, char** argv) {
   evict->add_option("-k,--key", ev_keys, "block key, 32 hex digits (repeatable)");
   evict->add_flag("--all", ev_all, "evict every unleased block");
   std::string ev_tier = "all";
-  evict->add_option("--tier", ev_tier, "host, disk or all (default)")
-      ->check(CLI::IsMember({"host", "disk", "all"}));
+  evict->add_option("--tier", ev_tier, "gpu, host, disk or all (default)")
+      ->check(CLI::IsMember({"gpu", "host", "disk", "all"}));
   auto* compact = app.add_subcommand("compact", "rewrite sparse disk regions and free them");
   auto* verify = app.add_subcommand("verify", "read and check every disk tier payload");
   for (auto* sub : {stats, health, clients, config, ls, evict, compact, verify, search})
@@ -150,6 +150,7 @@ int main(int argc, char** argv) {
   if (*evict) {
     const auto tier = ev_tier == "host"   ? kvtier::TierSel::kHost
                       : ev_tier == "disk" ? kvtier::TierSel::kDisk
+                      : ev_tier == "gpu"  ? kvtier::TierSel::kGpu
                                           : kvtier::TierSel::kAll;
     auto r = c.evict(ev_ns, keys, ev_all, tier);
     if (!r) return report(r.status());
@@ -157,13 +158,18 @@ int main(int argc, char** argv) {
       std::cout << nlohmann::json{{"evicted", r->evicted},
                                   {"skipped_leased", r->skipped_leased},
                                   {"bytes", r->bytes},
-                                  {"disk_evicted", r->disk_evicted}}
+                                  {"disk_evicted", r->disk_evicted},
+                                  {"gpu_evicted", r->gpu_evicted}}
                        .dump(2)
                 << "\n";
     } else {
-      std::cout << "evicted " << r->evicted << " blocks (" << kvtierctl::human_bytes(r->bytes)
-                << "); skipped " << r->skipped_leased << " leased";
-      if (tier != kvtier::TierSel::kHost) std::cout << "; disk: evicted " << r->disk_evicted;
+      std::cout << "evicted " << r->evicted + r->gpu_evicted << " blocks ("
+                << kvtierctl::human_bytes(r->bytes) << "); skipped " << r->skipped_leased
+                << " leased";
+      if (tier == kvtier::TierSel::kAll || tier == kvtier::TierSel::kGpu)
+        std::cout << "; gpu: evicted " << r->gpu_evicted;
+      if (tier == kvtier::TierSel::kAll || tier == kvtier::TierSel::kDisk)
+        std::cout << "; disk: evicted " << r->disk_evicted;
       std::cout << "\n";
     }
     return 0;

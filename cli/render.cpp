@@ -56,7 +56,7 @@ void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
      << std::setw(12) << "CAPACITY" << std::setw(7) << "USE%" << std::setw(10) << "BLOCKS"
      << std::setw(8) << "LEASED" << std::setw(11) << "EVICTIONS" << std::setw(8) << "RATIO" << reset
      << "\n";
-  for (const auto& [name, t] : j.at("tiers").items()) {
+  auto row = [&](const std::string& name, const nlohmann::json& t) {
     uint64_t used = u64(t, "used_bytes"), cap = u64(t, "capacity_bytes");
     char pct[16], comp[16];
     std::snprintf(pct, sizeof(pct), "%.1f", 100.0 * ratio(used, cap));
@@ -65,6 +65,15 @@ void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
        << std::setw(12) << human_bytes(cap) << std::setw(7) << pct << std::setw(10)
        << u64(t, "blocks") << std::setw(8) << u64(t, "leased_blocks") << std::setw(11)
        << u64(t, "evictions") << std::setw(8) << comp << "\n";
+  };
+  for (const auto& [name, t] : j.at("tiers").items()) {
+    if (name != "gpu") {
+      row(name, t);
+      continue;
+    }
+    // The GPU tier: one row per device pool ("gpu0"), none without a GPU tier.
+    for (const auto& p : t.value("pools", nlohmann::json::array()))
+      row("gpu" + std::to_string(p.value("device", 0)), p);
   }
   const auto& c = j.at("counters");
   char line[256];
@@ -82,6 +91,23 @@ void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
                 (unsigned long long)u64(c, "errors"), (unsigned long long)u64(c, "protocol_errors"),
                 (unsigned long long)u64(c, "permission_denied"));
   os << line;
+  if (!j["tiers"]
+           .value("gpu", nlohmann::json::object())
+           .value("pools", nlohmann::json::array())
+           .empty()) {
+    std::snprintf(line, sizeof(line),
+                  "gpu: puts %llu  hits %llu  promotions %llu (%s)  fallbacks %llu  "
+                  "demotions %llu (dropped %llu)  copy-downs %llu\n",
+                  (unsigned long long)u64(c, "gpu_puts"),
+                  (unsigned long long)u64(c, "gpu_get_hits"),
+                  (unsigned long long)u64(c, "gpu_promotions"),
+                  human_bytes(u64(c, "gpu_promotion_bytes")).c_str(),
+                  (unsigned long long)u64(c, "gpu_promotion_fallbacks"),
+                  (unsigned long long)u64(c, "gpu_demotions"),
+                  (unsigned long long)u64(c, "gpu_demotions_dropped"),
+                  (unsigned long long)u64(c, "gpu_copy_downs"));
+    os << line;
+  }
 }
 
 void print_health(std::ostream& os, const nlohmann::json& j) {
@@ -93,6 +119,7 @@ void print_health(std::ostream& os, const nlohmann::json& j) {
   for (const auto& [name, t] : j.at("tiers").items()) {
     os << "tier " << std::left << std::setw(5) << name << " " << t.value("backend", "?");
     if (t.contains("reason")) os << " (" << t.value("reason", "") << ")";
+    if (t.contains("status")) os << " (" << t.value("status", "") << ")";
     if (t.contains("shm")) os << " " << t.value("shm", "");
     os << "\n";
   }

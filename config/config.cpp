@@ -221,6 +221,24 @@ void DiskTierConfig::validate() const {
   if (reader_check_s < 1) fail("disk.reader_check_s: must be at least 1");
 }
 
+void GpuTierConfig::validate() const {
+  if (backend != "auto" && backend != "cuda" && backend != "emulation" && backend != "off") {
+    fail("gpu.backend: '" + backend + "' is not one of \"auto\", \"cuda\", \"emulation\", \"off\"");
+  }
+  if (handle != "vmm" && handle != "ipc")
+    fail("gpu.handle: '" + handle + "' is not one of \"vmm\", \"ipc\"");
+  if (size_bytes < kMiB) fail("gpu.size: must be at least 1MiB, got " + human_size(size_bytes));
+  if (!(small_queue_ratio > 0 && small_queue_ratio <= 0.5)) {
+    fail("gpu.small_queue_ratio: must be in (0, 0.5], got " + std::to_string(small_queue_ratio));
+  }
+  std::vector<uint32_t> sorted = devices;
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+    fail("gpu.devices: a device is listed twice");
+  for (uint32_t d : devices)
+    if (d > 63) fail("gpu.devices: device index " + std::to_string(d) + " is out of range 0..63");
+}
+
 void IndexConfig::validate() const {
   if (exact_max_vectors < 1000)
     fail("index.exact_max_vectors: must be at least 1000, got " +
@@ -258,6 +276,7 @@ void Config::validate() const {
   daemon.validate();
   access.validate();
   disk.validate();
+  gpu.validate();
   index.validate();
   session.validate();
   std::map<std::string_view, size_t> seen;  // prefix -> index of its first rule

@@ -82,6 +82,19 @@ struct IndexConfig {
   void validate() const;
 };
 
+// The hot tier: fp16 blocks in GPU memory handed to clients by CUDA IPC (docs/gpu.md).
+struct GpuTierConfig {
+  // "auto": CUDA when the probe finds a usable device, else no GPU tier (logged);
+  // "cuda": the same, but the log and health say the GPU tier was asked for and is missing;
+  // "emulation": the host-memory emulation (tests, machines without a GPU); "off".
+  std::string backend = "auto";
+  std::vector<uint32_t> devices;     // device indices; empty = every device found (emulation: 0)
+  uint64_t size_bytes = 1ull << 30;  // pool bytes per device
+  std::string handle = "vmm";        // cuda export: "vmm" (VMM POSIX fd) or "ipc" (cudaIpc)
+  double small_queue_ratio = 0.10;   // S3-FIFO small-queue share, (0, 0.5]
+  void validate() const;
+};
+
 // What happens to a namespace's blocks on the disk tier.
 enum class DiskPolicy : uint8_t {
   kOff = 0,        // never written to disk
@@ -116,6 +129,7 @@ struct Config {
   AccessConfig access;
   HostTierConfig host;
   DiskTierConfig disk;
+  GpuTierConfig gpu;
   IndexConfig index;
   SessionConfig session;
   std::vector<NamespaceRule> namespaces;  // default: one rule, prefix "", any peer

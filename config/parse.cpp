@@ -242,6 +242,16 @@ void read_index(Reader& r, const toml::table& t, IndexConfig& x) {
                  [&](auto& n, auto& k) { x.save_interval_s = r.integer<uint32_t>(n, k); }}});
 }
 
+void read_gpu(Reader& r, const toml::table& t, GpuTierConfig& g) {
+  r.read_table(
+      t, "gpu",
+      {{"backend", [&](auto& n, auto& k) { g.backend = r.str(n, k); }},
+       {"devices", [&](auto& n, auto& k) { g.devices = r.ids(n, k); }},
+       {"size", [&](auto& n, auto& k) { g.size_bytes = r.size(n, k); }},
+       {"handle", [&](auto& n, auto& k) { g.handle = r.str(n, k); }},
+       {"small_queue_ratio", [&](auto& n, auto& k) { g.small_queue_ratio = r.number(n, k); }}});
+}
+
 DiskPolicy disk_policy(Reader& r, const toml::node& n, const std::string& key) {
   const std::string v = r.str(n, key);
   if (v == "off") return DiskPolicy::kOff;
@@ -311,6 +321,7 @@ Config parse(std::string_view toml_text, const std::string& origin) {
                 {"access", [&](auto& n, auto& k) { read_access(r, r.table(n, k), cfg.access); }},
                 {"host", [&](auto& n, auto& k) { read_host(r, r.table(n, k), cfg.host); }},
                 {"disk", [&](auto& n, auto& k) { read_disk(r, r.table(n, k), cfg.disk); }},
+                {"gpu", [&](auto& n, auto& k) { read_gpu(r, r.table(n, k), cfg.gpu); }},
                 {"index", [&](auto& n, auto& k) { read_index(r, r.table(n, k), cfg.index); }},
                 {"session", [&](auto& n, auto& k) { read_session(r, r.table(n, k), cfg.session); }},
                 {"namespace", [&](auto& n, auto&) { read_namespaces(r, n, cfg.namespaces); }}});

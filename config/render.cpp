@@ -95,6 +95,16 @@ std::string Config::to_toml() const {
     << "o_direct = " << boolean(disk.o_direct) << "\n"
     << "threads = " << disk.threads << "\n"
     << "reader_check_s = " << disk.reader_check_s << "\n";
+  std::string devices = "[";
+  for (size_t i = 0; i < gpu.devices.size(); ++i)
+    devices += (i ? ", " : "") + std::to_string(gpu.devices[i]);
+  devices += "]";
+  o << "\n[gpu]\n"
+    << "backend = " << quote(gpu.backend) << "\n"
+    << "devices = " << devices << "\n"
+    << "size = " << toml_size(gpu.size_bytes) << "\n"
+    << "handle = " << quote(gpu.handle) << "\n"
+    << "small_queue_ratio = " << float_text(gpu.small_queue_ratio) << "\n";
   o << "\n[index]\n"
     << "enabled = " << boolean(index.enabled) << "\n"
     << "exact_max_vectors = " << index.exact_max_vectors << "\n"

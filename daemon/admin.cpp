@@ -46,7 +46,7 @@ void on_health(Server& s, const wire::RequestMsg&, Reply& r) {
           {"shm", "/dev/shm/" + s.cache().host().arena().name()},
           {"capacity_bytes", u.capacity_bytes},
           {"used_bytes", u.used_bytes}}},
-        {"gpu", {{"backend", "none"}, {"reason", "GPU tier not built yet (issue 5)"}}},
+        {"gpu", s.cache().gpu_json()},
         {"disk", s.cache().disk()
                      ? nlohmann::json{{"backend", s.cache().disk()->backend()},
                                       {"dir", s.config().disk_dir().string()}}
@@ -77,14 +77,17 @@ void on_evict(Server& s, const wire::RequestMsg& msg, Reply& r) {
   auto keys = wire_util::keys_from_wire(req->keys());
   if (!req->all() && ns.empty())
     return r.fail(error(Errc::kInvalidArgument, "evict needs a namespace, keys, or all"));
-  // tier: 0 = every tier, 1 = host, 2 = disk.
-  if (req->tier() > 2) return r.fail(error(Errc::kInvalidArgument, "unknown tier"));
+  // tier: 0 = every tier, 1 = host, 2 = disk, 3 = GPU.
+  const uint8_t tier = req->tier();
+  if (tier > 3) return r.fail(error(Errc::kInvalidArgument, "unknown tier"));
   auto c = s.cache().evict(ns.empty() ? std::nullopt : std::optional(ns), keys, req->all(),
-                           req->tier() != 2, req->tier() != 1);
+                           tier == 0 || tier == 1, tier == 0 || tier == 2, tier == 0 || tier == 3);
+  // Skipped (leased) blocks of both memory tiers are reported together.
   r.set(wire::Response::EvictResp,
         wire::CreateEvictResp(r.fbb, static_cast<uint32_t>(c.host.evicted),
-                              static_cast<uint32_t>(c.host.skipped_leased), c.host.bytes,
-                              static_cast<uint32_t>(c.disk)));
+                              static_cast<uint32_t>(c.host.skipped_leased + c.gpu.skipped_leased),
+                              c.host.bytes + c.gpu.bytes, static_cast<uint32_t>(c.disk),
+                              static_cast<uint32_t>(c.gpu.evicted)));
 }
 
 struct Command {

@@ -1,5 +1,7 @@
 #include "daemon/cache.h"
 
+#include "daemon/block_codec.h"
+
 #include <chrono>
 #include <unordered_set>
 
@@ -37,16 +39,24 @@ void Promotion::complete(Status result) {
 
 Cache::Cache(const config::Config& config, std::unique_ptr<HostTier> host,
              std::unique_ptr<DiskTier> disk, std::string disk_status,
-             std::unique_ptr<SemanticIndex> index, Metrics& metrics)
+             std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu)
     : config_(config),
       metrics_(metrics),
       disk_(std::move(disk)),
       disk_status_(std::move(disk_status)),
       index_(std::move(index)),
+      gpu_(std::move(gpu)),
       host_(std::move(host)) {
-  // Runs inside HostTier::reserve(), which is only called with mu_ held.
+  // Run inside Tier::reserve(), which is only called with mu_ held.
   host_->set_evict_listener(
       [this](const BlockInfo& b, std::span<const std::byte> bytes) { demote(b, bytes); });
+  for (const auto& t : gpu_.tiers) {
+    GpuTier* tier = t.get();
+    tier->set_evict_listener([this, tier](const BlockInfo& b) {
+      if (host_->find(b.id) != nullptr) return;  // the host tier has it already
+      bump(copy_down(*tier, b) ? metrics_.gpu_demotions : metrics_.gpu_demotions_dropped);
+    });
+  }
 }
 
 Cache::~Cache() {
@@ -57,6 +67,9 @@ Cache::~Cache() {
   }
   for (uint64_t id : ids) close_session(id);
   if (disk_) disk_->flush();  // queued demotions reach the disk before the host tier goes
+  // The backend unregisters the host arena when it goes: GPU tiers, backend, then host tier.
+  gpu_.tiers.clear();
+  gpu_.backend.reset();
 }
 
 const std::string& Cache::namespace_name(uint32_t ns) const {
@@ -145,11 +158,7 @@ LeaseGrant Cache::finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& ke
       if (b) host_->release(b);
       g.code = s == nullptr ? Errc::kUnavailable : Errc::kNotFound;
     } else {
-      g.lease_id = s->next_id++;
-      g.extent = b->extent;
-      g.layout = &b->layout;
-      s->leases.emplace(g.lease_id, b);
-      s->leased_bytes += b->extent.bytes;
+      g = grant(*s, *host_, *b);
     }
   }
   t.promotion->complete(read);
@@ -169,9 +178,15 @@ void Cache::close_session(uint64_t sid) {
   std::lock_guard lock(mu_);
   auto it = sessions_.find(sid);
   if (it == sessions_.end()) return;
-  for (auto& [lease, block] : it->second.leases) host_->release(block);
+  for (auto& [lease, held] : it->second.leases) held.tier->release(held.block);
   bump(metrics_.leases_reclaimed, it->second.leases.size());
-  for (auto& [put_id, put] : it->second.puts) host_->unreserve(put.extent);
+  for (auto& [put_id, put] : it->second.puts) {
+    if (put.gpu_device >= 0) {
+      gpu_tier(put.gpu_device)->unreserve(put.extent);
+    } else {
+      host_->unreserve(put.extent);
+    }
+  }
   bump(metrics_.puts_aborted, it->second.puts.size());
   sessions_.erase(it);
 }
@@ -179,8 +194,8 @@ void Cache::close_session(uint64_t sid) {
 bool Cache::drop_lease(Session& s, uint64_t lease_id) {
   auto it = s.leases.find(lease_id);
   if (it == s.leases.end()) return false;
-  s.leased_bytes -= it->second->extent.bytes;
-  host_->release(it->second);
+  s.leased_bytes -= it->second.block->extent.bytes;
+  it->second.tier->release(it->second.block);
   s.leases.erase(it);
   return true;
 }
@@ -224,7 +239,8 @@ uint32_t Cache::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
   std::lock_guard lock(mu_);
   uint32_t n = 0;
   for (const auto& k : keys) {
-    if (host_->find(NsKey{ns, k}) == nullptr &&
+    const NsKey id{ns, k};
+    if (host_->find(id) == nullptr && gpu_holder(id) == nullptr &&
         !(disk_ && disk_->find(ns_names_.at(ns), k).has_value()))
       break;
     ++n;
@@ -237,7 +253,7 @@ uint32_t Cache::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
 
 bool Cache::is_cached(uint32_t ns, const BlockKey& key) const {
   std::lock_guard lock(mu_);
-  if (host_->find(NsKey{ns, key}) != nullptr) return true;
+  if (host_->find(NsKey{ns, key}) != nullptr || gpu_holder(NsKey{ns, key}) != nullptr) return true;
   return disk_ && disk_->find(ns_names_.at(ns), key).has_value();
 }
 
@@ -248,9 +264,20 @@ Result<uint64_t> Cache::begin_put(uint64_t sid, PendingPut put) {
   if (s->puts.size() >= config_.session.max_pending_puts)
     return error(Errc::kLimit, "too many unsealed puts on this connection (limit " +
                                    std::to_string(config_.session.max_pending_puts) + ")");
-  if (!put.fusion && host_->find(NsKey{put.ns, put.key}) != nullptr)
+  const NsKey block{put.ns, put.key};
+  if (!put.fusion && (host_->find(block) != nullptr || gpu_holder(block) != nullptr))
     return error(Errc::kAlreadyExists, "block " + put.key.hex() + " is already cached");
-  auto ext = host_->reserve(put.stored_layout.total_bytes);
+  Result<Extent> ext = error(Errc::kNoSpace, "");
+  if (put.gpu_device >= 0) {
+    ext = gpu_tier(put.gpu_device)->reserve(put.stored_layout.total_bytes);
+    if (!ext && ext.status().code() == Errc::kNoSpace) {
+      // Leased blocks fill the GPU: the block goes to the host tier in the host format.
+      bump(metrics_.gpu_put_fallbacks);
+      put.gpu_device = -1;
+      put.stored_layout = plan_stored_layout(put.client_layout, *ns_rules_.at(put.ns));
+    }
+  }
+  if (put.gpu_device < 0) ext = host_->reserve(put.stored_layout.total_bytes);
   if (!ext) {
     if (ext.status().code() == Errc::kNoSpace) bump(metrics_.puts_no_space);
     return ext.status();
@@ -282,9 +309,23 @@ Status Cache::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout)
   s->puts.erase(it);
   uint64_t raw = 0;
   for (const auto& t : stored_layout.tensors) raw += t.raw_bytes;
+  if (put.gpu_device >= 0) {
+    GpuTier* tier = gpu_tier(put.gpu_device);
+    Status st = tier->insert(NsKey{put.ns, put.key}, put.extent, std::move(stored_layout));
+    if (!st) {
+      tier->unreserve(put.extent);
+      return st;
+    }
+    bump(metrics_.puts);
+    bump(metrics_.gpu_puts);
+    bump(metrics_.put_bytes, raw);
+    return {};
+  }
   if (put.fusion) {
     // The new block (chunk + fusion) replaces the old one: readers holding leases on the old
-    // one keep it until they release (deferred free); the disk copy lacks the fusion state.
+    // one keep it until they release (deferred free); the disk and GPU copies lack the fusion
+    // state.
+    for (const auto& t : gpu_.tiers) (void)t->remove(NsKey{put.ns, put.key});
     (void)host_->remove(NsKey{put.ns, put.key});
     if (disk_) (void)disk_->remove(ns_names_.at(put.ns), put.key);
     drop_lease(*s, put.base_lease);
@@ -306,32 +347,44 @@ Status Cache::abort_put(uint64_t sid, uint64_t put_id) {
   auto it = s->puts.find(put_id);
   if (it == s->puts.end())
     return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
-  host_->unreserve(it->second.extent);
+  if (it->second.gpu_device >= 0) {
+    gpu_tier(it->second.gpu_device)->unreserve(it->second.extent);
+  } else {
+    host_->unreserve(it->second.extent);
+  }
   if (it->second.fusion) drop_lease(*s, it->second.base_lease);
   s->puts.erase(it);
   bump(metrics_.puts_aborted);
   return {};
 }
 
-std::vector<LeaseGrant> Cache::get(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys) {
+std::vector<LeaseGrant> Cache::get(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys,
+                                   Placement where) {
   std::vector<LeaseGrant> out;
   out.reserve(keys.size());
   std::lock_guard lock(mu_);
   bump(metrics_.gets);
   Session* s = session(sid);
+  GpuTier* want_gpu = where.gpu ? gpu_tier(where.device) : nullptr;
   for (const auto& k : keys) {
+    const NsKey id{ns, k};
     LeaseGrant g;
     g.key = k;
     if (s == nullptr) {
       g.code = Errc::kUnavailable;
     } else if (s->leases.size() >= config_.session.max_leases) {
       g.code = Errc::kLimit;
-    } else if (const BlockInfo* b = host_->acquire(NsKey{ns, k})) {
-      g.lease_id = s->next_id++;
-      g.extent = b->extent;
-      g.layout = &b->layout;
-      s->leases.emplace(g.lease_id, b);
-      s->leased_bytes += b->extent.bytes;
+    } else if (const BlockInfo* b = want_gpu ? want_gpu->acquire(id) : nullptr) {
+      g = grant(*s, *want_gpu, *b);
+      bump(metrics_.get_hits);
+      bump(metrics_.gpu_get_hits);
+    } else if (const BlockInfo* h = host_->acquire(id)) {
+      g = grant(*s, *host_, *h);
+      bump(metrics_.get_hits);
+    } else if (GpuTier* holder = gpu_holder(id); holder && copy_down(*holder, *holder->find(id))) {
+      // Only a GPU (another device's, for a GPU get) has it: a host copy serves this get.
+      bump(metrics_.gpu_copy_downs);
+      g = grant(*s, *host_, *host_->acquire(id));
       bump(metrics_.get_hits);
     } else {
       g.code = Errc::kNotFound;
@@ -356,17 +409,20 @@ Cache::RemoveCount Cache::remove(uint32_t ns, std::span<const BlockKey> keys) {
   std::lock_guard lock(mu_);
   RemoveCount c;
   for (const auto& k : keys) {
-    const bool on_disk = disk_ && disk_->remove(ns_names_.at(ns), k).is_ok();
-    switch (host_->remove(NsKey{ns, k})) {
-      case RemoveOutcome::kRemoved:
-        ++c.removed;
-        break;
-      case RemoveOutcome::kDeferred:
-        ++c.deferred;
-        break;
-      case RemoveOutcome::kNotFound:
-        c.removed += on_disk;
-        break;
+    // Per key: deferred when any tier still has it leased, else removed when any tier had it.
+    bool removed = disk_ && disk_->remove(ns_names_.at(ns), k).is_ok();
+    bool deferred = false;
+    auto from = [&](Tier& t) {
+      const RemoveOutcome o = t.remove(NsKey{ns, k});
+      removed |= o == RemoveOutcome::kRemoved;
+      deferred |= o == RemoveOutcome::kDeferred;
+    };
+    for (const auto& t : gpu_.tiers) from(*t);
+    from(*host_);
+    if (deferred) {
+      ++c.deferred;
+    } else if (removed) {
+      ++c.removed;
     }
   }
   bump(metrics_.removes, c.removed + c.deferred);
@@ -374,7 +430,7 @@ Cache::RemoveCount Cache::remove(uint32_t ns, std::span<const BlockKey> keys) {
 }
 
 Cache::EvictCount Cache::evict(std::optional<std::string> ns, std::span<const BlockKey> keys,
-                               bool all, bool host, bool disk) {
+                               bool all, bool host, bool disk, bool gpu) {
   EvictCount c;
   if (!all && !ns) return c;
   std::unordered_set<BlockKey, BlockKeyHash> wanted(keys.begin(), keys.end());
@@ -383,10 +439,16 @@ Cache::EvictCount Cache::evict(std::optional<std::string> ns, std::span<const Bl
   };
   if (disk && disk_)
     c.disk = disk_->evict_matching([&](const DiskEntry& e) { return match(e.ns, e.key); });
-  if (host) {
-    std::lock_guard lock(mu_);
-    c.host = host_->evict_matching(
-        [&](const BlockInfo& b) { return match(ns_names_.at(b.id.ns), b.id.key); });
+  std::lock_guard lock(mu_);
+  auto by_name = [&](const BlockInfo& b) { return match(ns_names_.at(b.id.ns), b.id.key); };
+  if (host) c.host = host_->evict_matching(by_name);
+  if (gpu) {
+    for (const auto& t : gpu_.tiers) {
+      auto e = t->evict_matching(by_name);
+      c.gpu.evicted += e.evicted;
+      c.gpu.skipped_leased += e.skipped_leased;
+      c.gpu.bytes += e.bytes;
+    }
   }
   return c;
 }

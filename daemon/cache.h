@@ -27,6 +27,8 @@
 #include "daemon/peer.h"
 #include "index/semantic_index.h"
 #include "tiers/disk/disk_tier.h"
+#include "tiers/gpu/device_backend.h"
+#include "tiers/gpu/gpu_tier.h"
 #include "tiers/host/host_tier.h"
 
 namespace kvtier {
@@ -34,7 +36,8 @@ namespace kvtier {
 struct PendingPut {
   uint32_t ns = 0;
   BlockKey key;
-  Extent extent;              // reserved in the host tier
+  Extent extent;              // reserved in the host tier, or in gpu_device's GPU tier
+  int gpu_device = -1;        // >= 0: the block lands in that device's GPU tier, stored raw
   BlockLayout client_layout;  // tensors as the client wrote them into staging
   BlockLayout stored_layout;  // tensors as they will be stored (offsets, codecs)
   uint64_t staging_offset = 0;
@@ -75,6 +78,23 @@ struct LeaseGrant {
   uint64_t lease_id = 0;
   Extent extent;
   const BlockLayout* layout = nullptr;  // valid while the lease is held
+  TierKind tier = TierKind::kHost;      // kGpu: extent.arena is the device's pool id
+  int device = -1;                      // the GPU of a kGpu lease
+};
+
+// Where a get wants its blocks: host memory (the host tier's format) or one GPU's memory.
+struct Placement {
+  bool gpu = false;
+  int device = -1;  // gpu: the device; -1 = the first GPU tier
+};
+
+// The hot tier as the server opened it: the backend (null without one), one GpuTier per
+// device, and one line saying what was found ("cuda: 2 devices, VMM", "no CUDA driver ...").
+struct GpuSetup {
+  std::unique_ptr<gpu::DeviceBackend> backend;
+  std::vector<std::unique_ptr<GpuTier>> tiers;
+  std::string status;
+  std::string requested;  // gpu.backend as configured
 };
 
 class Cache {
@@ -82,13 +102,20 @@ class Cache {
   // `disk` may be null (disabled, or it failed to open: `disk_status` says why).
   Cache(const config::Config& config, std::unique_ptr<HostTier> host,
         std::unique_ptr<DiskTier> disk, std::string disk_status,
-        std::unique_ptr<SemanticIndex> index, Metrics& metrics);
+        std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu = {});
   ~Cache();
 
   HostTier& host() { return *host_; }
   // Thread-safe on its own (tiers/disk/disk_tier.h); null when there is no disk tier.
   DiskTier* disk() { return disk_.get(); }
   const std::string& disk_status() const { return disk_status_; }
+  // The GPU tiers (constant after construction; each tier is guarded by mu_, its pool is
+  // thread-safe).  Null/empty without a GPU tier.
+  gpu::DeviceBackend* gpu_backend() const { return gpu_.backend.get(); }
+  const std::vector<std::unique_ptr<GpuTier>>& gpu_tiers() const { return gpu_.tiers; }
+  const std::string& gpu_status() const { return gpu_.status; }
+  // The GPU tier of `device` (-1: the first), or null.
+  GpuTier* gpu_tier(int device) const;
   const std::string& namespace_name(uint32_t ns) const;
   const config::Config& config() const { return config_; }
 
@@ -128,7 +155,16 @@ class Cache {
   Status seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout);
   Status abort_put(uint64_t sid, uint64_t put_id);
 
-  std::vector<LeaseGrant> get(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys);
+  // Leases what is cached in the place asked for.  A host get of a block that only a GPU tier
+  // holds copies it down into the host tier first (NF4 quantized on the device).  A GPU get
+  // leases blocks in that GPU; the others come back as host leases (or kNotFound), for
+  // promote_to_gpu().
+  std::vector<LeaseGrant> get(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys,
+                              Placement where = {});
+  // Turns a host lease into a lease on the same block in `device`'s GPU tier: reserves pool
+  // space, dequantizes/copies the block into it without the lock, publishes it, and drops
+  // the host lease.  When the GPU tier has no room the host grant comes back unchanged.
+  LeaseGrant promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& host_grant, int device);
   uint32_t release(uint64_t sid, std::span<const uint64_t> lease_ids);
 
   struct RemoveCount {
@@ -141,11 +177,14 @@ class Cache {
   struct EvictCount {
     Tier::EvictCount host;
     uint64_t disk = 0;
+    Tier::EvictCount gpu;
   };
   EvictCount evict(std::optional<std::string> ns, std::span<const BlockKey> keys, bool all,
-                   bool host, bool disk);
+                   bool host, bool disk, bool gpu = false);
 
   nlohmann::json stats_json() const;
+  // The GPU tier: what the probe found, and each pool's usage (stats and health).
+  nlohmann::json gpu_json() const;
   nlohmann::json clients_json() const;
   // fusion_only: just the chunks that carry fusion state (host tier; the disk keeps the
   // layout too).
@@ -159,7 +198,11 @@ class Cache {
     PeerInfo peer;
     uint64_t connected_unix_ms = 0;
     uint64_t next_id = 1;
-    std::unordered_map<uint64_t, const BlockInfo*> leases;
+    struct Held {
+      Tier* tier = nullptr;
+      const BlockInfo* block = nullptr;
+    };
+    std::unordered_map<uint64_t, Held> leases;
     std::unordered_map<uint64_t, PendingPut> puts;
     uint64_t leased_bytes = 0;
   };
@@ -169,6 +212,13 @@ class Cache {
 
   // Capacity eviction from the host tier: hands the block to the disk tier (write-back).
   void demote(const BlockInfo& block, std::span<const std::byte> bytes);  // requires mu_
+  // A GPU block into the host tier (quantized on the device to the namespace's host format):
+  // on GPU eviction, and for host gets of GPU-only blocks.  False when the host has no room.
+  bool copy_down(GpuTier& tier, const BlockInfo& block);  // requires mu_
+  // A GPU tier that holds the block, or null.
+  GpuTier* gpu_holder(const NsKey& id) const;  // requires mu_
+  // Records a lease of `b` in `tier` for the session.
+  LeaseGrant grant(Session& s, Tier& tier, const BlockInfo& b);  // requires mu_
 
   // Constant after construction.
   const config::Config config_;
@@ -176,6 +226,9 @@ class Cache {
   const std::unique_ptr<DiskTier> disk_;  // thread-safe itself; may be null
   const std::string disk_status_;
   const std::unique_ptr<SemanticIndex> index_;  // thread-safe itself; may be null
+  // Constant after construction until ~Cache tears it down before host_ (the backend has the
+  // host arena registered); the GpuTiers in it are guarded by mu_.
+  GpuSetup gpu_;
 
   mutable std::mutex mu_;
   // Guarded by mu_.

@@ -3,10 +3,49 @@
 
 namespace kvtier {
 
+nlohmann::json Cache::gpu_json() const {
+  nlohmann::json j = {{"requested", gpu_.requested},
+                      {"backend", gpu_.backend ? gpu_.backend->name() : "none"},
+                      {"status", gpu_.status}};
+  if (gpu_.backend) {
+    const gpu::ProbeReport& p = gpu_.backend->probe();
+    auto devices = nlohmann::json::array();
+    for (const auto& d : p.devices) {
+      devices.push_back(
+          {{"index", d.index},
+           {"name", d.name},
+           {"total_bytes", d.total_bytes},
+           {"compute_capability", std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor)},
+           {"vmm", d.vmm}});
+    }
+    j["driver_version"] = p.driver_version;
+    j["devices"] = devices;
+  }
+  auto pools = nlohmann::json::array();
+  std::lock_guard lock(mu_);
+  for (const auto& t : gpu_.tiers) {
+    const TierUsage u = t->usage();
+    pools.push_back({{"device", t->device()},
+                     {"handle", gpu::handle_type_name(t->pool().handle_type())},
+                     {"capacity_bytes", u.capacity_bytes},
+                     {"used_bytes", u.used_bytes},
+                     {"reserved_bytes", u.reserved_bytes},
+                     {"fusion_bytes", u.fusion_bytes},
+                     {"blocks", u.blocks},
+                     {"leased_blocks", u.leased_blocks},
+                     {"evictions", u.evictions},
+                     {"evicted_bytes", u.evicted_bytes},
+                     {"policy", "s3fifo"}});
+  }
+  j["pools"] = pools;
+  return j;
+}
+
 nlohmann::json Cache::stats_json() const {
   nlohmann::json j;
   TierUsage u;
   uint64_t sessions, leases = 0, pending = 0;
+  j["tiers"]["gpu"] = gpu_json();
   {
     std::lock_guard lock(mu_);
     u = host_->usage();
@@ -94,7 +133,7 @@ nlohmann::json Cache::list_json(const std::string& ns_filter, uint32_t limit,
       if (is_fusion_tensor(t.name)) return true;
     return false;
   };
-  host_->visit([&](const BlockInfo& b) {
+  auto visit_block = [&](const BlockInfo& b, const std::string& tier) {
     if (only && b.id.ns != *only) return;
     if (limit && arr.size() >= limit) return;
     if (fusion_only && !fused(b.layout)) return;
@@ -108,14 +147,19 @@ nlohmann::json Cache::list_json(const std::string& ns_filter, uint32_t limit,
     }
     arr.push_back({{"namespace", ns_names_.at(b.id.ns)},
                    {"key", b.id.key.hex()},
-                   {"tier", "host"},
+                   {"tier", tier},
                    {"bytes", b.extent.bytes},
                    {"leases", b.leases},
                    {"hits", b.hits},
                    {"created_unix_ms", b.created_unix_ms},
                    {"last_access_unix_ms", b.last_access_unix_ms},
                    {"tensors", tensors}});
-  });
+  };
+  for (const auto& t : gpu_.tiers) {
+    const std::string name = "gpu" + std::to_string(t->device());
+    t->visit([&](const BlockInfo& b) { visit_block(b, name); });
+  }
+  host_->visit([&](const BlockInfo& b) { visit_block(b, "host"); });
   if (disk_) {
     disk_->visit([&](const DiskEntry& e) {
       if (!ns_filter.empty() && e.ns != ns_filter) return;

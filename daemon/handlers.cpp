@@ -5,6 +5,7 @@
 #include "common/wire.h"
 #include "daemon/await.h"
 #include "daemon/block_codec.h"
+#include "daemon/gpu_moves.h"
 #include "daemon/server.h"
 #include "daemon/session.h"
 
@@ -34,11 +35,15 @@ void Session::on_hello(const wire::HelloReq& req, Reply& r) {
   const auto& arena = server_.cache().host().arena();
   std::vector<flatbuffers::Offset<wire::ArenaInfo>> arenas = {
       wire::CreateArenaInfo(fbb, server_.cache().host().arena_id(), arena.size())};
+  std::vector<flatbuffers::Offset<wire::GpuPoolInfo>> pools;
+  for (const auto& t : server_.cache().gpu_tiers()) pools.push_back(gpu_pool_info(fbb, *t));
+  const gpu::DeviceBackend* backend = server_.cache().gpu_backend();
   auto inst = wire_util::to_wire(server_.instance());
   r.set(wire::Response::HelloResp,
         wire::CreateHelloResp(fbb, kProtocolVersion, &inst, id_, fbb.CreateVector(arenas),
                               server_.config().session.staging_bytes,
-                              server_.config().daemon.max_message_bytes));
+                              server_.config().daemon.max_message_bytes, fbb.CreateVector(pools),
+                              fbb.CreateString(backend ? backend->name() : "")));
 }
 
 void Session::on_map_arena(const wire::MapArenaReq& req, Reply& r) {
@@ -104,6 +109,12 @@ awaitable<void> Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
     }
     put.stored_layout =
         plan_fusion_layout(put.base_layout, put.client_layout, rule, put.metadata.size());
+  } else if (rule.disk != config::DiskPolicy::kPersist && gpu_eligible(put.client_layout) &&
+             cache.gpu_tier(req.device()) != nullptr) {
+    // The hot tier keeps fp16/bf16 as given.  Persist namespaces stay on the host path,
+    // whose seal writes through to the disk tier.
+    put.gpu_device = cache.gpu_tier(req.device())->device();
+    put.stored_layout = plan_gpu_layout(put.client_layout);
   } else {
     put.stored_layout = plan_stored_layout(put.client_layout, rule);
   }
@@ -148,7 +159,10 @@ awaitable<void> Session::on_seal(const wire::SealReq& req, Reply& r) {
   BlockLayout stored = put->stored_layout;
   const config::NamespaceRule& rule = cache.rule_of(put->ns);
   // The base block of a fusion put is leased by this session: its bytes stay put.
-  Status st = put->fusion
+  Status st = put->gpu_device >= 0
+                  ? seal_to_gpu(cache.gpu_tier(put->gpu_device)->pool(), put->client_layout,
+                                staging_->data(put->staging_offset), stored, put->extent.offset)
+              : put->fusion
                   ? encode_fusion_block(put->base_layout, cache.host().data(put->base_extent),
                                         put->client_layout, staging_->data(put->staging_offset),
                                         put->metadata, rule, stored, cache.host().data(put->extent))
@@ -195,7 +209,8 @@ flatbuffers::Offset<wire::LeasedBlock> leased_block(flatbuffers::FlatBufferBuild
   if (g.code != Errc::kOk) return wire::CreateLeasedBlock(fbb, &key, static_cast<uint16_t>(g.code));
   // g.layout stays valid: this session holds the lease and only it can release it.
   auto layout = wire_util::to_wire(fbb, *g.layout);
-  return wire::CreateLeasedBlock(fbb, &key, 0, g.lease_id, g.extent.arena, g.extent.offset, layout);
+  return wire::CreateLeasedBlock(fbb, &key, 0, g.lease_id, g.extent.arena, g.extent.offset, layout,
+                                 static_cast<uint8_t>(g.tier), g.device);
 }
 
 bool has_fusion(const BlockLayout& layout) {
@@ -241,10 +256,21 @@ awaitable<void> Session::on_get(const wire::GetReq& req, Reply& r) {
   if (!ns) co_return r.fail(ns.status());
   auto keys = request_keys(req.keys());
   if (!keys) co_return r.fail(keys.status());
-  auto grants = cache.get(id_, *ns, *keys);
+  Placement where;
+  if (req.want() > 1) co_return r.fail(error(Errc::kInvalidArgument, "unknown placement"));
+  if (req.want() == 1) {
+    if (Status st = check_gpu_device(cache, req.device()); !st) co_return r.fail(st);
+    where = Placement{true, req.device()};
+  }
+  auto grants = cache.get(id_, *ns, *keys, where);
   // Blocks only on the disk tier are promoted into the host tier and leased from there.
   for (auto& g : grants)
     if (g.code == Errc::kNotFound && cache.disk() != nullptr) g = co_await promote(*ns, g.key);
+  // A GPU get: host hits go on to the device (kept as host leases when it has no room).
+  if (where.gpu)
+    for (auto& g : grants)
+      if (g.code == Errc::kOk && g.tier == TierKind::kHost)
+        g = cache.promote_to_gpu(id_, *ns, g, where.device);
   auto& fbb = r.fbb;
   std::vector<flatbuffers::Offset<wire::LeasedBlock>> blocks;
   blocks.reserve(grants.size());

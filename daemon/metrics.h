@@ -38,6 +38,15 @@ namespace kvtier {
   X(promotions, "blocks read back from the disk tier into the host tier")                \
   X(promotion_waits, "gets that waited on a promotion already in flight")                \
   X(promotion_failures, "promotions that failed (corrupt, I/O, no space)")               \
+  X(gpu_puts, "puts sealed into a GPU tier")                                             \
+  X(gpu_put_fallbacks, "fp16 puts stored in the host tier: leased blocks fill the GPU")  \
+  X(gpu_get_hits, "blocks leased from a GPU tier")                                       \
+  X(gpu_promotions, "blocks promoted from the host tier into a GPU tier")                \
+  X(gpu_promotion_bytes, "bytes written into GPU tiers by promotions")                   \
+  X(gpu_promotion_fallbacks, "GPU gets answered from the host tier: no GPU room")        \
+  X(gpu_demotions, "GPU evictions copied down into the host tier")                       \
+  X(gpu_demotions_dropped, "GPU evictions not copied down: host tier full")              \
+  X(gpu_copy_downs, "host gets of GPU-only blocks copied down into the host tier")       \
   X(searches, "semantic searches")                                                       \
   X(search_hits, "semantic searches that found at least one chunk")
 

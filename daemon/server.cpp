@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "daemon/gpu_setup.h"
 #include "daemon/session.h"
 #include "tiers/disk/fault_device.h"
 
@@ -78,8 +79,9 @@ Server::Server(config::Config config)
     throw std::runtime_error("cannot create state directory " + config_.daemon.state_dir.string() +
                              ": " + ec.message());
   auto [disk, disk_status] = open_disk_tier();
+  GpuSetup gpu = open_gpu_tier(config_.gpu, **host);
   cache_ = std::make_unique<Cache>(config_, std::move(host).value(), std::move(disk),
-                                   std::move(disk_status), open_index(), metrics_);
+                                   std::move(disk_status), open_index(), metrics_, std::move(gpu));
   bind_socket();
 }
 

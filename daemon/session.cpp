@@ -171,6 +171,9 @@ awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {
     case R::MapArenaReq:
       on_map_arena(*msg.body_as_MapArenaReq(), r);
       co_return;
+    case R::MapGpuPoolReq:
+      on_map_gpu_pool(*msg.body_as_MapGpuPoolReq(), r);
+      co_return;
     case R::LookupReq:
       co_await on_lookup(*msg.body_as_LookupReq(), r);
       co_return;

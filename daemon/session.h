@@ -26,6 +26,12 @@ class Server;
 flatbuffers::Offset<wire::LeasedBlock> leased_block(flatbuffers::FlatBufferBuilder& fbb,
                                                     const LeaseGrant& g);
 bool has_fusion(const BlockLayout& layout);
+// ok when `device` (-1: any) has a GPU tier; else an error naming the devices that do.
+Status check_gpu_device(const Cache& cache, int device);
+// A GPU tier's pool for HelloResp / MapGpuPoolResp (without the descriptor).
+flatbuffers::Offset<wire::GpuPoolInfo> gpu_pool_info(flatbuffers::FlatBufferBuilder& fbb,
+                                                     const GpuTier& tier,
+                                                     const gpu::PoolExport* handle = nullptr);
 
 // A reply under construction: a body in the builder, or an error status; descriptors to pass.
 struct Reply {
@@ -66,6 +72,7 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<void> handle(const wire::RequestMsg& msg, Reply& reply);
   void on_hello(const wire::HelloReq& req, Reply& r);
   void on_map_arena(const wire::MapArenaReq& req, Reply& r);
+  void on_map_gpu_pool(const wire::MapGpuPoolReq& req, Reply& r);
   boost::asio::awaitable<void> on_lookup(const wire::LookupReq& req, Reply& r);
   boost::asio::awaitable<void> on_put_begin(const wire::PutBeginReq& req, Reply& r);
   boost::asio::awaitable<void> on_seal(const wire::SealReq& req, Reply& r);

@@ -397,3 +397,29 @@ TEST_CASE("[disk] keys and per-namespace disk policy", "[config]") {
                       Contains("unknown disk policy 'sometimes'") && Contains("line 3"));
   CHECK_NOTHROW(parse("[disk]\nenabled = false\nsize = 1\n"));
 }
+
+TEST_CASE("[gpu] keys: backend, devices, size, handle", "[config]") {
+  if (!default_host_fits()) return;
+  Config d = parse("");
+  CHECK(d.gpu.backend == "auto");
+  CHECK(d.gpu.devices.empty());
+  CHECK(d.gpu.size_bytes == kGiB);
+  CHECK(d.gpu.handle == "vmm");
+
+  Config c = parse(
+      "[gpu]\nbackend = \"emulation\"\ndevices = [0, 1]\nsize = \"64MiB\"\nhandle = \"ipc\"\n"
+      "small_queue_ratio = 0.2\n");
+  CHECK(c.gpu.backend == "emulation");
+  CHECK(c.gpu.devices == std::vector<uint32_t>{0, 1});
+  CHECK(c.gpu.size_bytes == 64 * kMiB);
+  CHECK(c.gpu.handle == "ipc");
+  CHECK(c.gpu.small_queue_ratio == 0.2);
+  CHECK(parse(c.to_toml()).to_toml() == c.to_toml());
+
+  REQUIRE_THROWS_WITH(parse("[gpu]\nbackend = \"rocm\"\n"),
+                      Contains("gpu.backend: 'rocm' is not one of") && Contains("line 2"));
+  REQUIRE_THROWS_WITH(parse("[gpu]\nhandle = \"dmabuf\"\n"), Contains("gpu.handle"));
+  REQUIRE_THROWS_WITH(parse("[gpu]\nsize = \"4KiB\"\n"), Contains("gpu.size: must be at least"));
+  REQUIRE_THROWS_WITH(parse("[gpu]\ndevices = [1, 1]\n"), Contains("listed twice"));
+  REQUIRE_THROWS_WITH(parse("[gpu]\ndevises = [1]\n"), Contains("unknown key 'gpu.devises'"));
+}

@@ -56,7 +56,8 @@ Result<EvictCount> Client::evict(std::string_view ns, std::span<const BlockKey> 
   if (!resp) return resp.status();
   const auto* e = (*resp)->msg->body_as_EvictResp();
   if (e == nullptr) return error(Errc::kProtocol, "bad evict reply");
-  return EvictCount{e->evicted(), e->skipped_leased(), e->bytes(), e->disk_evicted()};
+  return EvictCount{e->evicted(), e->skipped_leased(), e->bytes(), e->disk_evicted(),
+                    e->gpu_evicted()};
 }
 
 namespace {

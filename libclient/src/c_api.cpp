@@ -55,8 +55,15 @@ const char* kvtier_version(void) {
 }
 
 int kvtier_connect(const char* socket, kvtier_client** out) {
+  return kvtier_connect_device(socket, -1, out);
+}
+
+int kvtier_connect_device(const char* socket, int device, kvtier_client** out) {
   return guarded([&] {
-    auto c = kvtier::Client::connect(std::string(socket ? socket : ""));
+    kvtier::ClientOptions o;
+    o.socket = socket ? socket : "";
+    o.device = device;
+    auto c = kvtier::Client::connect(o);
     if (!c) return fail(c.status());
     *out = new kvtier_client{std::move(c).value()};
     return ok();
@@ -113,6 +120,21 @@ int kvtier_get(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t 
     *out = new kvtier_lease{std::move(r).value()};
     return ok();
   });
+}
+
+int kvtier_get_gpu(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n, int device,
+                   kvtier_lease** out) {
+  return guarded([&] {
+    auto r = c->client->get(ns ? ns : "", keys_of(keys, n), kvtier::GetOptions{true, device});
+    if (!r) return fail(r.status());
+    *out = new kvtier_lease{std::move(r).value()};
+    return ok();
+  });
+}
+
+int kvtier_lease_block_device(const kvtier_lease* lease, size_t block) {
+  if (block >= lease->lease.size()) return -1;
+  return lease->lease.block(block).on_gpu ? lease->lease.block(block).device : -1;
 }
 
 int kvtier_remove(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,

@@ -19,7 +19,7 @@ struct Lease::State {
 };
 
 bool TensorView::verify() const {
-  return checksum64(data, bytes) == checksum;
+  return host_accessible && checksum64(data, bytes) == checksum;
 }
 
 const TensorView* LeasedBlock::tensor(std::string_view name) const {
@@ -64,6 +64,12 @@ Status Lease::release() {
 
 Client::Client(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
+std::string Client::gpu_backend() const {
+  return impl_->gpu_backend;
+}
+std::vector<int> Client::gpu_devices() const {
+  return impl_->gpu_devices;
+}
 uint64_t Client::session_id() const {
   return impl_->session_id;
 }
@@ -120,7 +126,7 @@ Status Client::put_impl(std::string_view ns, const BlockKey& key, std::span<cons
       fusion ? fbb.CreateVector(reinterpret_cast<const uint8_t*>(metadata.data()), metadata.size())
              : 0;
   auto req = wire::CreatePutBeginReq(fbb, fbb.CreateString(ns.data(), ns.size()), &wkey,
-                                     wire_util::to_wire(fbb, layout), fusion, md);
+                                     wire_util::to_wire(fbb, layout), fusion, md, impl_->device);
   auto resp = impl_->call(fbb, wire::Request::PutBeginReq, req.Union());
   if (!resp) return resp.status();
   const auto* begin = (*resp)->msg->body_as_PutBeginResp();
@@ -174,7 +180,10 @@ Status map_tensors(const wire::LeasedBlock& b, const ArenaMapping& mapping, Leas
     v.bytes = t.bytes;
     v.raw_bytes = t.raw_bytes;
     v.checksum = t.checksum;
-    if (v.name == kFusionMetadata) {
+    v.device = mapping.device;
+    v.host_accessible = mapping.host_accessible;
+    // Metadata in device memory (a CUDA GPU lease) stays a tensor, named ".metadata".
+    if (v.name == kFusionMetadata && v.host_accessible) {
       lb.fusion_metadata.assign(reinterpret_cast<const char*>(v.data), v.bytes);
     } else if (is_fusion_tensor(v.name)) {
       v.name.erase(0, kFusionPrefix.size());
@@ -202,7 +211,10 @@ Result<Lease> LeaseBuilder::build(const std::shared_ptr<Client::Impl>& impl,
     if (lb.code == Errc::kOk) {
       // Recorded first: whatever happens next, the lease is given back.
       state->lease_ids.push_back(b->lease_id());
-      auto m = impl->arena(b->arena());
+      const bool gpu = b->tier() == 0;  // the wire's tier 0 is the GPU tier
+      lb.on_gpu = gpu;
+      lb.device = gpu ? b->device() : -1;
+      auto m = gpu ? impl->gpu_pool(b->arena()) : impl->arena(b->arena());
       if (!m) {
         failure = m.status();
       } else {
@@ -223,12 +235,14 @@ Result<Lease> LeaseBuilder::build(const std::shared_ptr<Client::Impl>& impl,
   return lease;
 }
 
-Result<Lease> Client::get(std::string_view ns, std::span<const BlockKey> keys) {
+Result<Lease> Client::get(std::string_view ns, std::span<const BlockKey> keys, GetOptions options) {
   if (keys.empty()) return Lease();
   std::lock_guard lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb(64 + keys.size() * 16);
+  const int device = options.device >= 0 ? options.device : impl_->device;
   auto req = wire::CreateGetReq(fbb, fbb.CreateString(ns.data(), ns.size()),
-                                wire_util::keys_to_wire(fbb, keys));
+                                wire_util::keys_to_wire(fbb, keys), options.gpu ? 1 : 0,
+                                options.gpu ? device : -1);
   auto resp = impl_->call(fbb, wire::Request::GetReq, req.Union());
   if (!resp) return resp.status();
   const auto* body = (*resp)->msg->body_as_GetResp();

@@ -18,6 +18,10 @@ uint64_t decoded_bytes(const TensorView& t, DType out) {
 }
 
 Status decode(const TensorView& t, DType out, std::span<std::byte> dst) {
+  if (!t.host_accessible)
+    return error(Errc::kInvalidArgument, "tensor '" + t.name + "' is in the memory of GPU " +
+                                             std::to_string(t.device) +
+                                             ": copy it with CUDA (it is stored raw)");
   const uint64_t need = decoded_bytes(t, out);
   if (dst.size() < need)
     return error(Errc::kInvalidArgument, "tensor '" + t.name + "' needs " + std::to_string(need) +

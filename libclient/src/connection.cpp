@@ -13,14 +13,16 @@
 namespace kvtier {
 namespace {
 
-// Process-wide: (daemon instance, arena id) -> mapping, so each arena is mapped once.
+// Process-wide: (daemon instance, arena id) -> mapping, so each arena is mapped once.  GPU
+// pools are keyed with kGpuPoolKey set in the id.
 std::mutex g_arenas_mu;
-std::map<std::pair<BlockKey, uint32_t>, std::weak_ptr<ArenaMapping>> g_arenas;
+std::map<std::pair<BlockKey, uint64_t>, std::weak_ptr<ArenaMapping>> g_arenas;
+constexpr uint64_t kGpuPoolKey = 1ull << 32;
 
 }  // namespace
 
 ArenaMapping::~ArenaMapping() {
-  if (base != nullptr) ::munmap(const_cast<std::byte*>(base), size);
+  if (base != nullptr && pool == nullptr) ::munmap(const_cast<std::byte*>(base), size);
 }
 
 Response::~Response() {
@@ -128,6 +130,53 @@ Result<std::shared_ptr<ArenaMapping>> Client::Impl::arena(uint32_t id) {
   return arenas[id] = m;
 }
 
+Result<std::shared_ptr<ArenaMapping>> Client::Impl::gpu_pool(uint32_t id) {
+  if (auto it = gpu_pools.find(id); it != gpu_pools.end()) return it->second;
+  const std::pair<BlockKey, uint64_t> key{instance, kGpuPoolKey | id};
+  {
+    std::lock_guard lock(g_arenas_mu);
+    if (auto it = g_arenas.find(key); it != g_arenas.end()) {
+      if (auto m = it->second.lock()) return gpu_pools[id] = m;
+    }
+  }
+  flatbuffers::FlatBufferBuilder fbb;
+  auto resp = call(fbb, wire::Request::MapGpuPoolReq, wire::CreateMapGpuPoolReq(fbb, id).Union());
+  if (!resp) return resp.status();
+  const auto* body = (*resp)->msg->body_as_MapGpuPoolResp();
+  if (body == nullptr || body->pool() == nullptr)
+    return error(Errc::kProtocol, "GPU pool reply without a pool");
+  const auto* info = body->pool();
+  gpu::PoolExport e;
+  e.type = static_cast<gpu::HandleType>(info->handle_type());
+  e.device = info->device();
+  e.bytes = info->bytes();
+  e.fd = (*resp)->take_fd();  // import_pool owns it from here on
+  if (e.type == gpu::HandleType::kCudaIpc) {
+    if (info->ipc_handle() == nullptr || info->ipc_handle()->size() != e.ipc_handle.size())
+      return error(Errc::kProtocol, "GPU pool reply without its IPC handle");
+    std::memcpy(e.ipc_handle.data(), info->ipc_handle()->data(), e.ipc_handle.size());
+  } else if (e.fd < 0) {
+    return error(Errc::kProtocol, "GPU pool reply without a descriptor");
+  }
+  auto imported = gpu::import_pool(e);
+  if (!imported)
+    return error(imported.status().code(), "cannot import GPU pool " + std::to_string(id) +
+                                               " of device " + std::to_string(e.device) + " (" +
+                                               gpu::handle_type_name(e.type) +
+                                               "): " + imported.status().message());
+  auto m = std::make_shared<ArenaMapping>();
+  m->base = reinterpret_cast<const std::byte*>((*imported)->base());
+  m->size = (*imported)->size();
+  m->device = e.device;
+  m->host_accessible = e.type == gpu::HandleType::kMemfd;
+  m->pool = std::move(imported).value();
+  std::lock_guard lock(g_arenas_mu);
+  auto& slot = g_arenas[key];
+  if (auto existing = slot.lock()) return gpu_pools[id] = existing;  // another thread won
+  slot = m;
+  return gpu_pools[id] = m;
+}
+
 std::string default_socket_path() {
   if (const char* env = std::getenv("KVTIER_SOCKET"); env && *env) return env;
   if (::access("./var/kvtier.sock", F_OK) == 0) return "./var/kvtier.sock";
@@ -167,6 +216,10 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   impl->max_message_bytes = h->max_message_bytes();
   if (h->arenas())
     for (const auto* a : *h->arenas()) impl->arena_sizes[a->id()] = a->bytes();
+  impl->device = options.device;
+  impl->gpu_backend = wire_util::str(h->gpu_backend());
+  if (h->gpu_pools())
+    for (const auto* p : *h->gpu_pools()) impl->gpu_devices.push_back(p->device());
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 

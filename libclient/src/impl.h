@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/protocol_generated.h"
+#include "tiers/gpu/device_backend.h"
 #include "kvtier/client.h"
 
 namespace kvtier {
@@ -23,6 +24,9 @@ namespace kvtier {
 struct ArenaMapping {
   const std::byte* base = nullptr;
   uint64_t size = 0;
+  int device = -1;                          // >= 0: a GPU tier pool of this device
+  bool host_accessible = true;              // false for CUDA device memory
+  std::unique_ptr<gpu::ImportedPool> pool;  // GPU pools: unmapped by its destructor
   ~ArenaMapping();
 };
 
@@ -45,6 +49,10 @@ struct Client::Impl {
   uint64_t max_message_bytes = 0;
   std::map<uint32_t, uint64_t> arena_sizes;
   std::map<uint32_t, std::shared_ptr<ArenaMapping>> arenas;  // guarded by mu
+  int device = -1;                                           // ClientOptions::device
+  std::string gpu_backend;
+  std::vector<int> gpu_devices;
+  std::map<uint32_t, std::shared_ptr<ArenaMapping>> gpu_pools;  // guarded by mu
   std::byte* staging = nullptr;  // read-write mapping of this connection's staging memfd
   uint64_t staging_bytes = 0;
 
@@ -60,6 +68,8 @@ struct Client::Impl {
       const std::function<void(uint64_t done, uint64_t total)>& progress);
   Result<std::unique_ptr<Response>> receive(uint64_t id);    // one reply frame; requires mu
   Result<std::shared_ptr<ArenaMapping>> arena(uint32_t id);  // requires mu
+  // A GPU tier pool, imported once per process (tiers/gpu/device_backend.h import_pool).
+  Result<std::shared_ptr<ArenaMapping>> gpu_pool(uint32_t id);  // requires mu
 };
 
 // Turns LeasedBlock replies into a Lease (a friend of Lease), or gives the granted leases

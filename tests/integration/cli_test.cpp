@@ -100,3 +100,27 @@ TEST_CASE("kvtierctl reports permission denied with EX_NOPERM") {
   CHECK_THAT(r.out, Catch::Contains("permission_denied"));
   CHECK(ctl("-s " + d.socket() + " stats").code == 0);
 }
+
+TEST_CASE("kvtierctl shows and evicts the GPU tier (host emulation)") {
+  kvtier::testing::DaemonOptions o;
+  o.gpu_backend = "emulation";
+  Daemon d(o);
+  const std::string s = "-s " + d.socket() + " ";
+  auto c = Client::connect(d.socket()).value();
+  auto keys = chain_keys("gpu/model", std::vector<uint32_t>(32, 5), 16);
+  for (const auto& k : keys) {
+    kvtier::testing::KvBlock b(k, 16);  // fp16: lands in the GPU tier
+    REQUIRE(c->put("gpu/model", k, b.tensors).is_ok());
+  }
+  auto stats = ctl(s + "stats");
+  CHECK(stats.code == 0);
+  CHECK_THAT(stats.out, Catch::Contains("gpu0") && Catch::Contains("gpu: puts 2"));
+  auto health = ctl(s + "health");
+  CHECK_THAT(health.out, Catch::Contains("tier gpu") && Catch::Contains("emulation"));
+  auto ls = ctl(s + "ls --namespace gpu/model");
+  CHECK_THAT(ls.out, Catch::Contains("gpu0"));
+  auto ev = ctl(s + "evict --namespace gpu/model --tier gpu");
+  CHECK(ev.code == 0);
+  CHECK_THAT(ev.out, Catch::Contains("evicted 2 blocks") && Catch::Contains("gpu: evicted 2"));
+  CHECK(c->lookup("gpu/model", keys).value() == 0);
+}

@@ -66,6 +66,10 @@ Daemon::Daemon(DaemonOptions o) {
         << "size = " << o.disk_bytes << "\n"
         << "region_bytes = " << o.region_bytes << "\n"
         << "io_backend = \"" << o.disk_backend << "\"\n"
+        << "[gpu]\n"
+        << "backend = \"" << o.gpu_backend << "\"\n"
+        << "size = " << o.gpu_bytes << "\n"
+        << "devices = " << o.gpu_devices << "\n"
         << "[session]\n"
         << "staging_bytes = " << o.staging_bytes << "\n"
         << o.extra_toml << "\n";

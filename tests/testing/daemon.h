@@ -28,6 +28,10 @@ struct DaemonOptions {
   uint64_t disk_bytes = 256ull << 20;
   uint64_t region_bytes = 8ull << 20;
   std::string disk_backend = "auto";  // auto | io_uring | threads
+  // The GPU tier: "off" unless a test asks ("emulation", or "cuda" in tests/gpu/).
+  std::string gpu_backend = "off";
+  uint64_t gpu_bytes = 32ull << 20;
+  std::string gpu_devices = "[0]";
   // Extra environment for the daemon process (e.g. KVTIER_TEST_DISK_FAULTS).
   std::vector<std::pair<std::string, std::string>> env;
 };

@@ -13,27 +13,28 @@
 #include <string>
 
 #include "common/status.h"
+#include "tiers/space_allocator.h"
 
 namespace kvtier {
 
-class ShmArena {
+class ShmArena final : public SpaceAllocator {
  public:
   // Creates (replacing a stale object of the same name) and maps `bytes` of shared memory.
   // With prefault, every page is populated now so puts never take page faults.
   static Result<std::unique_ptr<ShmArena>> create(const std::string& name, uint64_t bytes,
                                                   bool prefault);
-  ~ShmArena();  // unmaps and unlinks the object
+  ~ShmArena() override;  // unmaps and unlinks the object
   ShmArena(const ShmArena&) = delete;
   ShmArena& operator=(const ShmArena&) = delete;
 
   const std::string& name() const { return name_; }
   std::byte* base() const { return base_; }
-  uint64_t size() const { return size_; }
+  uint64_t size() const override { return size_; }
 
-  // Offset of `bytes` aligned to kAlignment, or nullopt-like failure when no range fits.
-  Result<uint64_t> allocate(uint64_t bytes);
-  void deallocate(uint64_t offset);
-  uint64_t free_bytes() const;
+  // Offset of `bytes` aligned to kAlignment; kNoSpace when no range fits.
+  Result<uint64_t> allocate(uint64_t bytes) override;
+  void deallocate(uint64_t offset) override;
+  uint64_t free_bytes() const override;
 
   // A new read-only descriptor for the object; the caller closes it.
   Result<int> open_readonly_fd() const;

@@ -50,15 +50,23 @@ struct TensorView {
   const std::byte* data = nullptr;  // stored bytes (NF4-encoded when codec is kNf4)
   uint64_t bytes = 0;               // stored bytes
   uint64_t raw_bytes = 0;           // bytes once decoded
-  uint64_t checksum = 0;            // XXH3-64 of the stored bytes
+  uint64_t checksum = 0;            // XXH3-64 of the stored bytes; 0 when not computed (GPU
+                                    // tensors promoted from NF4: the device does not hash them)
+  // -1: data is host memory.  >= 0: data is memory of this GPU, a device pointer valid in
+  // this process's CUDA context (with the daemon's host emulation, shared host memory that
+  // stands in for it: host_accessible is then true).
+  int device = -1;
+  bool host_accessible = true;  // data may be dereferenced by the CPU
 
-  // Recomputes the checksum of the mapped bytes.
+  // Recomputes the checksum of the mapped bytes (false for memory the CPU cannot read).
   bool verify() const;
 };
 
 struct LeasedBlock {
   BlockKey key;
-  Errc code = Errc::kOk;            // kNotFound when the key was not cached
+  Errc code = Errc::kOk;  // kNotFound when the key was not cached
+  bool on_gpu = false;    // leased from a GPU tier (tensors' device >= 0)
+  int device = -1;
   std::vector<TensorView> tensors;  // the KV tensors
   // Fusion state stored with this chunk (put_fusion), names as given; empty if none.
   std::vector<TensorView> fusion;
@@ -132,9 +140,19 @@ struct EvictCount {
   uint32_t skipped_leased = 0;  // host blocks left alone because they are leased
   uint64_t bytes = 0;           // host bytes freed
   uint32_t disk_evicted = 0;    // from the disk tier
+  uint32_t gpu_evicted = 0;     // from the GPU tiers (their bytes are counted in `bytes`)
 };
 
-enum class TierSel : uint8_t { kAll = 0, kHost = 1, kDisk = 2 };
+enum class TierSel : uint8_t { kAll = 0, kHost = 1, kDisk = 2, kGpu = 3 };
+
+// Where get() should lease blocks: host memory (the host tier's format: NF4 by default), or
+// GPU memory (fp16/bf16 exactly as put, promoted from the host tier on the device when
+// needed).  A GPU get falls back to a host lease for a block the GPU tier has no room for;
+// check LeasedBlock::on_gpu.
+struct GetOptions {
+  bool gpu = false;
+  int device = -1;  // the GPU; -1 = ClientOptions::device, else the daemon's first GPU tier
+};
 
 struct ClientOptions {
   // Socket path; empty = $KVTIER_SOCKET, else the default (./var/kvtier.sock, then
@@ -142,6 +160,9 @@ struct ClientOptions {
   std::string socket;
   std::string name;             // shown by `kvtierctl clients`
   uint32_t timeout_ms = 30000;  // per request
+  // The CUDA device this process computes on, as the daemon numbers devices (-1: not said).
+  // fp16/bf16 puts land in that device's GPU tier (-1: the daemon's first) when it has one.
+  int device = -1;
 };
 
 class Client {
@@ -159,7 +180,11 @@ class Client {
   // Stores one block.  kAlreadyExists when the key is cached (blocks are immutable).
   Status put(std::string_view ns, const BlockKey& key, std::span<const TensorIn> tensors);
   // Leases a batch; keys that are not cached come back with found() == false.
-  Result<Lease> get(std::string_view ns, std::span<const BlockKey> keys);
+  Result<Lease> get(std::string_view ns, std::span<const BlockKey> keys, GetOptions options = {});
+  // The daemon's GPU tier backend ("cuda", "emulation") and the devices with a pool; empty
+  // without a GPU tier.
+  std::string gpu_backend() const;
+  std::vector<int> gpu_devices() const;
   Result<RemoveCount> remove(std::string_view ns, std::span<const BlockKey> keys);
 
   // Fusion state: named tensors (+ opaque metadata) stored with a cached chunk, evicted,

@@ -59,6 +59,9 @@ const char* kvtier_version(void);
 
 /* socket may be NULL: $KVTIER_SOCKET, else the default path. */
 int kvtier_connect(const char* socket, kvtier_client** out);
+/* device: the CUDA device this process computes on (-1: not said); fp16/bf16 puts land in
+ * its GPU tier when the daemon has one (docs/gpu.md). */
+int kvtier_connect_device(const char* socket, int device, kvtier_client** out);
 void kvtier_disconnect(kvtier_client* client);
 
 /* Writes at most `capacity` keys of the complete chunks of `tokens`; *count gets the total. */
@@ -71,6 +74,12 @@ int kvtier_put(kvtier_client* c, const char* ns, kvtier_key key, const kvtier_te
                size_t n_tensors);
 int kvtier_get(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
                kvtier_lease** out);
+/* Leases the blocks in the memory of GPU `device` (-1: the client's device, else the
+ * daemon's first GPU tier), promoting them from the host tier on the device; a block the GPU
+ * has no room for comes back as a host lease (kvtier_lease_block_device() says which).  The
+ * views' data are then device pointers. */
+int kvtier_get_gpu(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n, int device,
+                   kvtier_lease** out);
 int kvtier_remove(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
                   uint32_t* removed);
 /* *json is malloc'ed; free it with kvtier_free(). */
@@ -80,6 +89,8 @@ void kvtier_free(void* p);
 size_t kvtier_lease_blocks(const kvtier_lease* lease);
 /* 0 when block i was found, KVTIER_E_NOT_FOUND otherwise. */
 int kvtier_lease_block_status(const kvtier_lease* lease, size_t block);
+/* The GPU a block was leased in, or -1 for host memory. */
+int kvtier_lease_block_device(const kvtier_lease* lease, size_t block);
 size_t kvtier_lease_tensor_count(const kvtier_lease* lease, size_t block);
 int kvtier_lease_tensor(const kvtier_lease* lease, size_t block, size_t tensor,
                         kvtier_tensor_view* out);

@@ -378,15 +378,18 @@ defers the daemon-side release until the last of them is gone (it returns False 
       });
 
   py::class_<PyClient>(m, "_Client")
-      .def(py::init([](py::object socket, const std::string& name, uint32_t timeout_ms) {
-             ClientOptions o;
-             if (!socket.is_none()) o.socket = py::str(socket).cast<std::string>();
-             o.name = name;
-             o.timeout_ms = timeout_ms;
-             auto c = nogil([&] { return Client::connect(o); });
-             return PyClient{std::shared_ptr<Client>(unwrap(std::move(c)))};
-           }),
-           py::arg("socket") = py::none(), py::arg("name") = "", py::arg("timeout_ms") = 30000)
+      .def(
+          py::init([](py::object socket, const std::string& name, uint32_t timeout_ms, int device) {
+            ClientOptions o;
+            if (!socket.is_none()) o.socket = py::str(socket).cast<std::string>();
+            o.name = name;
+            o.timeout_ms = timeout_ms;
+            o.device = device;
+            auto c = nogil([&] { return Client::connect(o); });
+            return PyClient{std::shared_ptr<Client>(unwrap(std::move(c)))};
+          }),
+          py::arg("socket") = py::none(), py::arg("name") = "", py::arg("timeout_ms") = 30000,
+          py::arg("device") = -1)
       .def(
           "lookup",
           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys,
@@ -415,14 +418,19 @@ defers the daemon-side release until the last of them is gone (it returns False 
            py::arg("with_fusion"))
       .def(
           "get",
-          [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
+          [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys, bool gpu,
+             int device) {
             auto c = self.get();
             auto box = std::make_shared<LeaseBox>();
             box->client = c;
-            box->lease = unwrap(nogil([&] { return c->get(ns, keys); }));
+            box->lease = unwrap(nogil([&] { return c->get(ns, keys, GetOptions{gpu, device}); }));
             return PyLease{box, box->lease.size()};
           },
-          py::arg("namespace"), py::arg("keys"))
+          py::arg("namespace"), py::arg("keys"), py::arg("gpu") = false, py::arg("device") = -1,
+          "Lease blocks.  gpu=True: in GPU memory (fp16 as put; tensors export as CUDA DLPack "
+          "tensors of `device`); blocks the GPU has no room for come back in host memory.")
+      .def_property_readonly("gpu_backend", [](PyClient& s) { return s.get()->gpu_backend(); })
+      .def_property_readonly("gpu_devices", [](PyClient& s) { return s.get()->gpu_devices(); })
       .def("_put", &put, py::arg("namespace"), py::arg("key"), py::arg("tensors"),
            py::arg("nf4_layout") = py::none())
       .def(

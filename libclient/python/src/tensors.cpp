@@ -137,6 +137,8 @@ int tensor_getbuffer(PyObject* obj, Py_buffer* view, int flags) {
     const char* fmt = buffer_format(v.dtype);
     if (flags & PyBUF_WRITABLE)
       why = "leased kvtier tensors are read-only";
+    else if (!v.host_accessible)
+      why = "a tensor in GPU memory has no buffer: use torch.from_dlpack()";
     else if (v.codec != Codec::kRaw)
       why = "an NF4 tensor has no buffer: use decode_into()";
     else if (fmt == nullptr)
@@ -284,6 +286,13 @@ Borrowed borrow(py::handle obj, bool writable, const std::string& what) {
   return b;
 }
 
+// GPU tier tensors are CUDA memory of their device (the host emulation's stand-in memory is
+// host memory, and says so).
+DLDevice dl_device(const TensorView& v) {
+  if (v.host_accessible) return {kDLCPU, 0};
+  return {kDLCUDA, v.device};
+}
+
 py::capsule export_dlpack(std::shared_ptr<LeaseBox> box, const TensorView& v) {
   if (v.codec != Codec::kRaw)
     throw py::type_error("tensor '" + v.name + "' is stored " + codec_name(v.codec) +
@@ -297,7 +306,7 @@ py::capsule export_dlpack(std::shared_ptr<LeaseBox> box, const TensorView& v) {
   // DLPack has no read-only flag before v1.0: consumers get a writable-looking tensor over a
   // PROT_READ mapping.  Writing it faults (docs/python.md).
   t.data = const_cast<std::byte*>(v.data);
-  t.device = {kDLCPU, 0};
+  t.device = dl_device(v);
   t.ndim = static_cast<int32_t>(ctx->shape.size());
   t.dtype = to_dl(v.dtype);
   t.shape = ctx->shape.data();
@@ -351,6 +360,9 @@ alive; never write to them (the mapping is read-only: a write faults).)doc");
       "raw_bytes", [](const TensorView& v) { return v.raw_bytes; }, "bytes once decoded");
   prop("checksum", [](const TensorView& v) { return v.checksum; });
   prop("data_ptr", [](const TensorView& v) { return reinterpret_cast<uintptr_t>(v.data); });
+  prop(
+      "device", [](const TensorView& v) { return v.device; },
+      "-1: host memory; else the GPU whose memory holds it (GPU tier leases)");
 
   cls.def(
          "verify",
@@ -363,12 +375,19 @@ alive; never write to them (the mapping is read-only: a write faults).)doc");
       .def(
           "__dlpack__",
           [](const TensorRef& r, py::object stream) {
-            (void)stream;  // host memory: nothing to synchronise
+            // Host memory, or GPU memory the daemon fenced before publishing: nothing to
+            // synchronise on the consumer's stream.
+            (void)stream;
             auto box = r.lock();
             return export_dlpack(box, r.view(*box));
           },
           py::arg("stream") = py::none())
-      .def("__dlpack_device__", [](const TensorRef&) { return py::make_tuple(int(kDLCPU), 0); })
+      .def("__dlpack_device__",
+           [](const TensorRef& r) {
+             auto box = r.lock();
+             DLDevice d = dl_device(r.view(*box));
+             return py::make_tuple(int(d.device_type), d.device_id);
+           })
       .def(
           "decode_into",
           [](const TensorRef& r, py::object out) {

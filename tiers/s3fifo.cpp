@@ -1,4 +1,4 @@
-#include "tiers/host/s3fifo.h"
+#include "tiers/s3fifo.h"
 
 namespace kvtier {
 

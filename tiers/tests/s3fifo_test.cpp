@@ -4,7 +4,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "tiers/host/s3fifo.h"
+#include "tiers/s3fifo.h"
 
 // Nodes are declared before the S3Fifo that links them: it must die first.
 

@@ -1,0 +1,96 @@
+// The Cache's side of the GPU tier: leases in any tier, copies down to the host tier, and
+// promotions from the host tier into a GPU (docs/gpu.md, docs/internals.md).
+#include "daemon/cache.h"
+#include "daemon/gpu_moves.h"
+
+namespace kvtier {
+
+GpuTier* Cache::gpu_tier(int device) const {
+  for (const auto& t : gpu_.tiers)
+    if (device < 0 || t->device() == device) return t.get();
+  return nullptr;
+}
+
+GpuTier* Cache::gpu_holder(const NsKey& id) const {
+  for (const auto& t : gpu_.tiers)
+    if (t->find(id) != nullptr) return t.get();
+  return nullptr;
+}
+
+LeaseGrant Cache::grant(Session& s, Tier& tier, const BlockInfo& b) {
+  LeaseGrant g;
+  g.key = b.id.key;
+  g.lease_id = s.next_id++;
+  g.extent = b.extent;
+  g.layout = &b.layout;
+  if (tier.kind() == TierKind::kGpu) {
+    g.tier = TierKind::kGpu;
+    g.device = static_cast<GpuTier&>(tier).device();
+  }
+  s.leases.emplace(g.lease_id, Session::Held{&tier, &b});
+  s.leased_bytes += b.extent.bytes;
+  return g;
+}
+
+// Runs with mu_ held, inside GpuTier::reserve() (eviction) or get(): the device quantizes
+// the block straight into the host arena.  Holding the lock for the device work keeps the
+// evicted extent's bytes intact until they are copied; on CUDA it is one kernel and a PCIe
+// copy of the NF4 bytes (docs/gpu.md).
+bool Cache::copy_down(GpuTier& tier, const BlockInfo& b) {
+  const config::NamespaceRule& rule = *ns_rules_.at(b.id.ns);
+  BlockLayout host = plan_host_layout(b.layout, rule);
+  auto ext = host_->reserve(host.total_bytes);
+  if (!ext) return false;
+  Status st = demote_block(tier.pool(), b.layout, b.extent.offset, host, host_->data(*ext),
+                           rule.nf4_double_quant);
+  if (st) st = host_->insert(b.id, *ext, std::move(host));
+  if (!st) {
+    host_->unreserve(*ext);
+    return false;
+  }
+  return true;
+}
+
+LeaseGrant Cache::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& host_grant,
+                                 int device) {
+  const NsKey id{ns, host_grant.key};
+  // The host lease pins the source block: its bytes and layout stay put while unlocked.
+  const BlockLayout gpu_layout = plan_gpu_layout(*host_grant.layout);
+  GpuTier* tier = nullptr;
+  Extent ext;
+  {
+    std::lock_guard lock(mu_);
+    tier = gpu_tier(device);
+    Session* s = session(sid);
+    if (tier == nullptr || s == nullptr) return host_grant;
+    if (const BlockInfo* b = tier->acquire(id)) {  // promoted meanwhile by someone else
+      drop_lease(*s, host_grant.lease_id);
+      return grant(*s, *tier, *b);
+    }
+    auto r = tier->reserve(gpu_layout.total_bytes);
+    if (!r) {
+      bump(metrics_.gpu_promotion_fallbacks);
+      return host_grant;
+    }
+    ext = *r;
+  }
+  Status st = promote_block(tier->pool(), *host_grant.layout, host_->data(host_grant.extent),
+                            gpu_layout, ext.offset);
+  std::lock_guard lock(mu_);
+  Session* s = session(sid);
+  if (st) st = tier->insert(id, ext, gpu_layout);
+  if (!st) tier->unreserve(ext);  // failed, or another session published it first
+  if (st) {
+    bump(metrics_.gpu_promotions);
+    bump(metrics_.gpu_promotion_bytes, gpu_layout.total_bytes);
+  }
+  const BlockInfo* b = s ? tier->acquire(id) : nullptr;
+  if (b == nullptr) {
+    if (!st) bump(metrics_.gpu_promotion_fallbacks);
+    return host_grant;  // the session still holds the host lease
+  }
+  drop_lease(*s, host_grant.lease_id);
+  return grant(*s, *tier, *b);
+}
+
+}  // namespace kvtier

@@ -1,0 +1,295 @@
+#include "tiers/gpu/cuda_pool.h"
+
+#include <fcntl.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "kernels/nf4_cuda.h"
+#include "tiers/gpu/pool_checks.h"
+
+namespace kvtier::gpu::cuda {
+
+void HostRegistry::add(Range r) {
+  std::lock_guard lock(mu_);
+  ranges_.push_back(std::move(r));
+}
+
+std::uintptr_t HostRegistry::device_address(int device, const void* p, uint64_t n) const {
+  const auto* b = static_cast<const std::byte*>(p);
+  std::lock_guard lock(mu_);
+  for (const Range& r : ranges_) {
+    if (b >= r.host && n <= r.bytes && uint64_t(b - r.host) <= r.bytes - n &&
+        size_t(device) < r.device_address.size() && r.device_address[device] != 0) {
+      return r.device_address[device] + uint64_t(b - r.host);
+    }
+  }
+  return 0;
+}
+
+std::vector<HostRegistry::Range> HostRegistry::take_all() {
+  std::lock_guard lock(mu_);
+  return std::exchange(ranges_, {});
+}
+
+namespace {
+
+class CudaPool final : public DevicePool {
+ public:
+  CudaPool(std::shared_ptr<const HostRegistry> registry, int device, HandleType type,
+           const DriverApi* api)
+      : registry_(std::move(registry)), device_(device), type_(type), api_(api) {}
+  ~CudaPool() override;
+
+  Status allocate_vmm(uint64_t bytes);
+  Status allocate_ipc(uint64_t bytes);
+  Status create_stream();
+
+  int device() const override { return device_; }
+  uint64_t size() const override { return size_; }
+  HandleType handle_type() const override { return type_; }
+  std::uintptr_t base() const override { return static_cast<std::uintptr_t>(base_); }
+  Result<PoolExport> export_handle() const override;
+  Status write(uint64_t offset, std::span<const std::byte> src) override;
+  Status read(uint64_t offset, std::span<std::byte> dst) override;
+  Status dequantize_into(std::span<const std::byte> encoded, DType out_dtype,
+                         uint64_t offset) override;
+  Status quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) override;
+
+ private:
+  std::string who(const char* op) const { return "gpu " + std::to_string(device_) + " " + op; }
+  Status set_device() const { return to_status(who("cudaSetDevice"), cudaSetDevice(device_)); }
+  // Waits for everything queued on the stream: `st` if it failed, else the wait's result.
+  Status finish(Status st, const char* op);
+  // At least `bytes` of pinned, device-mapped host memory in staging_ (requires mu_).
+  Status ensure_staging(uint64_t bytes);
+
+  // Constant after construction (the allocation fields once allocate_*() returned).
+  const std::shared_ptr<const HostRegistry> registry_;
+  const int device_;
+  const HandleType type_;
+  const DriverApi* const api_;  // kVmmFd only
+  uint64_t size_ = 0;
+  CUdeviceptr base_ = 0;
+  CUmemGenericAllocationHandle vmm_handle_ = 0;
+  bool vmm_mapped_ = false;
+  cudaIpcMemHandle_t ipc_handle_{};
+  cudaStream_t stream_ = nullptr;
+
+  std::mutex mu_;                   // serialises use of stream_ and of the staging buffer
+  std::byte* staging_ = nullptr;    // guarded by mu_
+  std::uintptr_t staging_dev_ = 0;  // guarded by mu_
+  uint64_t staging_bytes_ = 0;      // guarded by mu_
+};
+
+uint64_t round_up(uint64_t n, uint64_t a) {
+  return (n + a - 1) / a * a;
+}
+
+CudaPool::~CudaPool() {
+  // Errors are ignored here: there is nobody to report them to and nothing left to undo.
+  (void)cudaSetDevice(device_);
+  if (stream_ != nullptr) {
+    (void)cudaStreamSynchronize(stream_);
+    (void)cudaStreamDestroy(stream_);
+  }
+  if (staging_ != nullptr) (void)cudaFreeHost(staging_);
+  if (type_ == HandleType::kVmmFd) {
+    if (vmm_mapped_) api_->mem_unmap(base_, size_);
+    if (base_ != 0) api_->mem_address_free(base_, size_);
+    if (vmm_handle_ != 0) api_->mem_release(vmm_handle_);
+  } else if (base_ != 0) {
+    (void)cudaFree(reinterpret_cast<void*>(base_));
+  }
+}
+
+Status CudaPool::allocate_vmm(uint64_t bytes) {
+  if (Status st = set_device(); !st) return st;
+  CUmemAllocationProp prop;
+  std::memset(&prop, 0, sizeof prop);
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = device_;
+  prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+  size_t g = 0;
+  CUresult r = api_->mem_get_allocation_granularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+  if (r != CUDA_SUCCESS) return to_status(who("cuMemGetAllocationGranularity"), r);
+  if (g == 0 || bytes > std::numeric_limits<uint64_t>::max() - g) {
+    return error(Errc::kNoSpace, who("pool") + ": " + std::to_string(bytes) + " bytes");
+  }
+  const uint64_t size = round_up(bytes, g);
+  r = api_->mem_create(&vmm_handle_, size, &prop, 0);
+  if (r != CUDA_SUCCESS) {
+    return to_status(who("cuMemCreate") + " of " + std::to_string(size >> 20) + " MiB", r);
+  }
+  r = api_->mem_address_reserve(&base_, size, g, 0, 0);
+  if (r != CUDA_SUCCESS) return to_status(who("cuMemAddressReserve"), r);
+  size_ = size;
+  r = api_->mem_map(base_, size, 0, vmm_handle_, 0);
+  if (r != CUDA_SUCCESS) return to_status(who("cuMemMap"), r);
+  vmm_mapped_ = true;
+  CUmemAccessDesc access;
+  std::memset(&access, 0, sizeof access);
+  access.location = prop.location;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  r = api_->mem_set_access(base_, size, &access, 1);
+  if (r != CUDA_SUCCESS) return to_status(who("cuMemSetAccess"), r);
+  return create_stream();
+}
+
+Status CudaPool::allocate_ipc(uint64_t bytes) {
+  if (Status st = set_device(); !st) return st;
+  constexpr uint64_t kStep = 2ull << 20;  // IPC shares whole 2 MiB pages anyway
+  if (bytes > std::numeric_limits<uint64_t>::max() - kStep) {
+    return error(Errc::kNoSpace, who("pool") + ": " + std::to_string(bytes) + " bytes");
+  }
+  const uint64_t size = round_up(bytes, kStep);
+  void* p = nullptr;
+  if (Status st = to_status(who("cudaMalloc") + " of " + std::to_string(size >> 20) + " MiB",
+                            cudaMalloc(&p, size));
+      !st) {
+    return st;
+  }
+  base_ = reinterpret_cast<CUdeviceptr>(p);
+  size_ = size;
+  if (Status st = to_status(who("cudaIpcGetMemHandle"), cudaIpcGetMemHandle(&ipc_handle_, p));
+      !st) {
+    return st;
+  }
+  return create_stream();
+}
+
+Status CudaPool::create_stream() {
+  return to_status(who("cudaStreamCreateWithFlags"),
+                   cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+}
+
+Result<PoolExport> CudaPool::export_handle() const {
+  PoolExport e;
+  e.type = type_;
+  e.device = device_;
+  e.bytes = size_;
+  if (type_ == HandleType::kCudaIpc) {
+    static_assert(sizeof ipc_handle_ == sizeof e.ipc_handle);
+    std::memcpy(e.ipc_handle.data(), &ipc_handle_, sizeof ipc_handle_);
+    return e;
+  }
+  int fd = -1;
+  CUresult r = api_->mem_export_to_shareable_handle(&fd, vmm_handle_,
+                                                    CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+  if (r != CUDA_SUCCESS) return to_status(who("cuMemExportToShareableHandle"), r);
+  ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // never leaked into a child the daemon starts
+  e.fd = fd;
+  return e;
+}
+
+Status CudaPool::finish(Status st, const char* op) {
+  cudaError_t e = cudaStreamSynchronize(stream_);
+  if (!st) return error(st.code(), who(op) + ": " + st.message());
+  return to_status(who(op) + ": cudaStreamSynchronize", e);
+}
+
+Status CudaPool::ensure_staging(uint64_t bytes) {
+  if (bytes <= staging_bytes_) return Status::ok();
+  const uint64_t want = round_up(std::max(bytes, 2 * staging_bytes_), 1ull << 20);
+  if (staging_ != nullptr) (void)cudaFreeHost(staging_);
+  staging_ = nullptr;
+  staging_dev_ = 0;
+  staging_bytes_ = 0;
+  void* p = nullptr;
+  Status st = to_status(who("cudaHostAlloc") + " of " + std::to_string(want >> 20) + " MiB staging",
+                        cudaHostAlloc(&p, want, cudaHostAllocMapped | cudaHostAllocPortable));
+  if (!st) return st;
+  void* d = nullptr;
+  st = to_status(who("cudaHostGetDevicePointer"), cudaHostGetDevicePointer(&d, p, 0));
+  if (!st) {
+    (void)cudaFreeHost(p);
+    return st;
+  }
+  staging_ = static_cast<std::byte*>(p);
+  staging_dev_ = reinterpret_cast<std::uintptr_t>(d);
+  staging_bytes_ = want;
+  return Status::ok();
+}
+
+Status CudaPool::write(uint64_t offset, std::span<const std::byte> src) {
+  if (Status st = check_range("write", device_, offset, src.size(), size_); !st) return st;
+  if (src.empty()) return Status::ok();
+  std::lock_guard lock(mu_);
+  if (Status st = set_device(); !st) return st;
+  void* dst = reinterpret_cast<void*>(base_ + offset);
+  return finish(to_status("cudaMemcpyAsync", cudaMemcpyAsync(dst, src.data(), src.size(),
+                                                             cudaMemcpyHostToDevice, stream_)),
+                "write");
+}
+
+Status CudaPool::read(uint64_t offset, std::span<std::byte> dst) {
+  if (Status st = check_range("read", device_, offset, dst.size(), size_); !st) return st;
+  if (dst.empty()) return Status::ok();
+  std::lock_guard lock(mu_);
+  if (Status st = set_device(); !st) return st;
+  const void* src = reinterpret_cast<const void*>(base_ + offset);
+  return finish(to_status("cudaMemcpyAsync", cudaMemcpyAsync(dst.data(), src, dst.size(),
+                                                             cudaMemcpyDeviceToHost, stream_)),
+                "read");
+}
+
+Status CudaPool::dequantize_into(std::span<const std::byte> encoded, DType out_dtype,
+                                 uint64_t offset) {
+  auto h = check_dequantize(encoded, out_dtype, offset, device_, size_);
+  if (!h) return h.status();
+  const uint64_t n = h->total_size;
+  std::lock_guard lock(mu_);
+  if (Status st = set_device(); !st) return st;
+  std::uintptr_t in = registry_->device_address(device_, encoded.data(), n);
+  if (in == 0 || in % 16 != 0) {  // not registered (or misaligned): stage it
+    if (Status st = ensure_staging(n); !st) return st;
+    std::memcpy(staging_, encoded.data(), n);
+    in = staging_dev_;
+  }
+  void* dst = reinterpret_cast<void*>(base_ + offset);
+  return finish(
+      nf4::cuda::dequantize(*h, reinterpret_cast<const void*>(in), out_dtype, dst, stream_),
+      "nf4 dequantize");
+}
+
+Status CudaPool::quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) {
+  auto enc = check_quantize(p, offset, dst.size(), device_, size_);
+  if (!enc) return enc.status();
+  std::lock_guard lock(mu_);
+  if (Status st = set_device(); !st) return st;
+  std::uintptr_t out = registry_->device_address(device_, dst.data(), *enc);
+  const bool direct = out != 0 && out % 16 == 0;
+  if (!direct) {
+    if (Status st = ensure_staging(*enc); !st) return st;
+    out = staging_dev_;
+  }
+  const void* src = reinterpret_cast<const void*>(base_ + offset);
+  Status st =
+      finish(nf4::cuda::quantize(p, src, reinterpret_cast<void*>(out), stream_), "nf4 quantize");
+  if (st && !direct) std::memcpy(dst.data(), staging_, *enc);
+  return st;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<DevicePool>> create_vmm_pool(const DriverApi& api,
+                                                    std::shared_ptr<const HostRegistry> registry,
+                                                    int device, uint64_t bytes) {
+  auto pool = std::make_unique<CudaPool>(std::move(registry), device, HandleType::kVmmFd, &api);
+  if (Status st = pool->allocate_vmm(bytes); !st) return st;  // ~CudaPool undoes the rest
+  return std::unique_ptr<DevicePool>(std::move(pool));
+}
+
+Result<std::unique_ptr<DevicePool>> create_ipc_pool(std::shared_ptr<const HostRegistry> registry,
+                                                    int device, uint64_t bytes) {
+  auto pool =
+      std::make_unique<CudaPool>(std::move(registry), device, HandleType::kCudaIpc, nullptr);
+  if (Status st = pool->allocate_ipc(bytes); !st) return st;
+  return std::unique_ptr<DevicePool>(std::move(pool));
+}
+
+}  // namespace kvtier::gpu::cuda
