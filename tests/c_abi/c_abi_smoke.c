@@ -75,6 +75,23 @@ int main(void) {
   CHECK(kvtier_remove(c, "c-abi/nf4", keys, n, &removed) == KVTIER_OK);
   CHECK(removed == 4);
   kvtier_disconnect(c);
+
+  /* The GPU tier (the test daemon runs its host emulation: device memory is host memory). */
+  kvtier_client* g = NULL;
+  CHECK(kvtier_connect_device(NULL, 0, &g) == KVTIER_OK);
+  static uint16_t half[16 * 128];
+  for (int i = 0; i < 16 * 128; ++i) half[i] = (uint16_t)(0x3c00 + (i % 512)); /* finite fp16 */
+  kvtier_tensor_in h = {"k", KVTIER_F16, 2, shape, half, KVTIER_NF4_ROW_BLOCKS};
+  CHECK(kvtier_put(g, "c-abi/gpu", keys[0], &h, 1) == KVTIER_OK);
+  CHECK(kvtier_get_gpu(g, "c-abi/gpu", keys, 1, -1, &lease) == KVTIER_OK);
+  CHECK(kvtier_lease_block_device(lease, 0) == 0);
+  CHECK(kvtier_lease_tensor(lease, 0, 0, &view) == KVTIER_OK);
+  CHECK(view.codec == KVTIER_CODEC_RAW && view.bytes == sizeof(half));
+  CHECK(memcmp(view.data, half, sizeof(half)) == 0);
+  CHECK(kvtier_lease_release(lease) == KVTIER_OK);
+  CHECK(kvtier_get_gpu(g, "c-abi/gpu", keys, 1, 7, &lease) != KVTIER_OK); /* no pool on 7 */
+  CHECK(strstr(kvtier_last_error(), "device 7") != NULL);
+  kvtier_disconnect(g);
   printf("c abi smoke: ok\n");
   return 0;
 }
