@@ -163,6 +163,31 @@ TEST_CASE("gpu: without a GPU tier, gets that want one fail clearly", "[gpu]") {
   CHECK_THAT(h["tiers"]["gpu"]["status"].get<std::string>(), Catch::Contains("off"));
 }
 
+TEST_CASE("gpu: asked for CUDA on a host without a usable device, the daemon serves without",
+          "[gpu]") {
+  auto probe = gpu::make_cuda_backend();
+  if (probe) {
+    WARN("this host has a CUDA device: the no-driver case cannot be shown here");
+    return;
+  }
+  DaemonOptions o;
+  o.gpu_backend = "cuda";
+  Daemon d(o);
+  auto c = Client::connect(d.socket()).value();
+  CHECK(c->gpu_backend().empty());
+  auto h = nlohmann::json::parse(c->health_json().value());
+  CHECK(h["status"] == "serving");
+  CHECK(h["tiers"]["gpu"]["requested"] == "cuda");
+  CHECK(h["tiers"]["gpu"]["backend"] == "none");
+  // The probe's reason, word for word (no driver, or a build without CUDA).
+  CHECK_THAT(h["tiers"]["gpu"]["status"].get<std::string>(),
+             Catch::Contains(probe.status().message()));
+  auto keys = chain("m", 1);
+  HalfBlock b(16, 1);
+  must(c->put("m", keys[0], b.tensors));  // the host tier serves
+  CHECK(c->get("m", keys).value().found() == 1);
+}
+
 TEST_CASE("gpu: an fp16 put lands in the GPU tier; a GPU get leases it bit-exact", "[gpu]") {
   if (!suite_ready()) return;
   Daemon d(gpu_daemon("nf4"));
