@@ -1,22 +1,34 @@
 // Semantic search through kvtierd (issue 6): p50/p99 of Client::search at 10k, 100k and 1M
-// chunks with 512-d clustered embeddings, next to SemanticIndex::search and the bare FAISS call
-// on an index built in this process from the same vectors with the same parameters, plus
-// recall@1 of the daemon's answers against exact search.
+// chunks with 512-d embeddings (clustered: a mixture of Gaussians; isotropic: N(0, I), the worst
+// case for IVF), next to SemanticIndex::search and the bare faiss::Index::search on the same
+// index in this process, plus the recall@1 of the daemon's answers against exact search.
 //
-//   search_bench [--sizes 10000,100000,1000000] [--queries 200] [--quick]
-#include <faiss/IndexFlat.h>
+// "The same index": the daemon persists its index every second here ([index] save_interval_s);
+// once its file holds every vector, this process loads a copy of it, so both run the same
+// FAISS structure (same training, same lists).  Each method runs its queries in a pass of its
+// own (interleaving them per query would hand the later calls the caches the first one
+// warmed), passes rotate, and the p50/p99 are over all passes.  The daemon runs in three
+// placements, as in kvtier_bench: unpinned, this process and every daemon thread on one CPU,
+// and on two CPUs (waking the other vCPU costs ~40 us each way in these VMs: see the ping-pong
+// of each placement).  "index mean" is the mean SemanticIndex::search time inside the daemon
+// (its stats) and in this process, timed the same way.
+//
+//   search_bench [--sizes 10000,100000,1000000] [--data clustered,isotropic] [--queries 200]
+//                [--reps 3] [--quick]
 #include <faiss/IndexIVF.h>
 #include <faiss/utils/distances.h>
-#include <faiss/utils/random.h>
+#include <omp.h>
 
 #include <unistd.h>
 
 #include <algorithm>
-#include <cmath>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <sstream>
+#include <thread>
 
 #include "bench/bench_util.h"
 #include "bench/embeddings.h"
@@ -26,101 +38,226 @@
 
 using namespace kvtier;
 using kvtier::bench::now_ns;
+namespace fs = std::filesystem;
 
 namespace {
 
-constexpr size_t kDim = 512;
+constexpr size_t kDim = bench::kEmbeddingDim;
 constexpr size_t kK = 10;
+constexpr size_t kBatch = 2000;  // chunks per add_embeddings request (4 MiB)
+const std::string kNs = "bench/vision";
 
 BlockKey key_of(uint64_t i) {
   return BlockKey{i + 1, 0x5ea5c4u};
 }
 
+// Where this process and the daemon's threads run during a daemon pass (bench_util.h): the
+// scheduler's choice, both on this process's CPU, or one on each CPU.
+constexpr bench::Placement kPlacements[] = {bench::Placement::kScheduler,
+                                            bench::Placement::kSameCpu, bench::Placement::kTwoCpus};
+constexpr int kNumPlacements = 3;
+
 struct Row {
-  size_t n;
+  size_t n = 0;
+  bool clustered = true;
   std::string type;
-  bench::Latency daemon, index, bare;
-  double recall1;
+  double put_s = 0, embed_s = 0;  // loading the daemon: puts, then add_embeddings (+ IVF builds)
+  bench::Latency daemon[kNumPlacements];        // n == 0: placement impossible here
+  double daemon_index_us[kNumPlacements] = {};  // mean SemanticIndex::search inside the daemon
+  bench::Latency index, bare;
+  double index_mean_us = 0;  // mean SemanticIndex::search in this process (same clock as above)
+  double recall1 = 0;
 };
 
-Row run(size_t n, size_t nq) {
-  std::fprintf(stderr, "search_bench: %zu chunks...\n", n);
+// Mean SemanticIndex::search time and count inside the daemon so far (its stats).
+std::pair<double, uint64_t> daemon_index_time(Client& c) {
+  auto st = c.stats_json();
+  if (!st) return {0, 0};
+  const auto j = nlohmann::json::parse(*st)["index"]["namespaces"][kNs]["vision"];
+  return {j["search_us_total"].get<double>(), j["searches"].get<uint64_t>()};
+}
+
+// A copy of the daemon's persisted index once it holds all n vectors of kNs/"vision".
+std::unique_ptr<SemanticIndex> load_daemon_index(const testing::Daemon& d, size_t n,
+                                                 const fs::path& to) {
+  const fs::path from = d.state_dir() / "index";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    fs::remove_all(to);
+    std::error_code ec;
+    for (const auto& e : fs::recursive_directory_iterator(from, ec)) {
+      if (!e.is_regular_file() || e.path().extension() != ".kvidx") continue;
+      const fs::path dst = to / fs::relative(e.path(), from);
+      fs::create_directories(dst.parent_path());
+      fs::copy_file(e.path(), dst, ec);  // renamed into place whole: never a partial file
+    }
+    IndexOptions o;
+    o.dir = to;
+    if (auto idx = SemanticIndex::open(o); idx.is_ok()) {
+      auto info = (*idx)->info(kNs, "vision");
+      if (info && info->live == n) return std::move(idx).value();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  throw std::runtime_error("the daemon did not persist its index in 10 minutes");
+}
+
+Row run(size_t n, bool clustered, size_t nq, int reps) {
+  std::fprintf(stderr, "search_bench: %zu chunks, %s...\n", n,
+               clustered ? "clustered" : "isotropic");
   Row row;
   row.n = n;
-  auto data = bench::make_embeddings(n, /*clustered=*/true, 42 + n);
+  row.clustered = clustered;
+  auto data = bench::make_embeddings(n, clustered, 42 + n);
   faiss::fvec_renorm_L2(kDim, n, data.data());
-  auto queries = bench::make_embedding_queries(data, nq, /*clustered=*/true);
+  const auto queries = bench::make_embedding_queries(data, nq, clustered);
 
   // Exact answers for recall.
-  faiss::IndexFlatIP exact(kDim);
-  exact.add(n, data.data());
-  std::vector<float> d(nq);
+  std::vector<float> td(nq);
   std::vector<faiss::Index::idx_t> truth(nq);
-  exact.search(nq, queries.data(), 1, d.data(), truth.data());
+  {
+    faiss::float_minheap_array_t heap{nq, 1, truth.data(), td.data()};
+    faiss::knn_inner_product(queries.data(), data.data(), kDim, nq, n, &heap);
+  }
 
-  // The daemon: n tiny chunks, then their embeddings in batches.
+  // The daemon: n one-byte chunks (blocks stay tiny: ~1 KiB of arena each), then their
+  // embeddings in batches.
   testing::DaemonOptions o;
   o.host_bytes = std::max<uint64_t>(256ull << 20, n * 1024);
   o.disk = false;
   o.max_message_bytes = 16ull << 20;
-  o.extra_toml = "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\n";
+  o.extra_toml =
+      "[index]\nsave_interval_s = 1\n"
+      "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\n";
   testing::Daemon daemon(o);
-  auto c = Client::connect(daemon.socket()).value();
+  // An add_embeddings request that crosses a retraining point waits for it (~20 s at 800k
+  // vectors here, longer on a busy machine): more than the default 30 s request timeout.
+  ClientOptions co;
+  co.socket = daemon.socket();
+  co.timeout_ms = 600000;
+  auto c = Client::connect(co).value();
   uint8_t byte = 1;
   std::vector<TensorIn> t = {TensorIn{"x", DType::kU8, {1}, &byte}};
-  const std::string ns = "bench/vision";
+  uint64_t t0 = now_ns();
   for (size_t i = 0; i < n; ++i)
-    if (!c->put(ns, key_of(i), t)) throw std::runtime_error("put failed");
-  for (size_t i = 0; i < n; i += 2000) {
+    if (Status st = c->put(kNs, key_of(i), t); !st)
+      throw std::runtime_error("put: " + st.to_string());
+  row.put_s = double(now_ns() - t0) / 1e9;
+  t0 = now_ns();
+  for (size_t i = 0; i < n; i += kBatch) {
     std::vector<ChunkEmbeddings> batch;
-    for (size_t j = i; j < std::min(n, i + 2000); ++j)
+    for (size_t j = i; j < std::min(n, i + kBatch); ++j)
       batch.push_back({key_of(j), {{"vision", {&data[j * kDim], &data[(j + 1) * kDim]}}}});
-    Status st = c->add_embeddings(ns, batch);
-    if (!st) throw std::runtime_error("add_embeddings: " + st.to_string());
+    if (Status st = c->add_embeddings(kNs, batch); !st)
+      throw std::runtime_error("add_embeddings: " + st.to_string());
   }
-  // The same index in this process, from the same vectors and parameters.
-  auto dir = std::filesystem::temp_directory_path() / ("kvtier-search-bench-" + std::to_string(n));
-  std::filesystem::remove_all(dir);
-  IndexOptions io;
-  io.dir = dir;
-  auto index = SemanticIndex::open(io).value();
-  std::vector<BlockKey> keys(n);
-  for (size_t i = 0; i < n; ++i) keys[i] = key_of(i);
-  if (!index->add_batch(ns, "vision", keys, data)) throw std::runtime_error("add_batch failed");
-  auto info = index->info(ns, "vision").value();
+  row.embed_s = double(now_ns() - t0) / 1e9;
+  data = {};  // the daemon and the copy below hold the vectors from here on
+
+  const fs::path dir =
+      fs::temp_directory_path() /
+      ("kvtier-search-bench-" + std::to_string(::getpid()) + "-" + std::to_string(n));
+  auto index = load_daemon_index(daemon, n, dir);
+  const ModalityIndexInfo info = index->info(kNs, "vision").value();
   row.type = info.type + (info.nprobe ? ", nprobe " + std::to_string(info.nprobe) : "");
 
-  std::vector<uint64_t> td, ti, tb;
-  size_t correct = 0;
-  std::vector<float> bd(kK);
-  std::vector<faiss::Index::idx_t> bl(kK);
+  // Requests built up front: each timed call is the call alone.
+  std::vector<std::vector<SearchQuery>> dq(nq);
+  std::vector<std::vector<ModalityQuery>> iq(nq);
   for (size_t i = 0; i < nq; ++i) {
     std::vector<float> q(&queries[i * kDim], &queries[(i + 1) * kDim]);
-    std::vector<SearchQuery> sq = {{"vision", q}};
-    uint64_t t0 = now_ns();
-    auto r = c->search(ns, sq, kK);
-    td.push_back(now_ns() - t0);
-    if (r && !r->hits.empty() && r->hits[0].key == key_of(truth[i])) ++correct;
-    std::vector<ModalityQuery> mq = {{"vision", q}};
-    t0 = now_ns();
-    auto h = index->search(ns, mq, kK, {});
-    ti.push_back(now_ns() - t0);
-    t0 = now_ns();
-    if (info.nprobe) {
-      faiss::SearchParametersIVF p;
-      p.nprobe = info.nprobe;
-      info.index->search(1, q.data(), kK, bd.data(), bl.data(), &p);
-    } else {
-      info.index->search(1, q.data(), kK, bd.data(), bl.data());
-    }
-    tb.push_back(now_ns() - t0);
+    dq[i] = {{"vision", q}};
+    iq[i] = {{"vision", q}};
   }
-  row.daemon = bench::summarize(td);
-  row.index = bench::summarize(ti);
-  row.bare = bench::summarize(tb);
+  std::vector<float> bd(kK);
+  std::vector<faiss::Index::idx_t> bl(kK);
+  faiss::SearchParametersIVF params;
+  params.nprobe = info.nprobe;
+  size_t correct = 0;
+  // Methods 0..2: the daemon in each placement; 3: SemanticIndex; 4: the bare FAISS call.
+  constexpr int kMethods = kNumPlacements + 2, kIndex = kNumPlacements, kBare = kIndex + 1;
+  auto one = [&](int method, size_t i) {
+    if (method < kNumPlacements) {
+      auto r = c->search(kNs, dq[i], kK);
+      if (!r) throw std::runtime_error("search: " + r.status().to_string());
+      return !r->hits.empty() && r->hits[0].key == key_of(uint64_t(truth[i]));
+    }
+    if (method == kIndex) {
+      bench::do_not_optimize(index->search(kNs, iq[i], kK, {}));
+    } else {
+      info.index->search(1, &queries[i * kDim], kK, bd.data(), bl.data(),
+                         info.nprobe ? &params : nullptr);
+      bench::do_not_optimize(bl[0]);
+    }
+    return false;
+  };
+  // The in-process calls run on one OpenMP thread, as the daemon runs them (IndexIDMap2::search
+  // opens a parallel region for its label translation even for one query).
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const cpu_set_t all_cpus = bench::get_affinity(daemon.pid());
+  std::vector<uint64_t> ns[kMethods];
+  double index_us[kNumPlacements] = {};
+  uint64_t index_calls[kNumPlacements] = {};
+  for (int m = 0; m < kMethods; ++m)  // warm-up: page faults, first touches
+    for (size_t i = 0; i < std::min<size_t>(nq, 20); ++i) one(m, i);
+  for (int r = 0; r < reps; ++r)
+    for (int j = 0; j < kMethods; ++j) {
+      const int m = (r + j) % kMethods;
+      bench::AffinityGuard guard;
+      std::optional<bench::CpuPair> cpus;
+      std::pair<double, uint64_t> before;
+      if (m < kNumPlacements) {
+        cpus = bench::placement_cpus(kPlacements[m]);
+        if (!cpus) continue;
+        if (cpus->self >= 0) {
+          bench::set_affinity(0, bench::single_cpu(cpus->self));
+          bench::set_process_affinity(daemon.pid(), bench::single_cpu(cpus->peer));
+        }
+        before = daemon_index_time(*c);
+      }
+      for (size_t i = 0; i < nq; ++i) {
+        const uint64_t a = now_ns();
+        const bool hit = one(m, i);
+        ns[m].push_back(now_ns() - a);
+        if (m == 0 && r == 0) correct += hit;
+      }
+      if (m < kNumPlacements) {
+        const auto after = daemon_index_time(*c);
+        index_us[m] += after.first - before.first;
+        index_calls[m] += after.second - before.second;
+        if (cpus->self >= 0) bench::set_process_affinity(daemon.pid(), all_cpus);
+      }
+    }
+  omp_set_num_threads(threads);
+  for (int m = 0; m < kNumPlacements; ++m) {
+    row.daemon[m] = bench::summarize(ns[m]);
+    row.daemon_index_us[m] = index_calls[m] ? index_us[m] / double(index_calls[m]) : 0;
+  }
+  row.index_mean_us = index->stats()["namespaces"][kNs]["vision"]["search_us_mean"].get<double>();
+  row.index = bench::summarize(ns[kIndex]);
+  row.bare = bench::summarize(ns[kBare]);
   row.recall1 = double(correct) / double(nq);
-  std::filesystem::remove_all(dir);
+  index.reset();
+  fs::remove_all(dir);
   return row;
+}
+
+// The SIMD kernels the index runs (SemanticIndex::stats).
+std::string simd_kernels() {
+  IndexOptions o;
+  o.dir = fs::temp_directory_path() / ("kvtier-search-bench-probe-" + std::to_string(::getpid()));
+  auto idx = SemanticIndex::open(o);
+  std::string k = idx ? (*idx)->stats()["kernels"].get<std::string>() : "?";
+  fs::remove_all(o.dir);
+  return k;
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string x; std::getline(ss, x, ',');) out.push_back(x);
+  return out;
 }
 
 }  // namespace
@@ -130,36 +267,65 @@ int main(int argc, char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") == nullptr && ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0)
     ::execv("/proc/self/exe", argv);
   std::vector<size_t> sizes = {10000, 100000, 1000000};
+  std::vector<bool> kinds = {true, false};
   size_t nq = 200;
+  int reps = 3;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--quick") {
       sizes = {2000};
+      kinds = {true};
       nq = 20;
+      reps = 1;
     } else if (a == "--sizes" && i + 1 < argc) {
       sizes.clear();
-      std::stringstream ss(argv[++i]);
-      for (std::string s; std::getline(ss, s, ',');) sizes.push_back(std::stoul(s));
+      for (const auto& s : split(argv[++i])) sizes.push_back(std::stoul(s));
+    } else if (a == "--data" && i + 1 < argc) {
+      kinds.clear();
+      for (const auto& s : split(argv[++i])) kinds.push_back(s == "clustered");
     } else if (a == "--queries" && i + 1 < argc) {
       nq = std::stoul(argv[++i]);
+    } else if (a == "--reps" && i + 1 < argc) {
+      reps = std::max(1, std::stoi(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: search_bench [--sizes N,N] [--queries Q] [--quick]\n");
+      std::fprintf(stderr,
+                   "usage: search_bench [--sizes N,N] [--data clustered,isotropic] "
+                   "[--queries Q] [--reps R] [--quick]\n");
       return 2;
     }
   }
-  std::printf("semantic search, 512-d clustered embeddings, k=%zu, %zu queries (latency us)\n", kK,
-              nq);
+  // The floor under the daemon's overhead: one round trip of a search-sized message, in the
+  // same placements.
+  std::optional<bench::Latency> ping[kNumPlacements];
+  for (int p = 0; p < kNumPlacements; ++p)
+    ping[p] = bench::socket_pingpong(5000, 2 * 1024 + 64, kPlacements[p], 500);
   std::printf(
-      "| chunks | index | daemon p50 | daemon p99 | SemanticIndex p50 | bare FAISS p50 | bare p99 "
-      "| daemon / bare | recall@1 |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
-  for (size_t n : sizes) {
-    Row r = run(n, nq);
-    std::printf("| %zu | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.2fx | %.3f |\n", r.n,
-                r.type.c_str(), r.daemon.p50_us, r.daemon.p99_us, r.index.p50_us, r.bare.p50_us,
-                r.bare.p99_us, r.bare.p50_us > 0 ? r.daemon.p50_us / r.bare.p50_us : 0.0,
-                r.recall1);
-    std::fflush(stdout);
-  }
+      "semantic search, 512-d, k=%zu, %zu queries x %d passes per method (latency us), "
+      "kernels %s\n",
+      kK, nq, reps, simd_kernels().c_str());
+  std::printf(
+      "| chunks | data | index | placement | daemon p50 | daemon p99 | SemanticIndex p50 | "
+      "bare FAISS p50 | bare p99 | daemon / bare | daemon - bare | index mean in daemon / here | "
+      "ping-pong p50 | recall@1 | load s (puts + embeddings) |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::fflush(stdout);
+  for (size_t n : sizes)
+    for (bool clustered : kinds) {
+      Row r = run(n, clustered, nq, reps);
+      for (int p = 0; p < kNumPlacements; ++p) {
+        if (r.daemon[p].n == 0 || !ping[p]) continue;  // placement impossible (one CPU)
+        const bench::Latency& d = r.daemon[p];
+        std::printf(
+            "| %zu | %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.2fx | %+.0f | %.0f / %.0f "
+            "| "
+            "%.1f | %.3f | %.1f + %.1f |\n",
+            r.n, r.clustered ? "clustered" : "isotropic", r.type.c_str(),
+            bench::placement_name(kPlacements[p]), d.p50_us, d.p99_us, r.index.p50_us,
+            r.bare.p50_us, r.bare.p99_us, r.bare.p50_us > 0 ? d.p50_us / r.bare.p50_us : 0.0,
+            d.p50_us - r.bare.p50_us, r.daemon_index_us[p], r.index_mean_us, ping[p]->p50_us,
+            r.recall1, r.put_s, r.embed_s);
+      }
+      std::fflush(stdout);
+    }
   return 0;
 }

@@ -12,8 +12,11 @@ namespace {
 
 constexpr size_t kMaxSearchK = 1024;
 
-Result<std::vector<float>> floats(const flatbuffers::Vector<float>* v, const std::string& what) {
-  if (v == nullptr || v->size() == 0) return error(Errc::kInvalidArgument, what + ": no values");
+// The values of a modality vector; the error names the modality.
+Result<std::vector<float>> floats(const flatbuffers::Vector<float>* v,
+                                  const flatbuffers::String* modality) {
+  if (v == nullptr || v->size() == 0)
+    return error(Errc::kInvalidArgument, "modality '" + wire_util::str(modality) + "': no values");
   return std::vector<float>(v->begin(), v->end());
 }
 
@@ -56,7 +59,7 @@ void Session::on_add_embeddings(const wire::AddEmbeddingsReq& req, Reply& r) {
           error(Errc::kNotFound, "chunk " + key.hex() + " is not cached: put its KV block first"));
     std::vector<std::pair<std::string, std::vector<float>>> vectors;
     for (const auto* v : *c->vectors()) {
-      auto values = floats(v->values(), "modality '" + wire_util::str(v->modality()) + "'");
+      auto values = floats(v->values(), v->modality());
       if (!values) return r.fail(values.status());
       vectors.emplace_back(wire_util::str(v->modality()), std::move(values).value());
     }
@@ -80,8 +83,9 @@ awaitable<void> Session::on_search(const wire::SearchReq& req, Reply& r) {
   if (req.k() == 0 || req.k() > kMaxSearchK)
     co_return r.fail(error(Errc::kInvalidArgument, "k must be 1..1024"));
   std::vector<ModalityQuery> queries;
+  queries.reserve(req.queries()->size());
   for (const auto* q : *req.queries()) {
-    auto values = floats(q->values(), "modality '" + wire_util::str(q->modality()) + "'");
+    auto values = floats(q->values(), q->modality());
     if (!values) co_return r.fail(values.status());
     queries.push_back(ModalityQuery{wire_util::str(q->modality()), std::move(values).value(),
                                     q->threshold(), q->weight()});
@@ -103,8 +107,10 @@ awaitable<void> Session::on_search(const wire::SearchReq& req, Reply& r) {
     }
   }
   std::vector<flatbuffers::Offset<wire::SearchHit>> out;
+  out.reserve(hits->size());
+  std::vector<float> sims;
   for (const auto& h : *hits) {
-    std::vector<float> sims;
+    sims.clear();
     for (const auto& [modality, sim] : h.similarities) sims.push_back(sim);
     auto key = wire_util::to_wire(h.key);
     out.push_back(wire::CreateSearchHit(r.fbb, &key, h.score, r.fbb.CreateVector(sims)));

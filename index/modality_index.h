@@ -24,6 +24,11 @@ namespace kvtier::index_detail {
 
 enum class Kind : uint32_t { kExact = 0, kIvf = 1 };
 
+struct Candidate {
+  BlockKey key;
+  float cos;  // inner product of unit vectors (approximate for IVF,SQ8)
+};
+
 // nlist for an IVF index trained on n vectors, and the nprobe used with it (docs/index.md).
 uint32_t choose_nlist(uint64_t n);
 uint32_t choose_nprobe(uint32_t nlist);
@@ -52,8 +57,10 @@ class ModalityIndex {
   // exact_max_vectors (back to exact below half of it), retrains an IVF grown 4x.
   void maintain(const IndexOptions& opts, bool purge_all = false);
 
-  // Up to `k` live chunks nearest to the normalised query q (tombstones skipped).
-  std::vector<BlockKey> candidates(const float* q, size_t k, const IndexOptions& opts) const;
+  // Up to `k` live chunks nearest to the normalised query q (tombstones skipped), best first,
+  // with FAISS's inner product: exact for the flat index; for IVF,SQ8 the inner product with
+  // the SQ8-decoded vector, the same value similarity() computes.
+  std::vector<Candidate> candidates(const float* q, size_t k, const IndexOptions& opts) const;
   // Cosine between the stored vector of `key` and the normalised q; false when absent.
   bool similarity(const BlockKey& key, const float* q, float* out) const;
 

@@ -12,15 +12,19 @@
 #include <unordered_set>
 
 #include "index/modality_index.h"
+#include "index/simd_dot.h"
 
 namespace kvtier {
 namespace fs = std::filesystem;
+using index_detail::Candidate;
 using index_detail::ModalityIndex;
 using index_detail::Namespace;
 
 namespace {
 
-constexpr size_t kCandidateFactor = 4;  // k' = 4k + 16 candidates per queried modality
+// Candidates per queried modality: k + 16 for one modality (headroom for chunks alive()
+// rejects), 4k + 16 for several (headroom for the intersection of their thresholds too).
+constexpr size_t kCandidateFactor = 4;
 constexpr size_t kCandidateExtra = 16;
 
 std::string hex_encode(std::string_view s) {
@@ -237,7 +241,14 @@ Result<std::vector<IndexHit>> SemanticIndex::search(
   };
   std::vector<Q> qs(queries.size());
   double wsum = 0;
-  std::vector<IndexHit> ranked;
+  // Chunks that pass every threshold; their per-modality cosines are sims[at, at + qs.size()).
+  struct Scored {
+    BlockKey key;
+    float score;
+    size_t at;
+  };
+  std::vector<Scored> ranked;
+  std::vector<float> sims;
   const uint64_t t0 = now_ns();
   {
     auto lock = read_lock();
@@ -269,49 +280,66 @@ Result<std::vector<IndexHit>> SemanticIndex::search(
     if (wsum <= 0) return error(Errc::kInvalidArgument, "index search: weights sum to 0");
     if (k == 0) return std::vector<IndexHit>{};
 
-    // Candidates: the union of each queried modality's top k'.
-    // One modality needs no intersection headroom, only a little for dead chunks.
-    const size_t kprime =
-        qs.size() == 1 ? k + kCandidateExtra : kCandidateFactor * k + kCandidateExtra;
-    std::vector<BlockKey> cands;
-    std::unordered_set<BlockKey, BlockKeyHash> seen;
-    for (const Q& q : qs)
-      for (const BlockKey& key : q.mi->candidates(q.v.data(), kprime, opts_))
-        if (seen.insert(key).second) cands.push_back(key);
-
-    // Exact scoring of every candidate on every queried modality.
-    for (const BlockKey& key : cands) {
-      IndexHit hit;
-      hit.key = key;
-      double score = 0;
-      bool pass = true;
-      for (const Q& q : qs) {
-        float cos;
-        if (!q.mi->similarity(key, q.v.data(), &cos) || cos < q.q->threshold) {
-          pass = false;
-          break;
-        }
-        hit.similarities.emplace_back(q.q->modality, cos);
-        score += double(q.q->weight) * cos;
+    if (qs.size() == 1) {
+      // One modality: FAISS's inner products are the cosines (for IVF,SQ8 those of the
+      // decoded vectors, which similarity() would compute again), so no re-scoring; only a
+      // little headroom for chunks that alive() rejects.
+      const Q& q = qs[0];
+      for (const Candidate& c : q.mi->candidates(q.v.data(), k + kCandidateExtra, opts_)) {
+        if (c.cos < q.q->threshold) continue;
+        ranked.push_back(
+            {c.key, static_cast<float>(double(q.q->weight) * c.cos / wsum), sims.size()});
+        sims.push_back(c.cos);
       }
-      if (!pass) continue;
-      hit.score = static_cast<float>(score / wsum);
-      ranked.push_back(std::move(hit));
+    } else {
+      // The union of each queried modality's top k', scored on every queried modality from
+      // the stored vectors (a chunk may be a candidate in one modality only).
+      const size_t kprime = kCandidateFactor * k + kCandidateExtra;
+      std::vector<BlockKey> cands;
+      std::unordered_set<BlockKey, BlockKeyHash> seen;
+      for (const Q& q : qs)
+        for (const Candidate& c : q.mi->candidates(q.v.data(), kprime, opts_))
+          if (seen.insert(c.key).second) cands.push_back(c.key);
+      for (const BlockKey& key : cands) {
+        const size_t at = sims.size();
+        double score = 0;
+        bool pass = true;
+        for (const Q& q : qs) {
+          float cos;
+          if (!q.mi->similarity(key, q.v.data(), &cos) || cos < q.q->threshold) {
+            pass = false;
+            break;
+          }
+          sims.push_back(cos);
+          score += double(q.q->weight) * cos;
+        }
+        if (pass)
+          ranked.push_back({key, static_cast<float>(score / wsum), at});
+        else
+          sims.resize(at);
+      }
     }
   }
-  std::sort(ranked.begin(), ranked.end(), [](const IndexHit& a, const IndexHit& b) {
+  std::sort(ranked.begin(), ranked.end(), [](const Scored& a, const Scored& b) {
     return a.score != b.score ? a.score > b.score : a.key < b.key;
   });
 
   // The alive check runs without mu_: it may take the caller's locks.
   std::vector<IndexHit> out;
+  out.reserve(std::min(k, ranked.size()));
   std::vector<BlockKey> gone;
-  for (IndexHit& h : ranked) {
+  for (const Scored& s : ranked) {
     if (out.size() == k) break;
-    if (!alive || alive(h.key))
-      out.push_back(std::move(h));
-    else
-      gone.push_back(h.key);
+    if (alive && !alive(s.key)) {
+      gone.push_back(s.key);
+      continue;
+    }
+    IndexHit& h = out.emplace_back();
+    h.key = s.key;
+    h.score = s.score;
+    h.similarities.reserve(qs.size());
+    for (size_t i = 0; i < qs.size(); ++i)
+      h.similarities.emplace_back(qs[i].q->modality, sims[s.at + i]);
   }
   const uint64_t dt = now_ns() - t0;
   for (const Q& q : qs) {  // ModalityIndex objects outlive *this's locks (never destroyed)
@@ -392,6 +420,7 @@ nlohmann::json SemanticIndex::stats() const {
     nss[space->name] = std::move(mods);
   }
   return {{"dir", opts_.dir.string()},
+          {"kernels", index_detail::simd_level()},
           {"exact_max_vectors", opts_.exact_max_vectors},
           {"rebuild_dead_ratio", opts_.rebuild_dead_ratio},
           {"namespaces", std::move(nss)}};

@@ -102,9 +102,11 @@ class SemanticIndex {
   void remove(std::string_view ns, const BlockKey& chunk);
 
   // Up to k chunks whose every queried modality has cosine >= its threshold, best first by
-  // sum(weight*cos)/sum(weight).  Candidates are the top max(4k+16) of each queried
-  // modality's index, then scored exactly on every queried modality (a chunk without a
-  // vector in one of them does not match).  `alive(key)` filters chunks no longer cached;
+  // sum(weight*cos)/sum(weight).  One modality: its index's top k+16, scored by FAISS's own
+  // inner products.  Several: the union of each modality's top 4k+16, scored on every queried
+  // modality from the stored vectors (a chunk without a vector in one of them does not
+  // match).  Cosines are exact for the flat index, those of the SQ8-decoded vectors for IVF.
+  // `alive(key)` filters chunks no longer cached;
   // the index removes those.  An empty result is fine.  kInvalidArgument: no queries, a
   // modality twice, unknown namespace/modality, wrong dimension, non-finite or zero vector,
   // negative or non-finite weight, weights summing to 0.
@@ -117,7 +119,8 @@ class SemanticIndex {
   Status save();
 
   // {"namespaces": {ns: {modality: {vectors, dead, type, dim, nlist, nprobe, searches, hits,
-  //   misses, search_us_total, search_us_mean}}}, "dir": ..., "exact_max_vectors": ...}
+  //   misses, search_us_total, search_us_mean}}}, "dir": ..., "kernels": "avx512" | "avx2" |
+  //   "scalar", "exact_max_vectors": ...}
   nlohmann::json stats() const;
 
   // Info on one modality index; nullopt when absent.  The `index` pointer must not be used

@@ -40,7 +40,11 @@ Result<LookupResult> Client::lookup_with_fusion(std::string_view ns,
 
 Status Client::add_embeddings(std::string_view ns, std::span<const ChunkEmbeddings> chunks) {
   std::lock_guard lock(impl_->mu);
-  flatbuffers::FlatBufferBuilder fbb;
+  // Sized up front: a batch of 2000 512-d vectors is 4 MiB, grown by doubling from 1 KiB.
+  size_t bytes = 256 + ns.size();
+  for (const auto& c : chunks)
+    for (const auto& v : c.vectors) bytes += 64 + v.modality.size() + v.values.size() * 4;
+  flatbuffers::FlatBufferBuilder fbb(bytes);
   std::vector<flatbuffers::Offset<wire::ChunkEmbeddings>> cs;
   for (const auto& c : chunks) {
     std::vector<flatbuffers::Offset<wire::ModalityVector>> vs;
@@ -58,7 +62,9 @@ Status Client::add_embeddings(std::string_view ns, std::span<const ChunkEmbeddin
 Result<SearchResult> Client::search(std::string_view ns, std::span<const SearchQuery> queries,
                                     uint32_t k, bool with_fusion) {
   std::lock_guard lock(impl_->mu);
-  flatbuffers::FlatBufferBuilder fbb;
+  size_t bytes = 256 + ns.size();
+  for (const auto& q : queries) bytes += 64 + q.modality.size() + q.values.size() * 4;
+  flatbuffers::FlatBufferBuilder fbb(bytes);
   std::vector<flatbuffers::Offset<wire::ModalityQuery>> qs;
   for (const auto& q : queries)
     qs.push_back(wire::CreateModalityQuery(fbb, fbb.CreateString(q.modality),
@@ -71,6 +77,7 @@ Result<SearchResult> Client::search(std::string_view ns, std::span<const SearchQ
   if (body == nullptr) return error(Errc::kProtocol, "bad search reply");
   SearchResult out;
   if (body->hits()) {
+    out.hits.reserve(body->hits()->size());
     for (const auto* h : *body->hits()) {
       SearchHit hit;
       if (h->key()) hit.key = wire_util::from_wire(*h->key());
