@@ -76,7 +76,7 @@ struct DiskTierConfig {
 // The semantic index (FAISS) over embedding entries of cached chunks (docs/index.md).
 struct IndexConfig {
   bool enabled = true;
-  uint64_t exact_max_vectors = 50000;  // exact search up to this many vectors per modality
+  uint64_t exact_max_vectors = 10000;  // exact search up to this many vectors per modality
   uint32_t nprobe = 0;                 // IVF lists probed; 0 = chosen from nlist
   uint32_t save_interval_s = 30;       // persist changed indices this often (and at exit)
   void validate() const;
