@@ -381,11 +381,15 @@ std::vector<LeaseGrant> Cache::get(uint64_t sid, uint32_t ns, std::span<const Bl
     } else if (const BlockInfo* h = host_->acquire(id)) {
       g = grant(*s, *host_, *h);
       bump(metrics_.get_hits);
-    } else if (GpuTier* holder = gpu_holder(id); holder && copy_down(*holder, *holder->find(id))) {
+    } else if (GpuTier* holder = gpu_holder(id)) {
       // Only a GPU (another device's, for a GPU get) has it: a host copy serves this get.
-      bump(metrics_.gpu_copy_downs);
-      g = grant(*s, *host_, *host_->acquire(id));
-      bump(metrics_.get_hits);
+      if (copy_down(*holder, *holder->find(id))) {
+        bump(metrics_.gpu_copy_downs);
+        g = grant(*s, *host_, *host_->acquire(id));
+        bump(metrics_.get_hits);
+      } else {
+        g.code = Errc::kNoSpace;  // cached, but leased blocks fill the host tier
+      }
     } else {
       g.code = Errc::kNotFound;
       bump(metrics_.get_misses);

@@ -529,3 +529,34 @@ TEST_CASE("gpu: two devices: puts land on the client's device; other devices pro
   CHECK(bad.status().code() == Errc::kInvalidArgument);
   CHECK_THAT(bad.status().message(), Catch::Contains("no GPU tier on device 5"));
 }
+
+TEST_CASE("gpu: a host get of a GPU block while leases fill the host tier says no_space", "[gpu]") {
+  if (!suite_ready()) return;
+  Daemon d(gpu_daemon("fp16"));  // host tier 32 MiB
+  auto c = Client::connect(d.socket()).value();
+  auto keys = chain("m", 4096);
+  // fp32 blocks take the host path: put and lease 2 MiB, then 4 KiB blocks until the host
+  // tier refuses more.
+  std::vector<float> f(1 << 19, 0.5f);
+  std::vector<Lease> held;
+  size_t next = 1;
+  for (uint64_t elems : {uint64_t{1} << 19, uint64_t{1} << 10}) {
+    for (;;) {
+      REQUIRE(next < keys.size());
+      Status st = c->put("m", keys[next],
+                         std::vector<TensorIn>{TensorIn{"x", DType::kF32, {elems}, f.data()}});
+      if (st.code() == Errc::kNoSpace) break;
+      must(st);
+      held.push_back(c->get("m", std::span(keys.data() + next, 1)).value());
+      REQUIRE(held.back().found() == 1);
+      ++next;
+    }
+  }
+  HalfBlock b(64, 12);
+  must(c->put("m", keys[0], b.tensors));  // fp16: the GPU tier
+  auto host = c->get("m", std::span(keys.data(), 1)).value();
+  CHECK(host.block(0).code == Errc::kNoSpace);
+  auto gpu = c->get("m", std::span(keys.data(), 1), on_gpu()).value();
+  REQUIRE(gpu.block(0).on_gpu);  // still cached, and served from the GPU
+  CHECK(same(read(*gpu.block(0).tensor("k")), b.bytes(b.k)));
+}
