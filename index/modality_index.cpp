@@ -110,14 +110,16 @@ void ModalityIndex::add(std::span<const BlockKey> keys, std::span<const float> v
   for (const BlockKey& k : keys) remove(k);
   std::vector<idx_t> ids(keys.size());
   for (auto& id : ids) id = next_id_++;
-  if (kind_ == Kind::kExact && live() + keys.size() > opts.exact_max_vectors) {
-    rebuild(Kind::kIvf, opts, ids, vecs);
-  } else {
+  {
     // A few vectors (the daemon adds one chunk at a time) gain nothing from an OpenMP team:
     // IndexIVF's add opens a parallel region even for one vector.
     std::optional<SingleThreadedOmp> one_thread;
     if (keys.size() <= kSmallAdd) one_thread.emplace();
     index_->add_with_ids(static_cast<idx_t>(ids.size()), vecs.data(), ids.data());
+  }
+  if (rebuilding_) {
+    delta_ids_.insert(delta_ids_.end(), ids.begin(), ids.end());
+    delta_vecs_.insert(delta_vecs_.end(), vecs.begin(), vecs.end());
   }
   for (size_t i = 0; i < keys.size(); ++i) {
     key_to_id_[keys[i]] = ids[i];
@@ -132,18 +134,23 @@ bool ModalityIndex::remove(const BlockKey& key) {
   if (it == key_to_id_.end()) return false;
   id_to_key_.erase(it->second);
   dead_ids_.push_back(it->second);
+  if (rebuilding_) delta_removed_.push_back(it->second);
   key_to_id_.erase(it);
   dirty_ = true;
   return true;
 }
 
 void ModalityIndex::maintain(const IndexOptions& opts, bool purge_all) {
+  // The snapshot of a rebuild in flight decodes vectors from index_: no purge meanwhile, and
+  // never two rebuilds at once.
+  if (rebuilding_) return;
+  want_.reset();
   if (kind_ == Kind::kExact && live() > opts.exact_max_vectors) {
-    rebuild(Kind::kIvf, opts);
+    want_ = Kind::kIvf;
   } else if (kind_ == Kind::kIvf && 2 * live() < opts.exact_max_vectors) {
-    rebuild(Kind::kExact, opts);
+    want_ = Kind::kExact;
   } else if (kind_ == Kind::kIvf && (live() > 4 * trained_n_ || 4 * live() < trained_n_)) {
-    rebuild(Kind::kIvf, opts);
+    want_ = Kind::kIvf;
   }
   const auto total = static_cast<double>(index_->ntotal);
   if (!dead_ids_.empty() &&
@@ -166,48 +173,105 @@ void ModalityIndex::purge() {
   dirty_ = true;
 }
 
-void ModalityIndex::rebuild(Kind kind, const IndexOptions& opts, std::span<const idx_t> extra_ids,
-                            std::span<const float> extra_vecs) {
-  // Live vectors in id order (deterministic training sample), then the extras.
-  std::vector<idx_t> ids;
-  ids.reserve(id_to_key_.size() + extra_ids.size());
-  for (const auto& [id, key] : id_to_key_) ids.push_back(id);
-  std::sort(ids.begin(), ids.end());
-  const size_t old_n = ids.size();
-  std::vector<float> vecs((old_n + extra_ids.size()) * dim_);
-  for (size_t i = 0; i < old_n; ++i) {
-    index_->reconstruct(ids[i], &vecs[i * dim_]);
-    renormalise(&vecs[i * dim_], dim_);  // SQ8 decoding is not exactly unit norm
-  }
-  ids.insert(ids.end(), extra_ids.begin(), extra_ids.end());
-  std::copy(extra_vecs.begin(), extra_vecs.end(), vecs.begin() + old_n * dim_);
-  const auto n = static_cast<idx_t>(ids.size());
+Rebuild::Rebuild() = default;
+Rebuild::~Rebuild() = default;
+Rebuild::Rebuild(Rebuild&&) noexcept = default;
+Rebuild& Rebuild::operator=(Rebuild&&) noexcept = default;
 
-  std::unique_ptr<faiss::Index> fresh;
-  if (kind == Kind::kExact) {
-    fresh = make_exact(dim_);
-    nlist_ = 0;
-    trained_n_ = 0;
+std::optional<Rebuild> ModalityIndex::begin_rebuild() {
+  if (!wants_rebuild()) return std::nullopt;
+  Rebuild r;
+  r.kind = *want_;
+  r.dim = dim_;
+  r.ids.reserve(id_to_key_.size());
+  for (const auto& [id, key] : id_to_key_) r.ids.push_back(id);
+  want_.reset();
+  rebuilding_ = true;
+  delta_ids_.clear();
+  delta_vecs_.clear();
+  delta_removed_.clear();
+  return r;
+}
+
+void prepare_snapshot(Rebuild& r) {
+  // Live vectors in id order (deterministic training sample).
+  std::sort(r.ids.begin(), r.ids.end());
+  r.vecs.resize(r.ids.size() * r.dim);  // 400 MB at 200k 512-d: zeroed with no lock held
+}
+
+void ModalityIndex::snapshot(Rebuild& r, size_t from, size_t to) const {
+  for (size_t i = from; i < to; ++i) {
+    index_->reconstruct(r.ids[i], &r.vecs[i * dim_]);
+    renormalise(&r.vecs[i * dim_], dim_);  // SQ8 decoding is not exactly unit norm
+  }
+}
+
+void build_rebuild(Rebuild& r) {
+  const auto n = static_cast<idx_t>(r.ids.size());
+  const uint32_t dim = r.dim;
+  if (r.kind == Kind::kExact) {
+    r.fresh = make_exact(dim);
+    r.nlist = 0;
+    r.trained_n = 0;
   } else {
-    nlist_ = choose_nlist(static_cast<uint64_t>(n));
-    auto ivf = std::make_unique<IvfSq8>(dim_, nlist_);  // "IVF<nlist>,SQ8", inner product
+    r.nlist = choose_nlist(static_cast<uint64_t>(n));
+    auto ivf = std::make_unique<IvfSq8>(dim, r.nlist);  // "IVF<nlist>,SQ8", inner product
     // Strided sample: the rows are in id (insertion) order, so this spans the history.
-    const uint64_t want = std::min<uint64_t>(n, kTrainPointsPerList * nlist_);
+    const uint64_t want = std::min<uint64_t>(n, kTrainPointsPerList * r.nlist);
     const uint64_t stride = n / want;
-    std::vector<float> sample(want * dim_);
+    std::vector<float> sample(want * dim);
     for (uint64_t i = 0; i < want; ++i)
-      std::memcpy(&sample[i * dim_], &vecs[i * stride * dim_], dim_ * sizeof(float));
+      std::memcpy(&sample[i * dim], &r.vecs[i * stride * dim], dim * sizeof(float));
     ivf->train(static_cast<idx_t>(want), sample.data());
     ivf->set_direct_map_type(faiss::DirectMap::Hashtable);  // reconstruct + O(1) remove
-    fresh = std::move(ivf);
-    trained_n_ = static_cast<uint64_t>(n);
+    r.fresh = std::move(ivf);
+    r.trained_n = static_cast<uint64_t>(n);
   }
-  if (n > 0) fresh->add_with_ids(n, vecs.data(), ids.data());
-  index_ = std::move(fresh);
-  kind_ = kind;
-  dead_ids_.clear();
+  if (n > 0) r.fresh->add_with_ids(n, r.vecs.data(), r.ids.data());
+  r.vecs = {};
+}
+
+void catch_up(Rebuild& r, const std::vector<int64_t>& ids, const std::vector<float>& vecs) {
+  if (ids.empty()) return;
+  r.fresh->add_with_ids(static_cast<idx_t>(ids.size()), vecs.data(), ids.data());
+  r.applied += ids.size();
+}
+
+void ModalityIndex::copy_delta(const Rebuild& r, size_t max, std::vector<int64_t>* ids,
+                               std::vector<float>* vecs) const {
+  const size_t n = std::min(max, delta_ids_.size() - r.applied);
+  ids->assign(delta_ids_.begin() + r.applied, delta_ids_.begin() + r.applied + n);
+  vecs->assign(delta_vecs_.begin() + r.applied * dim_,
+               delta_vecs_.begin() + (r.applied + n) * dim_);
+}
+
+void ModalityIndex::finish_rebuild(Rebuild& r, const IndexOptions& opts) {
+  if (const size_t n = delta_ids_.size() - r.applied; n > 0) {
+    std::optional<SingleThreadedOmp> one_thread;
+    if (n <= kSmallAdd) one_thread.emplace();
+    r.fresh->add_with_ids(static_cast<idx_t>(n), &delta_vecs_[r.applied * dim_],
+                          &delta_ids_[r.applied]);
+  }
+  // Every id removed meanwhile was live at begin_rebuild() or added since: it is in r.fresh.
+  // The old tombstones are not.
+  std::swap(index_, r.fresh);  // the caller frees the old index after the lock
+  kind_ = r.kind;
+  nlist_ = r.nlist;
+  trained_n_ = r.trained_n;
+  dead_ids_ = std::move(delta_removed_);
+  rebuilding_ = false;
+  delta_ids_ = {};
+  delta_vecs_ = {};
+  delta_removed_ = {};
   dirty_ = true;
-  (void)opts;
+  maintain(opts);
+}
+
+void ModalityIndex::abort_rebuild() {
+  rebuilding_ = false;
+  delta_ids_ = {};
+  delta_vecs_ = {};
+  delta_removed_ = {};
 }
 
 std::vector<Candidate> ModalityIndex::candidates(const float* q, size_t k,

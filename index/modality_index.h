@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -29,6 +30,32 @@ struct Candidate {
   float cos;  // inner product of unit vectors (approximate for IVF,SQ8)
 };
 
+// A rebuild in flight (docs/index.md, "Rebuilds"): begin_rebuild() (exclusive lock) fixes
+// the snapshot ids; snapshot() (shared lock) decodes their vectors; build_rebuild() (no lock)
+// trains and fills `fresh`; catch_up() (shared lock) copies adds made meanwhile;
+// finish_rebuild() (exclusive lock) applies the rest of the delta and swaps.
+struct Rebuild {
+  Kind kind = Kind::kExact;
+  uint32_t dim = 0;
+  std::vector<int64_t> ids;  // live ids at begin_rebuild(), ascending
+  std::vector<float> vecs;   // their vectors (renormalised), row-major
+  std::unique_ptr<faiss::Index> fresh;
+  uint32_t nlist = 0;
+  uint64_t trained_n = 0;
+  size_t applied = 0;  // delta adds already in `fresh`
+  Rebuild();
+  ~Rebuild();
+  Rebuild(Rebuild&&) noexcept;
+  Rebuild& operator=(Rebuild&&) noexcept;
+};
+
+// Sorts r.ids and sizes r.vecs before snapshot().  Needs no lock.
+void prepare_snapshot(Rebuild& r);
+// Trains and fills r.fresh from r.ids / r.vecs (then frees r.vecs).  Needs no lock.
+void build_rebuild(Rebuild& r);
+// Adds delta rows (copied by ModalityIndex::copy_delta) to r.fresh.  Needs no lock.
+void catch_up(Rebuild& r, const std::vector<int64_t>& ids, const std::vector<float>& vecs);
+
 // nlist for an IVF index trained on n vectors, and the nprobe used with it (docs/index.md).
 uint32_t choose_nlist(uint64_t n);
 uint32_t choose_nprobe(uint32_t nlist);
@@ -48,14 +75,36 @@ class ModalityIndex {
   ModalityIndexInfo info(const IndexOptions& opts) const;
   uint32_t nprobe(const IndexOptions& opts) const;
 
-  // Adds (replacing) normalised vectors: keys.size() * dim floats.  May switch to / retrain
-  // the IVF index (see maintain()).
+  // Adds (replacing) normalised vectors: keys.size() * dim floats.  May ask for a switch to /
+  // retraining of the IVF index (see maintain()); the rebuild itself runs elsewhere.
   void add(std::span<const BlockKey> keys, std::span<const float> vecs, const IndexOptions& opts);
   // Tombstones the chunk's vector; false when absent.
   bool remove(const BlockKey& key);
-  // Purges tombstones past opts.rebuild_dead_ratio, switches exact <-> IVF at
-  // exact_max_vectors (back to exact below half of it), retrains an IVF grown 4x.
+  // Purges tombstones past opts.rebuild_dead_ratio; asks for a switch exact <-> IVF at
+  // exact_max_vectors (back to exact below half of it), a retraining of an IVF grown 4x.
+  // While a rebuild is in flight it neither decides another one nor purges (the snapshot
+  // decodes the old index's vectors, tombstoned ones included).
   void maintain(const IndexOptions& opts, bool purge_all = false);
+
+  // Background rebuilds (SemanticIndex runs them).  wants_rebuild(): maintain() decided one
+  // and none is in flight.  queued: set by SemanticIndex when it queued this index.
+  bool wants_rebuild() const { return want_.has_value() && !rebuilding_; }
+  bool rebuilding() const { return rebuilding_; }
+  bool queued = false;
+  // Exclusive lock.  Starts recording the delta; nullopt if no rebuild is wanted any more.
+  std::optional<Rebuild> begin_rebuild();
+  // Shared lock.  Decodes r.ids[from, to) into r.vecs (after prepare_snapshot()).
+  void snapshot(Rebuild& r, size_t from, size_t to) const;
+  // Shared lock.  Copies the delta adds past r.applied (at most `max`) into ids/vecs.
+  size_t pending_adds(const Rebuild& r) const { return delta_ids_.size() - r.applied; }
+  void copy_delta(const Rebuild& r, size_t max, std::vector<int64_t>* ids,
+                  std::vector<float>* vecs) const;
+  // Exclusive lock.  Adds the rest of the delta to r.fresh, tombstones the ids removed
+  // meanwhile, swaps r.fresh in (r.fresh then holds the old index: free it after the lock).
+  void finish_rebuild(Rebuild& r, const IndexOptions& opts);
+  // Exclusive lock.  Drops the rebuild (shutdown): the old index stays.
+  void abort_rebuild();
+  std::atomic<uint64_t> rebuilds{0}, last_rebuild_ns{0};
 
   // Up to `k` live chunks nearest to the normalised query q (tombstones skipped), best first,
   // with FAISS's inner product: exact for the flat index; for IVF,SQ8 the inner product with
@@ -74,8 +123,6 @@ class ModalityIndex {
   mutable std::atomic<uint64_t> searches{0}, hits{0}, misses{0}, search_ns{0};
 
  private:
-  void rebuild(Kind kind, const IndexOptions& opts, std::span<const int64_t> extra_ids = {},
-               std::span<const float> extra_vecs = {});
   void purge();
 
   uint32_t dim_;
@@ -88,6 +135,12 @@ class ModalityIndex {
   std::unordered_map<int64_t, BlockKey> id_to_key_;  // live ids only
   std::vector<int64_t> dead_ids_;                    // tombstones still in index_
   bool dirty_ = false;
+  std::optional<Kind> want_;  // the rebuild maintain() decided
+  bool rebuilding_ = false;
+  // The delta since begin_rebuild(): ids (and vectors) added, ids removed.
+  std::vector<int64_t> delta_ids_;
+  std::vector<float> delta_vecs_;
+  std::vector<int64_t> delta_removed_;
 };
 
 class Namespace {

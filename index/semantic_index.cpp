@@ -97,8 +97,127 @@ uint64_t now_ns() {
 
 }  // namespace
 
-SemanticIndex::SemanticIndex(IndexOptions opts) : opts_(std::move(opts)) {}
-SemanticIndex::~SemanticIndex() = default;
+// Rebuild snapshot: vectors decoded per shared-lock hold (a waiting update waits at most one
+// chunk); adds made during the build are copied into the new index under shared locks until
+// at most kSwapDelta remain for the exclusive swap.
+constexpr size_t kSnapshotChunk = 4096;
+constexpr size_t kCatchUpChunk = 65536;
+constexpr size_t kSwapDelta = 64;
+constexpr int kCatchUpRounds = 16;
+
+SemanticIndex::SemanticIndex(IndexOptions opts) : opts_(std::move(opts)) {
+  worker_ = std::thread([this] { rebuild_loop(); });
+}
+
+SemanticIndex::~SemanticIndex() {
+  {
+    std::lock_guard l(job_mu_);
+    stop_ = true;
+  }
+  stopping_ = true;
+  job_cv_.notify_all();
+  idle_cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+void SemanticIndex::kick(ModalityIndex* mi) {
+  if (!mi->wants_rebuild() || mi->queued) return;
+  mi->queued = true;
+  {
+    std::lock_guard l(job_mu_);
+    jobs_.push_back(mi);
+  }
+  job_cv_.notify_one();
+}
+
+void SemanticIndex::wait_for_rebuilds() const {
+  std::unique_lock l(job_mu_);
+  idle_cv_.wait(l, [&] { return stop_ || (jobs_.empty() && !busy_); });
+}
+
+void SemanticIndex::set_rebuild_hook(std::function<void()> hook) {
+  std::lock_guard l(job_mu_);
+  hook_ = std::move(hook);
+}
+
+void SemanticIndex::rebuild_loop() {
+  for (;;) {
+    ModalityIndex* mi;
+    {
+      std::unique_lock l(job_mu_);
+      job_cv_.wait(l, [&] { return stop_ || !jobs_.empty(); });
+      if (stop_) break;
+      mi = jobs_.front();
+      jobs_.pop_front();
+      busy_ = true;
+    }
+    run_rebuild(mi);
+    {
+      std::lock_guard l(job_mu_);
+      busy_ = false;
+    }
+    idle_cv_.notify_all();
+  }
+}
+
+void SemanticIndex::run_rebuild(ModalityIndex* mi) {
+  const uint64_t t0 = now_ns();
+  std::optional<index_detail::Rebuild> r;
+  {
+    auto lock = write_lock();  // the snapshot's ids; the delta log starts here
+    mi->queued = false;
+    r = mi->begin_rebuild();
+  }
+  if (!r) return;
+  auto drop = [&] {
+    auto lock = write_lock();
+    mi->abort_rebuild();
+  };
+  try {
+    // 1. Decode the snapshot under shared locks: searches go on, updates wait <= one chunk.
+    index_detail::prepare_snapshot(*r);
+    const size_t n = r->ids.size();
+    for (size_t from = 0; from < n; from += kSnapshotChunk) {
+      if (stopping_) return drop();
+      auto lock = read_lock();
+      mi->snapshot(*r, from, std::min(n, from + kSnapshotChunk));
+    }
+    if (stopping_) return drop();
+    // 2. Train and fill the new index with no lock held.
+    index_detail::build_rebuild(*r);
+    std::function<void()> hook;
+    {
+      std::lock_guard l(job_mu_);
+      hook = hook_;
+    }
+    if (hook) hook();
+    // 3. Catch up with the adds made meanwhile, still outside the exclusive lock.
+    for (int round = 0; round < kCatchUpRounds; ++round) {
+      if (stopping_) return drop();
+      std::vector<int64_t> ids;
+      std::vector<float> vecs;
+      {
+        auto lock = read_lock();
+        if (mi->pending_adds(*r) <= kSwapDelta) break;
+        mi->copy_delta(*r, kCatchUpChunk, &ids, &vecs);
+      }
+      index_detail::catch_up(*r, ids, vecs);
+    }
+    if (stopping_) return drop();
+    // 4. The rest of the delta, the tombstones, the swap.
+    {
+      auto lock = write_lock();
+      mi->finish_rebuild(*r, opts_);
+      kick(mi);
+    }
+    r.reset();  // the old index, freed outside the lock
+  } catch (const std::exception&) {
+    drop();  // FAISS failed (e.g. out of memory): the old index stays
+    return;
+  }
+  mi->rebuilds.fetch_add(1, std::memory_order_relaxed);
+  mi->last_rebuild_ns.store(now_ns() - t0, std::memory_order_relaxed);
+}
 
 Result<std::unique_ptr<SemanticIndex>> SemanticIndex::open(const IndexOptions& opts) {
   if (opts.rebuild_dead_ratio <= 0 || opts.rebuild_dead_ratio > 1)
@@ -133,6 +252,15 @@ Result<std::unique_ptr<SemanticIndex>> SemanticIndex::open(const IndexOptions& o
     idx->namespaces_.push_back(std::move(space));
   }
   if (ec) return error(Errc::kIo, "index: list " + opts.dir.string() + ": " + ec.message());
+  {
+    // A file saved while a rebuild ran holds the old index: rebuild it again.
+    auto lock = idx->write_lock();
+    for (const auto& space : idx->namespaces_)
+      for (auto& [m, mi] : space->modalities) {
+        mi->maintain(opts);
+        idx->kick(mi.get());
+      }
+  }
   return idx;
 }
 
@@ -192,6 +320,7 @@ Status SemanticIndex::add(std::string_view ns, const BlockKey& chunk,
     auto& slot = space.modalities[vectors[i].first];
     if (!slot) slot = std::make_unique<ModalityIndex>(static_cast<uint32_t>(normed[i].size()));
     slot->add(std::span(&chunk, 1), normed[i], opts_);
+    kick(slot.get());
   }
   return Status::ok();
 }
@@ -219,6 +348,7 @@ Status SemanticIndex::add_batch(std::string_view ns, std::string_view modality,
   auto& slot = ns_for_write(ns).modalities[std::string(modality)];
   if (!slot) slot = std::make_unique<ModalityIndex>(static_cast<uint32_t>(dim));
   slot->add(chunks, normed, opts_);
+  kick(slot.get());
   return Status::ok();
 }
 
@@ -227,7 +357,10 @@ void SemanticIndex::remove(std::string_view ns, const BlockKey& chunk) {
   Namespace* space = find_ns(ns);
   if (!space) return;
   for (auto& [m, mi] : space->modalities)
-    if (mi->remove(chunk)) mi->maintain(opts_);
+    if (mi->remove(chunk)) {
+      mi->maintain(opts_);
+      kick(mi.get());
+    }
 }
 
 Result<std::vector<IndexHit>> SemanticIndex::search(
@@ -353,7 +486,10 @@ Result<std::vector<IndexHit>> SemanticIndex::search(
       for (auto& [m, mi] : space->modalities) {
         bool any = false;
         for (const BlockKey& key : gone) any |= mi->remove(key);
-        if (any) mi->maintain(opts_);
+        if (any) {
+          mi->maintain(opts_);
+          kick(mi.get());
+        }
       }
   }
   return out;
@@ -373,7 +509,8 @@ Status SemanticIndex::save() {
       const fs::path dir = opts_.dir / ("ns-" + hex_encode(space->name));
       for (auto& [m, mi] : space->modalities) {
         if (!mi->dirty()) continue;
-        mi->maintain(opts_, /*purge_all=*/true);
+        mi->maintain(opts_, /*purge_all=*/true);  // no purge while rebuilding: tombstones
+        kick(mi.get());                           // are then saved as such
         writes.push_back({mi.get(), dir / ("m-" + hex_encode(m) + ".kvidx"), mi->serialize()});
         mi->mark_clean();
       }
@@ -400,6 +537,7 @@ Status SemanticIndex::save() {
 nlohmann::json SemanticIndex::stats() const {
   auto lock = read_lock();
   nlohmann::json nss = nlohmann::json::object();
+  bool rebuilding = false;
   for (const auto& space : namespaces_) {
     nlohmann::json mods = nlohmann::json::object();
     for (const auto& [m, mi] : space->modalities) {
@@ -415,7 +553,11 @@ nlohmann::json SemanticIndex::stats() const {
                  {"hits", mi->hits.load()},
                  {"misses", mi->misses.load()},
                  {"search_us_total", double(ns) / 1e3},
-                 {"search_us_mean", n ? double(ns) / 1e3 / double(n) : 0.0}};
+                 {"search_us_mean", n ? double(ns) / 1e3 / double(n) : 0.0},
+                 {"rebuilding", mi->rebuilding()},
+                 {"rebuilds", mi->rebuilds.load()},
+                 {"last_rebuild_ms", double(mi->last_rebuild_ns.load()) / 1e6}};
+      rebuilding |= mi->rebuilding();
     }
     nss[space->name] = std::move(mods);
   }
@@ -423,11 +565,13 @@ nlohmann::json SemanticIndex::stats() const {
           {"kernels", index_detail::simd_level()},
           {"exact_max_vectors", opts_.exact_max_vectors},
           {"rebuild_dead_ratio", opts_.rebuild_dead_ratio},
+          {"rebuilding", rebuilding},
           {"namespaces", std::move(nss)}};
 }
 
 std::optional<ModalityIndexInfo> SemanticIndex::info(std::string_view ns,
                                                      std::string_view modality) const {
+  wait_for_rebuilds();
   auto lock = read_lock();
   Namespace* space = find_ns(ns);
   ModalityIndex* mi = space ? space->find(modality) : nullptr;

@@ -13,10 +13,15 @@
 // chunks that `alive` reports gone take the exclusive lock (FAISS allows concurrent const
 // searches, never a search concurrent with an update); a waiting update holds new searches
 // back, so updates are not starved.  `alive` is called with no index lock
-// held, so it may take the caller's own locks.
+// held, so it may take the caller's own locks.  Rebuilds (exact -> IVF, IVF retraining) run
+// on a background thread owned by this object: the old index keeps serving searches and
+// taking updates meanwhile; the new one is swapped in under a short exclusive lock.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -26,6 +31,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -42,7 +48,7 @@ namespace kvtier {
 
 struct IndexOptions {
   std::filesystem::path dir;           // persisted indices live here (created if missing)
-  uint64_t exact_max_vectors = 50000;  // IDMap2,Flat (exact) up to this many live vectors per
+  uint64_t exact_max_vectors = 10000;  // IDMap2,Flat (exact) up to this many live vectors per
                                        // modality index, then IVF,SQ8 (approximate)
   uint32_t nprobe = 0;                 // 0 = choose from nlist (docs/index.md)
   double rebuild_dead_ratio = 0.25;    // purge tombstones when they exceed this share
@@ -75,7 +81,8 @@ struct ModalityIndexInfo {
 
 namespace index_detail {
 class Namespace;
-}
+class ModalityIndex;
+}  // namespace index_detail
 
 class SemanticIndex {
  public:
@@ -115,19 +122,31 @@ class SemanticIndex {
                                        const std::function<bool(const BlockKey&)>& alive);
 
   // Persists dirty modality indices (one file each, written to a temporary and renamed);
-  // purges their tombstones first.  The daemon calls it on a timer and at shutdown.
+  // purges their tombstones first (a modality index being rebuilt is saved as it is now,
+  // tombstones included: open() rebuilds it again).  The daemon calls it on a timer and at
+  // shutdown.
   Status save();
 
   // {"namespaces": {ns: {modality: {vectors, dead, type, dim, nlist, nprobe, searches, hits,
-  //   misses, search_us_total, search_us_mean}}}, "dir": ..., "kernels": "avx512" | "avx2" |
-  //   "scalar", "exact_max_vectors": ...}
+  //   misses, search_us_total, search_us_mean, rebuilding, rebuilds, last_rebuild_ms}}},
+  //   "dir": ..., "kernels": "avx512" | "avx2" | "scalar", "exact_max_vectors": ...,
+  //   "rebuilding": any modality index rebuilding}  (never waits for a rebuild)
   nlohmann::json stats() const;
 
-  // Info on one modality index; nullopt when absent.  The `index` pointer must not be used
-  // concurrently with add/remove/save/search-pruning (benchmarks use it single-threaded).
+  // Info on one modality index once the rebuilds in flight are swapped in (it waits for
+  // them: benchmarks and tests see the index their adds asked for); nullopt when absent.  The
+  // `index` pointer must not be used concurrently with add/remove/save/search-pruning (benchmarks
+  // use it single-threaded).
   std::optional<ModalityIndexInfo> info(std::string_view ns, std::string_view modality) const;
 
   const IndexOptions& options() const { return opts_; }
+
+  // Blocks until no rebuild is queued or running (info() calls it; tests, benchmarks).
+  void wait_for_rebuilds() const;
+  // Test hook: called on the rebuild thread, with no lock held, once the new index is built
+  // and before the adds/removes made meanwhile are replayed and it is swapped in.  Set it
+  // before the add that triggers the rebuild.
+  void set_rebuild_hook(std::function<void()> hook);
 
  private:
   explicit SemanticIndex(IndexOptions opts);
@@ -135,6 +154,10 @@ class SemanticIndex {
   std::shared_lock<std::shared_mutex> read_lock() const;
   std::unique_lock<std::shared_mutex> write_lock();
   index_detail::Namespace& ns_for_write(std::string_view ns);  // requires mu_ exclusive
+  // Queues a rebuild the modality index asked for (requires mu_ exclusive).
+  void kick(index_detail::ModalityIndex* mi);
+  void rebuild_loop();
+  void run_rebuild(index_detail::ModalityIndex* mi);
 
   // Constant after construction.
   const IndexOptions opts_;
@@ -149,6 +172,16 @@ class SemanticIndex {
   // pointer to one may be used for its atomic counters after mu_ is released.
   std::vector<std::unique_ptr<index_detail::Namespace>> namespaces_;
   std::mutex save_mu_;  // one save() at a time (writes files outside mu_)
+
+  // Rebuilds (docs/index.md, "Rebuilds"): one thread, one rebuild at a time.  job_mu_ guards
+  // jobs_, busy_, stop_, hook_; lock order mu_, job_mu_ (the thread never holds both).
+  mutable std::mutex job_mu_;
+  mutable std::condition_variable job_cv_, idle_cv_;
+  std::deque<index_detail::ModalityIndex*> jobs_;
+  bool busy_ = false, stop_ = false;
+  std::atomic<bool> stopping_{false};
+  std::function<void()> hook_;
+  std::thread worker_;  // last: started by the constructor, joined by the destructor
 };
 
 }  // namespace kvtier

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -251,6 +255,7 @@ TEST_CASE("persistence: same results after close and reopen") {
                          {{"vision", data[i]}, {"prompt", {float(i % 7) + 1, 1}}})
                     .is_ok());
       idx->remove("tenant/a", key_of(5));
+      idx->wait_for_rebuilds();  // the IVF is built in the background
       for (int t = 0; t < 10; ++t) {
         queries.push_back(random_vec(rng, dim));
         before.push_back(*idx->search(
@@ -376,4 +381,184 @@ TEST_CASE("concurrent searches while adding") {
   REQUIRE(bad == 0);
   REQUIRE(searches > 0);
   REQUIRE(idx->info("ns", "vision")->type.rfind("IVF", 0) == 0);
+}
+
+namespace {
+
+// Blocks the rebuild thread in the test hook until released.
+struct HookGate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, released = false;
+  void enter() {
+    std::unique_lock l(mu);
+    entered = true;
+    cv.notify_all();
+    cv.wait(l, [&] { return released; });
+  }
+  bool wait_entered() {
+    std::unique_lock l(mu);
+    return cv.wait_for(l, std::chrono::seconds(60), [&] { return entered; });
+  }
+  void release() {
+    std::lock_guard l(mu);
+    released = true;
+    cv.notify_all();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("background rebuild: searches served meanwhile, adds and removes replayed") {
+  TempDir d;
+  const size_t dim = 32, exact_max = 2000;
+  auto idx = open_index(d.path, exact_max);
+  std::mt19937 rng(11);
+  std::map<uint64_t, std::vector<float>> live;  // key index -> vector
+  std::vector<BlockKey> ks;
+  std::vector<float> flat;
+  for (uint64_t i = 0; i < exact_max; ++i) {
+    live[i] = random_vec(rng, dim);
+    ks.push_back(key_of(i));
+    flat.insert(flat.end(), live[i].begin(), live[i].end());
+  }
+  REQUIRE(idx->add_batch("ns", "vision", ks, flat).is_ok());
+  REQUIRE(idx->stats()["namespaces"]["ns"]["vision"]["type"] == "IDMap2,Flat");
+
+  HookGate gate;
+  idx->set_rebuild_hook([&] { gate.enter(); });
+  live[exact_max] = random_vec(rng, dim);  // crosses exact_max: the IVF build starts
+  REQUIRE(idx->add("ns", key_of(exact_max), {{"vision", live[exact_max]}}).is_ok());
+  REQUIRE(gate.wait_entered());
+
+  // The rebuild is in flight (built, blocked before the swap): the exact index answers.
+  auto st = idx->stats();
+  REQUIRE(st["rebuilding"] == true);
+  REQUIRE(st["namespaces"]["ns"]["vision"]["rebuilding"] == true);
+  REQUIRE(st["namespaces"]["ns"]["vision"]["type"] == "IDMap2,Flat");
+  auto brute = [&](const std::vector<float>& q, size_t k) {
+    std::vector<std::pair<float, uint64_t>> s;
+    auto nq = normed(q);
+    for (auto& [i, v] : live) s.push_back({dot(normed(v), nq), i});
+    std::partial_sort(s.begin(), s.begin() + k, s.end(),
+                      [](auto& a, auto& b) { return a.first > b.first; });
+    std::vector<BlockKey> out;
+    for (size_t j = 0; j < k; ++j) out.push_back(key_of(s[j].second));
+    return out;
+  };
+  for (int t = 0; t < 20; ++t) {
+    auto q = random_vec(rng, dim);
+    auto r = idx->search("ns", {{"vision", q}}, 5, kAll);
+    REQUIRE(r.is_ok());
+    REQUIRE(keys(*r) == brute(q, 5));
+  }
+  REQUIRE(idx->stats()["rebuilding"] == true);
+
+  // Updates while it is in flight: new chunks (one batch big enough for a catch-up round),
+  // removals of old and new chunks, replacements.
+  ks.clear();
+  flat.clear();
+  for (uint64_t i = 10000; i < 11500; ++i) {
+    live[i] = random_vec(rng, dim);
+    ks.push_back(key_of(i));
+    flat.insert(flat.end(), live[i].begin(), live[i].end());
+  }
+  REQUIRE(idx->add_batch("ns", "vision", ks, flat).is_ok());
+  for (uint64_t i = 20000; i < 20100; ++i) {
+    live[i] = random_vec(rng, dim);
+    REQUIRE(idx->add("ns", key_of(i), {{"vision", live[i]}}).is_ok());
+  }
+  std::vector<std::pair<uint64_t, std::vector<float>>> gone;
+  for (uint64_t i : {uint64_t(3), uint64_t(500), uint64_t(1999), uint64_t(10007), uint64_t(11499),
+                     uint64_t(20050)}) {
+    gone.push_back({i, live[i]});
+    live.erase(i);
+    idx->remove("ns", key_of(i));
+  }
+  std::vector<std::pair<uint64_t, std::vector<float>>> replaced_old;
+  for (uint64_t i : {uint64_t(7), uint64_t(10010), uint64_t(20060)}) {
+    replaced_old.push_back({i, live[i]});
+    live[i] = random_vec(rng, dim);
+    REQUIRE(idx->add("ns", key_of(i), {{"vision", live[i]}}).is_ok());
+  }
+  REQUIRE(idx->stats()["rebuilding"] == true);
+  REQUIRE(idx->stats()["namespaces"]["ns"]["vision"]["type"] == "IDMap2,Flat");
+
+  gate.release();
+  idx->wait_for_rebuilds();
+  st = idx->stats()["namespaces"]["ns"]["vision"];
+  REQUIRE(idx->stats()["rebuilding"] == false);
+  REQUIRE(st["rebuilding"] == false);
+  REQUIRE(st["rebuilds"] == 1);
+  REQUIRE(st["last_rebuild_ms"].get<double>() > 0);
+  REQUIRE(st["type"].get<std::string>().rfind("IVF", 0) == 0);
+  REQUIRE(st["vectors"] == live.size());
+
+  // Every live chunk is found by its own vector; removed ones never come back.
+  for (auto& [i, v] : live) {
+    auto r = idx->search("ns", {{"vision", v}}, 1, kAll);
+    REQUIRE(r.is_ok());
+    REQUIRE(r->size() == 1);
+    REQUIRE((*r)[0].key == key_of(i));
+    REQUIRE((*r)[0].score > 0.7f);  // SQ8 error on isotropic 32-d data
+  }
+  for (auto& [i, v] : gone) {
+    auto r = idx->search("ns", {{"vision", v}}, 10, kAll);
+    REQUIRE(r.is_ok());
+    for (auto& h : *r) REQUIRE(h.key != key_of(i));
+  }
+  for (auto& [i, v] : replaced_old) {  // the old vector is gone: its new one is random
+    auto r = idx->search("ns", {{"vision", v}}, 1, kAll);
+    REQUIRE(r.is_ok());
+    REQUIRE((r->empty() || (*r)[0].key != key_of(i)));
+  }
+  // And the state persists.
+  REQUIRE(idx->save().is_ok());
+  idx.reset();
+  idx = open_index(d.path, exact_max);
+  REQUIRE(idx->info("ns", "vision")->live == live.size());
+  REQUIRE(idx->info("ns", "vision")->dead == 0);
+}
+
+TEST_CASE("background rebuild: save while in flight, destruction while in flight") {
+  TempDir d;
+  const size_t dim = 32, exact_max = 1000;
+  std::mt19937 rng(12);
+  std::vector<BlockKey> ks;
+  std::vector<float> flat;
+  for (uint64_t i = 0; i < 1500; ++i) {
+    auto v = random_vec(rng, dim);
+    ks.push_back(key_of(i));
+    flat.insert(flat.end(), v.begin(), v.end());
+  }
+  {
+    // Blocked in the hook: save() writes the old (exact) index with its tombstones; the
+    // destructor waits for the hook, then drops the rebuild.
+    auto idx = open_index(d.path, exact_max);
+    std::atomic<bool> entered{false};
+    idx->set_rebuild_hook([&] {
+      entered = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    });
+    REQUIRE(idx->add_batch("ns", "vision", ks, flat).is_ok());
+    while (!entered) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    idx->remove("ns", key_of(1));
+    REQUIRE(idx->stats()["rebuilding"] == true);
+    REQUIRE(idx->save().is_ok());
+  }
+  {
+    // Reopened: the saved exact index holds more than exact_max: rebuilt in the background.
+    auto idx = open_index(d.path, exact_max);
+    auto info = idx->info("ns", "vision");
+    REQUIRE(info->live == 1499);
+    REQUIRE(info->type.rfind("IVF", 0) == 0);
+  }
+  for (int t = 0; t < 3; ++t) {
+    // Destroyed at once: while the snapshot is taken or the IVF trained.
+    fs::remove_all(d.path);
+    auto idx = open_index(d.path, exact_max);
+    REQUIRE(idx->add_batch("ns", "vision", ks, flat).is_ok());
+    if (t == 1) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (t == 2) REQUIRE(idx->search("ns", {{"vision", random_vec(rng, dim)}}, 3, kAll).is_ok());
+  }
 }
