@@ -25,7 +25,9 @@ BlockLayout plan_stored_layout(const BlockLayout& client, const config::Namespac
     s.offset = off;
     s.checksum = 0;
     // NF4 namespaces store float tensors as NF4; integer tensors (token ids, masks) stay raw.
-    if (rule.codec == Codec::kNf4 && is_float(t.dtype)) {
+    // Fusion tensors (a GPU block's copy down carries them) follow fusion_codec.
+    const Codec codec = is_fusion_tensor(t.name) ? rule.fusion_codec : rule.codec;
+    if (codec == Codec::kNf4 && is_float(t.dtype) && t.name != kFusionMetadata) {
       s.codec = Codec::kNf4;
       s.bytes = nf4::encoded_size(nf4_params(t, rule.nf4_double_quant));
     } else {

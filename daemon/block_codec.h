@@ -12,7 +12,8 @@
 namespace kvtier {
 
 // Float tensors of an NF4 namespace are stored NF4 (blocks along the axis the client asked for
-// in nf4_layout); everything else is stored as given.
+// in nf4_layout); everything else is stored as given.  Fusion tensors ("fusion/...", in the
+// layout of a GPU block being copied down) follow the namespace's fusion_codec instead.
 BlockLayout plan_stored_layout(const BlockLayout& client, const config::NamespaceRule& rule);
 
 // Copies or encodes every tensor from `staging` (laid out as `client`) into `dest` (laid out

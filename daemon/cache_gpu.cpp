@@ -1,5 +1,6 @@
 // The Cache's side of the GPU tier: leases in any tier, copies down to the host tier, and
 // promotions from the host tier into a GPU (docs/gpu.md, docs/internals.md).
+#include "daemon/block_codec.h"
 #include "daemon/cache.h"
 #include "daemon/gpu_moves.h"
 
@@ -38,7 +39,8 @@ LeaseGrant Cache::grant(Session& s, Tier& tier, const BlockInfo& b) {
 // copy of the NF4 bytes (docs/gpu.md).
 bool Cache::copy_down(GpuTier& tier, const BlockInfo& b) {
   const config::NamespaceRule& rule = *ns_rules_.at(b.id.ns);
-  BlockLayout host = plan_host_layout(b.layout, rule);
+  // The host tier's format: KV float tensors with rule.codec, fusion tensors with fusion_codec.
+  BlockLayout host = plan_stored_layout(b.layout, rule);
   auto ext = host_->reserve(host.total_bytes);
   if (!ext) return false;
   Status st = demote_block(tier.pool(), b.layout, b.extent.offset, host, host_->data(*ext),

@@ -3,13 +3,6 @@
 #include "kernels/nf4.h"
 
 namespace kvtier {
-namespace {
-
-bool is_float(DType t) {
-  return t == DType::kF16 || t == DType::kBF16 || t == DType::kF32;
-}
-
-}  // namespace
 
 bool gpu_eligible(const BlockLayout& client) {
   for (const auto& t : client.tensors)
@@ -29,29 +22,6 @@ BlockLayout plan_gpu_layout(const BlockLayout& host) {
     g.nf4_layout = t.nf4_layout;  // kept: a copy down quantizes along the same axis again
     off = align_up(off + g.bytes, kTensorAlignment);
     out.tensors.push_back(std::move(g));
-  }
-  out.total_bytes = std::max<uint64_t>(off, 1);
-  return out;
-}
-
-BlockLayout plan_host_layout(const BlockLayout& gpu, const config::NamespaceRule& rule) {
-  BlockLayout out;
-  uint64_t off = 0;
-  for (const auto& t : gpu.tensors) {
-    TensorLayout h = t;
-    h.offset = off;
-    h.checksum = 0;
-    const Codec codec = is_fusion_tensor(t.name) ? rule.fusion_codec : rule.codec;
-    if (codec == Codec::kNf4 && is_float(t.dtype) && t.name != kFusionMetadata) {
-      h.codec = Codec::kNf4;
-      h.bytes = nf4::encoded_size(
-          nf4::Params{t.dtype, t.nf4_layout, rule.nf4_double_quant, t.rows(), t.cols()});
-    } else {
-      h.codec = Codec::kRaw;
-      h.bytes = t.raw_bytes;
-    }
-    off = align_up(off + h.bytes, kTensorAlignment);
-    out.tensors.push_back(std::move(h));
   }
   out.total_bytes = std::max<uint64_t>(off, 1);
   return out;

@@ -20,10 +20,6 @@ bool gpu_eligible(const BlockLayout& client);
 // carry checksum 0 (the device does not hash them); raw tensors keep theirs.
 BlockLayout plan_gpu_layout(const BlockLayout& host);
 
-// The host tier layout of a GPU block: KV float tensors with rule.codec, fusion tensors with
-// rule.fusion_codec, integer tensors raw.
-BlockLayout plan_host_layout(const BlockLayout& gpu, const config::NamespaceRule& rule);
-
 // A put of a GPU tier block: the staged tensors (laid out as `client`, which plan_gpu_layout
 // keeps) into the pool at `offset`, checksums in `stored` filled from the staged bytes.
 Status seal_to_gpu(gpu::DevicePool& pool, const BlockLayout& client, const std::byte* staging,
