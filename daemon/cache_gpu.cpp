@@ -80,6 +80,11 @@ LeaseGrant Cache::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& ho
                             gpu_layout, ext.offset);
   std::lock_guard lock(mu_);
   Session* s = session(sid);
+  // Removed, or replaced by a fusion put, while the device worked: publishing the copy would
+  // bring back (or shadow) what is gone.
+  const BlockInfo* now = host_->find(id);
+  if (st && (now == nullptr || &now->layout != host_grant.layout))
+    st = error(Errc::kNotFound, "block left the host tier during its promotion");
   if (st) st = tier->insert(id, ext, gpu_layout);
   if (!st) tier->unreserve(ext);  // failed, or another session published it first
   if (st) {
