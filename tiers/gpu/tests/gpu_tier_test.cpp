@@ -5,10 +5,13 @@
 #include <vector>
 
 #include "tiers/gpu/gpu_tier.h"
+#include "tiers/tests/tier_test_util.h"
 
 using namespace kvtier;
 
 namespace {
+
+using testing::key;
 
 struct Fixture {
   std::unique_ptr<gpu::DeviceBackend> backend = gpu::make_emulation_backend(2, 64ull << 20);
@@ -25,21 +28,8 @@ struct Fixture {
 };
 
 BlockLayout layout_of(uint64_t bytes) {
-  BlockLayout l;
-  TensorLayout t;
-  t.name = "kv";
-  t.dtype = DType::kF16;
-  t.shape = {bytes / 2};
-  t.bytes = t.raw_bytes = bytes;
-  l.tensors.push_back(t);
-  l.total_bytes = bytes;
-  return l;
+  return testing::layout_of(bytes, DType::kF16);
 }
-
-NsKey key(uint64_t i) {
-  return NsKey{1, BlockKey{i, 42}};
-}
-
 // A block whose every byte is (i & 0xff), written through the pool like the daemon does.
 void put(GpuTier& tier, uint64_t i, uint64_t bytes) {
   auto ext = tier.reserve(bytes);

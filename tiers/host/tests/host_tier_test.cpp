@@ -5,10 +5,14 @@
 #include <cstring>
 
 #include "tiers/host/host_tier.h"
+#include "tiers/tests/tier_test_util.h"
 
 using namespace kvtier;
 
 namespace {
+
+using testing::key;
+using testing::layout_of;
 
 std::unique_ptr<HostTier> make_tier(uint64_t bytes) {
   HostTier::Options o;
@@ -17,22 +21,6 @@ std::unique_ptr<HostTier> make_tier(uint64_t bytes) {
   auto t = HostTier::create(o);
   REQUIRE(t.is_ok());
   return std::move(t).value();
-}
-
-BlockLayout layout_of(uint64_t bytes) {
-  BlockLayout l;
-  TensorLayout t;
-  t.name = "kv";
-  t.dtype = DType::kU8;
-  t.shape = {bytes};
-  t.bytes = t.raw_bytes = bytes;
-  l.tensors.push_back(t);
-  l.total_bytes = bytes;
-  return l;
-}
-
-NsKey key(uint64_t i) {
-  return NsKey{1, BlockKey{i, 42}};
 }
 
 void put(HostTier& tier, uint64_t i, uint64_t bytes) {
