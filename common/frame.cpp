@@ -102,11 +102,10 @@ Status send_all(int sock, std::span<const std::byte> a, std::span<const std::byt
   return {};
 }
 
-Status recv_all(int sock, std::span<std::byte> buf, std::vector<int>& fds) {
-  size_t got = 0;
+Result<size_t> recv_some(int sock, std::span<std::byte> buf, std::vector<int>& fds) {
   alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-  while (got < buf.size()) {
-    iovec iov{buf.data() + got, buf.size() - got};
+  for (;;) {
+    iovec iov{buf.data(), buf.size()};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -131,7 +130,15 @@ Status recv_all(int sock, std::span<std::byte> buf, std::vector<int>& fds) {
         }
       }
     }
-    got += static_cast<size_t>(r);
+    return static_cast<size_t>(r);
+  }
+}
+
+Status recv_all(int sock, std::span<std::byte> buf, std::vector<int>& fds) {
+  for (size_t got = 0; got < buf.size();) {
+    auto r = recv_some(sock, buf.subspan(got), fds);
+    if (!r) return r.status();
+    got += *r;
   }
   return {};
 }

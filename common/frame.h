@@ -44,5 +44,8 @@ Result<FrameHeader> decode_header(std::span<const std::byte, kFrameHeaderBytes> 
 Status send_all(int sock, std::span<const std::byte> a, std::span<const std::byte> b,
                 std::span<const int> fds = {});
 Status recv_all(int sock, std::span<std::byte> buf, std::vector<int>& fds);
+// One recvmsg (EINTR retried): the byte count, > 0; descriptors as recv_all; kUnavailable at
+// EOF.
+Result<size_t> recv_some(int sock, std::span<std::byte> buf, std::vector<int>& fds);
 
 }  // namespace kvtier

@@ -3,7 +3,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <boost/asio/read.hpp>
+#include <algorithm>
+#include <cstring>
+
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -54,15 +56,76 @@ awaitable<void> Session::run(std::shared_ptr<Session> self) {
   self->server_.on_session_end(id);
 }
 
+namespace {
+
+// Bytes kept buffered per connection between requests; a bigger request's buffer is released
+// once it is handled.
+constexpr size_t kReadBufferBytes = 64 * 1024;
+
+bool would_block(const boost::system::error_code& ec) {
+  return ec == asio::error::would_block || ec == asio::error::try_again;
+}
+
+}  // namespace
+
+awaitable<bool> Session::fill(size_t need) {
+  while (rend_ - rbeg_ < need) {
+    if (rbeg_ > 0) {
+      // Unhandled bytes move to the front, so that every frame body starts at the buffer's
+      // (malloc-aligned) start plus the 16-byte header: FlatBuffers reads its scalars in place.
+      std::memmove(rbuf_.data(), rbuf_.data() + rbeg_, rend_ - rbeg_);
+      rend_ -= rbeg_;
+      rbeg_ = 0;
+    }
+    if (rbuf_.size() < std::max(need, kReadBufferBytes))
+      rbuf_.resize(std::max(need, kReadBufferBytes));
+    boost::system::error_code ec;
+    // The socket is non-blocking: a read that finds nothing says so instead of waiting, and
+    // one that finds bytes completes here, without a trip through the io_context's queue.
+    const size_t n =
+        socket_.read_some(asio::buffer(rbuf_.data() + rend_, rbuf_.size() - rend_), ec);
+    if (!ec) {
+      rend_ += n;
+    } else if (would_block(ec)) {
+      co_await socket_.async_wait(Socket::wait_read, asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return false;
+    } else if (ec != asio::error::interrupted) {
+      co_return false;  // EOF, reset or shutdown: the client is gone
+    }
+  }
+  co_return true;
+}
+
+awaitable<bool> Session::write_all(std::array<asio::const_buffer, 2> bufs) {
+  boost::system::error_code ec;
+  size_t n = socket_.write_some(bufs, ec);
+  if (ec && !would_block(ec) && ec != asio::error::interrupted) co_return false;
+  if (ec) n = 0;
+  // Usually the whole frame went out above; the rest (a full socket buffer) waits for room.
+  for (auto& b : bufs) {
+    const size_t used = std::min(n, b.size());
+    b += used;
+    n -= used;
+  }
+  if (bufs[0].size() + bufs[1].size() == 0) co_return true;
+  co_await asio::async_write(socket_, bufs, asio::redirect_error(use_awaitable, ec));
+  co_return !ec;
+}
+
 awaitable<void> Session::serve() {
   const uint64_t max_len = server_.config().daemon.max_message_bytes;
-  std::array<std::byte, kFrameHeaderBytes> header;
-  std::vector<std::byte> body;
-  while (reading_) {
+  {
     boost::system::error_code ec;
-    co_await asio::async_read(socket_, asio::buffer(header),
-                              asio::redirect_error(use_awaitable, ec));
-    if (ec) break;  // EOF, reset or shutdown: the client is gone
+    socket_.non_blocking(true, ec);
+    if (ec) {
+      spdlog::error("session {}: cannot make the socket non-blocking: {}", id_, ec.message());
+      co_return;
+    }
+  }
+  while (reading_) {
+    if (!co_await fill(kFrameHeaderBytes)) break;
+    std::array<std::byte, kFrameHeaderBytes> header;
+    std::memcpy(header.data(), rbuf_.data() + rbeg_, kFrameHeaderBytes);
     auto h = decode_header(header, max_len);
     if (!h || h->kind != FrameKind::kRequest) {
       // A bad header leaves the stream unframed: answer once, then close.
@@ -73,9 +136,8 @@ awaitable<void> Session::serve() {
       co_await send(0, r);
       break;
     }
-    body.resize(h->length);
-    co_await asio::async_read(socket_, asio::buffer(body), asio::redirect_error(use_awaitable, ec));
-    if (ec) break;
+    if (!co_await fill(kFrameHeaderBytes + h->length)) break;
+    const std::span<const std::byte> body(rbuf_.data() + rbeg_ + kFrameHeaderBytes, h->length);
     Reply r;
     uint64_t request_id = 0;
     if (const wire::RequestMsg* msg = wire_util::verify_request(body)) {
@@ -91,6 +153,13 @@ awaitable<void> Session::serve() {
     } else {
       bump(server_.metrics().protocol_errors);
       r.fail(error(Errc::kProtocol, "message body failed schema verification"));
+    }
+    // The request's bytes are done with (handlers copy what they keep).
+    rbeg_ += kFrameHeaderBytes + h->length;
+    if (rbeg_ == rend_) rbeg_ = rend_ = 0;
+    if (rbuf_.size() > kReadBufferBytes && rend_ == 0) {
+      rbuf_.resize(kReadBufferBytes);
+      rbuf_.shrink_to_fit();
     }
     if (!co_await send(request_id, r)) break;
   }
@@ -156,8 +225,7 @@ awaitable<bool> Session::send(uint64_t request_id, Reply& r) {
     size_t off = sent - header.size();
     bufs = {asio::const_buffer(), asio::buffer(body.data() + off, body.size() - off)};
   }
-  co_await asio::async_write(socket_, bufs, asio::redirect_error(use_awaitable, ec));
-  co_return !ec;
+  co_return co_await write_all(bufs);
 }
 
 awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {

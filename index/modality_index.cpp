@@ -274,31 +274,47 @@ void ModalityIndex::abort_rebuild() {
   delta_removed_ = {};
 }
 
-std::vector<Candidate> ModalityIndex::candidates(const float* q, size_t k,
-                                                 const IndexOptions& opts) const {
+std::vector<Candidate> ModalityIndex::candidates(const float* q, size_t k, const IndexOptions& opts,
+                                                 bool* more) const {
   std::vector<Candidate> out;
+  if (more != nullptr) *more = false;
   const auto total = static_cast<size_t>(index_->ntotal);
   if (total == 0 || live() == 0 || k == 0) return out;
-  // Over-fetch by the tombstones' share so that they do not crowd live chunks out.
+  // Over-fetch by the tombstones' share so that they do not crowd live chunks out; should
+  // they still (tombstones bunched near q), fetch again with more.
   size_t kk = std::min(total, k + (k * dead_ids_.size() + live() - 1) / live());
   thread_local std::vector<float> dist;
   thread_local std::vector<idx_t> labels;
-  dist.resize(kk);
-  labels.resize(kk);
   SingleThreadedOmp one_thread;
-  if (kind_ == Kind::kIvf) {
-    faiss::SearchParametersIVF params;
-    params.nprobe = nprobe(opts);
-    index_->search(1, q, static_cast<idx_t>(kk), dist.data(), labels.data(), &params);
-  } else {
-    index_->search(1, q, static_cast<idx_t>(kk), dist.data(), labels.data());
+  for (;;) {
+    dist.resize(kk);
+    labels.resize(kk);
+    if (kind_ == Kind::kIvf) {
+      faiss::SearchParametersIVF params;
+      params.nprobe = nprobe(opts);
+      index_->search(1, q, static_cast<idx_t>(kk), dist.data(), labels.data(), &params);
+    } else {
+      // The flat index under the id map, whose own search() opens an OpenMP region (a futex
+      // wake per call) only to translate the labels.
+      const auto* idmap = static_cast<const faiss::IndexIDMap2*>(index_.get());
+      idmap->index->search(1, q, static_cast<idx_t>(kk), dist.data(), labels.data());
+      for (idx_t& l : labels)
+        if (l >= 0) l = idmap->id_map[static_cast<size_t>(l)];
+    }
+    out.clear();
+    out.reserve(std::min(k, kk));
+    size_t found = 0;  // FAISS results, tombstones included
+    for (; found < kk && labels[found] >= 0 && out.size() < k; ++found) {
+      auto it = id_to_key_.find(labels[found]);
+      if (it != id_to_key_.end()) out.push_back({it->second, dist[found]});
+    }
+    const bool cut = found == kk && kk < total;  // FAISS had more to give
+    if (out.size() == k || !cut) {
+      if (more != nullptr) *more = cut || (out.size() == k && found < kk && labels[found] >= 0);
+      return out;
+    }
+    kk = std::min(total, 2 * kk + (k - out.size()));
   }
-  out.reserve(kk);
-  for (size_t i = 0; i < kk && labels[i] >= 0; ++i) {
-    auto it = id_to_key_.find(labels[i]);
-    if (it != id_to_key_.end()) out.push_back({it->second, dist[i]});
-  }
-  return out;
 }
 
 bool ModalityIndex::similarity(const BlockKey& key, const float* q, float* out) const {

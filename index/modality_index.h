@@ -108,8 +108,10 @@ class ModalityIndex {
 
   // Up to `k` live chunks nearest to the normalised query q (tombstones skipped), best first,
   // with FAISS's inner product: exact for the flat index; for IVF,SQ8 the inner product with
-  // the SQ8-decoded vector, the same value similarity() computes.
-  std::vector<Candidate> candidates(const float* q, size_t k, const IndexOptions& opts) const;
+  // the SQ8-decoded vector, the same value similarity() computes.  `more` (optional) says
+  // whether the index may hold further live chunks beyond these k.
+  std::vector<Candidate> candidates(const float* q, size_t k, const IndexOptions& opts,
+                                    bool* more) const;
   // Cosine between the stored vector of `key` and the normalised q; false when absent.
   bool similarity(const BlockKey& key, const float* q, float* out) const;
 

@@ -382,97 +382,116 @@ Result<std::vector<IndexHit>> SemanticIndex::search(
   };
   std::vector<Scored> ranked;
   std::vector<float> sims;
+  std::vector<IndexHit> out;
+  std::vector<BlockKey> gone;  // chunks alive() rejected: pruned below
   const uint64_t t0 = now_ns();
-  {
-    auto lock = read_lock();
-    Namespace* space = find_ns(ns);
-    for (size_t i = 0; i < queries.size(); ++i) {
-      const ModalityQuery& q = queries[i];
-      for (size_t j = 0; j < i; ++j)
-        if (queries[j].modality == q.modality)
-          return error(Errc::kInvalidArgument,
-                       "index search: modality '" + q.modality + "' given twice");
-      ModalityIndex* mi = space ? space->find(q.modality) : nullptr;
-      if (!mi)
-        return error(Errc::kInvalidArgument, "index search: unknown modality '" + q.modality +
-                                                 "' in namespace '" + std::string(ns) + "'");
-      if (q.vector.size() != mi->dim())
-        return error(Errc::kInvalidArgument, "index search: modality '" + q.modality +
-                                                 "' has dimension " + std::to_string(mi->dim()) +
-                                                 ", got " + std::to_string(q.vector.size()));
-      if (!std::isfinite(q.weight) || q.weight < 0 || !std::isfinite(q.threshold))
-        return error(Errc::kInvalidArgument,
-                     "index search: bad weight or threshold for '" + q.modality + "'");
-      qs[i].q = &q;
-      qs[i].mi = mi;
-      qs[i].v.resize(q.vector.size());
-      if (Status s = normalise(q.vector, qs[i].v.data(), "index search '" + q.modality + "'"); !s)
-        return s;
-      wsum += q.weight;
-    }
-    if (wsum <= 0) return error(Errc::kInvalidArgument, "index search: weights sum to 0");
-    if (k == 0) return std::vector<IndexHit>{};
+  // One modality asks FAISS for exactly k (its own result size: no headroom to pay for on
+  // every search); should alive() reject some of a full list, the search runs again with a
+  // bigger one (rare: the daemon removes a chunk's vectors when the chunk leaves the cache).
+  size_t fetch = k;
+  for (int round = 0;; ++round) {
+    bool more = false;  // the candidate list was cut at `fetch`: more chunks may pass
+    ranked.clear();
+    sims.clear();
+    {
+      auto lock = read_lock();
+      Namespace* space = find_ns(ns);
+      if (round == 0)
+        for (size_t i = 0; i < queries.size(); ++i) {
+          const ModalityQuery& q = queries[i];
+          for (size_t j = 0; j < i; ++j)
+            if (queries[j].modality == q.modality)
+              return error(Errc::kInvalidArgument,
+                           "index search: modality '" + q.modality + "' given twice");
+          ModalityIndex* mi = space ? space->find(q.modality) : nullptr;
+          if (!mi)
+            return error(Errc::kInvalidArgument, "index search: unknown modality '" + q.modality +
+                                                     "' in namespace '" + std::string(ns) + "'");
+          if (q.vector.size() != mi->dim())
+            return error(Errc::kInvalidArgument, "index search: modality '" + q.modality +
+                                                     "' has dimension " +
+                                                     std::to_string(mi->dim()) + ", got " +
+                                                     std::to_string(q.vector.size()));
+          if (!std::isfinite(q.weight) || q.weight < 0 || !std::isfinite(q.threshold))
+            return error(Errc::kInvalidArgument,
+                         "index search: bad weight or threshold for '" + q.modality + "'");
+          qs[i].q = &q;
+          qs[i].mi = mi;
+          qs[i].v.resize(q.vector.size());
+          if (Status s = normalise(q.vector, qs[i].v.data(), "index search '" + q.modality + "'");
+              !s)
+            return s;
+          wsum += q.weight;
+        }
+      if (wsum <= 0) return error(Errc::kInvalidArgument, "index search: weights sum to 0");
+      if (k == 0) return std::vector<IndexHit>{};
 
-    if (qs.size() == 1) {
-      // One modality: FAISS's inner products are the cosines (for IVF,SQ8 those of the
-      // decoded vectors, which similarity() would compute again), so no re-scoring; only a
-      // little headroom for chunks that alive() rejects.
-      const Q& q = qs[0];
-      for (const Candidate& c : q.mi->candidates(q.v.data(), k + kCandidateExtra, opts_)) {
-        if (c.cos < q.q->threshold) continue;
-        ranked.push_back(
-            {c.key, static_cast<float>(double(q.q->weight) * c.cos / wsum), sims.size()});
-        sims.push_back(c.cos);
-      }
-    } else {
-      // The union of each queried modality's top k', scored on every queried modality from
-      // the stored vectors (a chunk may be a candidate in one modality only).
-      const size_t kprime = kCandidateFactor * k + kCandidateExtra;
-      std::vector<BlockKey> cands;
-      std::unordered_set<BlockKey, BlockKeyHash> seen;
-      for (const Q& q : qs)
-        for (const Candidate& c : q.mi->candidates(q.v.data(), kprime, opts_))
-          if (seen.insert(c.key).second) cands.push_back(c.key);
-      for (const BlockKey& key : cands) {
-        const size_t at = sims.size();
-        double score = 0;
-        bool pass = true;
-        for (const Q& q : qs) {
-          float cos;
-          if (!q.mi->similarity(key, q.v.data(), &cos) || cos < q.q->threshold) {
-            pass = false;
+      if (qs.size() == 1) {
+        // One modality: FAISS's inner products are the cosines (for IVF,SQ8 those of the
+        // decoded vectors, which similarity() would compute again), so no re-scoring.
+        const Q& q = qs[0];
+        const std::vector<Candidate> cands = q.mi->candidates(q.v.data(), fetch, opts_, &more);
+        for (const Candidate& c : cands) {
+          if (c.cos < q.q->threshold) {
+            more = false;  // best first: every later candidate is below the threshold too
             break;
           }
-          sims.push_back(cos);
-          score += double(q.q->weight) * cos;
+          if (std::find(gone.begin(), gone.end(), c.key) != gone.end()) continue;
+          ranked.push_back(
+              {c.key, static_cast<float>(double(q.q->weight) * c.cos / wsum), sims.size()});
+          sims.push_back(c.cos);
         }
-        if (pass)
-          ranked.push_back({key, static_cast<float>(score / wsum), at});
-        else
-          sims.resize(at);
+      } else {
+        // The union of each queried modality's top k', scored on every queried modality
+        // from the stored vectors (a chunk may be a candidate in one modality only).
+        const size_t kprime = kCandidateFactor * k + kCandidateExtra;
+        std::vector<BlockKey> cands;
+        std::unordered_set<BlockKey, BlockKeyHash> seen;
+        for (const Q& q : qs)
+          for (const Candidate& c : q.mi->candidates(q.v.data(), kprime, opts_, nullptr))
+            if (seen.insert(c.key).second) cands.push_back(c.key);
+        for (const BlockKey& key : cands) {
+          const size_t at = sims.size();
+          double score = 0;
+          bool pass = true;
+          for (const Q& q : qs) {
+            float cos;
+            if (!q.mi->similarity(key, q.v.data(), &cos) || cos < q.q->threshold) {
+              pass = false;
+              break;
+            }
+            sims.push_back(cos);
+            score += double(q.q->weight) * cos;
+          }
+          if (pass)
+            ranked.push_back({key, static_cast<float>(score / wsum), at});
+          else
+            sims.resize(at);
+        }
       }
     }
-  }
-  std::sort(ranked.begin(), ranked.end(), [](const Scored& a, const Scored& b) {
-    return a.score != b.score ? a.score > b.score : a.key < b.key;
-  });
+    std::sort(ranked.begin(), ranked.end(), [](const Scored& a, const Scored& b) {
+      return a.score != b.score ? a.score > b.score : a.key < b.key;
+    });
 
-  // The alive check runs without mu_: it may take the caller's locks.
-  std::vector<IndexHit> out;
-  out.reserve(std::min(k, ranked.size()));
-  std::vector<BlockKey> gone;
-  for (const Scored& s : ranked) {
-    if (out.size() == k) break;
-    if (alive && !alive(s.key)) {
-      gone.push_back(s.key);
-      continue;
+    // The alive check runs without mu_: it may take the caller's locks.
+    out.clear();
+    out.reserve(std::min(k, ranked.size()));
+    for (const Scored& r : ranked) {
+      if (out.size() == k) break;
+      if (alive && !alive(r.key)) {
+        gone.push_back(r.key);
+        continue;
+      }
+      IndexHit& h = out.emplace_back();
+      h.key = r.key;
+      h.score = r.score;
+      h.similarities.reserve(qs.size());
+      for (size_t i = 0; i < qs.size(); ++i)
+        h.similarities.emplace_back(qs[i].q->modality, sims[r.at + i]);
     }
-    IndexHit& h = out.emplace_back();
-    h.key = s.key;
-    h.score = s.score;
-    h.similarities.reserve(qs.size());
-    for (size_t i = 0; i < qs.size(); ++i)
-      h.similarities.emplace_back(qs[i].q->modality, sims[s.at + i]);
+    if (out.size() == k || !more || round == 3) break;
+    fetch = 4 * fetch + gone.size();
   }
   const uint64_t dt = now_ns() - t0;
   for (const Q& q : qs) {  // ModalityIndex objects outlive *this's locks (never destroyed)

@@ -198,6 +198,53 @@ TEST_CASE("remove, replace and the alive filter") {
   REQUIRE(st["namespaces"]["ns"]["vision"]["vectors"].get<uint64_t>() == 1);
 }
 
+TEST_CASE("a full candidate list thinned by alive() or by tombstones is fetched again") {
+  // FAISS is asked for exactly k; chunks rejected after it answered must not shorten the
+  // result while the index holds more that match.
+  TempDir d;
+  IndexOptions o;
+  o.dir = d.path;
+  o.rebuild_dead_ratio = 0.95;  // keep the tombstones in the FAISS index
+  auto idx = SemanticIndex::open(o).value();
+  // Chunk i at angle i degrees from the query: the nearest first by key.
+  auto at = [](double deg) {
+    const double r = deg * 3.14159265358979 / 180;
+    return std::vector<float>{float(std::cos(r)), float(std::sin(r)), 0};
+  };
+  for (uint64_t i = 1; i <= 100; ++i)
+    REQUIRE(idx->add("ns", key_of(i), {{"vision", at(i * 0.5)}}).is_ok());
+  const std::vector<float> q = at(0);
+  auto keys_from = [](uint64_t first, uint64_t n) {
+    std::vector<BlockKey> out;
+    for (uint64_t i = first; i < first + n; ++i) out.push_back(key_of(i));
+    return out;
+  };
+
+  // alive() rejects the 30 nearest: the next 5 come back, and the 30 leave the index.
+  int calls = 0;
+  auto r = idx->search("ns", {{"vision", q}}, 5, [&](const BlockKey& k) {
+    ++calls;
+    return k.lo > 30;
+  });
+  REQUIRE(r.is_ok());
+  REQUIRE(keys(*r) == keys_from(31, 5));
+  REQUIRE(calls == 35);  // each rejected chunk asked once, across the rounds
+  REQUIRE(idx->info("ns", "vision")->live == 70);
+
+  // Tombstones bunched next to the query (removed, not yet purged): still the 5 nearest live.
+  for (uint64_t i = 31; i <= 70; ++i) idx->remove("ns", key_of(i));
+  REQUIRE(idx->info("ns", "vision")->dead == 70);
+  r = idx->search("ns", {{"vision", q}}, 5, kAll);
+  REQUIRE(keys(*r) == keys_from(71, 5));
+  // A threshold stops the search where the cosines fall below it.
+  r = idx->search("ns", {{"vision", q, float(std::cos(36.2 * 3.14159265358979 / 180))}}, 5, kAll);
+  REQUIRE(keys(*r) == keys_from(71, 2));
+  // Fewer live chunks than k: all of them.
+  for (uint64_t i = 71; i <= 97; ++i) idx->remove("ns", key_of(i));
+  r = idx->search("ns", {{"vision", q}}, 5, kAll);
+  REQUIRE(keys(*r) == keys_from(98, 3));
+}
+
 TEST_CASE("errors: dimension, unknown modality, NaN, zero vector") {
   TempDir d;
   auto idx = open_index(d.path);

@@ -3,8 +3,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "common/frame.h"
 #include "common/wire.h"
@@ -39,6 +41,7 @@ int Response::take_fd() {
 Client::Impl::~Impl() {
   if (staging != nullptr) ::munmap(staging, staging_bytes);
   if (fd >= 0) ::close(fd);
+  for (int f : rfds) ::close(f);
 }
 
 Result<std::unique_ptr<Response>> Client::Impl::call(flatbuffers::FlatBufferBuilder& fbb,
@@ -64,6 +67,7 @@ Result<std::unique_ptr<Response>> Client::Impl::call(
     // A transport failure leaves the stream unframed: the connection is unusable afterwards.
     ::close(fd);
     fd = -1;
+    rbeg = rend = 0;
     return st;
   }
   for (;;) {
@@ -79,19 +83,41 @@ Result<std::unique_ptr<Response>> Client::Impl::receive(uint64_t id) {
   auto broken = [this](Status st) {
     ::close(fd);
     fd = -1;
+    rbeg = rend = 0;
+    for (int f : rfds) ::close(f);
+    rfds.clear();
     return st;
   };
-  auto resp = std::make_unique<Response>();
-  std::array<std::byte, kFrameHeaderBytes> rh;
-  if (Status st = recv_all(fd, rh, resp->fds); !st) return broken(st);
-  auto h = decode_header(rh, 1ull << 31);
+  constexpr size_t kBufferBytes = 64 * 1024;
+  if (rbuf.size() < kBufferBytes) rbuf.resize(kBufferBytes);
+  while (rend - rbeg < kFrameHeaderBytes) {
+    if (rbeg > 0) {
+      std::memmove(rbuf.data(), rbuf.data() + rbeg, rend - rbeg);
+      rend -= rbeg;
+      rbeg = 0;
+    }
+    auto n = recv_some(fd, std::span(rbuf).subspan(rend), rfds);
+    if (!n) return broken(n.status());
+    rend += *n;
+  }
+  auto h = decode_header(
+      std::span<const std::byte, kFrameHeaderBytes>(rbuf.data() + rbeg, kFrameHeaderBytes),
+      1ull << 31);
   if (!h) return broken(h.status());
   if (h->kind != FrameKind::kResponse)
     return broken(error(Errc::kProtocol, "expected a response frame"));
+  rbeg += kFrameHeaderBytes;
+  auto resp = std::make_unique<Response>();
   resp->body.resize(h->length);
-  if (Status st = recv_all(fd, resp->body, resp->fds); !st) return broken(st);
+  const size_t have = std::min<size_t>(h->length, rend - rbeg);
+  std::memcpy(resp->body.data(), rbuf.data() + rbeg, have);
+  rbeg += have;
+  if (rbeg == rend) rbeg = rend = 0;
+  // The rest of a big reply goes straight into its body.
+  if (Status st = recv_all(fd, std::span(resp->body).subspan(have), rfds); !st) return broken(st);
   resp->msg = wire_util::verify_response(resp->body);
   if (resp->msg == nullptr) return error(Errc::kProtocol, "reply failed schema verification");
+  if (resp->msg->body_type() != wire::Response::ProgressResp) resp->fds = std::exchange(rfds, {});
   if (resp->msg->code() != 0)
     return error(static_cast<Errc>(resp->msg->code()), wire_util::str(resp->msg->message()));
   if (resp->msg->id() != id) return error(Errc::kProtocol, "reply to another request");

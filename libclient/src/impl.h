@@ -55,6 +55,12 @@ struct Client::Impl {
   std::map<uint32_t, std::shared_ptr<ArenaMapping>> gpu_pools;  // guarded by mu
   std::byte* staging = nullptr;  // read-write mapping of this connection's staging memfd
   uint64_t staging_bytes = 0;
+  // Bytes read and not yet consumed (guarded by mu): a reply, header and body, usually comes
+  // in with one recvmsg.  Descriptors that arrive wait in rfds for the reply that ends the
+  // call (the daemon sends them with a final reply only, never with a progress frame).
+  std::vector<std::byte> rbuf;
+  size_t rbeg = 0, rend = 0;
+  std::vector<int> rfds;
 
   ~Impl();
   // Sends one request and waits for its reply; an error reply becomes its Status.

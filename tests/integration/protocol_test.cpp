@@ -190,6 +190,65 @@ TEST_CASE("valid frames with bad contents get clear errors") {
   daemon_still_serves(d);
 }
 
+TEST_CASE("pipelined, dribbled and large frames are answered in order") {
+  // The daemon reads whatever the socket holds and handles the frames in it one by one.
+  Daemon d;
+  int fd = raw_connect(d);
+  auto health = [](uint64_t id) {
+    flatbuffers::FlatBufferBuilder fbb;
+    fbb.Finish(wire::CreateRequestMsg(fbb, id, wire::Request::HealthReq,
+                                      wire::CreateHealthReq(fbb).Union()));
+    return frame_of(fbb);
+  };
+  auto reply_id = [&]() -> uint64_t {
+    std::array<std::byte, kFrameHeaderBytes> h;
+    std::vector<int> fds;
+    REQUIRE(recv_all(fd, h, fds).is_ok());
+    auto hdr = decode_header(h, 1 << 30);
+    REQUIRE(hdr.is_ok());
+    std::vector<std::byte> body(hdr->length);
+    REQUIRE(recv_all(fd, body, fds).is_ok());
+    const auto* msg = wire_util::verify_response(body);
+    REQUIRE(msg != nullptr);
+    return msg->id();
+  };
+  // Three requests in one write, then the replies in order.
+  std::vector<std::byte> three;
+  for (uint64_t id : {11, 12, 13}) {
+    auto f = health(id);
+    three.insert(three.end(), f.begin(), f.end());
+  }
+  send_bytes(fd, three.data(), three.size());
+  CHECK(reply_id() == 11);
+  CHECK(reply_id() == 12);
+  CHECK(reply_id() == 13);
+  // One request a byte at a time.
+  auto f = health(14);
+  for (const std::byte& b : f) send_bytes(fd, &b, 1);
+  CHECK(reply_id() == 14);
+  // A request far bigger than the read buffer (1 MiB of embedding values; the namespace has
+  // no cached chunk, so it is refused), then a small one on the same connection; the second
+  // one's first bytes travel in the same write as the end of the first.
+  flatbuffers::FlatBufferBuilder fbb;
+  std::vector<float> values(256 * 1024, 0.5f);
+  wire::Key128 key(7, 7);
+  std::vector<flatbuffers::Offset<wire::ModalityVector>> vs = {
+      wire::CreateModalityVector(fbb, fbb.CreateString("vision"), fbb.CreateVector(values))};
+  std::vector<flatbuffers::Offset<wire::ChunkEmbeddings>> cs = {
+      wire::CreateChunkEmbeddings(fbb, &key, fbb.CreateVector(vs))};
+  auto req = wire::CreateAddEmbeddingsReq(fbb, fbb.CreateString("ns"), fbb.CreateVector(cs));
+  fbb.Finish(wire::CreateRequestMsg(fbb, 15, wire::Request::AddEmbeddingsReq, req.Union()));
+  auto big = frame_of(fbb);
+  auto small = health(16);
+  big.insert(big.end(), small.begin(), small.begin() + 5);
+  send_bytes(fd, big.data(), big.size());
+  send_bytes(fd, small.data() + 5, small.size() - 5);
+  CHECK(reply_id() == 15);
+  CHECK(reply_id() == 16);
+  ::close(fd);
+  daemon_still_serves(d);
+}
+
 TEST_CASE("random frames do not crash the daemon (fuzz smoke)") {
   Daemon d;
   std::mt19937 rng(1234);
