@@ -252,9 +252,18 @@ uint32_t Cache::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
 }
 
 bool Cache::is_cached(uint32_t ns, const BlockKey& key) const {
+  uint8_t out = 0;
+  cached(ns, std::span(&key, 1), std::span(&out, 1));
+  return out != 0;
+}
+
+void Cache::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8_t> out) const {
   std::lock_guard lock(mu_);
-  if (host_->find(NsKey{ns, key}) != nullptr || gpu_holder(NsKey{ns, key}) != nullptr) return true;
-  return disk_ && disk_->find(ns_names_.at(ns), key).has_value();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const NsKey id{ns, keys[i]};
+    out[i] = host_->find(id) != nullptr || gpu_holder(id) != nullptr ||
+             (disk_ && disk_->find(ns_names_.at(ns), keys[i]).has_value());
+  }
 }
 
 Result<uint64_t> Cache::begin_put(uint64_t sid, PendingPut put) {

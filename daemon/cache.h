@@ -129,8 +129,11 @@ class Cache {
 
   // Number of leading keys present in any tier.
   uint32_t lookup(uint32_t ns, std::span<const BlockKey> keys) const;
-  // In the host or the disk tier.
+  // In any tier.
   bool is_cached(uint32_t ns, const BlockKey& key) const;
+  // is_cached() of each key into out[i] (1 or 0), under one hold of mu_ (the lookups' cache
+  // misses overlap instead of queueing behind a lock round trip each).
+  void cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8_t> out) const;
   // The semantic index (index/semantic_index.h); thread-safe itself, never called with mu_ held
   // (its search calls is_cached, which takes mu_).  Null when it could not be opened.
   SemanticIndex* index() { return index_.get(); }

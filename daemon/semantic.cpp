@@ -92,8 +92,11 @@ awaitable<void> Session::on_search(const wire::SearchReq& req, Reply& r) {
   }
   const uint32_t ns_id = *ns;
   // alive() takes the cache's lock; the index calls it with none of its own held.
-  auto hits = index->search(ns_name, queries, req.k(),
-                            [&](const BlockKey& key) { return cache.is_cached(ns_id, key); });
+  auto hits = index->search(
+      ns_name, queries, req.k(),
+      SemanticIndex::AliveBatch([&](std::span<const BlockKey> keys, std::span<uint8_t> out) {
+        cache.cached(ns_id, keys, out);
+      }));
   if (!hits) co_return r.fail(hits.status());
   bump(server_.metrics().searches);
   if (!hits->empty()) bump(server_.metrics().search_hits);

@@ -366,6 +366,15 @@ void SemanticIndex::remove(std::string_view ns, const BlockKey& chunk) {
 Result<std::vector<IndexHit>> SemanticIndex::search(
     std::string_view ns, const std::vector<ModalityQuery>& queries, size_t k,
     const std::function<bool(const BlockKey&)>& alive) {
+  if (!alive) return search(ns, queries, k, AliveBatch());
+  return search(ns, queries, k, [&](std::span<const BlockKey> keys, std::span<uint8_t> out) {
+    for (size_t i = 0; i < keys.size(); ++i) out[i] = alive(keys[i]);
+  });
+}
+
+Result<std::vector<IndexHit>> SemanticIndex::search(std::string_view ns,
+                                                    const std::vector<ModalityQuery>& queries,
+                                                    size_t k, const AliveBatch& alive) {
   if (queries.empty()) return error(Errc::kInvalidArgument, "index search: no queries");
   struct Q {
     const ModalityQuery* q;
@@ -474,21 +483,31 @@ Result<std::vector<IndexHit>> SemanticIndex::search(
       return a.score != b.score ? a.score > b.score : a.key < b.key;
     });
 
-    // The alive check runs without mu_: it may take the caller's locks.
+    // The alive check runs without mu_: it may take the caller's locks.  It is asked about
+    // as many chunks as hits are missing, in rank order, until k are found.
     out.clear();
     out.reserve(std::min(k, ranked.size()));
-    for (const Scored& r : ranked) {
-      if (out.size() == k) break;
-      if (alive && !alive(r.key)) {
-        gone.push_back(r.key);
-        continue;
+    std::vector<BlockKey> ask;
+    std::vector<uint8_t> ok;
+    for (size_t next = 0; next < ranked.size() && out.size() < k;) {
+      const size_t n = std::min(k - out.size(), ranked.size() - next);
+      ask.clear();
+      for (size_t i = 0; i < n; ++i) ask.push_back(ranked[next + i].key);
+      ok.assign(n, 1);
+      if (alive) alive(ask, ok);
+      for (size_t i = 0; i < n; ++i, ++next) {
+        const Scored& r = ranked[next];
+        if (!ok[i]) {
+          gone.push_back(r.key);
+          continue;
+        }
+        IndexHit& h = out.emplace_back();
+        h.key = r.key;
+        h.score = r.score;
+        h.similarities.reserve(qs.size());
+        for (size_t j = 0; j < qs.size(); ++j)
+          h.similarities.emplace_back(qs[j].q->modality, sims[r.at + j]);
       }
-      IndexHit& h = out.emplace_back();
-      h.key = r.key;
-      h.score = r.score;
-      h.similarities.reserve(qs.size());
-      for (size_t i = 0; i < qs.size(); ++i)
-        h.similarities.emplace_back(qs[i].q->modality, sims[r.at + i]);
     }
     if (out.size() == k || !more || round == 3) break;
     fetch = 4 * fetch + gone.size();

@@ -109,8 +109,9 @@ class SemanticIndex {
   void remove(std::string_view ns, const BlockKey& chunk);
 
   // Up to k chunks whose every queried modality has cosine >= its threshold, best first by
-  // sum(weight*cos)/sum(weight).  One modality: its index's top k+16, scored by FAISS's own
-  // inner products.  Several: the union of each modality's top 4k+16, scored on every queried
+  // sum(weight*cos)/sum(weight).  One modality: its index's top k, scored by FAISS's own
+  // inner products (fetched again, bigger, when tombstones or alive() thin a full list).
+  // Several: the union of each modality's top 4k+16, scored on every queried
   // modality from the stored vectors (a chunk without a vector in one of them does not
   // match).  Cosines are exact for the flat index, those of the SQ8-decoded vectors for IVF.
   // `alive(key)` filters chunks no longer cached;
@@ -120,6 +121,12 @@ class SemanticIndex {
   Result<std::vector<IndexHit>> search(std::string_view ns,
                                        const std::vector<ModalityQuery>& queries, size_t k,
                                        const std::function<bool(const BlockKey&)>& alive);
+  // The same, with `alive` asked about several chunks at once (out[i] = 1 when keys[i] is
+  // still cached): the daemon answers a batch under one hold of its cache lock.
+  using AliveBatch = std::function<void(std::span<const BlockKey> keys, std::span<uint8_t> out)>;
+  Result<std::vector<IndexHit>> search(std::string_view ns,
+                                       const std::vector<ModalityQuery>& queries, size_t k,
+                                       const AliveBatch& alive);
 
   // Persists dirty modality indices (one file each, written to a temporary and renamed);
   // purges their tombstones first (a modality index being rebuilt is saved as it is now,
