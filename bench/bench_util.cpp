@@ -16,10 +16,18 @@ namespace kvtier::bench {
 namespace {
 
 // Reads or writes exactly n bytes; false on EOF or error.
-bool read_full(int fd, void* buf, size_t n) {
+// With poll_us > 0 the read polls (non-blocking reads, yielding the CPU in between) for up
+// to that long before it blocks, as kvtierd and libkvtier do with busy polling on.
+bool read_full(int fd, void* buf, size_t n, uint32_t poll_us = 0) {
   auto* p = static_cast<char*>(buf);
+  const uint64_t until = poll_us ? now_ns() + uint64_t(poll_us) * 1000 : 0;
   while (n > 0) {
-    ssize_t r = ::read(fd, p, n);
+    const bool poll = poll_us && now_ns() < until;
+    ssize_t r = ::recv(fd, p, n, poll ? MSG_DONTWAIT : 0);
+    if (r < 0 && poll && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      sched_yield();
+      continue;
+    }
     if (r <= 0) {
       if (r < 0 && errno == EINTR) continue;
       return false;
@@ -157,8 +165,8 @@ std::optional<CpuPair> placement_cpus(Placement p) {
   return std::nullopt;
 }
 
-std::optional<Latency> socket_pingpong(int iters, size_t msg_bytes, Placement placement,
-                                       int warmup) {
+std::optional<Latency> socket_pingpong(int iters, size_t msg_bytes, Placement placement, int warmup,
+                                       uint32_t poll_us) {
   AffinityGuard guard;
   auto cpus = placement_cpus(placement);
   if (!cpus) return std::nullopt;
@@ -171,7 +179,8 @@ std::optional<Latency> socket_pingpong(int iters, size_t msg_bytes, Placement pl
   if (child == 0) {  // echo until EOF
     if (cpus->peer >= 0) set_affinity(0, single_cpu(cpus->peer));
     ::close(sv[0]);
-    while (read_full(sv[1], msg.data(), msg.size()) && write_full(sv[1], msg.data(), msg.size())) {
+    while (read_full(sv[1], msg.data(), msg.size(), poll_us) &&
+           write_full(sv[1], msg.data(), msg.size())) {
     }
     ::_exit(0);
   }
@@ -183,7 +192,7 @@ std::optional<Latency> socket_pingpong(int iters, size_t msg_bytes, Placement pl
   bool ok = true;
   for (int i = 0; i < warmup + iters && ok; ++i) {
     uint64_t t0 = now_ns();
-    ok = write_full(fd, msg.data(), msg.size()) && read_full(fd, msg.data(), msg.size());
+    ok = write_full(fd, msg.data(), msg.size()) && read_full(fd, msg.data(), msg.size(), poll_us);
     if (i >= warmup) samples.push_back(now_ns() - t0);
   }
   ::close(fd);

@@ -74,9 +74,10 @@ std::optional<CpuPair> placement_cpus(Placement p);
 // Round-trip latency of a `msg_bytes` message over a Unix stream socketpair between this
 // process and a forked child that echoes it back, placed as `placement` says (this process's
 // affinity is restored afterwards).  `warmup` untimed round trips first.  nullopt when the
-// placement is impossible here.
+// placement is impossible here.  poll_us > 0: both ends poll that long before blocking in
+// a read (the baseline for daemon.busy_poll_us).
 std::optional<Latency> socket_pingpong(int iters, size_t msg_bytes, Placement placement,
-                                       int warmup = 1000);
+                                       int warmup = 1000, uint32_t poll_us = 0);
 
 // CPU affinity of a thread or process (0 = the calling thread).
 cpu_set_t get_affinity(pid_t tid = 0);

@@ -16,7 +16,11 @@
 // (its stats) and in this process, timed the same way.
 //
 //   search_bench [--sizes 10000,100000,1000000] [--data clustered,isotropic] [--queries 200]
-//                [--reps 3] [--quick]
+//                [--reps 3] [--busy-poll US] [--quick]
+//
+// --busy-poll US: the daemon's io threads and this client poll for US microseconds before
+// sleeping (daemon.busy_poll_us, ClientOptions::busy_poll_us); the ping-pong baseline then
+// polls the same way.
 #include <faiss/IndexIVF.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
@@ -106,6 +110,9 @@ std::unique_ptr<SemanticIndex> load_daemon_index(const testing::Daemon& d, size_
   throw std::runtime_error("the daemon did not persist its index in 10 minutes");
 }
 
+// daemon.busy_poll_us and ClientOptions::busy_poll_us of the run (--busy-poll).
+uint32_t g_busy_poll_us = 0;
+
 Row run(size_t n, bool clustered, size_t nq, int reps) {
   std::fprintf(stderr, "search_bench: %zu chunks, %s...\n", n,
                clustered ? "clustered" : "isotropic");
@@ -130,6 +137,7 @@ Row run(size_t n, bool clustered, size_t nq, int reps) {
   o.host_bytes = std::max<uint64_t>(256ull << 20, n * 1024);
   o.disk = false;
   o.max_message_bytes = 16ull << 20;
+  o.busy_poll_us = g_busy_poll_us;
   o.extra_toml =
       "[index]\nsave_interval_s = 1\n"
       "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\n";
@@ -139,6 +147,7 @@ Row run(size_t n, bool clustered, size_t nq, int reps) {
   ClientOptions co;
   co.socket = daemon.socket();
   co.timeout_ms = 600000;
+  co.busy_poll_us = g_busy_poll_us;
   auto c = Client::connect(co).value();
   uint8_t byte = 1;
   std::vector<TensorIn> t = {TensorIn{"x", DType::kU8, {1}, &byte}};
@@ -302,12 +311,14 @@ int main(int argc, char** argv) {
       for (const auto& s : split(argv[++i])) kinds.push_back(s == "clustered");
     } else if (a == "--queries" && i + 1 < argc) {
       nq = std::stoul(argv[++i]);
+    } else if (a == "--busy-poll" && i + 1 < argc) {
+      g_busy_poll_us = static_cast<uint32_t>(std::stoul(argv[++i]));
     } else if (a == "--reps" && i + 1 < argc) {
       reps = std::max(1, std::stoi(argv[++i]));
     } else {
       std::fprintf(stderr,
                    "usage: search_bench [--sizes N,N] [--data clustered,isotropic] "
-                   "[--queries Q] [--reps R] [--quick]\n");
+                   "[--queries Q] [--reps R] [--busy-poll US] [--quick]\n");
       return 2;
     }
   }
@@ -315,11 +326,11 @@ int main(int argc, char** argv) {
   // same placements.
   std::optional<bench::Latency> ping[kNumPlacements];
   for (int p = 0; p < kNumPlacements; ++p)
-    ping[p] = bench::socket_pingpong(5000, 2 * 1024 + 64, kPlacements[p], 500);
+    ping[p] = bench::socket_pingpong(5000, 2 * 1024 + 64, kPlacements[p], 500, g_busy_poll_us);
   std::printf(
       "semantic search, 512-d, k=%zu, %zu queries x %d passes per method (latency us), "
-      "kernels %s\n",
-      kK, nq, reps, simd_kernels().c_str());
+      "kernels %s, busy poll %u us\n",
+      kK, nq, reps, simd_kernels().c_str(), g_busy_poll_us);
   std::printf(
       "| chunks | data | index | placement | daemon p50 | daemon p99 | SemanticIndex p50 | "
       "bare FAISS p50 | bare p99 | daemon / bare | daemon - bare | index mean in daemon / here | "

@@ -102,7 +102,7 @@ Status send_all(int sock, std::span<const std::byte> a, std::span<const std::byt
   return {};
 }
 
-Result<size_t> recv_some(int sock, std::span<std::byte> buf, std::vector<int>& fds) {
+Result<size_t> recv_some(int sock, std::span<std::byte> buf, std::vector<int>& fds, int flags) {
   alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
   for (;;) {
     iovec iov{buf.data(), buf.size()};
@@ -111,9 +111,10 @@ Result<size_t> recv_some(int sock, std::span<std::byte> buf, std::vector<int>& f
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf;
     msg.msg_controllen = sizeof(cbuf);
-    ssize_t r = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    ssize_t r = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
     if (r < 0) {
       if (errno == EINTR) continue;
+      if ((flags & MSG_DONTWAIT) && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
       return sys_error("recvmsg");
     }
     if (r == 0) return error(Errc::kUnavailable, "connection closed by the daemon");

@@ -45,7 +45,7 @@ Status send_all(int sock, std::span<const std::byte> a, std::span<const std::byt
                 std::span<const int> fds = {});
 Status recv_all(int sock, std::span<std::byte> buf, std::vector<int>& fds);
 // One recvmsg (EINTR retried): the byte count, > 0; descriptors as recv_all; kUnavailable at
-// EOF.
-Result<size_t> recv_some(int sock, std::span<std::byte> buf, std::vector<int>& fds);
+// EOF.  With MSG_DONTWAIT in `flags`, 0 when nothing is there yet.
+Result<size_t> recv_some(int sock, std::span<std::byte> buf, std::vector<int>& fds, int flags = 0);
 
 }  // namespace kvtier

@@ -156,6 +156,9 @@ void DaemonConfig::validate() const {
   if (io_threads < 1 || io_threads > 64) {
     fail("daemon.io_threads: must be in 1..64, got " + std::to_string(io_threads));
   }
+  if (busy_poll_us > 100000) {
+    fail("daemon.busy_poll_us: must be in 0..100000, got " + std::to_string(busy_poll_us));
+  }
   if (max_message_bytes < 4 * kKiB || max_message_bytes > kGiB) {
     fail("daemon.max_message_bytes: must be in 4KiB..1GiB, got " + human_size(max_message_bytes));
   }

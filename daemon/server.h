@@ -53,6 +53,9 @@ class Server {
   void schedule_reader_check();                 // mdb_reader_check every disk.reader_check_s
   std::unique_ptr<SemanticIndex> open_index();  // null (and logged) when disabled or broken
   void schedule_index_save();                   // every index.save_interval_s
+  // Runs one io_context until it stops; with daemon.busy_poll_us it polls for that long after
+  // its last handler before sleeping in epoll_wait (docs/operations.md, "Busy polling").
+  void run_io(boost::asio::io_context& io);
 
   // Constant after construction.
   const config::Config config_;

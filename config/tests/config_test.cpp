@@ -77,6 +77,7 @@ state_dir = "/var/lib/kvtier-test"
 shm_prefix = "kvt-1"
 io_threads = 8
 max_message_bytes = "512KiB"
+busy_poll_us = 50
 max_connections = 17
 drain_timeout_ms = 250
 log_level = "debug"
@@ -157,6 +158,7 @@ TEST_CASE("parse: every key set, and to_toml() round trip", "[config]") {
   CHECK(c.daemon.shm_prefix == "kvt-1");
   CHECK(c.daemon.io_threads == 8);
   CHECK(c.daemon.max_message_bytes == 512 * 1024);
+  CHECK(c.daemon.busy_poll_us == 50);
   CHECK(c.daemon.max_connections == 17);
   CHECK(c.daemon.drain_timeout_ms == 250);
   CHECK(c.daemon.log_level == "debug");
@@ -267,6 +269,8 @@ TEST_CASE("validate: range checks, with the line of the offending key", "[config
       parse("[daemon]\nio_threads = 0\n", "k.toml"),
       Contains("daemon.io_threads: must be in 1..64, got 0 (set at line 2 of k.toml)"));
   REQUIRE_THROWS_WITH(parse("[daemon]\nio_threads = 65\n"), Contains("must be in 1..64, got 65"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nbusy_poll_us = 100001\n"),
+                      Contains("daemon.busy_poll_us: must be in 0..100000, got 100001"));
   REQUIRE_THROWS_WITH(parse("[daemon]\nmax_message_bytes = \"2KiB\"\n"),
                       Contains("daemon.max_message_bytes: must be in 4KiB..1GiB, got 2 KiB"));
   REQUIRE_THROWS_WITH(parse("[daemon]\nmax_message_bytes = \"2GiB\"\n"),

@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "common/frame.h"
@@ -90,14 +93,22 @@ Result<std::unique_ptr<Response>> Client::Impl::receive(uint64_t id) {
   };
   constexpr size_t kBufferBytes = 64 * 1024;
   if (rbuf.size() < kBufferBytes) rbuf.resize(kBufferBytes);
+  std::chrono::steady_clock::time_point poll_until;
+  if (busy_poll_us > 0 && rend - rbeg < kFrameHeaderBytes)
+    poll_until = std::chrono::steady_clock::now() + std::chrono::microseconds(busy_poll_us);
   while (rend - rbeg < kFrameHeaderBytes) {
     if (rbeg > 0) {
       std::memmove(rbuf.data(), rbuf.data() + rbeg, rend - rbeg);
       rend -= rbeg;
       rbeg = 0;
     }
-    auto n = recv_some(fd, std::span(rbuf).subspan(rend), rfds);
+    // Polling (ClientOptions::busy_poll_us) until the reply starts or the time is up.
+    const bool poll = busy_poll_us > 0 && std::chrono::steady_clock::now() < poll_until;
+    auto n = recv_some(fd, std::span(rbuf).subspan(rend), rfds, poll ? MSG_DONTWAIT : 0);
     if (!n) return broken(n.status());
+    // Nothing yet: let whatever else can run on this CPU (the daemon itself, when both share
+    // one) go first.
+    if (*n == 0) std::this_thread::yield();
     rend += *n;
   }
   auto h = decode_header(
@@ -224,6 +235,10 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     return error(e == EACCES ? Errc::kPermissionDenied : Errc::kUnavailable,
                  "cannot connect to kvtierd at " + impl->socket_path + ": " + std::strerror(e));
   }
+  uint32_t busy_poll_us = options.busy_poll_us;
+  if (const char* env = std::getenv("KVTIER_BUSY_POLL_US"); busy_poll_us == 0 && env != nullptr)
+    busy_poll_us = static_cast<uint32_t>(std::strtoul(env, nullptr, 10));
+  impl->busy_poll_us = std::min<uint32_t>(busy_poll_us, 100000);
   if (options.timeout_ms) {
     timeval tv{static_cast<time_t>(options.timeout_ms / 1000),
                static_cast<suseconds_t>((options.timeout_ms % 1000) * 1000)};

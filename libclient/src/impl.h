@@ -47,6 +47,7 @@ struct Client::Impl {
   uint64_t session_id = 0;
   BlockKey instance;
   uint64_t max_message_bytes = 0;
+  uint32_t busy_poll_us = 0;  // ClientOptions::busy_poll_us
   std::map<uint32_t, uint64_t> arena_sizes;
   std::map<uint32_t, std::shared_ptr<ArenaMapping>> arenas;  // guarded by mu
   int device = -1;                                           // ClientOptions::device

@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -141,6 +143,57 @@ TEST_CASE("several client processes put and get concurrently; every byte checked
     for (const auto& b : lease.blocks()) CHECK(kvtier::testing::check_kv_block(b, 32 + p));
   }
   CHECK(stats(*c)["sessions"] == 1);
+}
+
+TEST_CASE("busy polling: polling clients on one polling io thread, slow replies, a prompt drain") {
+  DaemonOptions o;
+  o.host_bytes = 256ull << 20;
+  o.io_threads = 1;  // every connection on the one polling thread
+  o.busy_poll_us = 2000;
+  Daemon d(o);
+  // Four threads, each with its own connection (three polling, one not), interleave puts and
+  // gets; every byte is checked.
+  const int kThreads = 4, kBlocks = 30;
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0};
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      ClientOptions co;
+      co.socket = d.socket();
+      co.busy_poll_us = t == 0 ? 0 : 500;
+      auto c = Client::connect(co);
+      if (!c) return void(bad += 1000);
+      const std::string ns = "poll";
+      auto keys = keys_for(ns, kBlocks, 1000 * t);
+      for (const auto& k : keys) {
+        KvBlock b(k, 8 + t);
+        if (!(*c)->put(ns, k, b.tensors)) ++bad;
+        auto lease = (*c)->get(ns, std::span(&k, 1));
+        if (!lease || !kvtier::testing::check_kv_block(lease->blocks()[0], 8 + t)) ++bad;
+      }
+      auto n = (*c)->lookup(ns, keys);
+      if (!n || *n != kBlocks) ++bad;
+    });
+  for (auto& t : threads) t.join();
+  CHECK(bad == 0);
+  // A reply that takes far longer than the client's poll window (an 8 MiB put): the client
+  // stops polling and sleeps until it comes.
+  ClientOptions co;
+  co.socket = d.socket();
+  co.busy_poll_us = 20;
+  auto c = Client::connect(co).value();
+  const BlockKey big = keys_for("poll", 1, 999999)[0];
+  KvBlock b(big, 16384);
+  REQUIRE(c->put("poll", big, b.tensors).is_ok());
+  {
+    auto lease = c->get("poll", std::span(&big, 1)).value();
+    CHECK(kvtier::testing::check_kv_block(lease.blocks()[0], 16384));
+  }
+  c.reset();
+  // The polling io thread still stops on SIGTERM, and at once.
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(d.stop() == 0);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
 }
 
 TEST_CASE("a client killed with SIGKILL while holding leases is reclaimed") {

@@ -68,7 +68,7 @@ class Daemon:
     _count = 0
 
     def __init__(self, rules=(("", "fp16"), ("nf4/", "nf4")), host_bytes=256 << 20,
-                 staging_bytes=64 << 20, extra_toml=""):
+                 staging_bytes=64 << 20, extra_toml="", busy_poll_us=0):
         Daemon._count += 1
         tag = "%d-%d" % (os.getpid(), Daemon._count)
         self.dir = Path(tempfile.mkdtemp(prefix="kvtier-pytest-"))
@@ -79,6 +79,7 @@ class Daemon:
             'state_dir = "%s"' % (self.dir / "state"),
             'shm_prefix = "kvtier-pytest-%s"' % tag,
             "io_threads = 2",
+            "busy_poll_us = %d" % busy_poll_us,
             'log_level = "warn"',
             "drain_timeout_ms = 2000",
             "[host]",

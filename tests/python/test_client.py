@@ -267,3 +267,24 @@ def test_threads_share_a_client(client, ns):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_busy_poll_client_round_trips(ns):
+    """A polling client (busy_poll_us) against a polling daemon (daemon.busy_poll_us) gets the
+    same answers as a sleeping one, also for a reply slower than its poll window (an 8 MiB
+    put).  A daemon of its own: the big lossless block would skew the shared one's stats."""
+    from conftest import Daemon
+    d = Daemon(busy_poll_us=1000)
+    try:
+        keys = kvtier.chain_keys(ns, np.arange(256), 64)
+        with kvtier.Client(d.socket, name="poller", busy_poll_us=50) as c:
+            small = np.arange(64 * 32, dtype=np.float16).reshape(64, 32)
+            c.put(ns, keys[0], {"k": small})
+            big = np.ones((4096, 1024), dtype=np.float16)
+            c.put(ns, keys[1], {"k": big})
+            assert c.lookup(ns, keys) == 2
+            with c.get(ns, keys[:2]) as lease:
+                assert np.array_equal(np.asarray(lease[0]["k"]), small)
+                assert np.array_equal(np.asarray(lease[1]["k"]), big)
+    finally:
+        d.stop()

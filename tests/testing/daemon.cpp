@@ -55,6 +55,7 @@ Daemon::Daemon(DaemonOptions o) {
         << "state_dir = \"" << (dir_ / "state").string() << "\"\n"
         << "shm_prefix = \"kvtier-test-" << tag << "\"\n"
         << "io_threads = " << o.io_threads << "\n"
+        << "busy_poll_us = " << o.busy_poll_us << "\n"
         << "max_message_bytes = " << o.max_message_bytes << "\n"
         << "log_level = \"" << o.log_level << "\"\n"
         << "drain_timeout_ms = 2000\n"

@@ -163,6 +163,12 @@ struct ClientOptions {
   // The CUDA device this process computes on, as the daemon numbers devices (-1: not said).
   // fp16/bf16 puts land in that device's GPU tier (-1: the daemon's first) when it has one.
   int device = -1;
+  // After sending a request, poll the socket for the reply this long before sleeping in
+  // recvmsg (0: $KVTIER_BUSY_POLL_US when set, else sleep at once; at most 100000).  Spends
+  // CPU to save the wake-up of a sleeping thread (tens of us between the vCPUs of a VM, a few
+  // on bare metal); pair it with the daemon's daemon.busy_poll_us (docs/operations.md, "Busy
+  // polling").
+  uint32_t busy_poll_us = 0;
 };
 
 class Client {

@@ -378,18 +378,19 @@ defers the daemon-side release until the last of them is gone (it returns False 
       });
 
   py::class_<PyClient>(m, "_Client")
-      .def(
-          py::init([](py::object socket, const std::string& name, uint32_t timeout_ms, int device) {
-            ClientOptions o;
-            if (!socket.is_none()) o.socket = py::str(socket).cast<std::string>();
-            o.name = name;
-            o.timeout_ms = timeout_ms;
-            o.device = device;
-            auto c = nogil([&] { return Client::connect(o); });
-            return PyClient{std::shared_ptr<Client>(unwrap(std::move(c)))};
-          }),
-          py::arg("socket") = py::none(), py::arg("name") = "", py::arg("timeout_ms") = 30000,
-          py::arg("device") = -1)
+      .def(py::init([](py::object socket, const std::string& name, uint32_t timeout_ms, int device,
+                       uint32_t busy_poll_us) {
+             ClientOptions o;
+             if (!socket.is_none()) o.socket = py::str(socket).cast<std::string>();
+             o.name = name;
+             o.timeout_ms = timeout_ms;
+             o.device = device;
+             o.busy_poll_us = busy_poll_us;
+             auto c = nogil([&] { return Client::connect(o); });
+             return PyClient{std::shared_ptr<Client>(unwrap(std::move(c)))};
+           }),
+           py::arg("socket") = py::none(), py::arg("name") = "", py::arg("timeout_ms") = 30000,
+           py::arg("device") = -1, py::arg("busy_poll_us") = 0)
       .def(
           "lookup",
           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys,
