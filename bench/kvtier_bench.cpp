@@ -9,6 +9,9 @@
 //   kvtier_bench            full run (about a minute on 2 vCPUs)
 //   kvtier_bench --quick    smoke run: a few iterations of everything (CTest, label bench)
 //   kvtier_bench --no-redis skip the Redis comparison
+//   kvtier_bench --busy-poll US  kvtierd (daemon.busy_poll_us) and this client
+//                (ClientOptions::busy_poll_us) poll US microseconds before sleeping; the
+//                ping-pong baseline polls the same way
 #include <hiredis/hiredis.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -458,10 +461,11 @@ std::string machine_line() {
          u.release;
 }
 
-int run(bool quick, bool use_redis) {
+int run(bool quick, bool use_redis, uint32_t busy_poll_us) {
   const auto plans = make_plans(quick);
   const size_t pool = quick ? 0 : 256 * MiB;
-  std::printf("kvtier_bench%s: %s\n", quick ? " --quick" : "", machine_line().c_str());
+  std::printf("kvtier_bench%s: %s, busy poll %u us\n", quick ? " --quick" : "",
+              machine_line().c_str(), busy_poll_us);
   std::fflush(stdout);
 
   // Baselines.
@@ -475,7 +479,8 @@ int run(bool quick, bool use_redis) {
   const int pp_iters = plans[0].lookups;
   std::optional<Latency> ping[kNumPlacements];
   for (int p = 0; p < kNumPlacements; ++p)
-    ping[p] = socket_pingpong(pp_iters, kLookupBytes, kPlacements[p], quick ? 10 : 1000);
+    ping[p] =
+        socket_pingpong(pp_iters, kLookupBytes, kPlacements[p], quick ? 10 : 1000, busy_poll_us);
 
   // Redis.
   std::vector<std::optional<RedisResult>> redis(plans.size());
@@ -507,9 +512,13 @@ int run(bool quick, bool use_redis) {
     o.prefault = true;
     o.staging_bytes = 64 * MiB;
     o.io_threads = io_configs[c];
+    o.busy_poll_us = busy_poll_us;
     o.codec = "fp16";  // stored as given: the rows measure the lossless host tier
     testing::Daemon daemon(o);
-    auto client = must(Client::connect(daemon.socket()), "connect");
+    ClientOptions co;
+    co.socket = daemon.socket();
+    co.busy_poll_us = busy_poll_us;
+    auto client = must(Client::connect(co), "connect");
     KvBench b(daemon, *client, c);
     try {
       for (size_t i = 0; i < plans.size(); ++i)
@@ -626,19 +635,22 @@ int run(bool quick, bool use_redis) {
 
 int main(int argc, char** argv) {
   bool quick = false, use_redis = true;
+  uint32_t busy_poll_us = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--quick") {
       quick = true;
     } else if (a == "--no-redis") {
       use_redis = false;
+    } else if (a == "--busy-poll" && i + 1 < argc) {
+      busy_poll_us = static_cast<uint32_t>(std::stoul(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--no-redis]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--no-redis] [--busy-poll US]\n", argv[0]);
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
   try {
-    return kvtier::bench::run(quick, use_redis);
+    return kvtier::bench::run(quick, use_redis, busy_poll_us);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kvtier_bench: %s\n", e.what());
     return 1;
