@@ -70,9 +70,7 @@ bool would_block(const boost::system::error_code& ec) {
 
 awaitable<bool> Session::fill(size_t need) {
   while (rend_ - rbeg_ < need) {
-    if (rbeg_ > 0) {
-      // Unhandled bytes move to the front, so that every frame body starts at the buffer's
-      // (malloc-aligned) start plus the 16-byte header: FlatBuffers reads its scalars in place.
+    if (rbeg_ > 0) {  // (serve() keeps rbeg_ at 0 between frames)
       std::memmove(rbuf_.data(), rbuf_.data() + rbeg_, rend_ - rbeg_);
       rend_ -= rbeg_;
       rbeg_ = 0;
@@ -154,9 +152,13 @@ awaitable<void> Session::serve() {
       bump(server_.metrics().protocol_errors);
       r.fail(error(Errc::kProtocol, "message body failed schema verification"));
     }
-    // The request's bytes are done with (handlers copy what they keep).
+    // The request's bytes are done with (handlers copy what they keep).  What follows (a
+    // pipelined request) moves to the front at once, so that every frame, header and body,
+    // starts at the buffer's malloc-aligned start: FlatBuffers reads scalars in place.
     rbeg_ += kFrameHeaderBytes + h->length;
-    if (rbeg_ == rend_) rbeg_ = rend_ = 0;
+    if (rbeg_ < rend_) std::memmove(rbuf_.data(), rbuf_.data() + rbeg_, rend_ - rbeg_);
+    rend_ -= rbeg_;
+    rbeg_ = 0;
     if (rbuf_.size() > kReadBufferBytes && rend_ == 0) {
       rbuf_.resize(kReadBufferBytes);
       rbuf_.shrink_to_fit();
