@@ -51,18 +51,24 @@ std::optional<std::string> hex_decode(std::string_view h) {
 }
 
 // Copies `in` into `out` scaled to unit L2 norm.
-Status normalise(std::span<const float> in, float* out, std::string_view what) {
+// L2-normalises `in` into `out`.  nullptr when done, else why not.  A float squared cannot
+// overflow a double, nor can a sum of a few million of them: the sum of squares is finite
+// exactly when every value is, so one pass with independent accumulators (vectorised; this
+// runs on every search) checks and measures at once.
+const char* normalise(std::span<const float> in, float* out) {
+  constexpr size_t kLanes = 8;
+  double acc[kLanes] = {};
+  size_t i = 0;
+  for (; i + kLanes <= in.size(); i += kLanes)
+    for (size_t l = 0; l < kLanes; ++l) acc[l] += double(in[i + l]) * double(in[i + l]);
+  for (; i < in.size(); ++i) acc[0] += double(in[i]) * double(in[i]);
   double sq = 0;
-  for (float x : in) {
-    if (!std::isfinite(x))
-      return error(Errc::kInvalidArgument, std::string(what) + ": non-finite value");
-    sq += double(x) * double(x);
-  }
-  if (sq == 0 || !std::isfinite(sq))
-    return error(Errc::kInvalidArgument, std::string(what) + ": zero or overflowing norm");
-  const double inv = 1.0 / std::sqrt(sq);
-  for (size_t i = 0; i < in.size(); ++i) out[i] = static_cast<float>(in[i] * inv);
-  return Status::ok();
+  for (double a : acc) sq += a;
+  if (!std::isfinite(sq)) return "non-finite value";
+  if (sq == 0) return "zero norm";
+  const float inv = static_cast<float>(1.0 / std::sqrt(sq));
+  for (i = 0; i < in.size(); ++i) out[i] = in[i] * inv;
+  return nullptr;
 }
 
 Status write_atomic(const fs::path& path, const std::string& bytes) {
@@ -300,10 +306,8 @@ Status SemanticIndex::add(std::string_view ns, const BlockKey& chunk,
   std::vector<std::vector<float>> normed(vectors.size());
   for (size_t i = 0; i < vectors.size(); ++i) {
     normed[i].resize(vectors[i].second.size());
-    if (Status s =
-            normalise(vectors[i].second, normed[i].data(), "index add '" + vectors[i].first + "'");
-        !s)
-      return s;
+    if (const char* bad = normalise(vectors[i].second, normed[i].data()))
+      return error(Errc::kInvalidArgument, "index add '" + vectors[i].first + "': " + bad);
   }
   auto lock = write_lock();
   if (Namespace* space = find_ns(ns)) {
@@ -337,8 +341,8 @@ Status SemanticIndex::add_batch(std::string_view ns, std::string_view modality,
     return error(Errc::kInvalidArgument, "index add: a chunk given twice");
   std::vector<float> normed(vectors.size());
   for (size_t i = 0; i < chunks.size(); ++i)
-    if (Status s = normalise(vectors.subspan(i * dim, dim), &normed[i * dim], "index add"); !s)
-      return s;
+    if (const char* bad = normalise(vectors.subspan(i * dim, dim), &normed[i * dim]))
+      return error(Errc::kInvalidArgument, std::string("index add: ") + bad);
   auto lock = write_lock();
   if (Namespace* space = find_ns(ns);
       space && space->find(modality) && space->find(modality)->dim() != dim)
@@ -427,9 +431,8 @@ Result<std::vector<IndexHit>> SemanticIndex::search(std::string_view ns,
           qs[i].q = &q;
           qs[i].mi = mi;
           qs[i].v.resize(q.vector.size());
-          if (Status s = normalise(q.vector, qs[i].v.data(), "index search '" + q.modality + "'");
-              !s)
-            return s;
+          if (const char* bad = normalise(q.vector, qs[i].v.data()))
+            return error(Errc::kInvalidArgument, "index search '" + q.modality + "': " + bad);
           wsum += q.weight;
         }
       if (wsum <= 0) return error(Errc::kInvalidArgument, "index search: weights sum to 0");
