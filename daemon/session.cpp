@@ -152,9 +152,10 @@ awaitable<void> Session::serve() {
       bump(server_.metrics().protocol_errors);
       r.fail(error(Errc::kProtocol, "message body failed schema verification"));
     }
-    // The request's bytes are done with (handlers copy what they keep).  What follows (a
-    // pipelined request) moves to the front at once, so that every frame, header and body,
-    // starts at the buffer's malloc-aligned start: FlatBuffers reads scalars in place.
+    if (!co_await send(request_id, r)) break;
+    // The request's bytes are done with.  What follows (a pipelined request) moves to the
+    // front at once, so that every frame, header and body, starts at the buffer's
+    // malloc-aligned start: FlatBuffers reads scalars in place.
     rbeg_ += kFrameHeaderBytes + h->length;
     if (rbeg_ < rend_) std::memmove(rbuf_.data(), rbuf_.data() + rbeg_, rend_ - rbeg_);
     rend_ -= rbeg_;
@@ -163,7 +164,6 @@ awaitable<void> Session::serve() {
       rbuf_.resize(kReadBufferBytes);
       rbuf_.shrink_to_fit();
     }
-    if (!co_await send(request_id, r)) break;
   }
 }
 

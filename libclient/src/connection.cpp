@@ -127,8 +127,10 @@ Result<std::unique_ptr<Response>> Client::Impl::receive(uint64_t id) {
   // The rest of a big reply goes straight into its body.
   if (Status st = recv_all(fd, std::span(resp->body).subspan(have), rfds); !st) return broken(st);
   resp->msg = wire_util::verify_response(resp->body);
+  // Descriptors belong to the reply that ends the call (closed with it unless taken).
+  if (resp->msg == nullptr || resp->msg->body_type() != wire::Response::ProgressResp)
+    resp->fds = std::exchange(rfds, {});
   if (resp->msg == nullptr) return error(Errc::kProtocol, "reply failed schema verification");
-  if (resp->msg->body_type() != wire::Response::ProgressResp) resp->fds = std::exchange(rfds, {});
   if (resp->msg->code() != 0)
     return error(static_cast<Errc>(resp->msg->code()), wire_util::str(resp->msg->message()));
   if (resp->msg->id() != id) return error(Errc::kProtocol, "reply to another request");
