@@ -35,8 +35,13 @@ void send_bytes(int fd, const void* p, size_t n) {
   REQUIRE(::send(fd, p, n, MSG_NOSIGNAL) == static_cast<ssize_t>(n));
 }
 
-// Reads one reply; returns its error code, or nullopt when the daemon closed the connection.
-std::optional<Errc> read_reply(int fd) {
+struct ReplyHead {
+  Errc code;
+  uint64_t id;  // the request's
+};
+
+// Reads one reply; nullopt when the daemon closed the connection.
+std::optional<ReplyHead> read_reply_head(int fd) {
   std::array<std::byte, kFrameHeaderBytes> h;
   std::vector<int> fds;
   if (!recv_all(fd, h, fds)) return std::nullopt;
@@ -46,7 +51,13 @@ std::optional<Errc> read_reply(int fd) {
   REQUIRE(recv_all(fd, body, fds).is_ok());
   const auto* msg = wire_util::verify_response(body);
   REQUIRE(msg != nullptr);
-  return static_cast<Errc>(msg->code());
+  return ReplyHead{static_cast<Errc>(msg->code()), msg->id()};
+}
+
+// One reply's error code, or nullopt when the daemon closed the connection.
+std::optional<Errc> read_reply(int fd) {
+  auto r = read_reply_head(fd);
+  return r ? std::optional(r->code) : std::nullopt;
 }
 
 // EOF, or a reset when the daemon closed with our junk still unread in its buffer.
@@ -200,17 +211,10 @@ TEST_CASE("pipelined, dribbled and large frames are answered in order") {
                                       wire::CreateHealthReq(fbb).Union()));
     return frame_of(fbb);
   };
-  auto reply_id = [&]() -> uint64_t {
-    std::array<std::byte, kFrameHeaderBytes> h;
-    std::vector<int> fds;
-    REQUIRE(recv_all(fd, h, fds).is_ok());
-    auto hdr = decode_header(h, 1 << 30);
-    REQUIRE(hdr.is_ok());
-    std::vector<std::byte> body(hdr->length);
-    REQUIRE(recv_all(fd, body, fds).is_ok());
-    const auto* msg = wire_util::verify_response(body);
-    REQUIRE(msg != nullptr);
-    return msg->id();
+  auto reply_id = [&] {
+    auto r = read_reply_head(fd);
+    REQUIRE(r.has_value());
+    return r->id;
   };
   // Three requests in one write, then the replies in order.  The first body carries 3 bytes
   // past its FlatBuffer (allowed: verification stays inside the buffer), so the next frame
