@@ -69,12 +69,7 @@ bool would_block(const boost::system::error_code& ec) {
 }  // namespace
 
 awaitable<bool> Session::fill(size_t need) {
-  while (rend_ - rbeg_ < need) {
-    if (rbeg_ > 0) {  // (serve() keeps rbeg_ at 0 between frames)
-      std::memmove(rbuf_.data(), rbuf_.data() + rbeg_, rend_ - rbeg_);
-      rend_ -= rbeg_;
-      rbeg_ = 0;
-    }
+  while (rend_ < need) {
     if (rbuf_.size() < std::max(need, kReadBufferBytes))
       rbuf_.resize(std::max(need, kReadBufferBytes));
     boost::system::error_code ec;
@@ -123,7 +118,7 @@ awaitable<void> Session::serve() {
   while (reading_) {
     if (!co_await fill(kFrameHeaderBytes)) break;
     std::array<std::byte, kFrameHeaderBytes> header;
-    std::memcpy(header.data(), rbuf_.data() + rbeg_, kFrameHeaderBytes);
+    std::memcpy(header.data(), rbuf_.data(), kFrameHeaderBytes);
     auto h = decode_header(header, max_len);
     if (!h || h->kind != FrameKind::kRequest) {
       // A bad header leaves the stream unframed: answer once, then close.
@@ -135,7 +130,7 @@ awaitable<void> Session::serve() {
       break;
     }
     if (!co_await fill(kFrameHeaderBytes + h->length)) break;
-    const std::span<const std::byte> body(rbuf_.data() + rbeg_ + kFrameHeaderBytes, h->length);
+    const std::span<const std::byte> body(rbuf_.data() + kFrameHeaderBytes, h->length);
     Reply r;
     uint64_t request_id = 0;
     if (const wire::RequestMsg* msg = wire_util::verify_request(body)) {
@@ -156,10 +151,9 @@ awaitable<void> Session::serve() {
     // The request's bytes are done with.  What follows (a pipelined request) moves to the
     // front at once, so that every frame, header and body, starts at the buffer's
     // malloc-aligned start: FlatBuffers reads scalars in place.
-    rbeg_ += kFrameHeaderBytes + h->length;
-    if (rbeg_ < rend_) std::memmove(rbuf_.data(), rbuf_.data() + rbeg_, rend_ - rbeg_);
-    rend_ -= rbeg_;
-    rbeg_ = 0;
+    const size_t used = kFrameHeaderBytes + h->length;
+    std::memmove(rbuf_.data(), rbuf_.data() + used, rend_ - used);
+    rend_ -= used;
     if (rbuf_.size() > kReadBufferBytes && rend_ == 0) {
       rbuf_.resize(kReadBufferBytes);
       rbuf_.shrink_to_fit();

@@ -92,7 +92,7 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<void> on_disk_job(const wire::RequestMsg& msg, Reply& r);
   boost::asio::awaitable<bool> send(uint64_t request_id, Reply& reply);
   boost::asio::awaitable<bool> send_progress(uint64_t request_id, uint64_t done, uint64_t total);
-  // Until at least `need` bytes are buffered in rbuf_[rbeg_, rend_): false on EOF or error.
+  // Until at least `need` bytes are buffered in rbuf_[0, rend_): false on EOF or error.
   boost::asio::awaitable<bool> fill(size_t need);
   // Writes every byte of `bufs` (a frame); false when the client is gone.
   boost::asio::awaitable<bool> write_all(std::array<boost::asio::const_buffer, 2> bufs);
@@ -107,7 +107,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // What has been read and not yet handled: frames are read with as few recv calls as the
   // client's writes allow (usually one per request), not a header and then a body.
   std::vector<std::byte> rbuf_;
-  size_t rbeg_ = 0, rend_ = 0;
+  size_t rend_ = 0;  // the current frame always starts at rbuf_[0]
 };
 
 }  // namespace kvtier
