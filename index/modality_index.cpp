@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -67,6 +68,12 @@ void renormalise(float* v, uint32_t dim) {
 
 }  // namespace
 
+uint64_t now_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
 // nlist ~ 2 sqrt(n): lists of ~sqrt(n)/2 vectors.  Measured at 1M clustered 512-d vectors
 // (docs/index.md): at an equal share of the data scanned, more lists find the nearest
 // neighbour more often (1000 lists x 32 probes: recall@1 0.977 in 2.6 ms; 2000 x 16: 0.970 in
@@ -102,6 +109,7 @@ ModalityIndexInfo ModalityIndex::info(const IndexOptions& opts) const {
   i.nprobe = nprobe(opts);
   i.live = live();
   i.dead = dead();
+  i.id_slots = slots_.size();
   return i;
 }
 
@@ -109,7 +117,7 @@ void ModalityIndex::add(std::span<const BlockKey> keys, std::span<const float> v
                         const IndexOptions& opts) {
   for (const BlockKey& k : keys) remove(k);
   std::vector<idx_t> ids(keys.size());
-  for (auto& id : ids) id = next_id_++;
+  for (auto& id : ids) id = take_id();
   {
     // A few vectors (the daemon adds one chunk at a time) gain nothing from an OpenMP team:
     // IndexIVF's add opens a parallel region even for one vector.
@@ -123,16 +131,31 @@ void ModalityIndex::add(std::span<const BlockKey> keys, std::span<const float> v
   }
   for (size_t i = 0; i < keys.size(); ++i) {
     key_to_id_[keys[i]] = ids[i];
-    id_to_key_[ids[i]] = keys[i];
+    slots_[static_cast<size_t>(ids[i])] = {keys[i], Slot::kLive};
   }
   dirty_ = true;
   maintain(opts);
 }
 
+int64_t ModalityIndex::take_id() {
+  if (!free_ids_.empty()) {
+    const int64_t id = free_ids_.back();
+    free_ids_.pop_back();
+    return id;
+  }
+  slots_.emplace_back();
+  return static_cast<int64_t>(slots_.size() - 1);
+}
+
+void ModalityIndex::free_slot(int64_t id) {
+  slots_[static_cast<size_t>(id)] = {};
+  free_ids_.push_back(id);
+}
+
 bool ModalityIndex::remove(const BlockKey& key) {
   auto it = key_to_id_.find(key);
   if (it == key_to_id_.end()) return false;
-  id_to_key_.erase(it->second);
+  slots_[static_cast<size_t>(it->second)].state = Slot::kDead;
   dead_ids_.push_back(it->second);
   if (rebuilding_) delta_removed_.push_back(it->second);
   key_to_id_.erase(it);
@@ -169,6 +192,7 @@ void ModalityIndex::purge() {
     faiss::IDSelectorArray sel(dead_ids_.size(), dead_ids_.data());
     index_->remove_ids(sel);
   }
+  for (idx_t id : dead_ids_) free_slot(id);
   dead_ids_.clear();
   dirty_ = true;
 }
@@ -183,8 +207,9 @@ std::optional<Rebuild> ModalityIndex::begin_rebuild() {
   Rebuild r;
   r.kind = *want_;
   r.dim = dim_;
-  r.ids.reserve(id_to_key_.size());
-  for (const auto& [id, key] : id_to_key_) r.ids.push_back(id);
+  r.ids.reserve(key_to_id_.size());
+  for (size_t id = 0; id < slots_.size(); ++id)
+    if (slots_[id].state == Slot::kLive) r.ids.push_back(static_cast<int64_t>(id));
   want_.reset();
   rebuilding_ = true;
   delta_ids_.clear();
@@ -252,12 +277,16 @@ void ModalityIndex::finish_rebuild(Rebuild& r, const IndexOptions& opts) {
     r.fresh->add_with_ids(static_cast<idx_t>(n), &delta_vecs_[r.applied * dim_],
                           &delta_ids_[r.applied]);
   }
-  // Every id removed meanwhile was live at begin_rebuild() or added since: it is in r.fresh.
-  // The old tombstones are not.
+  // Every id removed meanwhile was live at begin_rebuild() or added since: it is in r.fresh,
+  // a tombstone still.  The old tombstones are not: their ids are free again.
   std::swap(index_, r.fresh);  // the caller frees the old index after the lock
   kind_ = r.kind;
   nlist_ = r.nlist;
   trained_n_ = r.trained_n;
+  for (idx_t id : dead_ids_) slots_[static_cast<size_t>(id)].state = Slot::kFree;
+  for (idx_t id : delta_removed_) slots_[static_cast<size_t>(id)].state = Slot::kDead;
+  for (idx_t id : dead_ids_)
+    if (slots_[static_cast<size_t>(id)].state == Slot::kFree) free_slot(id);
   dead_ids_ = std::move(delta_removed_);
   rebuilding_ = false;
   delta_ids_ = {};
@@ -289,6 +318,7 @@ std::vector<Candidate> ModalityIndex::candidates(const float* q, size_t k, const
   for (;;) {
     dist.resize(kk);
     labels.resize(kk);
+    const uint64_t t0 = now_ns();
     if (kind_ == Kind::kIvf) {
       faiss::SearchParametersIVF params;
       params.nprobe = nprobe(opts);
@@ -301,12 +331,15 @@ std::vector<Candidate> ModalityIndex::candidates(const float* q, size_t k, const
       for (idx_t& l : labels)
         if (l >= 0) l = idmap->id_map[static_cast<size_t>(l)];
     }
+    faiss_calls.fetch_add(1, std::memory_order_relaxed);
+    faiss_ns.fetch_add(now_ns() - t0, std::memory_order_relaxed);
     out.clear();
     out.reserve(std::min(k, kk));
     size_t found = 0;  // FAISS results, tombstones included
     for (; found < kk && labels[found] >= 0 && out.size() < k; ++found) {
-      auto it = id_to_key_.find(labels[found]);
-      if (it != id_to_key_.end()) out.push_back({it->second, dist[found]});
+      const auto id = static_cast<size_t>(labels[found]);
+      if (id < slots_.size() && slots_[id].state == Slot::kLive)
+        out.push_back({slots_[id].key, dist[found]});
     }
     const bool cut = found == kk && kk < total;  // FAISS had more to give
     if (out.size() == k || !cut) {
@@ -331,23 +364,22 @@ std::string ModalityIndex::serialize() const {
   faiss::VectorIOWriter writer;
   faiss::write_index(index_.get(), &writer);
   std::string out;
-  out.reserve(64 + id_to_key_.size() * 24 + writer.data.size() + 8);
+  out.reserve(64 + key_to_id_.size() * 24 + dead_ids_.size() * 8 + writer.data.size() + 8);
   out.append(kMagic, sizeof kMagic);
   put(out, kVersion);
   put(out, static_cast<uint32_t>(kind_));
   put(out, dim_);
   put(out, nlist_);
-  put(out, static_cast<uint64_t>(next_id_));
+  put(out, static_cast<uint64_t>(slots_.size()));
   put(out, trained_n_);
-  put(out, static_cast<uint64_t>(id_to_key_.size()));
+  put(out, static_cast<uint64_t>(key_to_id_.size()));
   put(out, static_cast<uint64_t>(dead_ids_.size()));
   put(out, static_cast<uint64_t>(writer.data.size()));
-  std::vector<std::pair<idx_t, BlockKey>> rows(id_to_key_.begin(), id_to_key_.end());
-  std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.first < b.first; });
-  for (const auto& [id, key] : rows) {
+  for (size_t id = 0; id < slots_.size(); ++id) {
+    if (slots_[id].state != Slot::kLive) continue;
     put(out, static_cast<int64_t>(id));
-    put(out, key.lo);
-    put(out, key.hi);
+    put(out, slots_[id].key.lo);
+    put(out, slots_[id].key.hi);
   }
   for (idx_t id : dead_ids_) put(out, static_cast<int64_t>(id));
   out.append(reinterpret_cast<const char*>(writer.data.data()), writer.data.size());
@@ -375,20 +407,31 @@ Result<std::unique_ptr<ModalityIndex>> ModalityIndex::deserialize(std::string_vi
   auto mi = std::make_unique<ModalityIndex>(dim);
   mi->kind_ = static_cast<Kind>(kind);
   mi->nlist_ = nlist;
-  mi->next_id_ = static_cast<int64_t>(next_id);
   mi->trained_n_ = trained_n;
+  // Every id below next_id has a slot: files from before ids were reused can have holes.
+  if (next_id < nkeys + ndead || next_id > uint64_t{1} << 40) return corrupt("bad next id");
+  mi->slots_.resize(next_id);
   for (uint64_t i = 0; i < nkeys; ++i) {
     int64_t id;
     BlockKey key;
     get(in, &id), get(in, &key.lo), get(in, &key.hi);
-    mi->key_to_id_[key] = id;
-    mi->id_to_key_[id] = key;
+    if (id < 0 || static_cast<uint64_t>(id) >= next_id ||
+        mi->slots_[static_cast<size_t>(id)].state != Slot::kFree ||
+        !mi->key_to_id_.emplace(key, id).second)
+      return corrupt("bad or repeated id or key");
+    mi->slots_[static_cast<size_t>(id)] = {key, Slot::kLive};
   }
   for (uint64_t i = 0; i < ndead; ++i) {
     int64_t id;
     get(in, &id);
+    if (id < 0 || static_cast<uint64_t>(id) >= next_id ||
+        mi->slots_[static_cast<size_t>(id)].state != Slot::kFree)
+      return corrupt("bad or repeated tombstone id");
+    mi->slots_[static_cast<size_t>(id)].state = Slot::kDead;
     mi->dead_ids_.push_back(id);
   }
+  for (uint64_t id = next_id; id-- > 0;)
+    if (mi->slots_[id].state == Slot::kFree) mi->free_ids_.push_back(static_cast<int64_t>(id));
   try {
     faiss::VectorIOReader reader;
     reader.data.assign(in.begin(), in.end());

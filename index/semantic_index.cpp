@@ -19,6 +19,7 @@ namespace fs = std::filesystem;
 using index_detail::Candidate;
 using index_detail::ModalityIndex;
 using index_detail::Namespace;
+using index_detail::now_ns;
 
 namespace {
 
@@ -93,12 +94,6 @@ Status write_atomic(const fs::path& path, const std::string& bytes) {
   int dfd = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) ::fsync(dfd), ::close(dfd);
   return Status::ok();
-}
-
-uint64_t now_ns() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::steady_clock::now().time_since_epoch())
-                                   .count());
 }
 
 }  // namespace
@@ -584,8 +579,10 @@ nlohmann::json SemanticIndex::stats() const {
     for (const auto& [m, mi] : space->modalities) {
       ModalityIndexInfo i = mi->info(opts_);
       const uint64_t n = mi->searches.load(), ns = mi->search_ns.load();
+      const uint64_t fc = mi->faiss_calls.load(), fns = mi->faiss_ns.load();
       mods[m] = {{"vectors", i.live},
                  {"dead", i.dead},
+                 {"id_slots", i.id_slots},
                  {"type", i.type},
                  {"dim", i.dim},
                  {"nlist", i.nlist},
@@ -595,6 +592,9 @@ nlohmann::json SemanticIndex::stats() const {
                  {"misses", mi->misses.load()},
                  {"search_us_total", double(ns) / 1e3},
                  {"search_us_mean", n ? double(ns) / 1e3 / double(n) : 0.0},
+                 {"faiss_calls", fc},
+                 {"faiss_us_total", double(fns) / 1e3},
+                 {"faiss_us_mean", fc ? double(fns) / 1e3 / double(fc) : 0.0},
                  {"rebuilding", mi->rebuilding()},
                  {"rebuilds", mi->rebuilds.load()},
                  {"last_rebuild_ms", double(mi->last_rebuild_ns.load()) / 1e6}};

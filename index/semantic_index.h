@@ -73,10 +73,11 @@ struct ModalityIndexInfo {
   const faiss::Index* index = nullptr;
   std::string type;  // "IDMap2,Flat" or "IVF<nlist>,SQ8"
   uint32_t dim = 0;
-  uint32_t nlist = 0;   // 0 for the exact index
-  uint32_t nprobe = 0;  // what search() uses; 0 for the exact index
-  uint64_t live = 0;    // chunks with a vector in this modality
-  uint64_t dead = 0;    // tombstoned ids still inside the FAISS index
+  uint32_t nlist = 0;     // 0 for the exact index
+  uint32_t nprobe = 0;    // what search() uses; 0 for the exact index
+  uint64_t live = 0;      // chunks with a vector in this modality
+  uint64_t dead = 0;      // tombstoned ids still inside the FAISS index
+  uint64_t id_slots = 0;  // ids in use or free for reuse (24 bytes each): peak live + dead
 };
 
 namespace index_detail {
@@ -134,8 +135,11 @@ class SemanticIndex {
   // shutdown.
   Status save();
 
-  // {"namespaces": {ns: {modality: {vectors, dead, type, dim, nlist, nprobe, searches, hits,
-  //   misses, search_us_total, search_us_mean, rebuilding, rebuilds, last_rebuild_ms}}},
+  // {"namespaces": {ns: {modality: {vectors, dead, id_slots, type, dim, nlist, nprobe, searches,
+  // hits,
+  //   misses, search_us_total, search_us_mean, faiss_calls, faiss_us_total, faiss_us_mean,
+  //   rebuilding, rebuilds, last_rebuild_ms}}},  (search_us_*: whole searches; faiss_*: the
+  //   FAISS calls inside them, so their difference is SemanticIndex's own share)
   //   "dir": ..., "kernels": "avx512" | "avx2" | "scalar", "exact_max_vectors": ...,
   //   "rebuilding": any modality index rebuilding}  (never waits for a rebuild)
   nlohmann::json stats() const;

@@ -284,6 +284,71 @@ TEST_CASE("errors: dimension, unknown modality, NaN, zero vector") {
   REQUIRE(idx->search("ns", {{"vision", {1, 2, 3}}}, 0, kAll)->empty());
 }
 
+TEST_CASE("ids are reused once purged: searches map each id to its current chunk") {
+  TempDir d;
+  std::mt19937 rng(11);
+  const size_t dim = 16;
+  for (uint64_t exact_max : {uint64_t(50000), uint64_t(1000)}) {  // exact, then IVF
+    fs::remove_all(d.path);
+    const size_t n = exact_max == 1000 ? 3000 : 400;
+    std::map<uint64_t, std::vector<float>> live;
+    std::vector<std::pair<uint64_t, std::vector<float>>> gone;
+    auto idx = open_index(d.path, exact_max);
+    for (uint64_t i = 0; i < n; ++i) {
+      live[i] = random_vec(rng, dim);
+      REQUIRE(idx->add("ns", key_of(i), {{"vision", live[i]}}).is_ok());
+    }
+    // Half removed (purges run as tombstones pass 25 %; for IVF some removes land while the
+    // exact -> IVF rebuild runs, whose swap frees the tombstones it leaves behind), then as
+    // many new chunks added.
+    for (uint64_t i = 0; i < n / 2; ++i) {
+      idx->remove("ns", key_of(i));
+      gone.emplace_back(i, live[i]);
+      live.erase(i);
+    }
+    idx->wait_for_rebuilds();
+    for (uint64_t i = n; i < n + n / 2; ++i) {
+      live[i] = random_vec(rng, dim);
+      REQUIRE(idx->add("ns", key_of(i), {{"vision", live[i]}}).is_ok());
+    }
+    idx->wait_for_rebuilds();
+    auto check = [&](SemanticIndex& x) {
+      const ModalityIndexInfo info = *x.info("ns", "vision");
+      REQUIRE(info.live == n);
+      REQUIRE(info.id_slots >= info.live + info.dead);
+      REQUIRE(info.id_slots < n + n / 2);  // without reuse: n + n / 2 ids
+      for (const auto& [i, v] : live) {
+        auto r = x.search("ns", {{"vision", v}}, 1, kAll);
+        REQUIRE(r.is_ok());
+        REQUIRE(keys(*r) == std::vector<BlockKey>{key_of(i)});
+      }
+      for (const auto& [i, v] : gone) {
+        auto r = x.search("ns", {{"vision", v}}, 5, kAll);
+        REQUIRE(r.is_ok());
+        for (const auto& h : *r) REQUIRE(h.key != key_of(i));
+      }
+    };
+    check(*idx);
+    const uint64_t slots = idx->info("ns", "vision")->id_slots;
+    REQUIRE(idx->save().is_ok());
+    idx.reset();
+    idx = open_index(d.path, exact_max);
+    const ModalityIndexInfo loaded = *idx->info("ns", "vision");
+    REQUIRE(loaded.id_slots == slots);
+    const uint64_t free_at_load = slots - loaded.live - loaded.dead;
+    check(*idx);
+    // Removed then re-added after the reopen: the free ids found at load are taken again.
+    for (uint64_t i = n; i < n + n / 4; ++i) {
+      idx->remove("ns", key_of(i));
+      live[i] = random_vec(rng, dim);
+      REQUIRE(idx->add("ns", key_of(i), {{"vision", live[i]}}).is_ok());
+    }
+    idx->wait_for_rebuilds();
+    check(*idx);
+    REQUIRE(idx->info("ns", "vision")->id_slots <= slots + (n / 4 - std::min(n / 4, free_at_load)));
+  }
+}
+
 TEST_CASE("persistence: same results after close and reopen") {
   TempDir d;
   std::mt19937 rng(2);
