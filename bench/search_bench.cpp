@@ -99,25 +99,37 @@ DaemonTime daemon_index_time(Client& c) {
           j["searches"].get<uint64_t>()};
 }
 
-// A copy of the daemon's persisted index once it holds all n vectors of kNs/"vision".
-std::unique_ptr<SemanticIndex> load_daemon_index(const testing::Daemon& d, size_t n,
+// A copy of the daemon's persisted index once it holds all n vectors of kNs/"vision" and
+// the daemon has no rebuild in flight and runs that same index type (a retraining still
+// running in the daemon would compete for the CPUs while searches are timed, then swap in an
+// index other than the copy).
+std::unique_ptr<SemanticIndex> load_daemon_index(const testing::Daemon& d, Client& c, size_t n,
                                                  const fs::path& to) {
   const fs::path from = d.state_dir() / "index";
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
   while (std::chrono::steady_clock::now() < deadline) {
-    fs::remove_all(to);
-    std::error_code ec;
-    for (const auto& e : fs::recursive_directory_iterator(from, ec)) {
-      if (!e.is_regular_file() || e.path().extension() != ".kvidx") continue;
-      const fs::path dst = to / fs::relative(e.path(), from);
-      fs::create_directories(dst.parent_path());
-      fs::copy_file(e.path(), dst, ec);  // renamed into place whole: never a partial file
+    std::string daemon_type;
+    if (auto st = c.stats_json(); st) {
+      const auto j = nlohmann::json::parse(*st)["index"];
+      const auto& m = j["namespaces"][kNs]["vision"];
+      if (!j.value("rebuilding", true) && m.value("vectors", uint64_t{0}) == n)
+        daemon_type = m.value("type", "");
     }
-    IndexOptions o;
-    o.dir = to;
-    if (auto idx = SemanticIndex::open(o); idx.is_ok()) {
-      auto info = (*idx)->info(kNs, "vision");
-      if (info && info->live == n) return std::move(idx).value();
+    if (!daemon_type.empty()) {
+      fs::remove_all(to);
+      std::error_code ec;
+      for (const auto& e : fs::recursive_directory_iterator(from, ec)) {
+        if (!e.is_regular_file() || e.path().extension() != ".kvidx") continue;
+        const fs::path dst = to / fs::relative(e.path(), from);
+        fs::create_directories(dst.parent_path());
+        fs::copy_file(e.path(), dst, ec);  // renamed into place whole: never a partial file
+      }
+      IndexOptions o;
+      o.dir = to;
+      if (auto idx = SemanticIndex::open(o); idx.is_ok()) {
+        auto info = (*idx)->info(kNs, "vision");
+        if (info && info->live == n && info->type == daemon_type) return std::move(idx).value();
+      }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
@@ -186,7 +198,7 @@ Row run(size_t n, bool clustered, size_t nq, int reps) {
   const fs::path dir =
       fs::temp_directory_path() /
       ("kvtier-search-bench-" + std::to_string(::getpid()) + "-" + std::to_string(n));
-  auto index = load_daemon_index(daemon, n, dir);
+  auto index = load_daemon_index(daemon, *c, n, dir);
   const ModalityIndexInfo info = index->info(kNs, "vision").value();
   row.type = info.type + (info.nprobe ? ", nprobe " + std::to_string(info.nprobe) : "");
   // The same index as stock FAISS types (faiss::read_index of what kvtier writes): what an

@@ -1,5 +1,6 @@
 #include "cli/render.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <iomanip>
 
@@ -47,6 +48,78 @@ double ratio(uint64_t num, uint64_t den) {
   return den ? double(num) / double(den) : 0.0;
 }
 
+// "searches 3 (hit rate 66.7%)  fusion state: host 1.1 KiB, gpu0 0 B"; each part only when the
+// daemon reports it (older daemons have neither).
+void print_search_line(std::ostream& os, const nlohmann::json& j) {
+  const auto& c = j.at("counters");
+  std::string line;
+  char buf[96];
+  if (c.contains("searches")) {
+    std::snprintf(buf, sizeof(buf), "searches %llu (hit rate %.1f%%)",
+                  (unsigned long long)u64(c, "searches"),
+                  100.0 * ratio(u64(c, "search_hits"), u64(c, "searches")));
+    line = j.contains("index") ? buf : "searches: index off";
+  }
+  std::string fusion;  // "host 1.1 KiB, gpu0 0 B"
+  auto add = [&](const std::string& tier, const nlohmann::json& t) {
+    if (!t.contains("fusion_bytes")) return;
+    fusion += (fusion.empty() ? "" : ", ") + tier + " " + human_bytes(u64(t, "fusion_bytes"));
+  };
+  const auto& tiers = j.at("tiers");
+  add("host", tiers.value("host", nlohmann::json::object()));
+  for (const auto& p :
+       tiers.value("gpu", nlohmann::json::object()).value("pools", nlohmann::json::array()))
+    add("gpu" + std::to_string(p.value("device", 0)), p);
+  if (!fusion.empty()) line += (line.empty() ? "" : "  ") + ("fusion state: " + fusion);
+  if (!line.empty()) os << line << "\n";
+}
+
+// The semantic index: one row per namespace and modality, columns sized to their contents.
+void print_index(std::ostream& os, const nlohmann::json& idx, const char* bold, const char* reset) {
+  struct Row {
+    std::string ns, modality, type, dim, vectors, dead, searches, hit, mean;
+    bool rebuilding;
+  };
+  std::vector<Row> rows;
+  const nlohmann::json spaces = idx.value("namespaces", nlohmann::json::object());
+  for (const auto& [ns, mods] : spaces.items()) {
+    for (const auto& [m, s] : mods.items()) {
+      const uint64_t n = u64(s, "searches"), hits = u64(s, "hits");
+      char hit[16] = "-", mean[24] = "-";
+      if (n) {
+        std::snprintf(hit, sizeof(hit), "%.1f", 100.0 * ratio(hits, hits + u64(s, "misses")));
+        std::snprintf(mean, sizeof(mean), "%.1f", s.value("search_us_mean", 0.0));
+      }
+      rows.push_back({ns, m, s.value("type", "?"), std::to_string(u64(s, "dim")),
+                      std::to_string(u64(s, "vectors")), std::to_string(u64(s, "dead")),
+                      std::to_string(n), hit, mean, s.value("rebuilding", false)});
+    }
+  }
+  if (rows.empty()) return;
+  size_t wns = 9, wm = 8, wt = 4;  // the headers' lengths
+  for (const auto& r : rows) {
+    wns = std::max(wns, r.ns.size());
+    wm = std::max(wm, r.modality.size());
+    wt = std::max(wt, r.type.size());
+  }
+  auto line = [&](const Row& r) {
+    os << std::left << std::setw(int(wns)) << r.ns << "  " << std::setw(int(wm)) << r.modality
+       << "  " << std::setw(int(wt)) << r.type << std::right << std::setw(6) << r.dim
+       << std::setw(9) << r.vectors << std::setw(7) << r.dead << std::setw(10) << r.searches
+       << std::setw(7) << r.hit << std::setw(9) << r.mean;
+  };
+  os << "\nsemantic index: " << idx.value("kernels", "?") << " kernels, exact up to "
+     << u64(idx, "exact_max_vectors") << " vectors\n"
+     << bold;
+  line({"NAMESPACE", "MODALITY", "TYPE", "DIM", "VECTORS", "DEAD", "SEARCHES", "HIT%", "MEAN us",
+        false});
+  os << reset << "\n";
+  for (const auto& r : rows) {
+    line(r);
+    os << (r.rebuilding ? "  rebuilding" : "") << "\n";
+  }
+}
+
 }  // namespace
 
 void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
@@ -87,6 +160,7 @@ void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
                 100.0 * ratio(u64(c, "get_hits"), u64(c, "get_hits") + u64(c, "get_misses")),
                 (unsigned long long)u64(c, "puts"), human_bytes(u64(c, "put_bytes")).c_str());
   os << line;
+  print_search_line(os, j);
   std::snprintf(line, sizeof(line), "errors %llu  protocol errors %llu  denied %llu\n",
                 (unsigned long long)u64(c, "errors"), (unsigned long long)u64(c, "protocol_errors"),
                 (unsigned long long)u64(c, "permission_denied"));
@@ -108,6 +182,7 @@ void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
                   (unsigned long long)u64(c, "gpu_copy_downs"));
     os << line;
   }
+  if (j.contains("index")) print_index(os, j.at("index"), bold, reset);
 }
 
 void print_health(std::ostream& os, const nlohmann::json& j) {

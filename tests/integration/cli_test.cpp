@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sstream>
+
 #include "kvtier/client.h"
 #include "tests/testing/blocks.h"
 #include "tests/testing/daemon.h"
@@ -29,6 +31,19 @@ Run ctl(const std::string& args) {
   int status = ::pclose(p);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// The whitespace-separated fields of the first line of out that starts with prefix.
+std::vector<std::string> row(const std::string& out, const std::string& prefix) {
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(prefix, 0) != 0) continue;
+    std::istringstream in(line);
+    std::vector<std::string> fields;
+    for (std::string f; in >> f;) fields.push_back(f);
+    return fields;
+  }
+  return {};
 }
 
 }  // namespace
@@ -123,4 +138,60 @@ TEST_CASE("kvtierctl shows and evicts the GPU tier (host emulation)") {
   CHECK(ev.code == 0);
   CHECK_THAT(ev.out, Catch::Contains("evicted 2 blocks") && Catch::Contains("gpu: evicted 2"));
   CHECK(c->lookup("gpu/model", keys).value() == 0);
+}
+
+TEST_CASE("kvtierctl shows searches, fusion state and the semantic index") {
+  Daemon d;  // index.enabled defaults to true
+  const std::string s = "-s " + d.socket() + " ";
+  auto c = Client::connect(d.socket()).value();
+  const BlockKey k = chain_keys("mm/vlm", std::vector<uint32_t>(16, 7), 16)[0];
+  kvtier::testing::KvBlock b(k, 16);
+  REQUIRE(c->put("mm/vlm", k, b.tensors).is_ok());
+  std::vector<uint16_t> out(8 * 64, 0x3c00);
+  std::vector<TensorIn> fusion = {TensorIn{"fusion_output", DType::kF16, {8, 64}, out.data()}};
+  REQUIRE(c->put_fusion("mm/vlm", k, fusion).is_ok());
+  std::vector<float> v(64, 0.f);
+  v[3] = 1.f;
+  std::vector<ChunkEmbeddings> e = {{k, {{"vision", v}}}};
+  REQUIRE(c->add_embeddings("mm/vlm", e).is_ok());
+
+  std::string query = "vision=0";  // v as kvtierctl search takes it
+  for (size_t i = 1; i < v.size(); ++i) query += v[i] ? ",1" : ",0";
+  auto found = ctl(s + "search -n mm/vlm -q " + query + " -t vision=0.9");
+  CHECK(found.code == 0);
+  CHECK_THAT(found.out, Catch::Contains(k.hex()) && Catch::Contains("1.0000"));
+
+  auto stats = ctl(s + "stats");
+  REQUIRE(stats.code == 0);
+  INFO(stats.out);
+  CHECK_THAT(stats.out, Catch::Contains("searches 1 (hit rate 100.0%)") &&
+                            Catch::Contains("fusion state: host ") &&
+                            !Catch::Contains("fusion state: host 0 B"));
+  CHECK_THAT(stats.out, Catch::Contains("NAMESPACE") && Catch::Contains("MEAN us"));
+  // NAMESPACE MODALITY TYPE DIM VECTORS DEAD SEARCHES HIT% MEAN-us
+  auto r = row(stats.out, "mm/vlm");
+  REQUIRE(r.size() == 9);
+  CHECK(r[1] == "vision");
+  CHECK(r[2] == "IDMap2,Flat");
+  CHECK(r[3] == "64");
+  CHECK(r[4] == "1");
+  CHECK(r[5] == "0");
+  CHECK(r[6] == "1");
+  CHECK(r[7] == "100.0");
+
+  auto ls = ctl(s + "ls --fusion");
+  CHECK(ls.code == 0);
+  CHECK_THAT(ls.out, Catch::Contains(k.hex()) && Catch::Contains("fusion_output:f16[8,64]"));
+}
+
+TEST_CASE("kvtierctl stats prints no index table without the index") {
+  kvtier::testing::DaemonOptions o;
+  o.extra_toml = "[index]\nenabled = false\n";
+  Daemon d(o);
+  auto stats = ctl("-s " + d.socket() + " stats");
+  REQUIRE(stats.code == 0);
+  INFO(stats.out);
+  CHECK(!nlohmann::json::parse(ctl("-s " + d.socket() + " stats --json").out).contains("index"));
+  CHECK_THAT(stats.out, Catch::Contains("searches: index off"));
+  CHECK_THAT(stats.out, !Catch::Contains("semantic index") && !Catch::Contains("MODALITY"));
 }
