@@ -11,11 +11,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench/bench_util.h"
@@ -130,6 +132,32 @@ void run(size_t n, bool clustered, size_t nq, uint64_t exact_max,
       std::printf(" %u: r@1 %.3f p50 %.3f ms;", np, double(hit) / nq, s.p50_us / 1e3);
     }
     std::printf(" |\n");
+  }
+  // Searches while save() persists the index (its first save: every vector): the purge holds
+  // the exclusive lock, serialising the shared one, writing none.  A search that waits for
+  // the lock shows up in the max.
+  {
+    std::atomic<bool> saved{false};
+    uint64_t save_ns = 0;
+    std::thread saver([&] {
+      const uint64_t a = bench::now_ns();
+      if (Status st = idx->save(); !st) std::printf("save: %s\n", st.to_string().c_str());
+      save_ns = bench::now_ns() - a;
+      saved = true;
+    });
+    std::vector<uint64_t> during;
+    for (size_t i = 0; !saved.load(); ++i) {
+      const uint64_t a = bench::now_ns();
+      bench::do_not_optimize(idx->search("bench", mq[i % nq], k, alive));
+      during.push_back(bench::now_ns() - a);
+    }
+    saver.join();
+    const auto dl = bench::summarize(during);
+    std::printf(
+        "|         |           |   during save(): %.0f ms; %zu searches, p50 %.3f p99 %.3f max "
+        "%.3f ms (without a save: p50 %.3f max %.3f ms, max ratio %.1fx) |\n",
+        double(save_ns) / 1e6, dl.n, dl.p50_us / 1e3, dl.p99_us / 1e3, dl.max_us / 1e3,
+        sl.p50_us / 1e3, sl.max_us / 1e3, sl.max_us > 0 ? dl.max_us / sl.max_us : 0.0);
   }
   omp_set_num_threads(threads);
   std::fflush(stdout);

@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <sstream>
@@ -63,6 +64,12 @@ Server::Server(config::Config config)
       drain_timer_(io_),
       reader_timer_(io_),
       index_timer_(io_) {
+  // Tests only: delay each periodic index save (requests must be served meanwhile).
+  if (const char* d = std::getenv("KVTIER_TEST_INDEX_SAVE_DELAY_MS"); d && *d) {
+    test_save_delay_ms_ = static_cast<uint32_t>(std::strtoul(d, nullptr, 10));
+    spdlog::warn("KVTIER_TEST_INDEX_SAVE_DELAY_MS={}: index saves delayed (tests only)",
+                 test_save_delay_ms_);
+  }
   HostTier::Options ho;
   ho.shm_name = config_.daemon.shm_prefix + "-host-0";
   ho.bytes = config_.host.size_bytes;
@@ -197,9 +204,16 @@ void Server::schedule_index_save() {
   index_timer_.expires_after(std::chrono::seconds(config_.index.save_interval_s));
   index_timer_.async_wait([this](boost::system::error_code ec) {
     if (ec) return;
-    if (Status st = cache_->index()->save(); !st)
-      spdlog::warn("semantic index: save failed: {}", st.to_string());
-    schedule_index_save();
+    // The save runs on its own thread; the next interval starts when it is done.
+    asio::post(index_saver_, [this] {
+      if (test_save_delay_ms_ > 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(test_save_delay_ms_));
+      if (Status st = cache_->index()->save(); !st)
+        spdlog::warn("semantic index: save failed: {}", st.to_string());
+      asio::post(io_, [this] {
+        if (!draining_) schedule_index_save();
+      });
+    });
   });
 }
 
@@ -368,6 +382,7 @@ int Server::run() {
   run_io(io_);
   stop_all();
   for (auto& t : threads) t.join();
+  index_saver_.join();  // a periodic save in progress finishes first
   if (SemanticIndex* index = cache_->index())
     if (Status st = index->save(); !st)
       spdlog::warn("semantic index: save failed: {}", st.to_string());

@@ -9,6 +9,7 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 
 #include <map>
 #include <memory>
@@ -77,6 +78,10 @@ class Server {
   boost::asio::steady_timer drain_timer_;
   boost::asio::steady_timer reader_timer_;
   boost::asio::steady_timer index_timer_;
+  // The periodic index save runs here, not on io_[0]: writing a 100k-vector index takes tens
+  // of ms (1M: ~0.5 GB), which stalled every session on that thread.
+  boost::asio::thread_pool index_saver_{1};
+  uint32_t test_save_delay_ms_ = 0;  // KVTIER_TEST_INDEX_SAVE_DELAY_MS (tests only)
   std::atomic<bool> draining_{false};
 
   std::mutex sessions_mu_;

@@ -131,8 +131,9 @@ class SemanticIndex {
 
   // Persists dirty modality indices (one file each, written to a temporary and renamed);
   // purges their tombstones first (a modality index being rebuilt is saved as it is now,
-  // tombstones included: open() rebuilds it again).  The daemon calls it on a timer and at
-  // shutdown.
+  // tombstones included: open() rebuilds it again).  Only the purge holds the exclusive
+  // lock; serialising runs under the shared one and writing under none, so searches go on.
+  // The daemon calls it from its own thread on a timer, and at shutdown.
   Status save();
 
   // {"namespaces": {ns: {modality: {vectors, dead, id_slots, type, dim, nlist, nprobe, searches,
@@ -141,7 +142,8 @@ class SemanticIndex {
   //   rebuilding, rebuilds, last_rebuild_ms}}},  (search_us_*: whole searches; faiss_*: the
   //   FAISS calls inside them, so their difference is SemanticIndex's own share)
   //   "dir": ..., "kernels": "avx512" | "avx2" | "scalar", "exact_max_vectors": ...,
-  //   "rebuilding": any modality index rebuilding}  (never waits for a rebuild)
+  //   "rebuilding": any modality index rebuilding, "saves", "save_failures", "last_save_ms"}
+  //   (never waits for a rebuild)
   nlohmann::json stats() const;
 
   // Info on one modality index once the rebuilds in flight are swapped in (it waits for
@@ -183,6 +185,8 @@ class SemanticIndex {
   // pointer to one may be used for its atomic counters after mu_ is released.
   std::vector<std::unique_ptr<index_detail::Namespace>> namespaces_;
   std::mutex save_mu_;  // one save() at a time (writes files outside mu_)
+  // save() calls that wrote files / failed; the duration of the last that wrote.
+  std::atomic<uint64_t> saves_{0}, save_failures_{0}, last_save_ns_{0};
 
   // Rebuilds (docs/index.md, "Rebuilds"): one thread, one rebuild at a time.  job_mu_ guards
   // jobs_, busy_, stop_, hook_; lock order mu_, job_mu_ (the thread never holds both).

@@ -234,6 +234,39 @@ TEST_CASE("embeddings persist across a restart with their chunks") {
   CHECK(r.hits[0].key == k);
 }
 
+TEST_CASE("requests are served while the index saves, on its own thread") {
+  // One io thread: a save on it would hold every request for its whole duration (here a
+  // 3 s delay the test hook puts in front of each periodic save).
+  DaemonOptions o = opts();
+  o.io_threads = 1;
+  o.extra_toml += "[index]\nsave_interval_s = 1\n";
+  o.env = {{"KVTIER_TEST_INDEX_SAVE_DELAY_MS", "3000"}};
+  Daemon d(o);
+  auto c = Client::connect(d.socket()).value();
+  const BlockKey k = key_of("tenant/s", 1);
+  KvBlock kv(k, 8);
+  REQUIRE(c->put("tenant/s", k, kv.tensors).is_ok());
+  std::vector<ChunkEmbeddings> e = {{k, {{"vision", random_unit(64, 1)}}}};
+  REQUIRE(c->add_embeddings("tenant/s", e).is_ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the first save is under way
+  REQUIRE(stats(*c)["index"]["saves"].get<uint64_t>() == 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<SearchQuery> q = {{"vision", random_unit(64, 1), 0.99f}};
+  auto r = c->search("tenant/s", q, 1).value();
+  REQUIRE(c->lookup("tenant/s", std::vector<BlockKey>{k}).value() == 1);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(1000));
+  REQUIRE(r.hits.size() == 1);
+  CHECK(r.hits[0].key == k);
+  // ... and the save still happens.
+  uint64_t saves = 0;
+  for (int i = 0; i < 100 && saves == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    saves = stats(*c)["index"]["saves"].get<uint64_t>();
+  }
+  REQUIRE(saves >= 1);
+  CHECK(stats(*c)["index"]["save_failures"].get<uint64_t>() == 0);
+}
+
 TEST_CASE("one process stores chunk, embeddings and fusion; another finds and reads all three") {
   Daemon d(opts());
   const BlockKey k = key_of("mm/vlm", 42);
