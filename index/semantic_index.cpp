@@ -556,11 +556,13 @@ Status SemanticIndex::save() {
     }
   }
   if (writes.empty()) return Status::ok();
-  {
-    // Serialising copies every code (~0.5 GB at 1M 512-d vectors): under the shared lock,
-    // so searches go on meanwhile (under the exclusive one they stalled for the whole copy).
+  // Serialising copies every code (~0.5 GB at 1M 512-d vectors): under the shared lock, one
+  // modality index at a time, so searches go on meanwhile (under the exclusive lock they
+  // stalled for the whole copy).  An update that arrives meanwhile waits for the copy in
+  // progress, and so do the searches behind it (writers go first: docs/index.md, "Threads").
+  for (Pending& w : writes) {
     auto lock = read_lock();
-    for (Pending& w : writes) w.bytes = w.mi->serialize();
+    w.bytes = w.mi->serialize();
   }
   // Files are written outside mu_: searches and updates go on meanwhile.
   Status result;
