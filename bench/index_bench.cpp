@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,6 +34,21 @@ constexpr size_t kDim = 512;
 
 BlockKey key_of(uint64_t i) {
   return BlockKey{i, ~i};
+}
+
+// /proc/self/status "VmRSS" or "VmHWM" (peak) in MiB; 0 if unreadable.
+double status_mib(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) / 1024.0;
+  return 0;
+}
+
+// Resets VmHWM to the current RSS (Linux >= 4.0), so that it reports the peak from here on.
+bool reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+  return static_cast<bool>(out.flush());
 }
 
 void run(size_t n, bool clustered, size_t nq, uint64_t exact_max,
@@ -139,6 +155,8 @@ void run(size_t n, bool clustered, size_t nq, uint64_t exact_max,
   {
     std::atomic<bool> saved{false};
     uint64_t save_ns = 0;
+    const double rss_before = status_mib("VmRSS");
+    const bool peak_ok = reset_peak_rss();
     std::thread saver([&] {
       const uint64_t a = bench::now_ns();
       if (Status st = idx->save(); !st) std::printf("save: %s\n", st.to_string().c_str());
@@ -152,11 +170,13 @@ void run(size_t n, bool clustered, size_t nq, uint64_t exact_max,
       during.push_back(bench::now_ns() - a);
     }
     saver.join();
+    const double peak = peak_ok ? status_mib("VmHWM") - rss_before : -1;
     const auto dl = bench::summarize(during);
     std::printf(
-        "|         |           |   during save(): %.0f ms; %zu searches, p50 %.3f p99 %.3f max "
-        "%.3f ms (without a save: p50 %.3f max %.3f ms, max ratio %.1fx) |\n",
-        double(save_ns) / 1e6, dl.n, dl.p50_us / 1e3, dl.p99_us / 1e3, dl.max_us / 1e3,
+        "|         |           |   during save(): %.0f ms, peak RSS +%.0f MiB; %zu searches, "
+        "p50 %.3f p99 %.3f max %.3f ms (without a save: p50 %.3f max %.3f ms, max ratio "
+        "%.1fx) |\n",
+        double(save_ns) / 1e6, peak, dl.n, dl.p50_us / 1e3, dl.p99_us / 1e3, dl.max_us / 1e3,
         sl.p50_us / 1e3, sl.max_us / 1e3, sl.max_us > 0 ? dl.max_us / sl.max_us : 0.0);
   }
   omp_set_num_threads(threads);
