@@ -208,8 +208,12 @@ void Server::schedule_index_save() {
     asio::post(index_saver_, [this] {
       if (test_save_delay_ms_ > 0)
         std::this_thread::sleep_for(std::chrono::milliseconds(test_save_delay_ms_));
-      if (Status st = cache_->index()->save(); !st)
-        spdlog::warn("semantic index: save failed: {}", st.to_string());
+      try {
+        if (Status st = cache_->index()->save(); !st)
+          spdlog::warn("semantic index: save failed: {}", st.to_string());
+      } catch (const std::exception& e) {  // an exception here would end the saver thread
+        spdlog::error("semantic index: save failed: {}", e.what());
+      }
       asio::post(io_, [this] {
         if (!draining_) schedule_index_save();
       });

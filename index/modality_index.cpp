@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <optional>
 
 #include "index/fast_faiss.h"
@@ -27,8 +28,9 @@ using idx_t = faiss::Index::idx_t;
 
 constexpr char kMagic[8] = {'K', 'V', 'T', 'S', 'I', 'D', 'X', '\n'};
 constexpr uint32_t kVersion = 1;
-constexpr uint64_t kTrainPointsPerList = 40;  // FAISS warns below 39 per centroid
-constexpr size_t kSmallAdd = 64;              // adds of up to this many vectors: one thread
+constexpr uint64_t kTrainPointsPerList = 40;     // FAISS warns below 39 per centroid
+constexpr size_t kSmallAdd = 64;                 // adds of up to this many vectors: one thread
+constexpr uint64_t kMaxIds = uint64_t{1} << 32;  // a larger id table in a file is corrupt
 
 // One query gains nothing from an OpenMP team, and concurrent searches each opening a team
 // oversubscribe the cores and spin in libgomp: searches run on the calling thread alone.
@@ -446,9 +448,15 @@ Result<std::unique_ptr<ModalityIndex>> ModalityIndex::deserialize(std::string_vi
   mi->kind_ = static_cast<Kind>(kind);
   mi->nlist_ = nlist;
   mi->trained_n_ = trained_n;
-  // Every id below next_id has a slot: files from before ids were reused can have holes.
-  if (next_id < nkeys + ndead || next_id > uint64_t{1} << 40) return corrupt("bad next id");
-  mi->slots_.resize(next_id);
+  // Every id below next_id has a slot (24 bytes): files from before ids were reused can have
+  // holes.  A table that cannot be allocated refuses the file instead of ending the daemon.
+  if (next_id < nkeys + ndead || next_id > kMaxIds) return corrupt("bad next id");
+  try {
+    mi->slots_.resize(next_id);
+    mi->free_ids_.reserve(next_id - nkeys - ndead);
+  } catch (const std::bad_alloc&) {
+    return corrupt("no memory for " + std::to_string(next_id) + " ids");
+  }
   for (uint64_t i = 0; i < nkeys; ++i) {
     int64_t id;
     BlockKey key;

@@ -560,9 +560,16 @@ Status SemanticIndex::save() {
   // modality index at a time, so searches go on meanwhile (under the exclusive lock they
   // stalled for the whole copy).  An update that arrives meanwhile waits for the copy in
   // progress, and so do the searches behind it (writers go first: docs/index.md, "Threads").
-  for (Pending& w : writes) {
-    auto lock = read_lock();
-    w.bytes = w.mi->serialize();
+  try {
+    for (Pending& w : writes) {
+      auto lock = read_lock();
+      w.bytes = w.mi->serialize();
+    }
+  } catch (const std::exception& e) {  // no memory for the file image, or FAISS refused
+    auto lock = write_lock();
+    for (Pending& w : writes) w.mi->mark_dirty();
+    save_failures_.fetch_add(1, std::memory_order_relaxed);
+    return error(Errc::kIo, std::string("index: serialising failed: ") + e.what());
   }
   // Files are written outside mu_: searches and updates go on meanwhile.
   Status result;
