@@ -12,6 +12,11 @@
 #include <random>
 #include <thread>
 
+#include <xxhash.h>
+
+#include <fstream>
+#include <iterator>
+
 #include "index/semantic_index.h"
 
 namespace fs = std::filesystem;
@@ -347,6 +352,56 @@ TEST_CASE("ids are reused once purged: searches map each id to its current chunk
     check(*idx);
     REQUIRE(idx->info("ns", "vision")->id_slots <= slots + (n / 4 - std::min(n / 4, free_at_load)));
   }
+}
+
+TEST_CASE("a file whose id table is inconsistent is refused as corrupt") {
+  TempDir d;
+  {
+    auto idx = open_index(d.path);
+    for (uint64_t i = 0; i < 3; ++i)
+      REQUIRE(idx->add("ns", key_of(i), {{"vision", {float(i) + 1, 1, 0}}}).is_ok());
+    REQUIRE(idx->save().is_ok());
+  }
+  fs::path file;
+  for (const auto& e : fs::recursive_directory_iterator(d.path))
+    if (e.path().extension() == ".kvidx") file = e.path();
+  REQUIRE(!file.empty());
+  std::string good;
+  {
+    std::ifstream in(file, std::ios::binary);
+    good.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  // Header: magic 8, version 4, kind 4, dim 4, nlist 4, next_id 8 (offset 24), trained_n 8,
+  // nkeys 8, ndead 8, faiss_bytes 8, then the id rows (offset 64): {id, key.lo, key.hi}.
+  auto write_with = [&](size_t at, uint64_t value) {
+    std::string bytes = good;
+    std::memcpy(bytes.data() + at, &value, 8);
+    const uint64_t sum = XXH3_64bits(bytes.data(), bytes.size() - 8);
+    std::memcpy(bytes.data() + bytes.size() - 8, &sum, 8);
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+  };
+  auto refused = [&](const std::string& why) {
+    IndexOptions o;
+    o.dir = d.path;
+    auto r = SemanticIndex::open(o);
+    REQUIRE(!r.is_ok());
+    CHECK(r.status().code() == Errc::kCorrupt);
+    CHECK_THAT(r.status().message(), Catch::Contains(why));
+  };
+  write_with(24, 2);  // next_id below the 3 live ids
+  refused("bad next id");
+  write_with(24, uint64_t{1} << 40);  // an id table of 24 TiB
+  refused("bad next id");
+  write_with(64, 1);  // the first row's id (0) made equal to the second's
+  refused("repeated id");
+  write_with(64, 7);  // an id past next_id (3)
+  refused("bad or repeated id");
+  write_with(24, 3);  // the file as written: accepted
+  IndexOptions o;
+  o.dir = d.path;
+  auto ok = SemanticIndex::open(o);
+  REQUIRE(ok.is_ok());
+  CHECK((*ok)->info("ns", "vision")->live == 3);
 }
 
 TEST_CASE("persistence: same results after close and reopen") {
