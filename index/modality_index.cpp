@@ -66,7 +66,7 @@ bool get(std::string_view& in, T* v) {
 struct StringWriter final : faiss::IOWriter {
   explicit StringWriter(std::string& out) : out(out) {}
   size_t operator()(const void* ptr, size_t size, size_t nitems) override {
-    out.append(static_cast<const char*>(ptr), size * nitems);
+    if (size * nitems > 0) out.append(static_cast<const char*>(ptr), size * nitems);
     return nitems;
   }
   std::string& out;
@@ -79,6 +79,7 @@ struct ViewReader final : faiss::IOReader {
   size_t operator()(void* ptr, size_t size, size_t nitems) override {
     if (size == 0 || pos >= in.size()) return 0;
     nitems = std::min(nitems, (in.size() - pos) / size);
+    if (nitems == 0) return 0;  // FAISS reads empty vectors through a null pointer
     std::memcpy(ptr, in.data() + pos, size * nitems);
     pos += size * nitems;
     return nitems;
