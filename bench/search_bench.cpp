@@ -16,14 +16,14 @@
 // (its stats) and in this process, timed the same way.
 //
 // The bare call here and the daemon's search run two copies of the index in two processes,
-// and the same query on two copies differs by up to ~20 % from run to run on these VMs (where
-// each copy's pages land).  The paired column compares the daemon with itself: the client's
-// mean latency over a pass against the mean time the FAISS calls of those same searches took
-// inside the daemon (its `faiss_us_total` stat): what the daemon adds to the FAISS call it
+// and the same query on two copies differs by up to ~50 % from run to run on these VMs
+// (docs/benchmarks.md, "Fourth session").  The paired column compares the daemon with itself: the
+// client's mean latency over a pass against the mean time the FAISS calls of those same searches
+// took inside the daemon (its `faiss_us_total` stat): what the daemon adds to the FAISS call it
 // makes, transport and SemanticIndex included.
 //
 //   search_bench [--sizes 10000,100000,1000000] [--data clustered,isotropic] [--queries 200]
-//                [--reps 3] [--busy-poll US] [--quick]
+//                [--reps 3] [--busy-poll US] [--io-threads N] [--quick]
 //
 // --busy-poll US: the daemon's io threads and this client poll for US microseconds before
 // sleeping (daemon.busy_poll_us, ClientOptions::busy_poll_us); the ping-pong baseline then
@@ -110,9 +110,10 @@ std::unique_ptr<SemanticIndex> load_daemon_index(const testing::Daemon& d, Clien
   while (std::chrono::steady_clock::now() < deadline) {
     std::string daemon_type;
     if (auto st = c.stats_json(); st) {
-      const auto j = nlohmann::json::parse(*st)["index"];
+      auto j = nlohmann::json::parse(*st)["index"];  // not const: [] of a missing key is null
       const auto& m = j["namespaces"][kNs]["vision"];
-      if (!j.value("rebuilding", true) && m.value("vectors", uint64_t{0}) == n)
+      if (j.is_object() && m.is_object() && !j.value("rebuilding", true) &&
+          m.value("vectors", uint64_t{0}) == n)
         daemon_type = m.value("type", "");
     }
     if (!daemon_type.empty()) {
