@@ -52,12 +52,14 @@ Result<FrameHeader> decode_header(std::span<const std::byte, kFrameHeaderBytes> 
                                       " (this side speaks " + std::to_string(kProtocolVersion) +
                                       ")");
   uint16_t kind = get_le<uint16_t>(b.data() + 6);
-  if (kind > 1) return error(Errc::kProtocol, "bad frame kind " + std::to_string(kind));
+  if (kind > 2) return error(Errc::kProtocol, "bad frame kind " + std::to_string(kind));
   h.kind = static_cast<FrameKind>(kind);
   h.length = get_le<uint32_t>(b.data() + 8);
   if (h.length > max_length)
     return error(Errc::kLimit, "message of " + std::to_string(h.length) +
                                    " bytes exceeds the limit of " + std::to_string(max_length));
+  if (h.kind == FrameKind::kDoorbell && h.length != 0)
+    return error(Errc::kProtocol, "a doorbell frame has no body");
   if (get_le<uint32_t>(b.data() + 12) != 0)
     return error(Errc::kProtocol, "reserved header field is not zero");
   return h;

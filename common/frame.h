@@ -3,7 +3,8 @@
 // Every message is a 16-byte header followed by a FlatBuffers body:
 //   offset 0  u32 magic    'K','V','T','1' (0x3154564b little-endian)
 //   offset 4  u16 version  kProtocolVersion
-//   offset 6  u16 kind     0 = request (RequestMsg), 1 = response (ResponseMsg)
+//   offset 6  u16 kind     0 = request (RequestMsg), 1 = response (ResponseMsg),
+//                          2 = doorbell (no body: "look at the request channel", common/channel.h)
 //   offset 8  u32 length   body bytes, at most the peer's max_message_bytes
 //   offset 12 u32 reserved 0
 // All integers little-endian.  File descriptors (arena, staging) ride on the first byte of
@@ -25,7 +26,7 @@ constexpr uint16_t kProtocolVersion = 1;
 constexpr size_t kFrameHeaderBytes = 16;
 constexpr size_t kMaxFdsPerMessage = 4;
 
-enum class FrameKind : uint16_t { kRequest = 0, kResponse = 1 };
+enum class FrameKind : uint16_t { kRequest = 0, kResponse = 1, kDoorbell = 2 };
 
 struct FrameHeader {
   uint16_t version = kProtocolVersion;
@@ -34,7 +35,7 @@ struct FrameHeader {
 };
 
 std::array<std::byte, kFrameHeaderBytes> encode_header(const FrameHeader& h);
-// Checks magic, version, kind and that length <= max_length.
+// Checks magic, version, kind and that length <= max_length (0 for a doorbell).
 Result<FrameHeader> decode_header(std::span<const std::byte, kFrameHeaderBytes> bytes,
                                   uint64_t max_length);
 

@@ -34,6 +34,8 @@ struct DaemonConfig {
   uint32_t io_threads = 2;                  // threads running the Asio io_context, 1..64
   uint64_t max_message_bytes = 4ull << 20;  // largest accepted request frame
   uint32_t busy_poll_us = 0;  // io threads poll this long after their last handler, 0..100000
+  // Polling clients may open a shared-memory request channel (needs busy_poll_us > 0).
+  bool request_channel = true;
   uint32_t max_connections = 1024;
   uint32_t drain_timeout_ms = 5000;  // SIGTERM: time given to in-flight requests
   std::string log_level = "info";    // trace|debug|info|warn|error

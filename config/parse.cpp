@@ -184,6 +184,7 @@ void read_daemon(Reader& r, const toml::table& t, DaemonConfig& d) {
        {"io_threads", [&](auto& n, auto& k) { d.io_threads = r.integer<uint32_t>(n, k); }},
        {"max_message_bytes", [&](auto& n, auto& k) { d.max_message_bytes = r.size(n, k); }},
        {"busy_poll_us", [&](auto& n, auto& k) { d.busy_poll_us = r.integer<uint32_t>(n, k); }},
+       {"request_channel", [&](auto& n, auto& k) { d.request_channel = r.boolean(n, k); }},
        {"max_connections",
         [&](auto& n, auto& k) { d.max_connections = r.integer<uint32_t>(n, k); }},
        {"drain_timeout_ms",

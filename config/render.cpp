@@ -73,6 +73,7 @@ std::string Config::to_toml() const {
     << "io_threads = " << daemon.io_threads << "\n"
     << "max_message_bytes = " << toml_size(daemon.max_message_bytes) << "\n"
     << "busy_poll_us = " << daemon.busy_poll_us << "\n"
+    << "request_channel = " << (daemon.request_channel ? "true" : "false") << "\n"
     << "max_connections = " << daemon.max_connections << "\n"
     << "drain_timeout_ms = " << daemon.drain_timeout_ms << "\n"
     << "log_level = " << quote(daemon.log_level) << "\n";

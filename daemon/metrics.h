@@ -13,6 +13,8 @@ namespace kvtier {
   X(connections_total, "connections accepted")                                           \
   X(connections_refused, "connections refused at the max_connections limit")             \
   X(requests, "requests handled")                                                        \
+  X(channel_requests, "requests received through shared-memory request channels")        \
+  X(channels_opened, "shared-memory request channels opened")                            \
   X(errors, "requests answered with an error")                                           \
   X(protocol_errors, "malformed, oversized or wrong-version messages")                   \
   X(permission_denied, "requests refused by namespace or admin access rules")            \

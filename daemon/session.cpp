@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -116,11 +117,18 @@ awaitable<void> Session::serve() {
     }
   }
   while (reading_) {
+    if (channel_ && rend_ < kFrameHeaderBytes && co_await poll_channel()) {
+      bump(server_.metrics().channel_requests);
+      channel_reply_ = channel_seq_;
+      if (!co_await answer(cbuf_)) break;
+      continue;
+    }
     if (!co_await fill(kFrameHeaderBytes)) break;
+    if (channel_) channel_->control().daemon_sleeping.store(0, std::memory_order_relaxed);
     std::array<std::byte, kFrameHeaderBytes> header;
     std::memcpy(header.data(), rbuf_.data(), kFrameHeaderBytes);
     auto h = decode_header(header, max_len);
-    if (!h || h->kind != FrameKind::kRequest) {
+    if (!h || h->kind == FrameKind::kResponse) {
       // A bad header leaves the stream unframed: answer once, then close.
       bump(server_.metrics().protocol_errors);
       Reply r;
@@ -129,29 +137,15 @@ awaitable<void> Session::serve() {
       co_await send(0, r);
       break;
     }
-    if (!co_await fill(kFrameHeaderBytes + h->length)) break;
-    const std::span<const std::byte> body(rbuf_.data() + kFrameHeaderBytes, h->length);
-    Reply r;
-    uint64_t request_id = 0;
-    if (const wire::RequestMsg* msg = wire_util::verify_request(body)) {
-      request_id = msg->id();
-      try {
-        co_await handle(*msg, r);
-      } catch (const std::exception& e) {
-        // A bug or resource exhaustion in one request must not take the connection down.
-        spdlog::error("session {}: request failed: {}", id_, e.what());
-        r = Reply();
-        r.fail(error(Errc::kInternal, e.what()));
-      }
-    } else {
-      bump(server_.metrics().protocol_errors);
-      r.fail(error(Errc::kProtocol, "message body failed schema verification"));
+    // A doorbell only wakes the loop: the request is in the channel.
+    const size_t used = kFrameHeaderBytes + h->length;
+    if (h->kind == FrameKind::kRequest) {
+      if (!co_await fill(used)) break;
+      if (!co_await answer({rbuf_.data() + kFrameHeaderBytes, h->length})) break;
     }
-    if (!co_await send(request_id, r)) break;
     // The request's bytes are done with.  What follows (a pipelined request) moves to the
     // front at once, so that every frame, header and body, starts at the buffer's
     // malloc-aligned start: FlatBuffers reads scalars in place.
-    const size_t used = kFrameHeaderBytes + h->length;
     std::memmove(rbuf_.data(), rbuf_.data() + used, rend_ - used);
     rend_ -= used;
     if (rbuf_.size() > kReadBufferBytes && rend_ == 0) {
@@ -159,6 +153,27 @@ awaitable<void> Session::serve() {
       rbuf_.shrink_to_fit();
     }
   }
+}
+
+awaitable<bool> Session::answer(std::span<const std::byte> body) {
+  Reply r;
+  uint64_t request_id = 0;
+  if (const wire::RequestMsg* msg = wire_util::verify_request(body)) {
+    request_id = msg->id();
+    if (!channel_reply_) socket_seq_ = std::max(socket_seq_, request_id);
+    try {
+      co_await handle(*msg, r);
+    } catch (const std::exception& e) {
+      // A bug or resource exhaustion in one request must not take the connection down.
+      spdlog::error("session {}: request failed: {}", id_, e.what());
+      r = Reply();
+      r.fail(error(Errc::kInternal, e.what()));
+    }
+  } else {
+    bump(server_.metrics().protocol_errors);
+    r.fail(error(Errc::kProtocol, "message body failed schema verification"));
+  }
+  co_return co_await send(request_id, r);
 }
 
 awaitable<bool> Session::send(uint64_t request_id, Reply& r) {
@@ -176,6 +191,16 @@ awaitable<bool> Session::send(uint64_t request_id, Reply& r) {
   }
   fbb.Finish(msg);
   auto body = wire_util::bytes_of(fbb);
+  if (channel_reply_) {
+    // A channel request's reply goes back through the channel unless it carries descriptors,
+    // does not fit, or is a progress frame (more frames follow): then a marker sends the
+    // client to the socket for this request.
+    const uint64_t seq = *std::exchange(channel_reply_, std::nullopt);
+    const bool fits = r.fds.empty() && body.size() <= channel_->reply_capacity() &&
+                      r.type != wire::Response::ProgressResp;
+    if (fits) co_return co_await publish_reply(seq, body);
+    if (!co_await publish_reply(seq, {})) co_return false;
+  }
   auto header =
       encode_header({kProtocolVersion, FrameKind::kResponse, static_cast<uint32_t>(body.size())});
   boost::system::error_code ec;
@@ -267,6 +292,9 @@ awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {
       co_return;
     case R::RemoveReq:
       on_remove(*msg.body_as_RemoveReq(), r);
+      co_return;
+    case R::OpenChannelReq:
+      on_open_channel(r);
       co_return;
     case R::CompactReq:
     case R::VerifyReq:

@@ -11,8 +11,11 @@
 
 #include <array>
 #include <memory>
+#include <optional>
+#include <span>
 #include <vector>
 
+#include "common/channel.h"
 #include "common/protocol_generated.h"
 #include "common/status.h"
 #include "daemon/cache.h"
@@ -70,6 +73,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   boost::asio::awaitable<void> serve();  // the request loop; returns when the client is gone
+  // Verifies one request body, handles it and sends the reply: false when the client is gone.
+  boost::asio::awaitable<bool> answer(std::span<const std::byte> body);
   boost::asio::awaitable<void> handle(const wire::RequestMsg& msg, Reply& reply);
   void on_hello(const wire::HelloReq& req, Reply& r);
   void on_map_arena(const wire::MapArenaReq& req, Reply& r);
@@ -88,6 +93,17 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_release(const wire::ReleaseReq& req, Reply& r);
   void on_remove(const wire::RemoveReq& req, Reply& r);
   void on_admin(const wire::RequestMsg& msg, Reply& r);
+  void on_open_channel(Reply& r);
+  // The request channel (session_channel.cpp).  kRequest: a request body copied into cbuf_;
+  // kSocket: the client's next request comes on the socket.
+  enum class Taken { kNone, kRequest, kSocket };
+  Taken take_channel_request();
+  // Polls the channel for daemon.busy_poll_us; true with a request in cbuf_.  False: read the
+  // socket next (daemon_sleeping is set unless a kSocket marker ended the poll).
+  boost::asio::awaitable<bool> poll_channel();
+  // Answers channel request `seq`: `body` into the reply area, or, when empty, a marker that
+  // the reply comes on the socket.  Rings the client when it sleeps; false when it is gone.
+  boost::asio::awaitable<bool> publish_reply(uint64_t seq, std::span<const std::byte> body);
   // compact / verify: progress frames while the job runs on its own thread, then the report.
   boost::asio::awaitable<void> on_disk_job(const wire::RequestMsg& msg, Reply& r);
   boost::asio::awaitable<bool> send(uint64_t request_id, Reply& reply);
@@ -108,6 +124,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // client's writes allow (usually one per request), not a header and then a body.
   std::vector<std::byte> rbuf_;
   size_t rend_ = 0;  // the current frame always starts at rbuf_[0]
+  // The request channel, once the client opened one.
+  std::unique_ptr<Channel> channel_;
+  uint64_t channel_seq_ = 0;               // the last request_seq taken from the channel
+  uint64_t socket_seq_ = 0;                // the highest request id answered from the socket
+  std::optional<uint64_t> channel_reply_;  // set while a channel request is being answered
+  std::vector<std::byte> cbuf_;            // the channel request being handled (a copy)
 };
 
 }  // namespace kvtier

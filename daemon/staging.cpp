@@ -1,5 +1,6 @@
 #include "daemon/staging.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -12,9 +13,12 @@
 namespace kvtier {
 
 Result<std::unique_ptr<Staging>> Staging::create(uint64_t bytes) {
-  int fd = ::memfd_create("kvtier-staging", MFD_CLOEXEC);
+  // Sealed at its size: the client holds the descriptor, and a staging file it could shrink
+  // would make the daemon's reads of a sealed put fault (SIGBUS) instead of fail.
+  int fd = ::memfd_create("kvtier-staging", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return error(Errc::kIo, std::string("memfd_create: ") + std::strerror(errno));
-  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
+      ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
     int e = errno;
     ::close(fd);
     return error(Errc::kIo, std::string("ftruncate staging: ") + std::strerror(e));

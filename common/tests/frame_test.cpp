@@ -32,6 +32,21 @@ TEST_CASE("frame header round trip and rejection") {
     CHECK(r.status().code() == Errc::kProtocol);
     CHECK_THAT(r.status().message(), Catch::Contains("version 9"));
   }
+  SECTION("unknown kind") {
+    bytes[6] = std::byte{3};
+    CHECK(decode_header(bytes, 1 << 20).status().code() == Errc::kProtocol);
+  }
+}
+
+TEST_CASE("a doorbell frame has no body") {
+  auto ring = encode_header({kProtocolVersion, FrameKind::kDoorbell, 0});
+  auto back = decode_header(ring, 1 << 20);
+  REQUIRE(back.is_ok());
+  CHECK(back->kind == FrameKind::kDoorbell);
+  auto bad = encode_header({kProtocolVersion, FrameKind::kDoorbell, 8});
+  auto r = decode_header(bad, 1 << 20);
+  CHECK(r.status().code() == Errc::kProtocol);
+  CHECK_THAT(r.status().message(), Catch::Contains("doorbell"));
 }
 
 TEST_CASE("send_all and recv_all carry bytes and descriptors") {

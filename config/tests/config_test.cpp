@@ -78,6 +78,7 @@ shm_prefix = "kvt-1"
 io_threads = 8
 max_message_bytes = "512KiB"
 busy_poll_us = 50
+request_channel = false
 max_connections = 17
 drain_timeout_ms = 250
 log_level = "debug"
@@ -159,6 +160,7 @@ TEST_CASE("parse: every key set, and to_toml() round trip", "[config]") {
   CHECK(c.daemon.io_threads == 8);
   CHECK(c.daemon.max_message_bytes == 512 * 1024);
   CHECK(c.daemon.busy_poll_us == 50);
+  CHECK_FALSE(c.daemon.request_channel);
   CHECK(c.daemon.max_connections == 17);
   CHECK(c.daemon.drain_timeout_ms == 250);
   CHECK(c.daemon.log_level == "debug");

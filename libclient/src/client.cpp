@@ -70,6 +70,11 @@ std::string Client::gpu_backend() const {
 std::vector<int> Client::gpu_devices() const {
   return impl_->gpu_devices;
 }
+bool Client::uses_request_channel() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->channel != nullptr;
+}
+
 uint64_t Client::session_id() const {
   return impl_->session_id;
 }

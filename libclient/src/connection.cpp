@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <optional>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -64,14 +65,19 @@ Result<std::unique_ptr<Response>> Client::Impl::call(
     return error(Errc::kLimit, "request of " + std::to_string(bytes.size()) +
                                    " bytes exceeds the daemon's limit of " +
                                    std::to_string(max_message_bytes));
-  auto header =
-      encode_header({kProtocolVersion, FrameKind::kRequest, static_cast<uint32_t>(bytes.size())});
-  if (Status st = send_all(fd, header, bytes); !st) {
-    // A transport failure leaves the stream unframed: the connection is unusable afterwards.
-    ::close(fd);
-    fd = -1;
-    rbeg = rend = 0;
-    return st;
+  if (channel && bytes.size() <= channel->request_capacity()) {
+    auto resp = call_on_channel(id, bytes);
+    if (!resp || *resp != nullptr) return resp;
+    // The daemon sends this reply on the socket (descriptors, size, progress frames).
+  } else {
+    if (channel) {
+      // Too big for the channel: a marker tells a polling daemon to read the socket now.
+      channel->control().request_len.store(kChannelOnSocket, std::memory_order_relaxed);
+      channel->control().request_seq.store(id, std::memory_order_seq_cst);
+    }
+    auto header =
+        encode_header({kProtocolVersion, FrameKind::kRequest, static_cast<uint32_t>(bytes.size())});
+    if (Status st = send_all(fd, header, bytes); !st) return fail_connection(st);
   }
   for (;;) {
     auto resp = receive(id);
@@ -82,42 +88,50 @@ Result<std::unique_ptr<Response>> Client::Impl::call(
   }
 }
 
+Status Client::Impl::fail_connection(Status st) {
+  ::close(fd);
+  fd = -1;
+  rbeg = rend = 0;
+  for (int f : rfds) ::close(f);
+  rfds.clear();
+  channel.reset();
+  return st;
+}
+
 Result<std::unique_ptr<Response>> Client::Impl::receive(uint64_t id) {
-  auto broken = [this](Status st) {
-    ::close(fd);
-    fd = -1;
-    rbeg = rend = 0;
-    for (int f : rfds) ::close(f);
-    rfds.clear();
-    return st;
-  };
   constexpr size_t kBufferBytes = 64 * 1024;
   if (rbuf.size() < kBufferBytes) rbuf.resize(kBufferBytes);
   std::chrono::steady_clock::time_point poll_until;
   if (busy_poll_us > 0 && rend - rbeg < kFrameHeaderBytes)
     poll_until = std::chrono::steady_clock::now() + std::chrono::microseconds(busy_poll_us);
-  while (rend - rbeg < kFrameHeaderBytes) {
-    if (rbeg > 0) {
-      std::memmove(rbuf.data(), rbuf.data() + rbeg, rend - rbeg);
-      rend -= rbeg;
-      rbeg = 0;
+  std::optional<FrameHeader> h;
+  while (!h) {
+    while (rend - rbeg < kFrameHeaderBytes) {
+      if (rbeg > 0) {
+        std::memmove(rbuf.data(), rbuf.data() + rbeg, rend - rbeg);
+        rend -= rbeg;
+        rbeg = 0;
+      }
+      // Polling (ClientOptions::busy_poll_us) until the reply starts or the time is up.
+      const bool poll = busy_poll_us > 0 && std::chrono::steady_clock::now() < poll_until;
+      auto n = recv_some(fd, std::span(rbuf).subspan(rend), rfds, poll ? MSG_DONTWAIT : 0);
+      if (!n) return fail_connection(n.status());
+      // Nothing yet: let whatever else can run on this CPU (the daemon itself, when both share
+      // one) go first.
+      if (*n == 0) std::this_thread::yield();
+      rend += *n;
     }
-    // Polling (ClientOptions::busy_poll_us) until the reply starts or the time is up.
-    const bool poll = busy_poll_us > 0 && std::chrono::steady_clock::now() < poll_until;
-    auto n = recv_some(fd, std::span(rbuf).subspan(rend), rfds, poll ? MSG_DONTWAIT : 0);
-    if (!n) return broken(n.status());
-    // Nothing yet: let whatever else can run on this CPU (the daemon itself, when both share
-    // one) go first.
-    if (*n == 0) std::this_thread::yield();
-    rend += *n;
+    auto d = decode_header(
+        std::span<const std::byte, kFrameHeaderBytes>(rbuf.data() + rbeg, kFrameHeaderBytes),
+        1ull << 31);
+    if (!d) return fail_connection(d.status());
+    if (d->kind == FrameKind::kRequest)
+      return fail_connection(error(Errc::kProtocol, "expected a response frame"));
+    rbeg += kFrameHeaderBytes;
+    // A doorbell left over from the request channel (the reply was taken from there).
+    if (d->kind == FrameKind::kDoorbell) continue;
+    h = *d;
   }
-  auto h = decode_header(
-      std::span<const std::byte, kFrameHeaderBytes>(rbuf.data() + rbeg, kFrameHeaderBytes),
-      1ull << 31);
-  if (!h) return broken(h.status());
-  if (h->kind != FrameKind::kResponse)
-    return broken(error(Errc::kProtocol, "expected a response frame"));
-  rbeg += kFrameHeaderBytes;
   auto resp = std::make_unique<Response>();
   resp->body.resize(h->length);
   const size_t have = std::min<size_t>(h->length, rend - rbeg);
@@ -125,11 +139,17 @@ Result<std::unique_ptr<Response>> Client::Impl::receive(uint64_t id) {
   rbeg += have;
   if (rbeg == rend) rbeg = rend = 0;
   // The rest of a big reply goes straight into its body.
-  if (Status st = recv_all(fd, std::span(resp->body).subspan(have), rfds); !st) return broken(st);
+  if (Status st = recv_all(fd, std::span(resp->body).subspan(have), rfds); !st)
+    return fail_connection(st);
   resp->msg = wire_util::verify_response(resp->body);
   // Descriptors belong to the reply that ends the call (closed with it unless taken).
   if (resp->msg == nullptr || resp->msg->body_type() != wire::Response::ProgressResp)
     resp->fds = std::exchange(rfds, {});
+  return finish(std::move(resp), id);
+}
+
+Result<std::unique_ptr<Response>> Client::Impl::finish(std::unique_ptr<Response> resp,
+                                                       uint64_t id) {
   if (resp->msg == nullptr) return error(Errc::kProtocol, "reply failed schema verification");
   if (resp->msg->code() != 0)
     return error(static_cast<Errc>(resp->msg->code()), wire_util::str(resp->msg->message()));
@@ -263,6 +283,13 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   impl->gpu_backend = wire_util::str(h->gpu_backend());
   if (h->gpu_pools())
     for (const auto* p : *h->gpu_pools()) impl->gpu_devices.push_back(p->device());
+  const char* channel_env = std::getenv("KVTIER_REQUEST_CHANNEL");
+  if (impl->busy_poll_us > 0 && options.request_channel &&
+      (channel_env == nullptr || std::string_view(channel_env) != "0")) {
+    // A daemon that offers no channel (not polling, channels off, an older daemon) leaves the
+    // connection on the socket; only a broken connection fails the connect.
+    if (Status st = impl->open_channel(); !st && impl->fd < 0) return st;
+  }
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/channel.h"
 #include "common/protocol_generated.h"
 #include "tiers/gpu/device_backend.h"
 #include "kvtier/client.h"
@@ -62,6 +63,8 @@ struct Client::Impl {
   std::vector<std::byte> rbuf;
   size_t rbeg = 0, rend = 0;
   std::vector<int> rfds;
+  // The connection's shared-memory request channel (ClientOptions::request_channel), or null.
+  std::unique_ptr<Channel> channel;  // guarded by mu
 
   ~Impl();
   // Sends one request and waits for its reply; an error reply becomes its Status.
@@ -73,7 +76,19 @@ struct Client::Impl {
   Result<std::unique_ptr<Response>> call(
       flatbuffers::FlatBufferBuilder& fbb, wire::Request type, flatbuffers::Offset<void> body,
       const std::function<void(uint64_t done, uint64_t total)>& progress);
-  Result<std::unique_ptr<Response>> receive(uint64_t id);    // one reply frame; requires mu
+  Result<std::unique_ptr<Response>> receive(uint64_t id);  // one reply frame; requires mu
+  // Sends request `id` through the channel and waits for its reply there; a null Response
+  // when the daemon sends the reply on the socket instead.  Requires mu.
+  Result<std::unique_ptr<Response>> call_on_channel(uint64_t id, std::span<const std::byte> body);
+  // Asks the daemon for a request channel; an error when it offers none (the connection
+  // keeps using the socket).  Requires mu, or the connection not yet shared.
+  Status open_channel();
+  // Turns a reply (msg set when its body verified, else null) into itself or its Status.
+  static Result<std::unique_ptr<Response>> finish(std::unique_ptr<Response> resp, uint64_t id);
+  // Drops doorbell frames at the front of rbuf.
+  void drop_doorbells();
+  // The connection is unusable (a transport failure left the stream unframed): closes it.
+  Status fail_connection(Status st);
   Result<std::shared_ptr<ArenaMapping>> arena(uint32_t id);  // requires mu
   // A GPU tier pool, imported once per process (tiers/gpu/device_backend.h import_pool).
   Result<std::shared_ptr<ArenaMapping>> gpu_pool(uint32_t id);  // requires mu

@@ -2,13 +2,18 @@
 // and keeps serving everyone else.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <random>
+#include <thread>
 
+#include "common/channel.h"
 #include "common/frame.h"
 #include "common/wire.h"
 #include "kvtier/client.h"
@@ -17,6 +22,7 @@
 
 using namespace kvtier;
 using kvtier::testing::Daemon;
+using kvtier::testing::DaemonOptions;
 
 namespace {
 
@@ -282,4 +288,173 @@ TEST_CASE("random frames do not crash the daemon (fuzz smoke)") {
   }
   REQUIRE(d.running());
   daemon_still_serves(d);
+}
+
+namespace {
+
+// Reads one reply and the descriptors that came with it.
+const wire::ResponseMsg* read_reply_with_fds(int fd, std::vector<std::byte>& body,
+                                             std::vector<int>& fds) {
+  std::array<std::byte, kFrameHeaderBytes> h;
+  REQUIRE(recv_all(fd, h, fds).is_ok());
+  auto hdr = decode_header(h, 1 << 30);
+  REQUIRE(hdr.is_ok());
+  body.resize(hdr->length);
+  REQUIRE(recv_all(fd, body, fds).is_ok());
+  return wire_util::verify_response(body);
+}
+
+// Waits for the daemon's answer to channel request `seq`; its body, verified.
+const wire::ResponseMsg* channel_reply(Channel& ch, uint64_t seq, std::vector<std::byte>& body) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (ch.control().reply_seq.load() != seq) {
+    if (std::chrono::steady_clock::now() > until) FAIL("no reply to channel request " << seq);
+    std::this_thread::yield();
+  }
+  const uint32_t len = ch.control().reply_len.load();
+  REQUIRE(len <= ch.reply_capacity());
+  body.assign(ch.reply_area().begin(), ch.reply_area().begin() + len);
+  return wire_util::verify_response(body);
+}
+
+std::vector<std::byte> health_body(uint64_t id) {
+  flatbuffers::FlatBufferBuilder fbb;
+  fbb.Finish(wire::CreateRequestMsg(fbb, id, wire::Request::HealthReq,
+                                    wire::CreateHealthReq(fbb).Union()));
+  auto b = wire_util::bytes_of(fbb);
+  return {b.begin(), b.end()};
+}
+
+}  // namespace
+
+TEST_CASE("a hostile request channel: bad lengths and bodies get errors, no resizing, no crash") {
+  DaemonOptions o;
+  o.busy_poll_us = 200;
+  Daemon d(o);
+  int fd = raw_connect(d);
+  flatbuffers::FlatBufferBuilder fbb;
+  fbb.Finish(wire::CreateRequestMsg(fbb, 1, wire::Request::OpenChannelReq,
+                                    wire::CreateOpenChannelReq(fbb).Union()));
+  auto f = frame_of(fbb);
+  send_bytes(fd, f.data(), f.size());
+  std::vector<std::byte> body;
+  std::vector<int> fds;
+  const auto* open = read_reply_with_fds(fd, body, fds);
+  REQUIRE(open != nullptr);
+  REQUIRE(open->code() == 0);
+  REQUIRE(fds.size() == 1);
+  auto ch = Channel::map(fds[0]).value();
+  CHECK(ch->request_capacity() == open->body_as_OpenChannelResp()->request_bytes());
+  // The daemon reads this memory: the client cannot shrink it under it (SIGBUS) or grow it.
+  CHECK(::ftruncate(ch->fd(), 4096) != 0);
+  CHECK(::ftruncate(ch->fd(), 64 << 20) != 0);
+  auto& c = ch->control();
+  const auto ring = encode_header({kProtocolVersion, FrameKind::kDoorbell, 0});
+  // As libkvtier does: publish, then ring the daemon if it sleeps (unless told not to).
+  auto publish = [&](uint64_t seq, std::span<const std::byte> req, uint32_t len,
+                     bool ring_if_asleep = true) {
+    std::memcpy(ch->request_area().data(), req.data(), std::min<size_t>(req.size(), 4096));
+    c.request_len.store(len);
+    c.request_seq.store(seq);
+    if (ring_if_asleep && c.daemon_sleeping.exchange(0) != 0)
+      send_bytes(fd, ring.data(), ring.size());
+  };
+
+  // A length beyond the area, then a random body: error replies through the channel.
+  publish(5, {}, 1u << 30);
+  const auto* r = channel_reply(*ch, 5, body);
+  REQUIRE(r != nullptr);
+  CHECK(static_cast<Errc>(r->code()) == Errc::kProtocol);
+  std::vector<std::byte> junk(200);
+  std::mt19937 rng(7);
+  for (auto& b : junk) b = std::byte(rng());
+  publish(6, junk, 200);
+  r = channel_reply(*ch, 6, body);
+  REQUIRE(r != nullptr);
+  CHECK(static_cast<Errc>(r->code()) == Errc::kProtocol);
+  // A valid request through the channel.
+  auto h7 = health_body(7);
+  publish(7, h7, static_cast<uint32_t>(h7.size()));
+  r = channel_reply(*ch, 7, body);
+  REQUIRE(r != nullptr);
+  CHECK(r->code() == 0);
+  CHECK(r->id() == 7);
+  // The marker: request 8 comes on the socket, and so does its reply.
+  c.request_len.store(kChannelOnSocket);
+  c.request_seq.store(8);
+  auto f8 = [&] {
+    auto b = health_body(8);
+    auto hd = encode_header({kProtocolVersion, FrameKind::kRequest, uint32_t(b.size())});
+    std::vector<std::byte> out(hd.begin(), hd.end());
+    out.insert(out.end(), b.begin(), b.end());
+    return out;
+  }();
+  send_bytes(fd, f8.data(), f8.size());
+  auto head = read_reply_head(fd);
+  REQUIRE(head.has_value());
+  CHECK(head->id == 8);
+  CHECK(head->code == Errc::kOk);
+  // Once its poll window is over the daemon sleeps, says so, and needs a doorbell.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(c.daemon_sleeping.load() == 1);
+  auto h9 = health_body(9);
+  publish(9, h9, static_cast<uint32_t>(h9.size()), false);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(c.reply_seq.load() == 7);  // not seen: the daemon sleeps on the socket
+  send_bytes(fd, ring.data(), ring.size());
+  r = channel_reply(*ch, 9, body);
+  REQUIRE(r != nullptr);
+  CHECK(r->id() == 9);
+  // A second channel on the same connection is refused.
+  {
+    flatbuffers::FlatBufferBuilder b;
+    b.Finish(wire::CreateRequestMsg(b, 10, wire::Request::OpenChannelReq,
+                                    wire::CreateOpenChannelReq(b).Union()));
+    auto bytes = wire_util::bytes_of(b);
+    publish(10, bytes, static_cast<uint32_t>(bytes.size()));
+    r = channel_reply(*ch, 10, body);
+    REQUIRE(r != nullptr);
+    CHECK(static_cast<Errc>(r->code()) == Errc::kAlreadyExists);
+  }
+  // A doorbell with a body is a broken stream: an error, then the connection closes.
+  auto bad = encode_header({kProtocolVersion, FrameKind::kRequest, 0});
+  bad[6] = std::byte{2};
+  bad[8] = std::byte{8};
+  send_bytes(fd, bad.data(), bad.size());
+  CHECK(read_reply(fd) == Errc::kProtocol);
+  CHECK(closed_by_daemon(fd));
+  ::close(fd);
+  daemon_still_serves(d);
+}
+
+TEST_CASE("the memfds a client holds (staging, channel) are sealed against resizing") {
+  DaemonOptions o;
+  o.busy_poll_us = 200;
+  Daemon d(o);
+  ClientOptions co;
+  co.socket = d.socket();
+  co.busy_poll_us = 100;
+  auto c = Client::connect(co).value();
+  REQUIRE(c->uses_request_channel());
+  auto keys = chain_keys("ns", std::vector<uint32_t>(16, 3), 16);
+  kvtier::testing::KvBlock b(keys[0], 8);
+  REQUIRE(c->put("ns", keys[0], b.tensors).is_ok());
+  // The daemon's own descriptors, as the client received them.
+  int found = 0;
+  const auto fd_dir = std::filesystem::path("/proc") / std::to_string(d.pid()) / "fd";
+  for (const auto& e : std::filesystem::directory_iterator(fd_dir)) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(e.path(), ec).string();
+    if (target.find("memfd:kvtier-staging") == std::string::npos &&
+        target.find("memfd:kvtier-channel") == std::string::npos)
+      continue;
+    int mfd = ::open(e.path().c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(mfd >= 0);
+    CHECK(::fcntl(mfd, F_GET_SEALS) == (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL));
+    CHECK(::ftruncate(mfd, 0) != 0);
+    ::close(mfd);
+    ++found;
+  }
+  CHECK(found == 2);
+  CHECK(c->lookup("ns", keys).value() == 1);
 }

@@ -56,6 +56,7 @@ Daemon::Daemon(DaemonOptions o) {
         << "shm_prefix = \"kvtier-test-" << tag << "\"\n"
         << "io_threads = " << o.io_threads << "\n"
         << "busy_poll_us = " << o.busy_poll_us << "\n"
+        << "request_channel = " << (o.request_channel ? "true" : "false") << "\n"
         << "max_message_bytes = " << o.max_message_bytes << "\n"
         << "log_level = \"" << o.log_level << "\"\n"
         << "drain_timeout_ms = 2000\n"

@@ -169,6 +169,11 @@ struct ClientOptions {
   // on bare metal); pair it with the daemon's daemon.busy_poll_us (docs/operations.md, "Busy
   // polling").
   uint32_t busy_poll_us = 0;
+  // With busy_poll_us > 0, pass requests and replies through a shared-memory channel the
+  // daemon opens for this connection, when the daemon polls too (daemon.busy_poll_us,
+  // daemon.request_channel): no socket call on either side while both poll.  Otherwise, or
+  // with $KVTIER_REQUEST_CHANNEL=0, the socket.
+  bool request_channel = true;
 };
 
 class Client {
@@ -228,6 +233,8 @@ class Client {
 
   uint64_t session_id() const;
   const std::string& socket_path() const;
+  // Whether requests go through a shared-memory request channel (ClientOptions::request_channel).
+  bool uses_request_channel() const;
 
   struct Impl;
 
