@@ -27,7 +27,9 @@
 //
 // --busy-poll US: the daemon's io threads and this client poll for US microseconds before
 // sleeping (daemon.busy_poll_us, ClientOptions::busy_poll_us); the ping-pong baseline then
-// polls the same way.
+// polls the same way.  The daemon passes then run twice: through the shared-memory request
+// channel a polling client opens, and through the socket (a second client that opens none);
+// "channel mean / socket mean" compares the two in the same run.
 #include <faiss/IndexIVF.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
@@ -71,15 +73,24 @@ BlockKey key_of(uint64_t i) {
 constexpr bench::Placement kPlacements[] = {bench::Placement::kScheduler,
                                             bench::Placement::kSameCpu, bench::Placement::kTwoCpus};
 constexpr int kNumPlacements = 3;
+// With --busy-poll, the daemon passes run twice per placement: through the shared-memory
+// request channel (ClientOptions::request_channel, the default for a polling client) and
+// through the socket (a second client with request_channel = false), in the same run.
+constexpr int kTransports = 2;  // 0: the channel, 1: the socket
+constexpr int kDaemonMethods = kNumPlacements * kTransports;
+const char* transport_name(int t) {
+  return t == 0 ? "channel" : "socket";
+}
 
 struct Row {
   size_t n = 0;
   bool clustered = true;
   std::string type;
   double put_s = 0, embed_s = 0;  // loading the daemon: puts, then add_embeddings (+ IVF builds)
-  bench::Latency daemon[kNumPlacements];        // n == 0: placement impossible here
-  double daemon_index_us[kNumPlacements] = {};  // mean SemanticIndex::search inside the daemon
-  double daemon_faiss_us[kNumPlacements] = {};  // mean FAISS time per search inside the daemon
+  // Per daemon method (placement + kNumPlacements * transport); n == 0: not run here.
+  bench::Latency daemon[kDaemonMethods];
+  double daemon_index_us[kDaemonMethods] = {};  // mean SemanticIndex::search inside the daemon
+  double daemon_faiss_us[kDaemonMethods] = {};  // mean FAISS time per search inside the daemon
   bench::Latency index, bare, stock;
   double index_mean_us = 0;  // mean SemanticIndex::search in this process (same clock as above)
   double faiss_mean_us = 0;  // mean FAISS time per SemanticIndex::search in this process
@@ -178,6 +189,12 @@ Row run(size_t n, bool clustered, size_t nq, int reps) {
   co.timeout_ms = 600000;
   co.busy_poll_us = g_busy_poll_us;
   auto c = Client::connect(co).value();
+  // The socket's client; without polling there is no channel and it is the only one timed.
+  co.request_channel = false;
+  auto cs = Client::connect(co).value();
+  const bool channel = c->uses_request_channel();
+  if (g_busy_poll_us > 0 && !channel)
+    throw std::runtime_error("the daemon opened no request channel for a polling client");
   uint8_t byte = 1;
   std::vector<TensorIn> t = {TensorIn{"x", DType::kU8, {1}, &byte}};
   uint64_t t0 = now_ns();
@@ -226,13 +243,14 @@ Row run(size_t n, bool clustered, size_t nq, int reps) {
   faiss::SearchParametersIVF params;
   params.nprobe = info.nprobe;
   size_t correct = 0;
-  // Methods 0..2: the daemon in each placement; 3: SemanticIndex; 4: the bare FAISS call;
-  // 5: the same call on stock FAISS types.
-  constexpr int kMethods = kNumPlacements + 3, kIndex = kNumPlacements, kBare = kIndex + 1,
+  // Methods 0..5: the daemon in each placement, through the channel then the socket;
+  // 6: SemanticIndex; 7: the bare FAISS call; 8: the same call on stock FAISS types.
+  constexpr int kMethods = kDaemonMethods + 3, kIndex = kDaemonMethods, kBare = kIndex + 1,
                 kStock = kBare + 1;
   auto one = [&](int method, size_t i) {
-    if (method < kNumPlacements) {
-      auto r = c->search(kNs, dq[i], kK);
+    if (method < kDaemonMethods) {
+      Client& via = method < kNumPlacements ? *c : *cs;
+      auto r = via.search(kNs, dq[i], kK);
       if (!r) throw std::runtime_error("search: " + r.status().to_string());
       return !r->hits.empty() && r->hits[0].key == key_of(uint64_t(truth[i]));
     }
@@ -251,17 +269,21 @@ Row run(size_t n, bool clustered, size_t nq, int reps) {
   omp_set_num_threads(1);
   const cpu_set_t all_cpus = bench::get_affinity(daemon.pid());
   std::vector<uint64_t> ns[kMethods];
-  DaemonTime in_daemon[kNumPlacements];
+  DaemonTime in_daemon[kDaemonMethods];
+  // Without a channel both clients use the socket: the second transport is not run.
+  auto skipped = [&](int m) { return !channel && m >= kNumPlacements && m < kDaemonMethods; };
   for (int m = 0; m < kMethods; ++m)  // warm-up: page faults, first touches
-    for (size_t i = 0; i < std::min<size_t>(nq, 20); ++i) one(m, i);
+    for (size_t i = 0; i < std::min<size_t>(nq, 20); ++i)
+      if (!skipped(m)) one(m, i);
   for (int r = 0; r < reps; ++r)
     for (int j = 0; j < kMethods; ++j) {
       const int m = (r + j) % kMethods;
+      if (skipped(m)) continue;
       bench::AffinityGuard guard;
       std::optional<bench::CpuPair> cpus;
       DaemonTime before;
-      if (m < kNumPlacements) {
-        cpus = bench::placement_cpus(kPlacements[m]);
+      if (m < kDaemonMethods) {
+        cpus = bench::placement_cpus(kPlacements[m % kNumPlacements]);
         if (!cpus) continue;
         if (cpus->self >= 0) {
           bench::set_affinity(0, bench::single_cpu(cpus->self));
@@ -275,7 +297,7 @@ Row run(size_t n, bool clustered, size_t nq, int reps) {
         ns[m].push_back(now_ns() - a);
         if (m == 0 && r == 0) correct += hit;
       }
-      if (m < kNumPlacements) {
+      if (m < kDaemonMethods) {
         const auto after = daemon_index_time(*c);
         in_daemon[m].search_us += after.search_us - before.search_us;
         in_daemon[m].faiss_us += after.faiss_us - before.faiss_us;
@@ -284,7 +306,8 @@ Row run(size_t n, bool clustered, size_t nq, int reps) {
       }
     }
   omp_set_num_threads(threads);
-  for (int m = 0; m < kNumPlacements; ++m) {
+  for (int m = 0; m < kDaemonMethods; ++m) {
+    if (ns[m].empty()) continue;
     row.daemon[m] = bench::summarize(ns[m]);
     if (const double n = double(in_daemon[m].searches); n > 0) {
       row.daemon_index_us[m] = in_daemon[m].search_us / n;
@@ -371,33 +394,42 @@ int main(int argc, char** argv) {
       "kernels %s, busy poll %u us\n",
       kK, nq, reps, simd_kernels().c_str(), g_busy_poll_us);
   std::printf(
-      "| chunks | data | index | placement | daemon p50 | daemon p99 | SemanticIndex p50 | "
-      "bare FAISS p50 | bare p99 | daemon / bare | daemon - bare | daemon mean | "
-      "in daemon: index / FAISS mean | daemon mean / its FAISS mean | here: index / FAISS mean | "
-      "ping-pong p50 | recall@1 | stock FAISS p50 | daemon / stock | load s (puts + embeddings) "
-      "|\n");
+      "| chunks | data | index | placement | transport | daemon p50 | daemon p99 | "
+      "SemanticIndex p50 | bare FAISS p50 | bare p99 | daemon / bare | daemon - bare | "
+      "daemon mean | in daemon: index / FAISS mean | daemon mean / its FAISS mean | "
+      "channel mean / socket mean | here: index / FAISS mean | socket ping-pong p50 | recall@1 | "
+      "stock FAISS p50 | daemon / stock | load s (puts + embeddings) |\n");
   std::printf(
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+      "\n");
   std::fflush(stdout);
   for (size_t n : sizes)
     for (bool clustered : kinds) {
       Row r = run(n, clustered, nq, reps);
-      for (int p = 0; p < kNumPlacements; ++p) {
-        if (r.daemon[p].n == 0 || !ping[p]) continue;  // placement impossible (one CPU)
-        const bench::Latency& d = r.daemon[p];
-        std::printf(
-            "| %zu | %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.2fx | %+.0f | %.0f | %.0f "
-            "/ "
-            "%.0f | %.2fx (%+.1f) | %.0f / %.0f | %.1f | %.3f | %.0f | %.2fx | %.1f + %.1f |\n",
-            r.n, r.clustered ? "clustered" : "isotropic", r.type.c_str(),
-            bench::placement_name(kPlacements[p]), d.p50_us, d.p99_us, r.index.p50_us,
-            r.bare.p50_us, r.bare.p99_us, r.bare.p50_us > 0 ? d.p50_us / r.bare.p50_us : 0.0,
-            d.p50_us - r.bare.p50_us, d.mean_us, r.daemon_index_us[p], r.daemon_faiss_us[p],
-            r.daemon_faiss_us[p] > 0 ? d.mean_us / r.daemon_faiss_us[p] : 0.0,
-            d.mean_us - r.daemon_faiss_us[p], r.index_mean_us, r.faiss_mean_us, ping[p]->p50_us,
-            r.recall1, r.stock.p50_us, r.stock.p50_us > 0 ? d.p50_us / r.stock.p50_us : 0.0,
-            r.put_s, r.embed_s);
-      }
+      for (int p = 0; p < kNumPlacements; ++p)
+        for (int t = 0; t < kTransports; ++t) {
+          const int m = p + kNumPlacements * t;
+          if (r.daemon[m].n == 0 || !ping[p]) continue;  // not run (one CPU, no channel)
+          const bench::Latency& d = r.daemon[m];
+          const bench::Latency& sock = r.daemon[p + kNumPlacements];
+          char vs_socket[32] = "";
+          if (t == 0 && sock.n > 0)
+            std::snprintf(vs_socket, sizeof(vs_socket), "%.2fx (%+.1f)", d.mean_us / sock.mean_us,
+                          d.mean_us - sock.mean_us);
+          std::printf(
+              "| %zu | %s | %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.2fx | %+.0f | "
+              "%.0f | %.0f / %.0f | %.2fx (%+.1f) | %s | %.0f / %.0f | %.1f | %.3f | %.0f | "
+              "%.2fx | %.1f + %.1f |\n",
+              r.n, r.clustered ? "clustered" : "isotropic", r.type.c_str(),
+              bench::placement_name(kPlacements[p]), transport_name(t), d.p50_us, d.p99_us,
+              r.index.p50_us, r.bare.p50_us, r.bare.p99_us,
+              r.bare.p50_us > 0 ? d.p50_us / r.bare.p50_us : 0.0, d.p50_us - r.bare.p50_us,
+              d.mean_us, r.daemon_index_us[m], r.daemon_faiss_us[m],
+              r.daemon_faiss_us[m] > 0 ? d.mean_us / r.daemon_faiss_us[m] : 0.0,
+              d.mean_us - r.daemon_faiss_us[m], vs_socket, r.index_mean_us, r.faiss_mean_us,
+              ping[p]->p50_us, r.recall1, r.stock.p50_us,
+              r.stock.p50_us > 0 ? d.p50_us / r.stock.p50_us : 0.0, r.put_s, r.embed_s);
+        }
       std::fflush(stdout);
     }
   return 0;

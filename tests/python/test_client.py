@@ -278,6 +278,7 @@ def test_busy_poll_client_round_trips(ns):
     try:
         keys = kvtier.chain_keys(ns, np.arange(256), 64)
         with kvtier.Client(d.socket, name="poller", busy_poll_us=50) as c:
+            assert c.uses_request_channel  # both poll: requests take the shared-memory channel
             small = np.arange(64 * 32, dtype=np.float16).reshape(64, 32)
             c.put(ns, keys[0], {"k": small})
             big = np.ones((4096, 1024), dtype=np.float16)
@@ -286,5 +287,9 @@ def test_busy_poll_client_round_trips(ns):
             with c.get(ns, keys[:2]) as lease:
                 assert np.array_equal(np.asarray(lease[0]["k"]), small)
                 assert np.array_equal(np.asarray(lease[1]["k"]), big)
+            assert c.stats()["counters"]["channel_requests"] > 0
+        with kvtier.Client(d.socket, busy_poll_us=50, request_channel=False) as c:
+            assert not c.uses_request_channel
+            assert c.lookup(ns, keys) == 2
     finally:
         d.stop()

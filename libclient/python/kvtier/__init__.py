@@ -84,12 +84,16 @@ class Client(_Client):
     """One connection to kvtierd.  Calls drop the GIL while they wait; a Client may be shared
     between threads (requests are serialised).
 
-    Client(socket=None, name="", timeout_ms=30000, device=-1, busy_poll_us=0): socket None
+    Client(socket=None, name="", timeout_ms=30000, device=-1, busy_poll_us=0,
+    request_channel=True): socket None
     means $KVTIER_SOCKET, else ./var/kvtier.sock, else /run/kvtier/kvtier.sock.  `device` is
     the CUDA device this process computes on: fp16/bf16 puts land in its GPU tier, and
     get(..., gpu=True) leases there.  `busy_poll_us` > 0 polls for each reply that long before
     sleeping (0: $KVTIER_BUSY_POLL_US, else off; see daemon.busy_poll_us in
-    docs/operations.md).  Raises kvtier.Unavailable if the daemon cannot be reached.
+    docs/operations.md); such a client passes its requests through a shared-memory request
+    channel when the daemon polls too, unless `request_channel` is False (the property
+    `uses_request_channel` says which).  Raises kvtier.Unavailable if the daemon cannot be
+    reached.
     """
 
     def put(self, namespace, key, tensors, nf4_layout=None):

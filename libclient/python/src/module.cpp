@@ -379,18 +379,19 @@ defers the daemon-side release until the last of them is gone (it returns False 
 
   py::class_<PyClient>(m, "_Client")
       .def(py::init([](py::object socket, const std::string& name, uint32_t timeout_ms, int device,
-                       uint32_t busy_poll_us) {
+                       uint32_t busy_poll_us, bool request_channel) {
              ClientOptions o;
              if (!socket.is_none()) o.socket = py::str(socket).cast<std::string>();
              o.name = name;
              o.timeout_ms = timeout_ms;
              o.device = device;
              o.busy_poll_us = busy_poll_us;
+             o.request_channel = request_channel;
              auto c = nogil([&] { return Client::connect(o); });
              return PyClient{std::shared_ptr<Client>(unwrap(std::move(c)))};
            }),
            py::arg("socket") = py::none(), py::arg("name") = "", py::arg("timeout_ms") = 30000,
-           py::arg("device") = -1, py::arg("busy_poll_us") = 0)
+           py::arg("device") = -1, py::arg("busy_poll_us") = 0, py::arg("request_channel") = true)
       .def(
           "lookup",
           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys,
@@ -481,6 +482,8 @@ defers the daemon-side release until the last of them is gone (it returns False 
           py::arg("namespace") = "", py::arg("keys") = std::vector<BlockKey>{},
           py::arg("all") = false)
       .def_property_readonly("session_id", [](PyClient& s) { return s.get()->session_id(); })
+      .def_property_readonly("uses_request_channel",
+                             [](PyClient& s) { return s.get()->uses_request_channel(); })
       .def_property_readonly("socket_path", [](PyClient& s) { return s.get()->socket_path(); })
       .def_property_readonly("closed", [](const PyClient& s) { return !s.client; })
       .def("close", [](PyClient& s) {
