@@ -1,14 +1,15 @@
 // The shared-memory request channel of a Session (common/channel.h, docs/protocol.md).
 //
 // While the channel is open, the session's coroutine polls the channel's request word for
-// daemon.busy_poll_us after each request, handing the io thread back to the io_context
-// between looks (post), so other sessions on the thread keep running.  Then it sets
+// daemon.busy_poll_us after each request, yielding the CPU and handing the io thread back to
+// the io_context between looks (post), so other sessions on the thread keep running.  Then it sets
 // daemon_sleeping and waits on the socket, where the client rings a doorbell.  The flag is
 // set and the request word read again in that order (both seq_cst), and the client publishes
 // its request and then reads the flag (both seq_cst): one of the two sides always sees the
 // other, so no request is left unseen.
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -84,6 +85,10 @@ awaitable<bool> Session::poll_channel() {
   for (uint32_t spins = 1; reading_; ++spins) {
     if (Taken t = take_channel_request(); t != Taken::kNone) co_return t == Taken::kRequest;
     if (spins % 16 == 0 && std::chrono::steady_clock::now() >= until) break;
+    // Whatever else can run on this CPU goes first: the client itself, when both share one
+    // (io_context::poll() keeps running a handler that re-posts itself, so run_io's own
+    // yield would never come); then every other connection of this io thread.
+    std::this_thread::yield();
     co_await asio::post(socket_.get_executor(), asio::use_awaitable);
   }
   c.daemon_sleeping.store(1, std::memory_order_seq_cst);
