@@ -11,7 +11,10 @@
 //   kvtier_bench --no-redis skip the Redis comparison
 //   kvtier_bench --busy-poll US  kvtierd (daemon.busy_poll_us) and this client
 //                (ClientOptions::busy_poll_us) poll US microseconds before sleeping; the
-//                ping-pong baseline polls the same way
+//                ping-pong baseline polls the same way.  The client then talks to the
+//                daemon through its shared-memory request channel; with
+//                $KVTIER_REQUEST_CHANNEL=0 through the socket (docs/benchmarks.md, "Fifth
+//                session", has both)
 #include <hiredis/hiredis.h>
 #include <fcntl.h>
 #include <signal.h>
