@@ -46,7 +46,8 @@ int main(int argc, char** argv) {
 
   auto* stats = app.add_subcommand("stats", "tier usage, hit rates and counters");
   auto* health = app.add_subcommand("health", "is the daemon serving, and with which backends");
-  auto* clients = app.add_subcommand("clients", "connections with their leases and bytes");
+  auto* clients =
+      app.add_subcommand("clients", "connections with their leases, bytes and transport");
   auto* config = app.add_subcommand("config", "the daemon's effective settings (TOML)");
   auto* ls = app.add_subcommand("ls", "list cached blocks");
   std::string ls_ns;

@@ -207,12 +207,12 @@ void print_clients(std::ostream& os, const nlohmann::json& j) {
   os << std::left << std::setw(9) << "SESSION" << std::setw(9) << "PID" << std::setw(7) << "UID"
      << std::setw(17) << "COMMAND" << std::right << std::setw(8) << "LEASES" << std::setw(12)
      << "LEASED" << std::setw(9) << "PENDING"
-     << "\n";
+     << "  TRANSPORT\n";
   for (const auto& c : j) {
     os << std::left << std::setw(9) << u64(c, "session") << std::setw(9) << c.value("pid", 0)
        << std::setw(7) << c.value("uid", 0) << std::setw(17) << c.value("comm", "") << std::right
        << std::setw(8) << u64(c, "leases") << std::setw(12) << human_bytes(u64(c, "leased_bytes"))
-       << std::setw(9) << u64(c, "pending_puts") << "\n";
+       << std::setw(9) << u64(c, "pending_puts") << "  " << c.value("transport", "socket") << "\n";
   }
 }
 

@@ -174,6 +174,11 @@ uint64_t Cache::open_session(const PeerInfo& peer) {
   return id;
 }
 
+void Cache::mark_channel(uint64_t sid) {
+  std::lock_guard lock(mu_);
+  if (auto it = sessions_.find(sid); it != sessions_.end()) it->second.channel = true;
+}
+
 void Cache::close_session(uint64_t sid) {
   std::lock_guard lock(mu_);
   auto it = sessions_.find(sid);

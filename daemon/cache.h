@@ -120,6 +120,8 @@ class Cache {
   const config::Config& config() const { return config_; }
 
   uint64_t open_session(const PeerInfo& peer);
+  // The session's requests now come through a shared-memory request channel (`clients`).
+  void mark_channel(uint64_t sid);
   // Releases every lease and aborts every pending put of the session.
   void close_session(uint64_t sid);
 
@@ -200,6 +202,7 @@ class Cache {
   struct Session {
     PeerInfo peer;
     uint64_t connected_unix_ms = 0;
+    bool channel = false;  // a request channel is open
     uint64_t next_id = 1;
     struct Held {
       Tier* tier = nullptr;

@@ -112,6 +112,7 @@ nlohmann::json Cache::clients_json() const {
                    {"gid", s.peer.gid},
                    {"comm", s.peer.comm},
                    {"connected_unix_ms", s.connected_unix_ms},
+                   {"transport", s.channel ? "channel" : "socket"},
                    {"leases", s.leases.size()},
                    {"leased_bytes", s.leased_bytes},
                    {"pending_puts", s.puts.size()}});

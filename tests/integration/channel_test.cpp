@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -65,6 +66,16 @@ TEST_CASE(
   REQUIRE(c->uses_request_channel());
   const uint64_t before = counter(*c, "channel_requests");
   CHECK(counter(*c, "channels_opened") == 1);
+  {
+    // `kvtierctl clients` shows which connections use a channel.
+    auto plain = Client::connect(d.socket()).value();
+    auto clients = nlohmann::json::parse(plain->clients_json().value());
+    REQUIRE(clients.size() == 2);
+    std::map<uint64_t, std::string> transport;
+    for (const auto& x : clients) transport[x["session"].get<uint64_t>()] = x["transport"];
+    CHECK(transport[c->session_id()] == "channel");
+    CHECK(transport[plain->session_id()] == "socket");
+  }
 
   // put_begin's reply carries the staging memfd: it comes on the socket, the seal through
   // the channel.  get maps the arena (a descriptor again), then leases through the channel.

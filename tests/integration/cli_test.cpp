@@ -80,6 +80,9 @@ TEST_CASE("kvtierctl stats, health, ls, clients, config, evict") {
   bool saw_lease = false;
   for (const auto& e : cj) saw_lease |= e["leases"] == 1;
   CHECK(saw_lease);
+  auto table = ctl(s + "clients");
+  REQUIRE(table.code == 0);
+  CHECK_THAT(table.out, Catch::Contains("TRANSPORT") && Catch::Contains("socket"));
 
   auto config = ctl(s + "config");
   CHECK(config.code == 0);
