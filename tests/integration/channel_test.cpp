@@ -95,6 +95,14 @@ TEST_CASE(
   const uint64_t small = counter(*c, "channel_requests") - before;
   CHECK(small >= 2 * keys.size());  // seals, lookups, gets, releases, stats
 
+  SECTION("a request answered with progress frames: the reply moves to the socket") {
+    std::vector<uint64_t> done;
+    auto report = c->verify([&](uint64_t d, uint64_t) { done.push_back(d); });
+    REQUIRE(report.is_ok());
+    CHECK(nlohmann::json::parse(*report).is_object());
+    CHECK_FALSE(done.empty());  // at least the first progress frame came (on the socket)
+    CHECK(c->lookup(ns, keys).value() == keys.size());  // and the channel carries on
+  }
   SECTION("a request bigger than the channel's area goes on the socket") {
     auto many = keys_for(ns, 6000);  // 96 KB of keys > the 64 KiB request area
     std::copy(keys.begin(), keys.end(), many.begin());
