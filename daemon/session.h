@@ -1,6 +1,8 @@
 // One client connection, served by one coroutine: read a frame, verify it, handle it, reply.
-// Requests on a connection are handled in order; the coroutine runs on the session's strand,
-// so nothing else touches its socket, staging area or state concurrently.
+// Frames come from the socket or, once the client opened one, from the connection's
+// shared-memory request channel (session_channel.cpp).  Requests on a connection are handled
+// in order; the coroutine runs on its io thread's io_context, so nothing else touches its
+// socket, channel, staging area or state concurrently.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
