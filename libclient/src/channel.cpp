@@ -75,8 +75,6 @@ Result<std::unique_ptr<Response>> Client::Impl::call_on_channel(uint64_t id,
     if (spins % 16 == 0 && std::chrono::steady_clock::now() >= until) break;
     std::this_thread::yield();
   }
-  constexpr size_t kBufferBytes = 64 * 1024;
-  if (rbuf.size() < kBufferBytes) rbuf.resize(kBufferBytes);
   for (;;) {
     c.client_sleeping.store(1, std::memory_order_seq_cst);
     if (c.reply_seq.load(std::memory_order_seq_cst) == id) {
@@ -84,20 +82,11 @@ Result<std::unique_ptr<Response>> Client::Impl::call_on_channel(uint64_t id,
       return take();
     }
     // Sleep until the socket has something: a doorbell, or (after a marker) the reply itself.
-    if (rend - rbeg >= kFrameHeaderBytes) {
-      // A frame is already buffered and it is not a doorbell: the marker is published.
-      c.client_sleeping.store(0, std::memory_order_relaxed);
-      if (c.reply_seq.load(std::memory_order_acquire) == id) return take();
+    // A buffered frame that is not a doorbell is this reply, whose marker the daemon published
+    // before sending it: the load above would have seen it.
+    if (rend - rbeg >= kFrameHeaderBytes)
       return fail_connection(error(Errc::kProtocol, "a reply on the socket without its marker"));
-    }
-    if (rbeg > 0) {
-      std::memmove(rbuf.data(), rbuf.data() + rbeg, rend - rbeg);
-      rend -= rbeg;
-      rbeg = 0;
-    }
-    auto n = recv_some(fd, std::span(rbuf).subspan(rend), rfds);
-    if (!n) return fail_connection(n.status());
-    rend += *n;
+    if (Status st = read_some(0); !st) return st;
     drop_doorbells();
   }
 }

@@ -98,28 +98,33 @@ Status Client::Impl::fail_connection(Status st) {
   return st;
 }
 
-Result<std::unique_ptr<Response>> Client::Impl::receive(uint64_t id) {
+Status Client::Impl::read_some(int flags) {
   constexpr size_t kBufferBytes = 64 * 1024;
   if (rbuf.size() < kBufferBytes) rbuf.resize(kBufferBytes);
+  if (rbeg > 0) {
+    std::memmove(rbuf.data(), rbuf.data() + rbeg, rend - rbeg);
+    rend -= rbeg;
+    rbeg = 0;
+  }
+  auto n = recv_some(fd, std::span(rbuf).subspan(rend), rfds, flags);
+  if (!n) return fail_connection(n.status());
+  // Nothing yet (MSG_DONTWAIT): let whatever else can run on this CPU (the daemon itself, when
+  // both share one) go first.
+  if (*n == 0) std::this_thread::yield();
+  rend += *n;
+  return {};
+}
+
+Result<std::unique_ptr<Response>> Client::Impl::receive(uint64_t id) {
   std::chrono::steady_clock::time_point poll_until;
   if (busy_poll_us > 0 && rend - rbeg < kFrameHeaderBytes)
     poll_until = std::chrono::steady_clock::now() + std::chrono::microseconds(busy_poll_us);
   std::optional<FrameHeader> h;
   while (!h) {
     while (rend - rbeg < kFrameHeaderBytes) {
-      if (rbeg > 0) {
-        std::memmove(rbuf.data(), rbuf.data() + rbeg, rend - rbeg);
-        rend -= rbeg;
-        rbeg = 0;
-      }
       // Polling (ClientOptions::busy_poll_us) until the reply starts or the time is up.
       const bool poll = busy_poll_us > 0 && std::chrono::steady_clock::now() < poll_until;
-      auto n = recv_some(fd, std::span(rbuf).subspan(rend), rfds, poll ? MSG_DONTWAIT : 0);
-      if (!n) return fail_connection(n.status());
-      // Nothing yet: let whatever else can run on this CPU (the daemon itself, when both share
-      // one) go first.
-      if (*n == 0) std::this_thread::yield();
-      rend += *n;
+      if (Status st = read_some(poll ? MSG_DONTWAIT : 0); !st) return st;
     }
     auto d = decode_header(
         std::span<const std::byte, kFrameHeaderBytes>(rbuf.data() + rbeg, kFrameHeaderBytes),

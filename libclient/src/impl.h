@@ -85,6 +85,9 @@ struct Client::Impl {
   Status open_channel();
   // Turns a reply (msg set when its body verified, else null) into itself or its Status.
   static Result<std::unique_ptr<Response>> finish(std::unique_ptr<Response> resp, uint64_t id);
+  // One recvmsg into rbuf (moving unconsumed bytes to its front first); yields the CPU when a
+  // MSG_DONTWAIT read finds nothing.  On failure the connection is closed.
+  Status read_some(int flags);
   // Drops doorbell frames at the front of rbuf.
   void drop_doorbells();
   // The connection is unusable (a transport failure left the stream unframed): closes it.

@@ -83,12 +83,15 @@ void daemon_still_serves(const Daemon& d) {
   CHECK((*c)->lookup("ns", keys).value() == 1);
 }
 
-std::vector<std::byte> frame_of(flatbuffers::FlatBufferBuilder& fbb, uint16_t version = 1) {
-  auto body = wire_util::bytes_of(fbb);
+std::vector<std::byte> frame_of(std::span<const std::byte> body, uint16_t version = 1) {
   auto h = encode_header({version, FrameKind::kRequest, static_cast<uint32_t>(body.size())});
   std::vector<std::byte> out(h.begin(), h.end());
   out.insert(out.end(), body.begin(), body.end());
   return out;
+}
+
+std::vector<std::byte> frame_of(flatbuffers::FlatBufferBuilder& fbb, uint16_t version = 1) {
+  return frame_of(wire_util::bytes_of(fbb), version);
 }
 
 }  // namespace
@@ -317,10 +320,13 @@ const wire::ResponseMsg* channel_reply(Channel& ch, uint64_t seq, std::vector<st
   return wire_util::verify_response(body);
 }
 
-std::vector<std::byte> health_body(uint64_t id) {
+// A RequestMsg body: a HealthReq, or an OpenChannelReq.
+std::vector<std::byte> request_body(uint64_t id, bool open_channel = false) {
   flatbuffers::FlatBufferBuilder fbb;
-  fbb.Finish(wire::CreateRequestMsg(fbb, id, wire::Request::HealthReq,
-                                    wire::CreateHealthReq(fbb).Union()));
+  fbb.Finish(open_channel ? wire::CreateRequestMsg(fbb, id, wire::Request::OpenChannelReq,
+                                                   wire::CreateOpenChannelReq(fbb).Union())
+                          : wire::CreateRequestMsg(fbb, id, wire::Request::HealthReq,
+                                                   wire::CreateHealthReq(fbb).Union()));
   auto b = wire_util::bytes_of(fbb);
   return {b.begin(), b.end()};
 }
@@ -332,10 +338,7 @@ TEST_CASE("a hostile request channel: bad lengths and bodies get errors, no resi
   o.busy_poll_us = 200;
   Daemon d(o);
   int fd = raw_connect(d);
-  flatbuffers::FlatBufferBuilder fbb;
-  fbb.Finish(wire::CreateRequestMsg(fbb, 1, wire::Request::OpenChannelReq,
-                                    wire::CreateOpenChannelReq(fbb).Union()));
-  auto f = frame_of(fbb);
+  auto f = frame_of(request_body(1, true));
   send_bytes(fd, f.data(), f.size());
   std::vector<std::byte> body;
   std::vector<int> fds;
@@ -373,7 +376,7 @@ TEST_CASE("a hostile request channel: bad lengths and bodies get errors, no resi
   REQUIRE(r != nullptr);
   CHECK(static_cast<Errc>(r->code()) == Errc::kProtocol);
   // A valid request through the channel.
-  auto h7 = health_body(7);
+  auto h7 = request_body(7);
   publish(7, h7, static_cast<uint32_t>(h7.size()));
   r = channel_reply(*ch, 7, body);
   REQUIRE(r != nullptr);
@@ -382,13 +385,7 @@ TEST_CASE("a hostile request channel: bad lengths and bodies get errors, no resi
   // The marker: request 8 comes on the socket, and so does its reply.
   c.request_len.store(kChannelOnSocket);
   c.request_seq.store(8);
-  auto f8 = [&] {
-    auto b = health_body(8);
-    auto hd = encode_header({kProtocolVersion, FrameKind::kRequest, uint32_t(b.size())});
-    std::vector<std::byte> out(hd.begin(), hd.end());
-    out.insert(out.end(), b.begin(), b.end());
-    return out;
-  }();
+  auto f8 = frame_of(request_body(8));
   send_bytes(fd, f8.data(), f8.size());
   auto head = read_reply_head(fd);
   REQUIRE(head.has_value());
@@ -397,7 +394,7 @@ TEST_CASE("a hostile request channel: bad lengths and bodies get errors, no resi
   // Once its poll window is over the daemon sleeps, says so, and needs a doorbell.
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK(c.daemon_sleeping.load() == 1);
-  auto h9 = health_body(9);
+  auto h9 = request_body(9);
   publish(9, h9, static_cast<uint32_t>(h9.size()), false);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK(c.reply_seq.load() == 7);  // not seen: the daemon sleeps on the socket
@@ -406,16 +403,11 @@ TEST_CASE("a hostile request channel: bad lengths and bodies get errors, no resi
   REQUIRE(r != nullptr);
   CHECK(r->id() == 9);
   // A second channel on the same connection is refused.
-  {
-    flatbuffers::FlatBufferBuilder b;
-    b.Finish(wire::CreateRequestMsg(b, 10, wire::Request::OpenChannelReq,
-                                    wire::CreateOpenChannelReq(b).Union()));
-    auto bytes = wire_util::bytes_of(b);
-    publish(10, bytes, static_cast<uint32_t>(bytes.size()));
-    r = channel_reply(*ch, 10, body);
-    REQUIRE(r != nullptr);
-    CHECK(static_cast<Errc>(r->code()) == Errc::kAlreadyExists);
-  }
+  auto h10 = request_body(10, true);
+  publish(10, h10, static_cast<uint32_t>(h10.size()));
+  r = channel_reply(*ch, 10, body);
+  REQUIRE(r != nullptr);
+  CHECK(static_cast<Errc>(r->code()) == Errc::kAlreadyExists);
   // A doorbell with a body is a broken stream: an error, then the connection closes.
   auto bad = encode_header({kProtocolVersion, FrameKind::kRequest, 0});
   bad[6] = std::byte{2};
