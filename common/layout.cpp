@@ -1,5 +1,7 @@
 #include "common/layout.h"
 
+#include "common/names.h"
+
 #include <algorithm>
 #include <set>
 
@@ -45,9 +47,8 @@ Status validate_put_layout(const BlockLayout& l, uint64_t max_block_bytes) {
   std::set<std::string_view> names;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (const auto& t : l.tensors) {
+    if (Status st = check_name("tensor name", t.name, kMaxTensorNameBytes); !st) return st;
     const std::string who = "tensor '" + t.name + "': ";
-    if (t.name.empty() || t.name.size() > kMaxTensorNameBytes)
-      return bad("tensor names must be 1..255 bytes");
     if (!names.insert(t.name).second) return bad(who + "duplicate name");
     if (is_fusion_tensor(t.name)) return bad(who + "the prefix 'fusion/' is reserved");
     if (dtype_size(t.dtype) == 0) return bad(who + "unknown dtype");

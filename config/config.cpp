@@ -6,6 +6,7 @@
 
 #include "config/config.h"
 
+#include <grp.h>
 #include <sys/statvfs.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <vector>
 
 #include "config/config_internal.h"
 
@@ -48,6 +50,10 @@ bool valid_shm_prefix(std::string_view s) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
            c == '-' || c == '.';
   });
+}
+
+bool valid_arena_name(std::string_view s) {
+  return s.size() <= 32 && valid_shm_prefix(s);
 }
 
 void check_ids(const std::vector<uint32_t>& ids, const char* key) {
@@ -177,11 +183,25 @@ void AccessConfig::validate() const {
   if (socket_group.find_first_of(": \t\n") != std::string::npos) {
     fail("access.socket_group: '" + socket_group + "' is not a group name");
   }
+  if (!socket_group.empty()) {
+    // Checked here, not when the socket is bound: --check-config must catch it too.
+    std::vector<char> buf(16384);
+    group g {};
+    group* found = nullptr;
+    int err = ::getgrnam_r(socket_group.c_str(), &g, buf.data(), buf.size(), &found);
+    if (err == ERANGE) {
+      buf.resize(1 << 20);
+      err = ::getgrnam_r(socket_group.c_str(), &g, buf.data(), buf.size(), &found);
+    }
+    if (found == nullptr)
+      fail("access.socket_group: no group '" + socket_group + "' on this host" +
+           (err != 0 ? std::string(" (") + std::strerror(err) + ")" : std::string()));
+  }
   check_ids(admin_uids, "access.admin_uids");
   check_ids(admin_gids, "access.admin_gids");
 }
 
-void HostTierConfig::validate(const std::filesystem::path& shm_dir) const {
+void HostTierConfig::validate(const std::filesystem::path& shm_dir, uint64_t arena_bytes) const {
   if (size_bytes < 16 * kMiB) {
     fail("host.size: must be at least 16MiB, got " + human_size(size_bytes));
   }
@@ -201,6 +221,18 @@ void HostTierConfig::validate(const std::filesystem::path& shm_dir) const {
          human_size(total) + " total, " + human_size(free) + " free); lower host.size or grow " +
          shm_dir.native());
   }
+  if (size_bytes + arena_bytes > free) {
+    fail("host.size " + human_size(size_bytes) + " plus the [[arena]] sizes (" +
+         human_size(arena_bytes) + ") does not fit " + shm_dir.native() + " (" + human_size(free) +
+         " free); lower them or grow " + shm_dir.native());
+  }
+}
+
+void ArenaConfig::validate() const {
+  if (!valid_arena_name(name))
+    fail("arena.name: '" + name + "' must be 1..32 characters of [A-Za-z0-9_.-]");
+  if (size_bytes < 16 * kMiB)
+    fail("arena.size: arena '" + name + "' must be at least 16MiB, got " + human_size(size_bytes));
 }
 
 void DiskTierConfig::validate() const {
@@ -301,8 +333,34 @@ void Config::validate() const {
     fail("session.staging_bytes: " + human_size(session.staging_bytes) +
          " is larger than host.size (" + human_size(host.size_bytes) + ")");
   }
+  uint64_t arena_bytes = 0;
+  for (size_t i = 0; i < arenas.size(); ++i) {
+    const std::string index = "arena[" + std::to_string(i) + "]";
+    try {
+      arenas[i].validate();
+    } catch (const ConfigError& e) {
+      fail(index + std::string(e.what()).substr(std::strlen("arena")));
+    }
+    for (size_t j = 0; j < i; ++j)
+      if (arenas[j].name == arenas[i].name)
+        fail(index + ".name: duplicate arena '" + arenas[i].name + "' (also arena[" +
+             std::to_string(j) + "])");
+    arena_bytes += arenas[i].size_bytes;
+  }
+  for (size_t i = 0; i < namespaces.size(); ++i) {
+    if (domain_of(namespaces[i].arena) < 0)
+      fail("namespace[" + std::to_string(i) + "].arena: no [[arena]] named '" +
+           namespaces[i].arena + "'");
+  }
   // Last: the host tier check reads /dev/shm, the others need nothing but the values.
-  host.validate();
+  host.validate("/dev/shm", arena_bytes);
+}
+
+int Config::domain_of(std::string_view arena) const {
+  if (arena.empty()) return 0;
+  for (size_t i = 0; i < arenas.size(); ++i)
+    if (arenas[i].name == arena) return static_cast<int>(i + 1);
+  return -1;
 }
 
 std::filesystem::path Config::disk_dir() const {

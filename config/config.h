@@ -57,9 +57,10 @@ struct HostTierConfig {
   bool prefault = true;              // touch every page at start (no faults on puts)
   double small_queue_ratio = 0.10;   // S3-FIFO small-queue share of size_bytes, (0, 0.5]
   uint64_t ghost_entries = 0;        // S3-FIFO ghost queue length; 0 = derived from size
-  // Checks size_bytes against the free space of shm_dir (/dev/shm): a host tier that cannot
-  // fit is refused with the sizes in the message.
-  void validate(const std::filesystem::path& shm_dir = "/dev/shm") const;
+  // Checks size_bytes, plus `arena_bytes` of the isolation domains' arenas, against the free
+  // space of shm_dir (/dev/shm): a host tier that cannot fit is refused with the sizes in the
+  // message.
+  void validate(const std::filesystem::path& shm_dir = "/dev/shm", uint64_t arena_bytes = 0) const;
 };
 
 // The disk tier: region files and an LMDB index under `dir` (docs/disk.md).
@@ -114,8 +115,20 @@ struct SessionConfig {
 
 // Access and storage rules for the namespaces whose name starts with `prefix`.
 // A request's namespace is matched against the longest configured prefix; "" matches all.
+// An isolation domain (docs/operations.md, "Isolation domains"): a host arena of its own,
+// sized and evicted within its own budget, mapped only by peers that some namespace rule of
+// the domain allows.  The default domain ("", namespaces without `arena`) is the [host] arena.
+struct ArenaConfig {
+  std::string name;         // 1..32 characters of [A-Za-z0-9_.-]
+  uint64_t size_bytes = 0;  // the domain's host arena in /dev/shm
+  void validate() const;
+};
+
 struct NamespaceRule {
   std::string prefix;
+  // The isolation domain ([[arena]] name) whose arena holds these namespaces' blocks; "" is
+  // the default arena shared by every namespace without one.
+  std::string arena;
   std::vector<uid_t> allow_uids;  // empty uid and gid lists = any connected peer
   std::vector<gid_t> allow_gids;
   Codec codec = Codec::kNf4;  // cold-tier format: "nf4" (default) or "fp16" (raw, lossless)
@@ -136,12 +149,16 @@ struct Config {
   IndexConfig index;
   SessionConfig session;
   std::vector<NamespaceRule> namespaces;  // default: one rule, prefix "", any peer
+  std::vector<ArenaConfig> arenas;        // isolation domains besides the default one
 
   void validate() const;
   // disk.dir, or <daemon.state_dir>/disk when it is empty.
   std::filesystem::path disk_dir() const;
   // The rule for a namespace, or nullptr when none matches (requests are then refused).
   const NamespaceRule* rule_for(std::string_view ns) const;
+  // The domain index of an arena name: 0 for "" (the default), i + 1 for arenas[i]; -1 when
+  // no such arena is configured.
+  int domain_of(std::string_view arena) const;
   // The effective settings as TOML (`kvtierctl config`).
   std::string to_toml() const;
 };

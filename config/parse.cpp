@@ -284,6 +284,7 @@ void read_namespaces(Reader& r, const toml::node& node, std::vector<NamespaceRul
     r.read_table(
         t, section,
         {{"prefix", [&](auto& n, auto& k) { rule.prefix = r.str(n, k); }},
+         {"arena", [&](auto& n, auto& k) { rule.arena = r.str(n, k); }},
          {"allow_uids", [&](auto& n, auto& k) { rule.allow_uids = r.ids(n, k); }},
          {"allow_gids", [&](auto& n, auto& k) { rule.allow_gids = r.ids(n, k); }},
          {"codec", [&](auto& n, auto& k) { rule.codec = r.codec(n, k); }},
@@ -291,6 +292,21 @@ void read_namespaces(Reader& r, const toml::node& node, std::vector<NamespaceRul
          {"fusion_codec", [&](auto& n, auto& k) { rule.fusion_codec = r.codec(n, k); }},
          {"disk", [&](auto& n, auto& k) { rule.disk = disk_policy(r, n, k); }},
          {"compress", [&](auto& n, auto& k) { rule.compress = r.boolean(n, k); }}});
+  }
+}
+
+// [[arena]] entries: the isolation domains besides the default arena.
+void read_arenas(Reader& r, const toml::node& node, std::vector<ArenaConfig>& arenas) {
+  if (!node.is_array()) r.wrong_type(node, "arena", "an array of tables ([[arena]])");
+  arenas.clear();
+  const toml::array& array = *node.as_array();
+  for (size_t i = 0; i < array.size(); ++i) {
+    const std::string section = "arena[" + std::to_string(i) + "]";
+    const toml::table& t = r.table(array[i], section);
+    ArenaConfig& a = arenas.emplace_back();
+    r.read_table(t, section,
+                 {{"name", [&](auto& n, auto& k) { a.name = r.str(n, k); }},
+                  {"size", [&](auto& n, auto& k) { a.size_bytes = r.size(n, k); }}});
   }
 }
 
@@ -326,7 +342,8 @@ Config parse(std::string_view toml_text, const std::string& origin) {
                 {"gpu", [&](auto& n, auto& k) { read_gpu(r, r.table(n, k), cfg.gpu); }},
                 {"index", [&](auto& n, auto& k) { read_index(r, r.table(n, k), cfg.index); }},
                 {"session", [&](auto& n, auto& k) { read_session(r, r.table(n, k), cfg.session); }},
-                {"namespace", [&](auto& n, auto&) { read_namespaces(r, n, cfg.namespaces); }}});
+                {"namespace", [&](auto& n, auto&) { read_namespaces(r, n, cfg.namespaces); }},
+                {"arena", [&](auto& n, auto&) { read_arenas(r, n, cfg.arenas); }}});
   try {
     cfg.validate();
   } catch (const ConfigError& e) {

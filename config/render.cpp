@@ -129,7 +129,13 @@ std::string Config::to_toml() const {
                : rule.disk == DiskPolicy::kPersist ? "persist"
                                                    : "writeback")
       << "\n"
-      << "compress = " << boolean(rule.compress) << "\n";
+      << "compress = " << boolean(rule.compress) << "\n"
+      << "arena = " << quote(rule.arena) << "\n";
+  }
+  for (const ArenaConfig& a : arenas) {
+    o << "\n[[arena]]\n"
+      << "name = " << quote(a.name) << "\n"
+      << "size = " << toml_size(a.size_bytes) << "\n";
   }
   return o.str();
 }

@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "common/frame.h"
+#include "common/names.h"
 #include "common/wire.h"
 #include "kernels/nf4.h"
 #include "kernels/nf4_cuda.h"
@@ -18,7 +19,7 @@ namespace {
 using Handler = void (*)(Server&, const wire::RequestMsg&, Reply&);
 
 void text(Reply& r, const nlohmann::json& j) {
-  r.set(wire::Response::TextResp, wire::CreateTextResp(r.fbb, r.fbb.CreateString(j.dump())));
+  r.set(wire::Response::TextResp, wire::CreateTextResp(r.fbb, r.fbb.CreateString(json_text(j))));
 }
 
 void on_stats(Server& s, const wire::RequestMsg&, Reply& r) {
@@ -44,6 +45,9 @@ void on_health(Server& s, const wire::RequestMsg&, Reply& r) {
        {{"host",
          {{"backend", "posix-shm"},
           {"shm", "/dev/shm/" + s.cache().host().arena().name()},
+          // Clients map the object the daemon holds open, so they are served either way; a
+          // name removed or replaced by someone else is still worth an operator's look.
+          {"shm_name", s.cache().host().arena().name_intact() ? "ok" : "replaced or removed"},
           {"capacity_bytes", u.capacity_bytes},
           {"used_bytes", u.used_bytes}}},
         {"gpu", s.cache().gpu_json()},
@@ -68,12 +72,18 @@ void on_config(Server& s, const wire::RequestMsg&, Reply& r) {
 
 void on_list(Server& s, const wire::RequestMsg& msg, Reply& r) {
   const auto* req = msg.body_as_ListReq();
+  if (req->namespace_() && req->namespace_()->size() > 0)
+    if (Status st = check_name("namespace", req->namespace_()->string_view(), kMaxNamespaceBytes);
+        !st)
+      return r.fail(st);
   text(r, s.cache().list_json(wire_util::str(req->namespace_()), req->limit(), req->fusion_only()));
 }
 
 void on_evict(Server& s, const wire::RequestMsg& msg, Reply& r) {
   const auto* req = msg.body_as_EvictReq();
   std::string ns = wire_util::str(req->namespace_());
+  if (!ns.empty())
+    if (Status st = check_name("namespace", ns, kMaxNamespaceBytes); !st) return r.fail(st);
   auto keys = wire_util::keys_from_wire(req->keys());
   if (!req->all() && ns.empty())
     return r.fail(error(Errc::kInvalidArgument, "evict needs a namespace, keys, or all"));
@@ -108,6 +118,10 @@ constexpr Command kCommands[] = {
 };
 
 }  // namespace
+
+std::string json_text(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 bool is_admin(const Server& server, const PeerInfo& peer) {
   const auto& a = server.config().access;

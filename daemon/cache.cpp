@@ -1,5 +1,7 @@
 #include "daemon/cache.h"
 
+#include "common/names.h"
+
 #include "daemon/block_codec.h"
 
 #include <chrono>
@@ -37,7 +39,7 @@ void Promotion::complete(Status result) {
   for (auto& w : waiters) w(result);
 }
 
-Cache::Cache(const config::Config& config, std::unique_ptr<HostTier> host,
+Cache::Cache(const config::Config& config, std::vector<std::unique_ptr<HostTier>> hosts,
              std::unique_ptr<DiskTier> disk, std::string disk_status,
              std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu)
     : config_(config),
@@ -46,14 +48,15 @@ Cache::Cache(const config::Config& config, std::unique_ptr<HostTier> host,
       disk_status_(std::move(disk_status)),
       index_(std::move(index)),
       gpu_(std::move(gpu)),
-      host_(std::move(host)) {
+      hosts_(std::move(hosts)) {
   // Run inside Tier::reserve(), which is only called with mu_ held.
-  host_->set_evict_listener(
-      [this](const BlockInfo& b, std::span<const std::byte> bytes) { demote(b, bytes); });
+  for (const auto& h : hosts_)
+    h->set_evict_listener(
+        [this](const BlockInfo& b, std::span<const std::byte> bytes) { demote(b, bytes); });
   for (const auto& t : gpu_.tiers) {
     GpuTier* tier = t.get();
     tier->set_evict_listener([this, tier](const BlockInfo& b) {
-      if (host_->find(b.id) != nullptr) return;  // the host tier has it already
+      if (host_locked(b.id.ns).find(b.id) != nullptr) return;  // the host tier has it already
       bump(copy_down(*tier, b) ? metrics_.gpu_demotions : metrics_.gpu_demotions_dropped);
     });
   }
@@ -70,6 +73,28 @@ Cache::~Cache() {
   // The backend unregisters the host arena when it goes: GPU tiers, backend, then host tier.
   gpu_.tiers.clear();
   gpu_.backend.reset();
+}
+
+HostTier& Cache::host_locked(uint32_t ns) const {
+  return *hosts_[ns_domains_.at(ns)];
+}
+
+HostTier& Cache::host_of(uint32_t ns) {
+  std::lock_guard lock(mu_);
+  return host_locked(ns);
+}
+
+uint32_t Cache::domain_of(uint32_t ns) const {
+  std::lock_guard lock(mu_);
+  return ns_domains_.at(ns);
+}
+
+bool Cache::may_map(const PeerInfo& peer, size_t domain) const {
+  for (const auto& rule : config_.namespaces)
+    if (config_.domain_of(rule.arena) == static_cast<int>(domain) &&
+        rule.allows(peer.uid, peer.gid, peer.groups))
+      return true;
+  return false;
 }
 
 const std::string& Cache::namespace_name(uint32_t ns) const {
@@ -98,10 +123,11 @@ void Cache::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
 Status Cache::persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done) {
   std::lock_guard lock(mu_);
   if (!disk_) return error(Errc::kUnavailable, "no disk tier: " + disk_status_);
-  const BlockInfo* b = host_->find(NsKey{ns, key});
+  HostTier& host = host_locked(ns);
+  const BlockInfo* b = host.find(NsKey{ns, key});
   if (b == nullptr) return error(Errc::kNotFound, "block " + key.hex() + " left the host tier");
   Status st =
-      disk_->write(ns_names_.at(ns), key, b->layout, {host_->data(b->extent), b->extent.bytes},
+      disk_->write(ns_names_.at(ns), key, b->layout, {host.data(b->extent), b->extent.bytes},
                    ns_rules_.at(ns)->compress, std::move(done));
   if (st.code() == Errc::kAlreadyExists) return error(Errc::kAlreadyExists, "on disk already");
   return st;
@@ -123,13 +149,14 @@ Result<PromotionTicket> Cache::begin_promotion(uint32_t ns, const BlockKey& key)
   std::lock_guard lock(mu_);
   if (auto it = promotions_.find(id); it != promotions_.end())
     return PromotionTicket{it->second, false, {}, {}};
-  if (host_->find(id) != nullptr) {
+  HostTier& host = host_locked(ns);
+  if (host.find(id) != nullptr) {
     // Promoted (or put) between get() and here: a fresh get() finds it.
     auto done = std::make_shared<Promotion>();
     done->complete({});
     return PromotionTicket{done, false, {}, {}};
   }
-  auto ext = host_->reserve(entry->payload_bytes);
+  auto ext = host.reserve(entry->payload_bytes);
   if (!ext) return ext.status();
   PromotionTicket t{std::make_shared<Promotion>(), true, *ext, std::move(*entry)};
   promotions_.emplace(id, t.promotion);
@@ -144,21 +171,22 @@ LeaseGrant Cache::finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& ke
   {
     std::lock_guard lock(mu_);
     promotions_.erase(id);
+    HostTier& host = host_locked(ns);
     if (read.is_ok()) {
-      Status st = host_->insert(id, t.extent, t.entry.layout);
-      if (!st) host_->unreserve(t.extent);  // put by a client meanwhile: lease that one
+      Status st = host.insert(id, t.extent, t.entry.layout);
+      if (!st) host.unreserve(t.extent);  // put by a client meanwhile: lease that one
       bump(metrics_.promotions);
     } else {
-      host_->unreserve(t.extent);
+      host.unreserve(t.extent);
       bump(metrics_.promotion_failures);
     }
     Session* s = session(sid);
-    const BlockInfo* b = read.is_ok() ? host_->acquire(id) : nullptr;
+    const BlockInfo* b = read.is_ok() ? host.acquire(id) : nullptr;
     if (s == nullptr || b == nullptr) {
-      if (b) host_->release(b);
+      if (b) host.release(b);
       g.code = s == nullptr ? Errc::kUnavailable : Errc::kNotFound;
     } else {
-      g = grant(*s, *host_, *b);
+      g = grant(*s, host, *b);
     }
   }
   t.promotion->complete(read);
@@ -189,7 +217,7 @@ void Cache::close_session(uint64_t sid) {
     if (put.gpu_device >= 0) {
       gpu_tier(put.gpu_device)->unreserve(put.extent);
     } else {
-      host_->unreserve(put.extent);
+      host_locked(put.ns).unreserve(put.extent);
     }
   }
   bump(metrics_.puts_aborted, it->second.puts.size());
@@ -217,8 +245,7 @@ std::optional<uint32_t> Cache::find_namespace(std::string_view ns) const {
 }
 
 Result<uint32_t> Cache::resolve_namespace(std::string_view ns, const PeerInfo& peer) {
-  if (ns.empty() || ns.size() > 1024)
-    return error(Errc::kInvalidArgument, "namespace must be 1..1024 bytes");
+  if (Status st = check_name("namespace", ns, kMaxNamespaceBytes); !st) return st;
   const config::NamespaceRule* rule = config_.rule_for(ns);
   if (rule == nullptr || !rule->allows(peer.uid, peer.gid, peer.groups)) {
     bump(metrics_.permission_denied);
@@ -231,6 +258,7 @@ Result<uint32_t> Cache::resolve_namespace(std::string_view ns, const PeerInfo& p
   uint32_t id = static_cast<uint32_t>(ns_names_.size());
   ns_names_.emplace_back(ns);
   ns_rules_.push_back(rule);
+  ns_domains_.push_back(static_cast<uint32_t>(config_.domain_of(rule->arena)));  // validated
   ns_ids_.emplace(std::string(ns), id);
   return id;
 }
@@ -245,7 +273,7 @@ uint32_t Cache::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
   uint32_t n = 0;
   for (const auto& k : keys) {
     const NsKey id{ns, k};
-    if (host_->find(id) == nullptr && gpu_holder(id) == nullptr &&
+    if (host_locked(ns).find(id) == nullptr && gpu_holder(id) == nullptr &&
         !(disk_ && disk_->find(ns_names_.at(ns), k).has_value()))
       break;
     ++n;
@@ -266,7 +294,7 @@ void Cache::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8_
   std::lock_guard lock(mu_);
   for (size_t i = 0; i < keys.size(); ++i) {
     const NsKey id{ns, keys[i]};
-    out[i] = host_->find(id) != nullptr || gpu_holder(id) != nullptr ||
+    out[i] = host_locked(ns).find(id) != nullptr || gpu_holder(id) != nullptr ||
              (disk_ && disk_->find(ns_names_.at(ns), keys[i]).has_value());
   }
 }
@@ -279,7 +307,8 @@ Result<uint64_t> Cache::begin_put(uint64_t sid, PendingPut put) {
     return error(Errc::kLimit, "too many unsealed puts on this connection (limit " +
                                    std::to_string(config_.session.max_pending_puts) + ")");
   const NsKey block{put.ns, put.key};
-  if (!put.fusion && (host_->find(block) != nullptr || gpu_holder(block) != nullptr))
+  HostTier& host = host_locked(put.ns);
+  if (!put.fusion && (host.find(block) != nullptr || gpu_holder(block) != nullptr))
     return error(Errc::kAlreadyExists, "block " + put.key.hex() + " is already cached");
   Result<Extent> ext = error(Errc::kNoSpace, "");
   if (put.gpu_device >= 0) {
@@ -291,7 +320,7 @@ Result<uint64_t> Cache::begin_put(uint64_t sid, PendingPut put) {
       put.stored_layout = plan_stored_layout(put.client_layout, *ns_rules_.at(put.ns));
     }
   }
-  if (put.gpu_device < 0) ext = host_->reserve(put.stored_layout.total_bytes);
+  if (put.gpu_device < 0) ext = host.reserve(put.stored_layout.total_bytes);
   if (!ext) {
     if (ext.status().code() == Errc::kNoSpace) bump(metrics_.puts_no_space);
     return ext.status();
@@ -335,18 +364,19 @@ Status Cache::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout)
     bump(metrics_.put_bytes, raw);
     return {};
   }
+  HostTier& host = host_locked(put.ns);
   if (put.fusion) {
     // The new block (chunk + fusion) replaces the old one: readers holding leases on the old
     // one keep it until they release (deferred free); the disk and GPU copies lack the fusion
     // state.
     for (const auto& t : gpu_.tiers) (void)t->remove(NsKey{put.ns, put.key});
-    (void)host_->remove(NsKey{put.ns, put.key});
+    (void)host.remove(NsKey{put.ns, put.key});
     if (disk_) (void)disk_->remove(ns_names_.at(put.ns), put.key);
     drop_lease(*s, put.base_lease);
   }
-  Status st = host_->insert(NsKey{put.ns, put.key}, put.extent, std::move(stored_layout));
+  Status st = host.insert(NsKey{put.ns, put.key}, put.extent, std::move(stored_layout));
   if (!st) {
-    host_->unreserve(put.extent);  // another connection sealed the same key first
+    host.unreserve(put.extent);  // another connection sealed the same key first
     return st;
   }
   bump(metrics_.puts);
@@ -364,7 +394,7 @@ Status Cache::abort_put(uint64_t sid, uint64_t put_id) {
   if (it->second.gpu_device >= 0) {
     gpu_tier(it->second.gpu_device)->unreserve(it->second.extent);
   } else {
-    host_->unreserve(it->second.extent);
+    host_locked(it->second.ns).unreserve(it->second.extent);
   }
   if (it->second.fusion) drop_lease(*s, it->second.base_lease);
   s->puts.erase(it);
@@ -379,7 +409,9 @@ std::vector<LeaseGrant> Cache::get(uint64_t sid, uint32_t ns, std::span<const Bl
   std::lock_guard lock(mu_);
   bump(metrics_.gets);
   Session* s = session(sid);
-  GpuTier* want_gpu = where.gpu ? gpu_tier(where.device) : nullptr;
+  HostTier& host = host_locked(ns);
+  // Blocks of an isolation domain never enter the shared GPU pools: host leases serve them.
+  GpuTier* want_gpu = where.gpu && ns_domains_.at(ns) == 0 ? gpu_tier(where.device) : nullptr;
   for (const auto& k : keys) {
     const NsKey id{ns, k};
     LeaseGrant g;
@@ -392,14 +424,14 @@ std::vector<LeaseGrant> Cache::get(uint64_t sid, uint32_t ns, std::span<const Bl
       g = grant(*s, *want_gpu, *b);
       bump(metrics_.get_hits);
       bump(metrics_.gpu_get_hits);
-    } else if (const BlockInfo* h = host_->acquire(id)) {
-      g = grant(*s, *host_, *h);
+    } else if (const BlockInfo* h = host.acquire(id)) {
+      g = grant(*s, host, *h);
       bump(metrics_.get_hits);
     } else if (GpuTier* holder = gpu_holder(id)) {
       // Only a GPU (another device's, for a GPU get) has it: a host copy serves this get.
       if (copy_down(*holder, *holder->find(id))) {
         bump(metrics_.gpu_copy_downs);
-        g = grant(*s, *host_, *host_->acquire(id));
+        g = grant(*s, host, *host.acquire(id));
         bump(metrics_.get_hits);
       } else {
         g.code = Errc::kNoSpace;  // cached, but leased blocks fill the host tier
@@ -436,7 +468,7 @@ Cache::RemoveCount Cache::remove(uint32_t ns, std::span<const BlockKey> keys) {
       deferred |= o == RemoveOutcome::kDeferred;
     };
     for (const auto& t : gpu_.tiers) from(*t);
-    from(*host_);
+    from(host_locked(ns));
     if (deferred) {
       ++c.deferred;
     } else if (removed) {
@@ -459,7 +491,14 @@ Cache::EvictCount Cache::evict(std::optional<std::string> ns, std::span<const Bl
     c.disk = disk_->evict_matching([&](const DiskEntry& e) { return match(e.ns, e.key); });
   std::lock_guard lock(mu_);
   auto by_name = [&](const BlockInfo& b) { return match(ns_names_.at(b.id.ns), b.id.key); };
-  if (host) c.host = host_->evict_matching(by_name);
+  if (host) {
+    for (const auto& h : hosts_) {
+      auto e = h->evict_matching(by_name);
+      c.host.evicted += e.evicted;
+      c.host.skipped_leased += e.skipped_leased;
+      c.host.bytes += e.bytes;
+    }
+  }
   if (gpu) {
     for (const auto& t : gpu_.tiers) {
       auto e = t->evict_matching(by_name);

@@ -99,13 +99,29 @@ struct GpuSetup {
 
 class Cache {
  public:
-  // `disk` may be null (disabled, or it failed to open: `disk_status` says why).
-  Cache(const config::Config& config, std::unique_ptr<HostTier> host,
+  // `hosts`: one host tier per isolation domain, in config::Config::domain_of order (the
+  // default arena first).  `disk` may be null (disabled, or it failed to open: `disk_status`
+  // says why).
+  Cache(const config::Config& config, std::vector<std::unique_ptr<HostTier>> hosts,
         std::unique_ptr<DiskTier> disk, std::string disk_status,
         std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu = {});
   ~Cache();
 
-  HostTier& host() { return *host_; }
+  // The default domain's host tier (the [host] arena).
+  HostTier& host() { return *hosts_[0]; }
+  // Every domain's host tier, by domain index (constant after construction; each tier is
+  // guarded by mu_, its arena's base and size are constant).
+  const std::vector<std::unique_ptr<HostTier>>& host_tiers() const { return hosts_; }
+  // The host tier of the namespace's isolation domain.
+  HostTier& host_of(uint32_t ns);
+  // The isolation domain of a namespace (its index in host_tiers()).
+  uint32_t domain_of(uint32_t ns) const;
+  // Whether a namespace's blocks may use the GPU tiers: the GPU pools are shared by every
+  // client that maps them, so only the default domain's blocks go there.
+  bool gpu_allowed(uint32_t ns) const { return domain_of(ns) == 0; }
+  // Whether `peer` may map the arena of `domain`: some namespace rule of that domain allows
+  // it (the same rule that lets it read the domain's namespaces).
+  bool may_map(const PeerInfo& peer, size_t domain) const;
   // Thread-safe on its own (tiers/disk/disk_tier.h); null when there is no disk tier.
   DiskTier* disk() { return disk_.get(); }
   const std::string& disk_status() const { return disk_status_; }
@@ -223,6 +239,7 @@ class Cache {
   bool copy_down(GpuTier& tier, const BlockInfo& block);  // requires mu_
   // A GPU tier that holds the block, or null.
   GpuTier* gpu_holder(const NsKey& id) const;  // requires mu_
+  HostTier& host_locked(uint32_t ns) const;    // requires mu_: host_of()
   // Records a lease of `b` in `tier` for the session.
   LeaseGrant grant(Session& s, Tier& tier, const BlockInfo& b);  // requires mu_
 
@@ -236,11 +253,14 @@ class Cache {
   // host arena registered); the GpuTiers in it are guarded by mu_.
   GpuSetup gpu_;
 
+  // The vector is constant after construction; the tiers in it are guarded by mu_.
+  const std::vector<std::unique_ptr<HostTier>> hosts_;
+
   mutable std::mutex mu_;
   // Guarded by mu_.
-  std::unique_ptr<HostTier> host_;
   std::vector<std::string> ns_names_;  // ns id -> name
   std::vector<const config::NamespaceRule*> ns_rules_;
+  std::vector<uint32_t> ns_domains_;  // ns id -> isolation domain (index in hosts_)
   std::unordered_map<std::string, uint32_t> ns_ids_;
   std::unordered_map<uint64_t, Session> sessions_;
   uint64_t next_session_ = 1;

@@ -41,13 +41,14 @@ bool Cache::copy_down(GpuTier& tier, const BlockInfo& b) {
   const config::NamespaceRule& rule = *ns_rules_.at(b.id.ns);
   // The host tier's format: KV float tensors with rule.codec, fusion tensors with fusion_codec.
   BlockLayout host = plan_stored_layout(b.layout, rule);
-  auto ext = host_->reserve(host.total_bytes);
+  HostTier& to = host_locked(b.id.ns);  // the default domain's: only its blocks use GPUs
+  auto ext = to.reserve(host.total_bytes);
   if (!ext) return false;
-  Status st = demote_block(tier.pool(), b.layout, b.extent.offset, host, host_->data(*ext),
+  Status st = demote_block(tier.pool(), b.layout, b.extent.offset, host, to.data(*ext),
                            rule.nf4_double_quant);
-  if (st) st = host_->insert(b.id, *ext, std::move(host));
+  if (st) st = to.insert(b.id, *ext, std::move(host));
   if (!st) {
-    host_->unreserve(*ext);
+    to.unreserve(*ext);
     return false;
   }
   return true;
@@ -64,7 +65,8 @@ LeaseGrant Cache::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& ho
     std::lock_guard lock(mu_);
     tier = gpu_tier(device);
     Session* s = session(sid);
-    if (tier == nullptr || s == nullptr) return host_grant;
+    // An isolation domain's blocks stay off the shared GPU pools.
+    if (tier == nullptr || s == nullptr || ns_domains_.at(ns) != 0) return host_grant;
     if (const BlockInfo* b = tier->acquire(id)) {  // promoted meanwhile by someone else
       drop_lease(*s, host_grant.lease_id);
       return grant(*s, *tier, *b);
@@ -76,13 +78,13 @@ LeaseGrant Cache::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& ho
     }
     ext = *r;
   }
-  Status st = promote_block(tier->pool(), *host_grant.layout, host_->data(host_grant.extent),
+  Status st = promote_block(tier->pool(), *host_grant.layout, hosts_[0]->data(host_grant.extent),
                             gpu_layout, ext.offset);
   std::lock_guard lock(mu_);
   Session* s = session(sid);
   // Removed, or replaced by a fusion put, while the device worked: publishing the copy would
   // bring back (or shadow) what is gone.
-  const BlockInfo* now = host_->find(id);
+  const BlockInfo* now = hosts_[0]->find(id);
   if (st && (now == nullptr || &now->layout != host_grant.layout))
     st = error(Errc::kNotFound, "block left the host tier during its promotion");
   if (st) st = tier->insert(id, ext, gpu_layout);

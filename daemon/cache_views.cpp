@@ -48,7 +48,21 @@ nlohmann::json Cache::stats_json() const {
   j["tiers"]["gpu"] = gpu_json();
   {
     std::lock_guard lock(mu_);
-    u = host_->usage();
+    u = hosts_[0]->usage();
+    // Each isolation domain's arena, the default one first.
+    auto arenas = nlohmann::json::array();
+    for (size_t d = 0; d < hosts_.size(); ++d) {
+      const TierUsage a = hosts_[d]->usage();
+      arenas.push_back({{"domain", d == 0 ? std::string() : config_.arenas[d - 1].name},
+                        {"arena_id", hosts_[d]->arena_id()},
+                        {"shm", "/dev/shm/" + hosts_[d]->arena().name()},
+                        {"capacity_bytes", a.capacity_bytes},
+                        {"used_bytes", a.used_bytes},
+                        {"blocks", a.blocks},
+                        {"leased_blocks", a.leased_blocks},
+                        {"evictions", a.evictions}});
+    }
+    j["tiers"]["arenas"] = std::move(arenas);
     sessions = sessions_.size();
     for (const auto& [id, s] : sessions_) {
       leases += s.leases.size();
@@ -160,7 +174,7 @@ nlohmann::json Cache::list_json(const std::string& ns_filter, uint32_t limit,
     const std::string name = "gpu" + std::to_string(t->device());
     t->visit([&](const BlockInfo& b) { visit_block(b, name); });
   }
-  host_->visit([&](const BlockInfo& b) { visit_block(b, "host"); });
+  for (const auto& h : hosts_) h->visit([&](const BlockInfo& b) { visit_block(b, "host"); });
   if (disk_) {
     disk_->visit([&](const DiskEntry& e) {
       if (!ns_filter.empty() && e.ns != ns_filter) return;

@@ -113,10 +113,10 @@ awaitable<void> Session::on_disk_job(const wire::RequestMsg& msg, Reply& r) {
   worker.join();
   std::lock_guard lock(job->mu);
   spdlog::info("session {}: {} finished: {}", id_, compact ? "compact" : "verify",
-               job->status.is_ok() ? job->report.dump() : job->status.to_string());
+               job->status.is_ok() ? json_text(job->report) : job->status.to_string());
   if (!job->status) co_return r.fail(job->status);
   r.set(wire::Response::TextResp,
-        wire::CreateTextResp(r.fbb, r.fbb.CreateString(job->report.dump())));
+        wire::CreateTextResp(r.fbb, r.fbb.CreateString(json_text(job->report))));
 }
 
 }  // namespace kvtier

@@ -32,11 +32,17 @@ void Session::on_hello(const wire::HelloReq& req, Reply& r) {
                                              std::to_string(kProtocolVersion)));
   }
   auto& fbb = r.fbb;
-  const auto& arena = server_.cache().host().arena();
-  std::vector<flatbuffers::Offset<wire::ArenaInfo>> arenas = {
-      wire::CreateArenaInfo(fbb, server_.cache().host().arena_id(), arena.size())};
+  const Cache& cache = server_.cache();
+  // Only the arenas (isolation domains) this peer may map are named to it.
+  std::vector<flatbuffers::Offset<wire::ArenaInfo>> arenas;
+  for (size_t d = 0; d < cache.host_tiers().size(); ++d) {
+    if (!cache.may_map(peer_, d)) continue;
+    const HostTier& h = *cache.host_tiers()[d];
+    arenas.push_back(wire::CreateArenaInfo(fbb, h.arena_id(), h.arena().size()));
+  }
   std::vector<flatbuffers::Offset<wire::GpuPoolInfo>> pools;
-  for (const auto& t : server_.cache().gpu_tiers()) pools.push_back(gpu_pool_info(fbb, *t));
+  if (cache.may_map(peer_, 0))
+    for (const auto& t : cache.gpu_tiers()) pools.push_back(gpu_pool_info(fbb, *t));
   const gpu::DeviceBackend* backend = server_.cache().gpu_backend();
   auto inst = wire_util::to_wire(server_.instance());
   r.set(wire::Response::HelloResp,
@@ -47,9 +53,19 @@ void Session::on_hello(const wire::HelloReq& req, Reply& r) {
 }
 
 void Session::on_map_arena(const wire::MapArenaReq& req, Reply& r) {
-  HostTier& host = server_.cache().host();
-  if (req.id() != host.arena_id())
+  const Cache& cache = server_.cache();
+  const auto& hosts = cache.host_tiers();
+  if (req.id() >= hosts.size())
     return r.fail(error(Errc::kNotFound, "no arena " + std::to_string(req.id())));
+  // An isolation domain's arena is mapped only by peers its namespace rules allow: a tenant
+  // cannot read another's bytes by mapping the arena that holds them.
+  if (!cache.may_map(peer_, req.id())) {
+    bump(server_.metrics().permission_denied);
+    return r.fail(error(Errc::kPermissionDenied, "uid " + std::to_string(peer_.uid) +
+                                                     " may not map arena " +
+                                                     std::to_string(req.id())));
+  }
+  const HostTier& host = *hosts[req.id()];
   auto fd = host.arena().open_readonly_fd();
   if (!fd) return r.fail(fd.status());
   r.fds.push_back(*fd);
@@ -110,7 +126,7 @@ awaitable<void> Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
     put.stored_layout =
         plan_fusion_layout(put.base_layout, put.client_layout, rule, put.metadata.size());
   } else if (rule.disk != config::DiskPolicy::kPersist && gpu_eligible(put.client_layout) &&
-             cache.gpu_tier(req.device()) != nullptr) {
+             cache.gpu_tier(req.device()) != nullptr && cache.gpu_allowed(*ns)) {
     // The hot tier keeps fp16/bf16 as given.  Persist namespaces stay on the host path,
     // whose seal writes through to the disk tier.
     put.gpu_device = cache.gpu_tier(req.device())->device();
@@ -159,15 +175,16 @@ awaitable<void> Session::on_seal(const wire::SealReq& req, Reply& r) {
   BlockLayout stored = put->stored_layout;
   const config::NamespaceRule& rule = cache.rule_of(put->ns);
   // The base block of a fusion put is leased by this session: its bytes stay put.
+  HostTier& host = cache.host_of(put->ns);
   Status st = put->gpu_device >= 0
                   ? seal_to_gpu(cache.gpu_tier(put->gpu_device)->pool(), put->client_layout,
                                 staging_->data(put->staging_offset), stored, put->extent.offset)
               : put->fusion
-                  ? encode_fusion_block(put->base_layout, cache.host().data(put->base_extent),
+                  ? encode_fusion_block(put->base_layout, host.data(put->base_extent),
                                         put->client_layout, staging_->data(put->staging_offset),
-                                        put->metadata, rule, stored, cache.host().data(put->extent))
+                                        put->metadata, rule, stored, host.data(put->extent))
                   : encode_block(put->client_layout, staging_->data(put->staging_offset), stored,
-                                 cache.host().data(put->extent), rule.nf4_double_quant);
+                                 host.data(put->extent), rule.nf4_double_quant);
   staging_->free(put->staging_offset);
   if (!st) {
     (void)cache.abort_put(id_, req.put_id());
@@ -242,7 +259,7 @@ awaitable<LeaseGrant> Session::promote(uint32_t ns, BlockKey key) {
     co_return cache.get(id_, ns, std::span(&key, 1)).front();
   }
   DiskTier* disk = cache.disk();
-  std::span<std::byte> dst(cache.host().data(ticket->extent), ticket->entry.payload_bytes);
+  std::span<std::byte> dst(cache.host_of(ns).data(ticket->extent), ticket->entry.payload_bytes);
   StartFn start = [&](std::function<void(Status)> done) {
     disk->read(ticket->entry, dst, std::move(done));
   };

@@ -30,6 +30,12 @@ Status check_gpu_device(const Cache& cache, int device) {
 }
 
 void Session::on_map_gpu_pool(const wire::MapGpuPoolReq& req, Reply& r) {
+  // The pools hold the default domain's blocks only: its readers may map them.
+  if (!server_.cache().may_map(peer_, 0)) {
+    bump(server_.metrics().permission_denied);
+    return r.fail(error(Errc::kPermissionDenied,
+                        "uid " + std::to_string(peer_.uid) + " may not map the GPU pools"));
+  }
   for (const auto& t : server_.cache().gpu_tiers()) {
     if (t->arena_id() != req.id()) continue;
     auto handle = t->pool().export_handle();

@@ -1,6 +1,7 @@
 // Fusion state and semantic search requests of a Session (issue 6).
 #include <cmath>
 
+#include "common/names.h"
 #include "common/wire.h"
 #include "daemon/server.h"
 #include "daemon/session.h"
@@ -15,6 +16,8 @@ constexpr size_t kMaxSearchK = 1024;
 // The values of a modality vector; the error names the modality.
 Result<std::vector<float>> floats(const flatbuffers::Vector<float>* v,
                                   const flatbuffers::String* modality) {
+  if (Status st = check_name("modality", wire_util::str(modality), kMaxModalityBytes); !st)
+    return st;
   if (v == nullptr || v->size() == 0)
     return error(Errc::kInvalidArgument, "modality '" + wire_util::str(modality) + "': no values");
   return std::vector<float>(v->begin(), v->end());

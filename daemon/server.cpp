@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "daemon/admin.h"
 #include "daemon/gpu_setup.h"
 #include "daemon/session.h"
 #include "tiers/disk/fault_device.h"
@@ -70,24 +71,34 @@ Server::Server(config::Config config)
     spdlog::warn("KVTIER_TEST_INDEX_SAVE_DELAY_MS={}: index saves delayed (tests only)",
                  test_save_delay_ms_);
   }
-  HostTier::Options ho;
-  ho.shm_name = config_.daemon.shm_prefix + "-host-0";
-  ho.bytes = config_.host.size_bytes;
-  ho.prefault = config_.host.prefault;
-  ho.small_ratio = config_.host.small_queue_ratio;
-  ho.ghost_entries = config_.host.ghost_entries;
-  auto host = HostTier::create(ho);
-  if (!host) throw std::runtime_error("host tier: " + host.status().message());
-  spdlog::info("host tier: {} MiB in /dev/shm/{}{}, S3-FIFO eviction", ho.bytes >> 20, ho.shm_name,
-               ho.prefault ? " (prefaulted)" : "");
+  claim_names();
+  // One host arena per isolation domain: the default one ([host]), then each [[arena]].
+  std::vector<std::unique_ptr<HostTier>> hosts;
+  for (size_t d = 0; d <= config_.arenas.size(); ++d) {
+    HostTier::Options ho;
+    ho.shm_name = d == 0 ? config_.daemon.shm_prefix + "-host-0"
+                         : config_.daemon.shm_prefix + "-arena-" + config_.arenas[d - 1].name;
+    ho.arena_id = static_cast<uint32_t>(d);
+    ho.bytes = d == 0 ? config_.host.size_bytes : config_.arenas[d - 1].size_bytes;
+    ho.prefault = config_.host.prefault;
+    ho.small_ratio = config_.host.small_queue_ratio;
+    ho.ghost_entries = d == 0 ? config_.host.ghost_entries : 0;
+    auto host = HostTier::create(ho);
+    if (!host) throw std::runtime_error("host tier: " + host.status().message());
+    spdlog::info("host tier{}: {} MiB in /dev/shm/{}{}, S3-FIFO eviction",
+                 d == 0 ? std::string() : " of isolation domain '" + config_.arenas[d - 1].name + "'",
+                 ho.bytes >> 20, ho.shm_name, ho.prefault ? " (prefaulted)" : "");
+    hosts.push_back(std::move(host).value());
+  }
   std::error_code ec;
   std::filesystem::create_directories(config_.daemon.state_dir, ec);
   if (ec)
     throw std::runtime_error("cannot create state directory " + config_.daemon.state_dir.string() +
                              ": " + ec.message());
   auto [disk, disk_status] = open_disk_tier();
-  GpuSetup gpu = open_gpu_tier(config_.gpu, **host);
-  cache_ = std::make_unique<Cache>(config_, std::move(host).value(), std::move(disk),
+  // Only the default domain's blocks use the GPU tiers: its arena is the one registered.
+  GpuSetup gpu = open_gpu_tier(config_.gpu, *hosts.front());
+  cache_ = std::make_unique<Cache>(config_, std::move(hosts), std::move(disk),
                                    std::move(disk_status), open_index(), metrics_, std::move(gpu));
   bind_socket();
 }
@@ -195,7 +206,7 @@ std::unique_ptr<SemanticIndex> Server::open_index() {
     spdlog::error("semantic index unavailable, serving without it: {}", index.status().to_string());
     return nullptr;
   }
-  spdlog::info("semantic index: {}", (*index)->stats().dump());
+  spdlog::info("semantic index: {}", json_text((*index)->stats()));
   return std::move(index).value();
 }
 
@@ -231,18 +242,57 @@ void Server::schedule_reader_check() {
   });
 }
 
-void Server::bind_socket() {
+namespace {
+
+std::string holder_text(pid_t pid) {
+  return pid > 0 ? "another kvtierd (pid " + std::to_string(pid) + ")" : "another kvtierd";
+}
+
+}  // namespace
+
+void Server::claim_names() {
+  // Shared-memory names live in one namespace per host, whatever the state directory: the
+  // claim on a prefix is a lock file beside its objects.
+  const std::filesystem::path shm_lock =
+      std::filesystem::path("/dev/shm") / (config_.daemon.shm_prefix + ".lock");
+  auto shm = InstanceLock::acquire(shm_lock);
+  if (!shm && shm.status().code() == Errc::kAlreadyExists)
+    throw std::runtime_error("daemon.shm_prefix '" + config_.daemon.shm_prefix + "' is in use by " +
+                             holder_text(InstanceLock::holder(shm_lock)) + " (lock " +
+                             shm_lock.string() + "): give this daemon another prefix");
+  if (!shm) throw std::runtime_error("daemon.shm_prefix: " + shm.status().message());
+  shm_lock_ = std::move(shm).value();
+
   const auto& path = config_.daemon.socket;
   std::error_code fec;
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), fec);
+  std::filesystem::path sock_lock = path;
+  sock_lock += ".lock";
+  auto sock = InstanceLock::acquire(sock_lock);
+  if (!sock && sock.status().code() == Errc::kAlreadyExists)
+    throw std::runtime_error("daemon.socket " + path.string() + " is served by " +
+                             holder_text(InstanceLock::holder(sock_lock)));
+  if (!sock) throw std::runtime_error("daemon.socket: " + sock.status().message());
+  socket_lock_ = std::move(sock).value();
   if (std::filesystem::exists(path)) {
-    // A live daemon answers a connect; a stale socket file from a crash does not.
+    // No kvtierd holds the claim; a server of some other kind (or an older kvtierd) may still
+    // answer on the path.  A stale socket file from a crash does not answer.
     stream::socket probe(io_);
     boost::system::error_code ec;
     probe.connect(stream::endpoint(path.string()), ec);
-    if (!ec) throw std::runtime_error("another kvtierd is serving " + path.string());
-    std::filesystem::remove(path, fec);
+    if (!ec) {
+      auto peer = peer_of(probe.native_handle());
+      throw std::runtime_error("daemon.socket " + path.string() + " is served by " +
+                               (peer ? "pid " + std::to_string(peer->pid) : "another process"));
+    }
   }
+}
+
+void Server::bind_socket() {
+  const auto& path = config_.daemon.socket;
+  std::error_code fec;
+  // A stale socket file from a crash: the claim above says nobody serves it.
+  std::filesystem::remove(path, fec);
   acceptor_.open(stream());
   acceptor_.bind(stream::endpoint(path.string()));
   acceptor_.listen(asio::socket_base::max_listen_connections);

@@ -19,6 +19,7 @@
 #include "common/keys.h"
 #include "config/config.h"
 #include "daemon/cache.h"
+#include "daemon/instance_lock.h"
 #include "daemon/metrics.h"
 
 namespace kvtier {
@@ -48,6 +49,9 @@ class Server {
  private:
   boost::asio::awaitable<void> accept_loop();
   void begin_drain(const char* why);
+  // Claims daemon.shm_prefix and daemon.socket for this process (instance locks) before any
+  // shared-memory name or socket file is touched; throws naming the key and the holder's pid.
+  void claim_names();
   void bind_socket();
   // The disk tier per config, or null with the reason (the daemon then runs without it).
   std::pair<std::unique_ptr<DiskTier>, std::string> open_disk_tier();
@@ -63,6 +67,10 @@ class Server {
   BlockKey instance_;
   uint64_t started_unix_ms_ = 0;
 
+  // Held from the start until after cache_ (and the host arena's name) is gone: declared
+  // before cache_ so that they are destroyed after it.
+  InstanceLock shm_lock_;
+  InstanceLock socket_lock_;
   Metrics metrics_;
   std::unique_ptr<Cache> cache_;
   // One io_context per io thread, each run by exactly one thread; connections are dealt out

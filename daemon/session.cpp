@@ -253,6 +253,15 @@ awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {
   // Most requests complete without suspending; get (disk promotion), seal (persist) and the
   // disk jobs may wait for the disk tier.
   using R = wire::Request;
+  // The verifier accepts a union type whose body table is absent (an absent table is valid
+  // FlatBuffers); every handler below, and the admin table, takes its body as present.
+  if (msg.body_type() != R::NONE && msg.body() == nullptr) {
+    bump(server_.metrics().protocol_errors);
+    const char* name = wire::EnumNameRequest(msg.body_type());
+    r.fail(error(Errc::kProtocol, std::string("request ") + (*name ? name : "of unknown type") +
+                                      " has no body"));
+    co_return;
+  }
   switch (msg.body_type()) {
     case R::HelloReq:
       on_hello(*msg.body_as_HelloReq(), r);

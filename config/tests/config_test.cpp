@@ -85,7 +85,7 @@ log_level = "debug"
 
 [access]
 socket_mode = 0o640
-socket_group = "kvusers"
+socket_group = "daemon"
 admin_uids = [1001, 1002]
 admin_gids = [27]
 
@@ -165,7 +165,7 @@ TEST_CASE("parse: every key set, and to_toml() round trip", "[config]") {
   CHECK(c.daemon.drain_timeout_ms == 250);
   CHECK(c.daemon.log_level == "debug");
   CHECK(c.access.socket_mode == "0640");
-  CHECK(c.access.socket_group == "kvusers");
+  CHECK(c.access.socket_group == "daemon");  // a group every Debian has
   CHECK(c.access.admin_uids == std::vector<uid_t>{1001, 1002});
   CHECK(c.access.admin_gids == std::vector<gid_t>{27});
   CHECK(c.host.size_bytes == 48 * kMiB);
@@ -288,6 +288,12 @@ TEST_CASE("validate: range checks, with the line of the offending key", "[config
                       Contains("access.socket_mode: '01777'"));
   REQUIRE_THROWS_WITH(parse("[access]\nsocket_mode = 0o1777\n"),
                       Contains("access.socket_mode: 1023 is not a permission mode"));
+  // Regression (issue 14, defect 5): an unknown group passed validation and failed start-up.
+  REQUIRE_THROWS_WITH(
+      parse("[access]\nsocket_mode = \"0660\"\nsocket_group = \"no-such-group-kvtier\"\n",
+            "g.toml"),
+      Contains("access.socket_group: no group 'no-such-group-kvtier' on this host") &&
+          Contains("(set at line 3 of g.toml)"));
   REQUIRE_THROWS_WITH(parse("[session]\nstaging_bytes = \"512KiB\"\n"),
                       Contains("session.staging_bytes: must be at least 1MiB, got 512 KiB"));
   REQUIRE_THROWS_WITH(parse("[session]\nmax_leases = 0\n"), Contains("session.max_leases:"));

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -12,6 +13,8 @@
 #include <filesystem>
 #include <random>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "common/channel.h"
 #include "common/frame.h"
@@ -205,6 +208,51 @@ TEST_CASE("valid frames with bad contents get clear errors") {
     auto req = wire::CreateGetReq(fbb, fbb.CreateString(""), wire_util::keys_to_wire(fbb, keys));
     fbb.Finish(wire::CreateRequestMsg(fbb, 5, wire::Request::GetReq, req.Union()));
     CHECK(roundtrip(fbb) == Errc::kInvalidArgument);
+  }
+  ::close(fd);
+  daemon_still_serves(d);
+}
+
+TEST_CASE("a request type without its body, or with another type's body, is a protocol error") {
+  // Regression (issue 14, defect 1): an absent body table passes FlatBuffers verification and
+  // the handlers dereferenced it (SIGSEGV).  No hello first: any peer could send this.
+  Daemon d;
+  int fd = raw_connect(d);
+  const auto first = static_cast<uint8_t>(wire::Request::MIN) + 1;
+  const auto last = static_cast<uint8_t>(wire::Request::MAX);
+  for (uint8_t t = first; t <= last; ++t) {
+    INFO("request type " << wire::EnumNameRequest(static_cast<wire::Request>(t)));
+    flatbuffers::FlatBufferBuilder fbb;
+    wire::RequestMsgBuilder b(fbb);
+    b.add_id(t);
+    b.add_body_type(static_cast<wire::Request>(t));
+    fbb.Finish(b.Finish());
+    auto f = frame_of(fbb);
+    send_bytes(fd, f.data(), f.size());
+    auto reply = read_reply_head(fd);
+    REQUIRE(reply.has_value());
+    CHECK(reply->code == Errc::kProtocol);
+    CHECK(reply->id == t);
+  }
+  // A body of another type (a put's table labelled as each other request) is read as that
+  // type: whatever it means, the answer is a reply and the daemon keeps serving.
+  for (uint8_t t = first; t <= last; ++t) {
+    const auto type = static_cast<wire::Request>(t);
+    // The disk jobs answer with progress frames first; their bodies are empty tables anyway.
+    if (type == wire::Request::CompactReq || type == wire::Request::VerifyReq) continue;
+    INFO("request type " << wire::EnumNameRequest(type));
+    flatbuffers::FlatBufferBuilder fbb;
+    wire::Key128 key(1, 2);
+    auto put = wire::CreatePutBeginReq(fbb, fbb.CreateString("ns"), &key, 0, true,
+                                       fbb.CreateVector(std::vector<uint8_t>(40, 0xff)), 7);
+    fbb.Finish(wire::CreateRequestMsg(fbb, 1000 + t, type, put.Union()));
+    auto f = frame_of(fbb);
+    send_bytes(fd, f.data(), f.size());
+    auto reply = read_reply_head(fd);
+    REQUIRE(reply.has_value());
+    // Answered as that type, or refused whole when the put's fields fail that type's
+    // verification (the reply to an unverified body carries id 0).
+    CHECK((reply->id == 1000u + t || (reply->id == 0 && reply->code == Errc::kProtocol)));
   }
   ::close(fd);
   daemon_still_serves(d);
@@ -449,4 +497,58 @@ TEST_CASE("the memfds a client holds (staging, channel) are sealed against resiz
   }
   CHECK(found == 2);
   CHECK(c->lookup("ns", keys).value() == 1);
+}
+
+TEST_CASE("names that are not UTF-8, or hold control characters, are refused at the edge") {
+  // Regression (issue 14, defect 4): a namespace of invalid UTF-8 was stored, and then
+  // `kvtierctl ls` failed with a JSON exception until the block was evicted.
+  Daemon d;
+  auto c = Client::connect(d.socket()).value();
+  const BlockKey key{7, 7};
+  kvtier::testing::KvBlock b(key, 4);
+  auto refused = [](const Status& st, const std::string& field) {
+    CHECK(st.code() == Errc::kInvalidArgument);
+    CHECK_THAT(st.message(), Catch::Contains(field));
+  };
+  refused(c->put("ns\xff", key, b.tensors), "namespace");
+  refused(c->put("ns\xc0\xaf", key, b.tensors), "namespace");  // overlong '/'
+  refused(c->put(std::string("ns\0x", 4), key, b.tensors), "namespace");
+  refused(c->lookup("\xed\xa0\x80", std::span(&key, 1)).status(), "namespace");
+  refused(c->get("ns\xfe", std::span(&key, 1)).status(), "namespace");
+  refused(c->list_json("ns\xff").status(), "namespace");
+  std::vector<TensorIn> bad_tensor = {
+      TensorIn{std::string("k\0", 2), DType::kF16, {4, 128}, b.k.data()}};
+  refused(c->put("ns", key, bad_tensor), "tensor name");
+  bad_tensor[0].name = "k\xff";
+  refused(c->put("ns", key, bad_tensor), "tensor name");
+  // A valid name outside ASCII is a name like any other.
+  REQUIRE(c->put("ns/é", key, b.tensors).is_ok());
+  REQUIRE(c->put("ns", key, b.tensors).is_ok());
+  std::vector<ChunkEmbeddings> emb = {{key, {{"vision\xff", std::vector<float>(8, 1.f)}}}};
+  Status st = c->add_embeddings("ns", emb);
+  // Without the index the request is refused before the names are read.
+  if (st.code() != Errc::kUnavailable) refused(st, "modality");
+  std::vector<SearchQuery> q = {{"\x01vision", std::vector<float>(8, 1.f), 0.f, 1.f}};
+  auto hits = c->search("ns", q, 4);
+  if (hits.status().code() != Errc::kUnavailable) refused(hits.status(), "modality");
+  // Everything the daemon lists is valid JSON.
+  auto ls = c->list_json();
+  REQUIRE(ls.is_ok());
+  auto j = nlohmann::json::parse(*ls);
+  CHECK(j.dump().find("ns/\xc3\xa9") != std::string::npos);
+}
+
+TEST_CASE("a client whose process name is not UTF-8 does not break `clients`") {
+  Daemon d;
+  char old_name[17] = {};
+  ::prctl(PR_GET_NAME, old_name);
+  ::prctl(PR_SET_NAME, "bad\xff\xfe");
+  auto odd = Client::connect(d.socket());
+  ::prctl(PR_SET_NAME, old_name);
+  REQUIRE(odd.is_ok());
+  auto c = Client::connect(d.socket()).value();
+  auto clients = c->clients_json();
+  REQUIRE(clients.is_ok());
+  CHECK_NOTHROW(nlohmann::json::parse(*clients));
+  CHECK_THAT(*clients, Catch::Contains("bad\xef\xbf\xbd"));  // U+FFFD for the bad bytes
 }

@@ -48,12 +48,13 @@ Daemon::Daemon(DaemonOptions o) {
   std::filesystem::create_directories(dir_);
   env_ = o.env;
   socket_ = (dir_ / "kvtier.sock").string();
+  shm_prefix_ = o.shm_prefix.empty() ? "kvtier-test-" + tag : o.shm_prefix;
   {
     std::ofstream cfg(dir_ / "kvtier.toml");
     cfg << "[daemon]\n"
         << "socket = \"" << socket_ << "\"\n"
         << "state_dir = \"" << (dir_ / "state").string() << "\"\n"
-        << "shm_prefix = \"kvtier-test-" << tag << "\"\n"
+        << "shm_prefix = \"" << shm_prefix_ << "\"\n"
         << "io_threads = " << o.io_threads << "\n"
         << "busy_poll_us = " << o.busy_poll_us << "\n"
         << "request_channel = " << (o.request_channel ? "true" : "false") << "\n"

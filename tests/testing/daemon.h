@@ -34,6 +34,8 @@ struct DaemonOptions {
   std::string gpu_backend = "off";
   uint64_t gpu_bytes = 32ull << 20;
   std::string gpu_devices = "[0]";
+  // daemon.shm_prefix; empty: a private one per instance.
+  std::string shm_prefix;
   // Extra environment for the daemon process (e.g. KVTIER_TEST_DISK_FAULTS).
   std::vector<std::pair<std::string, std::string>> env;
 };
@@ -49,6 +51,7 @@ class Daemon {
 
   const std::string& socket() const { return socket_; }
   const std::filesystem::path& dir() const { return dir_; }
+  const std::string& shm_prefix() const { return shm_prefix_; }
   pid_t pid() const { return pid_; }
   // Sends SIGTERM and waits; returns the exit status (or -signal).
   int stop();
@@ -65,6 +68,7 @@ class Daemon {
   void start();
   std::filesystem::path dir_;
   std::string socket_;
+  std::string shm_prefix_;
   std::vector<std::pair<std::string, std::string>> env_;
   pid_t pid_ = -1;
 };

@@ -7,7 +7,7 @@ ArenaOptions arena_options(const HostTier::Options& o) {
   ArenaOptions a;
   a.label = "host";
   a.size_key = "host.size";
-  a.arena_id = 0;
+  a.arena_id = o.arena_id;
   a.small_ratio = o.small_ratio;
   a.ghost_entries = o.ghost_entries;
   return a;

@@ -1,4 +1,4 @@
-// The host tier: sealed blocks in one shared-memory arena, S3-FIFO eviction, leases that pin
+// The host tier: sealed blocks in one shared-memory arena (one per isolation domain), S3-FIFO eviction, leases that pin
 // (the index, policy and leases are ArenaTier's, shared with the GPU tier).
 // Not thread-safe (see tiers/tier.h): the daemon's Cache serialises calls.
 #pragma once
@@ -17,6 +17,7 @@ class HostTier final : public ArenaTier {
  public:
   struct Options {
     std::string shm_name = "kvtier-host-0";
+    uint32_t arena_id = 0;  // Extent::arena of its blocks (the isolation domain's index)
     uint64_t bytes = 64ull << 20;
     bool prefault = false;
     double small_ratio = 0.10;

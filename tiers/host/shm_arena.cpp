@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/interprocess/managed_external_buffer.hpp>
@@ -65,7 +66,16 @@ Result<std::unique_ptr<ShmArena>> ShmArena::create(const std::string& name, uint
 }
 
 ShmArena::~ShmArena() {
-  if (impl_) bip::shared_memory_object::remove(name_.c_str());
+  // Only our own object: a name some other process replaced since is not ours to remove.
+  if (impl_ && name_intact()) bip::shared_memory_object::remove(name_.c_str());
+}
+
+bool ShmArena::name_intact() const {
+  struct stat ours {}, named {};
+  const std::string path = "/dev/shm/" + name_;
+  return ::fstat(impl_->shm.get_mapping_handle().handle, &ours) == 0 &&
+         ::stat(path.c_str(), &named) == 0 && ours.st_ino == named.st_ino &&
+         ours.st_dev == named.st_dev;
 }
 
 Result<uint64_t> ShmArena::allocate(uint64_t bytes) {
@@ -83,9 +93,13 @@ uint64_t ShmArena::free_bytes() const {
 }
 
 Result<int> ShmArena::open_readonly_fd() const {
-  std::string path = "/dev/shm/" + name_;
+  // Reopened through the descriptor the arena holds, never by name: whatever happened to
+  // /dev/shm/<name> since (removed, or replaced by another process), a client maps this
+  // arena.  /proc/self/fd/N opens the same object with the new (read-only) mode.
+  const std::string path = "/proc/self/fd/" + std::to_string(impl_->shm.get_mapping_handle().handle);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return error(Errc::kIo, "open " + path + ": " + std::strerror(errno));
+  if (fd < 0)
+    return error(Errc::kIo, "reopen /dev/shm/" + name_ + " read-only: " + std::strerror(errno));
   return fd;
 }
 

@@ -19,11 +19,12 @@ namespace kvtier {
 
 class ShmArena final : public SpaceAllocator {
  public:
-  // Creates (replacing a stale object of the same name) and maps `bytes` of shared memory.
+  // Creates (replacing a stale object of the same name: the caller holds the claim on the
+  // name, daemon/instance_lock.h) and maps `bytes` of shared memory.
   // With prefault, every page is populated now so puts never take page faults.
   static Result<std::unique_ptr<ShmArena>> create(const std::string& name, uint64_t bytes,
                                                   bool prefault);
-  ~ShmArena() override;  // unmaps and unlinks the object
+  ~ShmArena() override;  // unmaps, and unlinks the name while it still names this object
   ShmArena(const ShmArena&) = delete;
   ShmArena& operator=(const ShmArena&) = delete;
 
@@ -36,8 +37,11 @@ class ShmArena final : public SpaceAllocator {
   void deallocate(uint64_t offset) override;
   uint64_t free_bytes() const override;
 
-  // A new read-only descriptor for the object; the caller closes it.
+  // A new read-only descriptor for the object this arena holds open (never reopened by
+  // name); the caller closes it.
   Result<int> open_readonly_fd() const;
+  // /dev/shm/<name> still names this arena's object (false: removed or replaced since).
+  bool name_intact() const;
 
   static constexpr uint64_t kAlignment = 256;
 
