@@ -142,6 +142,10 @@ void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
   for (const auto& [name, t] : j.at("tiers").items()) {
     if (name != "gpu") {
       row(name, t);
+      if (name != "host" || !j.contains("arenas")) continue;
+      // Each isolation domain's own arena (docs/operations.md, "Isolation domains").
+      for (const auto& a : j.at("arenas"))
+        if (!a.value("domain", "").empty()) row("host/" + a.value("domain", ""), a);
       continue;
     }
     // The GPU tier: one row per device pool ("gpu0"), none without a GPU tier.

@@ -62,7 +62,7 @@ nlohmann::json Cache::stats_json() const {
                         {"leased_blocks", a.leased_blocks},
                         {"evictions", a.evictions}});
     }
-    j["tiers"]["arenas"] = std::move(arenas);
+    j["arenas"] = std::move(arenas);
     sessions = sessions_.size();
     for (const auto& [id, s] : sessions_) {
       leases += s.leases.size();

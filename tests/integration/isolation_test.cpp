@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -151,7 +152,7 @@ int put_and_read(Client& c, const std::string& ns, uint8_t tenant, uint64_t i) {
 
 nlohmann::json arena_stats(Client& c, const std::string& domain) {
   auto j = nlohmann::json::parse(c.stats_json().value());
-  for (const auto& a : j["tiers"]["arenas"])
+  for (const auto& a : j["arenas"])
     if (a["domain"] == domain) return a;
   return {};
 }
@@ -227,6 +228,15 @@ TEST_CASE("a tenant maps its own arena only, and another tenant's bytes never re
   CHECK(arena_stats(*admin, "a")["blocks"] == 4);
   CHECK(arena_stats(*admin, "b")["blocks"] == 4);
   CHECK(arena_stats(*admin, "")["blocks"] == 0);
+  // kvtierctl stats shows a row per domain arena.
+  std::string cmd = std::string(KVTIER_BINARY_DIR) + "/cli/kvtierctl -s " + sock + " stats";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[512];
+  while (size_t n = std::fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
+  CHECK(::pclose(p) == 0);
+  CHECK_THAT(out, Catch::Contains("host/a") && Catch::Contains("host/b"));
 }
 
 TEST_CASE("each isolation domain is evicted within its own budget") {
