@@ -233,6 +233,9 @@ void ArenaConfig::validate() const {
     fail("arena.name: '" + name + "' must be 1..32 characters of [A-Za-z0-9_.-]");
   if (size_bytes < 16 * kMiB)
     fail("arena.size: arena '" + name + "' must be at least 16MiB, got " + human_size(size_bytes));
+  if (gpu_size_bytes != 0 && gpu_size_bytes < kMiB)
+    fail("arena.gpu_size: arena '" + name + "' must be 0 (no GPU pool) or at least 1MiB, got " +
+         human_size(gpu_size_bytes));
 }
 
 void DiskTierConfig::validate() const {

@@ -121,6 +121,9 @@ struct SessionConfig {
 struct ArenaConfig {
   std::string name;         // 1..32 characters of [A-Za-z0-9_.-]
   uint64_t size_bytes = 0;  // the domain's host arena in /dev/shm
+  // Its own pool on each GPU tier device; 0: its blocks stay in host memory (a GPU get of them
+  // is answered with host leases).  The shared pools (gpu.size) hold the default domain only.
+  uint64_t gpu_size_bytes = 0;
   void validate() const;
 };
 

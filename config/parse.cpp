@@ -306,7 +306,8 @@ void read_arenas(Reader& r, const toml::node& node, std::vector<ArenaConfig>& ar
     ArenaConfig& a = arenas.emplace_back();
     r.read_table(t, section,
                  {{"name", [&](auto& n, auto& k) { a.name = r.str(n, k); }},
-                  {"size", [&](auto& n, auto& k) { a.size_bytes = r.size(n, k); }}});
+                  {"size", [&](auto& n, auto& k) { a.size_bytes = r.size(n, k); }},
+                  {"gpu_size", [&](auto& n, auto& k) { a.gpu_size_bytes = r.size(n, k); }}});
   }
 }
 

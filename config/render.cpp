@@ -135,7 +135,8 @@ std::string Config::to_toml() const {
   for (const ArenaConfig& a : arenas) {
     o << "\n[[arena]]\n"
       << "name = " << quote(a.name) << "\n"
-      << "size = " << toml_size(a.size_bytes) << "\n";
+      << "size = " << toml_size(a.size_bytes) << "\n"
+      << "gpu_size = " << toml_size(a.gpu_size_bytes) << "\n";
   }
   return o.str();
 }

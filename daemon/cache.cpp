@@ -215,7 +215,7 @@ void Cache::close_session(uint64_t sid) {
   bump(metrics_.leases_reclaimed, it->second.leases.size());
   for (auto& [put_id, put] : it->second.puts) {
     if (put.gpu_device >= 0) {
-      gpu_tier(put.gpu_device)->unreserve(put.extent);
+      gpu_tier(put.gpu_device, ns_domains_.at(put.ns))->unreserve(put.extent);
     } else {
       host_locked(put.ns).unreserve(put.extent);
     }
@@ -312,7 +312,7 @@ Result<uint64_t> Cache::begin_put(uint64_t sid, PendingPut put) {
     return error(Errc::kAlreadyExists, "block " + put.key.hex() + " is already cached");
   Result<Extent> ext = error(Errc::kNoSpace, "");
   if (put.gpu_device >= 0) {
-    ext = gpu_tier(put.gpu_device)->reserve(put.stored_layout.total_bytes);
+    ext = gpu_tier(put.gpu_device, ns_domains_.at(put.ns))->reserve(put.stored_layout.total_bytes);
     if (!ext && ext.status().code() == Errc::kNoSpace) {
       // Leased blocks fill the GPU: the block goes to the host tier in the host format.
       bump(metrics_.gpu_put_fallbacks);
@@ -353,7 +353,7 @@ Status Cache::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout)
   uint64_t raw = 0;
   for (const auto& t : stored_layout.tensors) raw += t.raw_bytes;
   if (put.gpu_device >= 0) {
-    GpuTier* tier = gpu_tier(put.gpu_device);
+    GpuTier* tier = gpu_tier(put.gpu_device, ns_domains_.at(put.ns));
     Status st = tier->insert(NsKey{put.ns, put.key}, put.extent, std::move(stored_layout));
     if (!st) {
       tier->unreserve(put.extent);
@@ -392,7 +392,7 @@ Status Cache::abort_put(uint64_t sid, uint64_t put_id) {
   if (it == s->puts.end())
     return error(Errc::kNotFound, "no pending put " + std::to_string(put_id));
   if (it->second.gpu_device >= 0) {
-    gpu_tier(it->second.gpu_device)->unreserve(it->second.extent);
+    gpu_tier(it->second.gpu_device, ns_domains_.at(it->second.ns))->unreserve(it->second.extent);
   } else {
     host_locked(it->second.ns).unreserve(it->second.extent);
   }
@@ -410,8 +410,8 @@ std::vector<LeaseGrant> Cache::get(uint64_t sid, uint32_t ns, std::span<const Bl
   bump(metrics_.gets);
   Session* s = session(sid);
   HostTier& host = host_locked(ns);
-  // Blocks of an isolation domain never enter the shared GPU pools: host leases serve them.
-  GpuTier* want_gpu = where.gpu && ns_domains_.at(ns) == 0 ? gpu_tier(where.device) : nullptr;
+  // The namespace's domain's pool on that device (none: host leases serve the get).
+  GpuTier* want_gpu = where.gpu ? gpu_tier(where.device, ns_domains_.at(ns)) : nullptr;
   for (const auto& k : keys) {
     const NsKey id{ns, k};
     LeaseGrant g;

@@ -116,9 +116,9 @@ class Cache {
   HostTier& host_of(uint32_t ns);
   // The isolation domain of a namespace (its index in host_tiers()).
   uint32_t domain_of(uint32_t ns) const;
-  // Whether a namespace's blocks may use the GPU tiers: the GPU pools are shared by every
-  // client that maps them, so only the default domain's blocks go there.
-  bool gpu_allowed(uint32_t ns) const { return domain_of(ns) == 0; }
+  // The GPU tier of `device` for a namespace's blocks: its isolation domain's pool on that
+  // device, or null.  Blocks of one domain never enter another domain's pools.
+  GpuTier* gpu_tier_for(uint32_t ns, int device) const { return gpu_tier(device, domain_of(ns)); }
   // Whether `peer` may map the arena of `domain`: some namespace rule of that domain allows
   // it (the same rule that lets it read the domain's namespaces).
   bool may_map(const PeerInfo& peer, size_t domain) const;
@@ -130,8 +130,9 @@ class Cache {
   gpu::DeviceBackend* gpu_backend() const { return gpu_.backend.get(); }
   const std::vector<std::unique_ptr<GpuTier>>& gpu_tiers() const { return gpu_.tiers; }
   const std::string& gpu_status() const { return gpu_.status; }
-  // The GPU tier of `device` (-1: the first), or null.
-  GpuTier* gpu_tier(int device) const;
+  // The GPU tier of `device` (-1: the first) holding isolation domain `domain`'s blocks, or
+  // null (a domain without gpu_size has none).
+  GpuTier* gpu_tier(int device, uint32_t domain = 0) const;
   const std::string& namespace_name(uint32_t ns) const;
   const config::Config& config() const { return config_; }
 

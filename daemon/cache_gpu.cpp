@@ -6,9 +6,9 @@
 
 namespace kvtier {
 
-GpuTier* Cache::gpu_tier(int device) const {
+GpuTier* Cache::gpu_tier(int device, uint32_t domain) const {
   for (const auto& t : gpu_.tiers)
-    if (device < 0 || t->device() == device) return t.get();
+    if ((device < 0 || t->device() == device) && t->domain() == domain) return t.get();
   return nullptr;
 }
 
@@ -41,7 +41,7 @@ bool Cache::copy_down(GpuTier& tier, const BlockInfo& b) {
   const config::NamespaceRule& rule = *ns_rules_.at(b.id.ns);
   // The host tier's format: KV float tensors with rule.codec, fusion tensors with fusion_codec.
   BlockLayout host = plan_stored_layout(b.layout, rule);
-  HostTier& to = host_locked(b.id.ns);  // the default domain's: only its blocks use GPUs
+  HostTier& to = host_locked(b.id.ns);  // the same domain's as the GPU pool's
   auto ext = to.reserve(host.total_bytes);
   if (!ext) return false;
   Status st = demote_block(tier.pool(), b.layout, b.extent.offset, host, to.data(*ext),
@@ -60,13 +60,15 @@ LeaseGrant Cache::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& ho
   // The host lease pins the source block: its bytes and layout stay put while unlocked.
   const BlockLayout gpu_layout = plan_gpu_layout(*host_grant.layout);
   GpuTier* tier = nullptr;
+  HostTier* host = nullptr;
   Extent ext;
   {
     std::lock_guard lock(mu_);
-    tier = gpu_tier(device);
+    // The namespace's own domain's pool: an isolation domain's blocks never enter another's.
+    tier = gpu_tier(device, ns_domains_.at(ns));
+    host = &host_locked(ns);
     Session* s = session(sid);
-    // An isolation domain's blocks stay off the shared GPU pools.
-    if (tier == nullptr || s == nullptr || ns_domains_.at(ns) != 0) return host_grant;
+    if (tier == nullptr || s == nullptr) return host_grant;
     if (const BlockInfo* b = tier->acquire(id)) {  // promoted meanwhile by someone else
       drop_lease(*s, host_grant.lease_id);
       return grant(*s, *tier, *b);
@@ -78,13 +80,13 @@ LeaseGrant Cache::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& ho
     }
     ext = *r;
   }
-  Status st = promote_block(tier->pool(), *host_grant.layout, hosts_[0]->data(host_grant.extent),
+  Status st = promote_block(tier->pool(), *host_grant.layout, host->data(host_grant.extent),
                             gpu_layout, ext.offset);
   std::lock_guard lock(mu_);
   Session* s = session(sid);
   // Removed, or replaced by a fusion put, while the device worked: publishing the copy would
   // bring back (or shadow) what is gone.
-  const BlockInfo* now = hosts_[0]->find(id);
+  const BlockInfo* now = host->find(id);
   if (st && (now == nullptr || &now->layout != host_grant.layout))
     st = error(Errc::kNotFound, "block left the host tier during its promotion");
   if (st) st = tier->insert(id, ext, gpu_layout);

@@ -26,6 +26,8 @@ nlohmann::json Cache::gpu_json() const {
   for (const auto& t : gpu_.tiers) {
     const TierUsage u = t->usage();
     pools.push_back({{"device", t->device()},
+                     {"pool_id", t->arena_id()},
+                     {"domain", t->domain() == 0 ? std::string() : config_.arenas[t->domain() - 1].name},
                      {"handle", gpu::handle_type_name(t->pool().handle_type())},
                      {"capacity_bytes", u.capacity_bytes},
                      {"used_bytes", u.used_bytes},

@@ -41,8 +41,8 @@ void Session::on_hello(const wire::HelloReq& req, Reply& r) {
     arenas.push_back(wire::CreateArenaInfo(fbb, h.arena_id(), h.arena().size()));
   }
   std::vector<flatbuffers::Offset<wire::GpuPoolInfo>> pools;
-  if (cache.may_map(peer_, 0))
-    for (const auto& t : cache.gpu_tiers()) pools.push_back(gpu_pool_info(fbb, *t));
+  for (const auto& t : cache.gpu_tiers())
+    if (cache.may_map(peer_, t->domain())) pools.push_back(gpu_pool_info(fbb, *t));
   const gpu::DeviceBackend* backend = server_.cache().gpu_backend();
   auto inst = wire_util::to_wire(server_.instance());
   r.set(wire::Response::HelloResp,
@@ -126,10 +126,10 @@ awaitable<void> Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
     put.stored_layout =
         plan_fusion_layout(put.base_layout, put.client_layout, rule, put.metadata.size());
   } else if (rule.disk != config::DiskPolicy::kPersist && gpu_eligible(put.client_layout) &&
-             cache.gpu_tier(req.device()) != nullptr && cache.gpu_allowed(*ns)) {
+             cache.gpu_tier_for(*ns, req.device()) != nullptr) {
     // The hot tier keeps fp16/bf16 as given.  Persist namespaces stay on the host path,
     // whose seal writes through to the disk tier.
-    put.gpu_device = cache.gpu_tier(req.device())->device();
+    put.gpu_device = cache.gpu_tier_for(*ns, req.device())->device();
     put.stored_layout = plan_gpu_layout(put.client_layout);
   } else {
     put.stored_layout = plan_stored_layout(put.client_layout, rule);
@@ -177,7 +177,7 @@ awaitable<void> Session::on_seal(const wire::SealReq& req, Reply& r) {
   // The base block of a fusion put is leased by this session: its bytes stay put.
   HostTier& host = cache.host_of(put->ns);
   Status st = put->gpu_device >= 0
-                  ? seal_to_gpu(cache.gpu_tier(put->gpu_device)->pool(), put->client_layout,
+                  ? seal_to_gpu(cache.gpu_tier_for(put->ns, put->gpu_device)->pool(), put->client_layout,
                                 staging_->data(put->staging_offset), stored, put->extent.offset)
               : put->fusion
                   ? encode_fusion_block(put->base_layout, host.data(put->base_extent),

@@ -23,21 +23,22 @@ Status check_gpu_device(const Cache& cache, int device) {
     return error(Errc::kUnavailable, "no GPU tier: " + cache.gpu_status());
   std::string have;
   for (const auto& t : cache.gpu_tiers())
-    have += (have.empty() ? "" : ", ") + std::to_string(t->device());
+    if (t->domain() == 0) have += (have.empty() ? "" : ", ") + std::to_string(t->device());
   return error(Errc::kInvalidArgument, "no GPU tier on device " + std::to_string(device) +
                                            " (pools on device " + have +
                                            "); ask for host memory instead");
 }
 
 void Session::on_map_gpu_pool(const wire::MapGpuPoolReq& req, Reply& r) {
-  // The pools hold the default domain's blocks only: its readers may map them.
-  if (!server_.cache().may_map(peer_, 0)) {
-    bump(server_.metrics().permission_denied);
-    return r.fail(error(Errc::kPermissionDenied,
-                        "uid " + std::to_string(peer_.uid) + " may not map the GPU pools"));
-  }
   for (const auto& t : server_.cache().gpu_tiers()) {
     if (t->arena_id() != req.id()) continue;
+    // A pool holds one isolation domain's blocks: only that domain's readers may map it.
+    if (!server_.cache().may_map(peer_, t->domain())) {
+      bump(server_.metrics().permission_denied);
+      return r.fail(error(Errc::kPermissionDenied, "uid " + std::to_string(peer_.uid) +
+                                                       " may not map GPU pool " +
+                                                       std::to_string(req.id())));
+    }
     auto handle = t->pool().export_handle();
     if (!handle) return r.fail(handle.status());
     if (handle->fd >= 0) r.fds.push_back(handle->fd);  // sent with the reply, then closed

@@ -96,8 +96,7 @@ Server::Server(config::Config config)
     throw std::runtime_error("cannot create state directory " + config_.daemon.state_dir.string() +
                              ": " + ec.message());
   auto [disk, disk_status] = open_disk_tier();
-  // Only the default domain's blocks use the GPU tiers: its arena is the one registered.
-  GpuSetup gpu = open_gpu_tier(config_.gpu, *hosts.front());
+  GpuSetup gpu = open_gpu_tier(config_, hosts);
   cache_ = std::make_unique<Cache>(config_, std::move(hosts), std::move(disk),
                                    std::move(disk_status), open_index(), metrics_, std::move(gpu));
   bind_socket();

@@ -287,7 +287,10 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   impl->device = options.device;
   impl->gpu_backend = wire_util::str(h->gpu_backend());
   if (h->gpu_pools())
-    for (const auto* p : *h->gpu_pools()) impl->gpu_devices.push_back(p->device());
+    for (const auto* p : *h->gpu_pools())  // one device may carry pools of several domains
+      if (std::find(impl->gpu_devices.begin(), impl->gpu_devices.end(), p->device()) ==
+          impl->gpu_devices.end())
+        impl->gpu_devices.push_back(p->device());
   const char* channel_env = std::getenv("KVTIER_REQUEST_CHANNEL");
   if (impl->busy_poll_us > 0 && options.request_channel &&
       (channel_env == nullptr || std::string_view(channel_env) != "0")) {

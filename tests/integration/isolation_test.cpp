@@ -14,6 +14,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@
 #include "common/wire.h"
 #include "kvtier/client.h"
 #include "tests/testing/daemon.h"
+#include "tests/testing/device_read.h"
 
 using namespace kvtier;
 using kvtier::testing::Daemon;
@@ -36,10 +38,10 @@ constexpr uid_t kUidB = 10002;
 constexpr uint64_t kTokens = 64;  // a [64, 128] fp16 tensor: 16 KiB
 
 // Tenant A's and B's namespaces live in arenas "a" and "b"; the default arena is root's.
-std::string isolation_toml(uint64_t arena_bytes) {
+std::string isolation_toml(uint64_t arena_bytes, uint64_t a_gpu_bytes = 0) {
   std::ostringstream t;
   t << "[access]\nsocket_mode = \"0666\"\n"
-    << "[[arena]]\nname = \"a\"\nsize = " << arena_bytes << "\n"
+    << "[[arena]]\nname = \"a\"\nsize = " << arena_bytes << "\ngpu_size = " << a_gpu_bytes << "\n"
     << "[[arena]]\nname = \"b\"\nsize = " << arena_bytes << "\n"
     << "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\nallow_uids = [0]\n"
     << "[[namespace]]\nprefix = \"tenantA/\"\ncodec = \"fp16\"\narena = \"a\"\nallow_uids = ["
@@ -74,16 +76,19 @@ int as_uid(uid_t uid, const std::function<int()>& body) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-// A raw MapArenaReq on a fresh connection: the reply's code, and whether a descriptor came.
-std::pair<Errc, bool> raw_map_arena(const std::string& socket, uint32_t id) {
+// A raw MapArenaReq (or MapGpuPoolReq) on a fresh connection: the reply's code, and whether
+// a descriptor came.
+std::pair<Errc, bool> raw_map_arena(const std::string& socket, uint32_t id, bool gpu = false) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, socket.c_str(), sizeof(addr.sun_path) - 1);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return {Errc::kIo, 0};
   flatbuffers::FlatBufferBuilder fbb;
-  fbb.Finish(wire::CreateRequestMsg(fbb, 1, wire::Request::MapArenaReq,
-                                    wire::CreateMapArenaReq(fbb, id).Union()));
+  fbb.Finish(gpu ? wire::CreateRequestMsg(fbb, 1, wire::Request::MapGpuPoolReq,
+                                          wire::CreateMapGpuPoolReq(fbb, id).Union())
+                 : wire::CreateRequestMsg(fbb, 1, wire::Request::MapArenaReq,
+                                          wire::CreateMapArenaReq(fbb, id).Union()));
   auto body = wire_util::bytes_of(fbb);
   auto h = encode_header({kProtocolVersion, FrameKind::kRequest, static_cast<uint32_t>(body.size())});
   std::vector<int> fds;
@@ -280,7 +285,7 @@ TEST_CASE("each isolation domain is evicted within its own budget") {
           }) == 0);
 }
 
-TEST_CASE("an isolation domain's blocks stay off the shared GPU pools") {
+TEST_CASE("an isolation domain without gpu_size stays off the shared GPU pools") {
   if (!running_as_root()) return;
   DaemonOptions o;
   o.extra_toml = isolation_toml(32ull << 20);
@@ -308,6 +313,54 @@ TEST_CASE("an isolation domain's blocks stay off the shared GPU pools") {
   for (const auto& p : j["tiers"]["gpu"]["pools"]) gpu_blocks += p["blocks"].get<uint64_t>();
   CHECK(gpu_blocks == 0);
   CHECK(arena_stats(*admin, "a")["blocks"] == 1);
+}
+
+TEST_CASE("a domain with gpu_size gets GPU pools of its own, mapped by its peers only") {
+  if (!running_as_root()) return;
+  DaemonOptions o;
+  o.extra_toml = isolation_toml(32ull << 20, 8ull << 20);
+  o.gpu_backend = "emulation";
+  o.gpu_devices = "[0]";
+  Daemon d(o);
+  const std::string sock = d.socket();
+  const uint32_t a_pool = (1u << 16) | 0;  // GpuTier::pool_id(device 0, domain 1)
+  REQUIRE(as_uid(kUidA, [&] {
+            auto c = Client::connect(sock);
+            if (!c) return 30;
+            const BlockKey key{1, 0};
+            auto bytes = marker_bytes(0, 0);
+            std::vector<TensorIn> t = {TensorIn{"k", DType::kF16, {kTokens, 128}, bytes.data()}};
+            if (!(*c)->put("tenantA/m", key, t)) return 31;
+            auto lease = (*c)->get("tenantA/m", std::span(&key, 1), GetOptions{true, -1});
+            if (!lease || lease->found() != 1 || !lease->block(0).on_gpu) return 32;
+            auto k = kvtier::testing::read_tensor(*lease->block(0).tensor("k"));
+            if (!k || k->size() != bytes.size() || std::memcmp(k->data(), bytes.data(), bytes.size()))
+              return 33;
+            if (raw_map_arena(sock, a_pool, true).first != Errc::kOk) return 34;
+            if (raw_map_arena(sock, 0, true).first != Errc::kPermissionDenied) return 35;
+            return 0;
+          }) == 0);
+  REQUIRE(as_uid(kUidB, [&] {
+            auto [code, fd] = raw_map_arena(sock, a_pool, true);
+            if (code != Errc::kPermissionDenied || fd) return 40;
+            // B has no pool: a GPU get of its blocks is served from its host arena.
+            auto c = Client::connect(sock);
+            if (!c) return 41;
+            const BlockKey key{1, 1};
+            auto bytes = marker_bytes(1, 0);
+            std::vector<TensorIn> t = {TensorIn{"k", DType::kF16, {kTokens, 128}, bytes.data()}};
+            if (!(*c)->put("tenantB/m", key, t)) return 42;
+            auto lease = (*c)->get("tenantB/m", std::span(&key, 1), GetOptions{true, -1});
+            if (!lease || lease->found() != 1 || lease->block(0).on_gpu) return 43;
+            return 0;
+          }) == 0);
+  auto admin = Client::connect(sock).value();
+  auto j = nlohmann::json::parse(admin->stats_json().value());
+  std::map<std::string, uint64_t> blocks;
+  for (const auto& p : j["tiers"]["gpu"]["pools"]) blocks[p["domain"]] += p["blocks"].get<uint64_t>();
+  CHECK(blocks[""] == 0);
+  CHECK(blocks["a"] == 1);
+  CHECK(blocks.count("b") == 0);
 }
 
 TEST_CASE("isolation domains in the configuration: names, sizes and references are checked") {

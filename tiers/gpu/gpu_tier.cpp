@@ -9,9 +9,10 @@ namespace {
 
 ArenaOptions arena_options(const GpuTier::Options& o) {
   ArenaOptions a;
-  a.label = "gpu " + std::to_string(o.device);
-  a.size_key = "gpu.size";
-  a.arena_id = static_cast<uint32_t>(o.device);
+  a.label = "gpu " + std::to_string(o.device) +
+            (o.domain ? " (domain " + std::to_string(o.domain) + ")" : std::string());
+  a.size_key = o.domain ? "arena.gpu_size" : "gpu.size";
+  a.arena_id = GpuTier::pool_id(o.device, o.domain);
   a.small_ratio = o.small_ratio;
   a.ghost_entries = o.ghost_entries;
   return a;
@@ -34,7 +35,8 @@ Result<std::unique_ptr<GpuTier>> GpuTier::create(gpu::DeviceBackend& backend,
 
 GpuTier::GpuTier(std::unique_ptr<gpu::DevicePool> pool, const Options& o)
     : ArenaTier(std::make_unique<gpu::PoolAllocator>(pool->size()), arena_options(o)),
-      pool_(std::move(pool)) {}
+      pool_(std::move(pool)),
+      domain_(o.domain) {}
 
 GpuTier::~GpuTier() = default;
 

@@ -25,7 +25,14 @@ class GpuTier final : public ArenaTier {
     gpu::HandleType handle = gpu::HandleType::kMemfd;
     double small_ratio = 0.10;
     size_t ghost_entries = 0;  // 0: one per 64 KiB of capacity
+    // The isolation domain whose blocks this pool holds (0: the default, shared one).  Its
+    // pool id (Extent::arena of its blocks) is pool_id(device, domain).
+    uint32_t domain = 0;
   };
+  // Pool ids: the device index for the default domain, as before isolation domains existed.
+  static uint32_t pool_id(int device, uint32_t domain) {
+    return (domain << 16) | static_cast<uint32_t>(device);
+  }
   // Creates the device's pool through `backend` (which must outlive the tier).
   static Result<std::unique_ptr<GpuTier>> create(gpu::DeviceBackend& backend,
                                                  const Options& options);
@@ -42,13 +49,15 @@ class GpuTier final : public ArenaTier {
 
   gpu::DevicePool& pool() const;
   int device() const;
-  // Extent::arena of this tier's blocks: the device index (ArenaTier::arena_id()).
+  uint32_t domain() const { return domain_; }
+  // Extent::arena of this tier's blocks: pool_id(device, domain) (ArenaTier::arena_id()).
 
  private:
   GpuTier(std::unique_ptr<gpu::DevicePool> pool, const Options& options);
   void on_capacity_evict(const BlockInfo& block) override;
 
   const std::unique_ptr<gpu::DevicePool> pool_;
+  const uint32_t domain_;
   EvictListener on_evict_;
 };
 
