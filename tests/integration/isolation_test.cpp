@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -24,6 +25,7 @@
 #include "common/frame.h"
 #include "common/wire.h"
 #include "kvtier/client.h"
+#include "tiers/gpu/device_backend.h"
 #include "tests/testing/daemon.h"
 #include "tests/testing/device_read.h"
 
@@ -317,9 +319,16 @@ TEST_CASE("an isolation domain without gpu_size stays off the shared GPU pools")
 
 TEST_CASE("a domain with gpu_size gets GPU pools of its own, mapped by its peers only") {
   if (!running_as_root()) return;
+  // KVTIER_TEST_GPU_BACKEND=cuda runs it on a real GPU (scripts/gpu_check.sh); CI emulates.
+  const char* env = std::getenv("KVTIER_TEST_GPU_BACKEND");
+  const std::string backend = env && *env ? env : "emulation";
+  if (backend == "cuda" && !gpu::make_cuda_backend()) {
+    WARN("KVTIER_TEST_GPU_BACKEND=cuda but no usable CUDA device: skipped");
+    return;
+  }
   DaemonOptions o;
   o.extra_toml = isolation_toml(32ull << 20, 8ull << 20);
-  o.gpu_backend = "emulation";
+  o.gpu_backend = backend;
   o.gpu_devices = "[0]";
   Daemon d(o);
   const std::string sock = d.socket();
