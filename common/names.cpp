@@ -13,7 +13,7 @@ bool valid_utf8(std::string_view s) {
       ++p;
       continue;
     }
-    size_t n;           // continuation bytes
+    size_t n;                            // continuation bytes
     unsigned char lo = 0x80, hi = 0xbf;  // allowed range of the first continuation byte
     if (c >= 0xc2 && c <= 0xdf) {
       n = 1;

@@ -186,7 +186,7 @@ void AccessConfig::validate() const {
   if (!socket_group.empty()) {
     // Checked here, not when the socket is bound: --check-config must catch it too.
     std::vector<char> buf(16384);
-    group g {};
+    group g{};
     group* found = nullptr;
     int err = ::getgrnam_r(socket_group.c_str(), &g, buf.data(), buf.size(), &found);
     if (err == ERANGE) {

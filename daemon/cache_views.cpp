@@ -25,19 +25,20 @@ nlohmann::json Cache::gpu_json() const {
   std::lock_guard lock(mu_);
   for (const auto& t : gpu_.tiers) {
     const TierUsage u = t->usage();
-    pools.push_back({{"device", t->device()},
-                     {"pool_id", t->arena_id()},
-                     {"domain", t->domain() == 0 ? std::string() : config_.arenas[t->domain() - 1].name},
-                     {"handle", gpu::handle_type_name(t->pool().handle_type())},
-                     {"capacity_bytes", u.capacity_bytes},
-                     {"used_bytes", u.used_bytes},
-                     {"reserved_bytes", u.reserved_bytes},
-                     {"fusion_bytes", u.fusion_bytes},
-                     {"blocks", u.blocks},
-                     {"leased_blocks", u.leased_blocks},
-                     {"evictions", u.evictions},
-                     {"evicted_bytes", u.evicted_bytes},
-                     {"policy", "s3fifo"}});
+    pools.push_back(
+        {{"device", t->device()},
+         {"pool_id", t->arena_id()},
+         {"domain", t->domain() == 0 ? std::string() : config_.arenas[t->domain() - 1].name},
+         {"handle", gpu::handle_type_name(t->pool().handle_type())},
+         {"capacity_bytes", u.capacity_bytes},
+         {"used_bytes", u.used_bytes},
+         {"reserved_bytes", u.reserved_bytes},
+         {"fusion_bytes", u.fusion_bytes},
+         {"blocks", u.blocks},
+         {"leased_blocks", u.leased_blocks},
+         {"evictions", u.evictions},
+         {"evicted_bytes", u.evicted_bytes},
+         {"policy", "s3fifo"}});
   }
   j["pools"] = pools;
   return j;

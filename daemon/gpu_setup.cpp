@@ -81,7 +81,8 @@ GpuSetup open_gpu_tier(const config::Config& config,
       o.bytes = pool_bytes[domain];
       o.domain = static_cast<uint32_t>(domain);
       const std::string what =
-          domain == 0 ? "pool" : "pool of isolation domain '" + config.arenas[domain - 1].name + "'";
+          domain == 0 ? "pool"
+                      : "pool of isolation domain '" + config.arenas[domain - 1].name + "'";
       auto tier = GpuTier::create(*g.backend, o);
       if (!tier) {
         spdlog::error("gpu tier: device {} {}: {}; skipped", d, what, tier.status().to_string());

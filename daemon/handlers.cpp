@@ -61,9 +61,9 @@ void Session::on_map_arena(const wire::MapArenaReq& req, Reply& r) {
   // cannot read another's bytes by mapping the arena that holds them.
   if (!cache.may_map(peer_, req.id())) {
     bump(server_.metrics().permission_denied);
-    return r.fail(error(Errc::kPermissionDenied, "uid " + std::to_string(peer_.uid) +
-                                                     " may not map arena " +
-                                                     std::to_string(req.id())));
+    return r.fail(error(
+        Errc::kPermissionDenied,
+        "uid " + std::to_string(peer_.uid) + " may not map arena " + std::to_string(req.id())));
   }
   const HostTier& host = *hosts[req.id()];
   auto fd = host.arena().open_readonly_fd();
@@ -176,15 +176,15 @@ awaitable<void> Session::on_seal(const wire::SealReq& req, Reply& r) {
   const config::NamespaceRule& rule = cache.rule_of(put->ns);
   // The base block of a fusion put is leased by this session: its bytes stay put.
   HostTier& host = cache.host_of(put->ns);
-  Status st = put->gpu_device >= 0
-                  ? seal_to_gpu(cache.gpu_tier_for(put->ns, put->gpu_device)->pool(), put->client_layout,
-                                staging_->data(put->staging_offset), stored, put->extent.offset)
-              : put->fusion
-                  ? encode_fusion_block(put->base_layout, host.data(put->base_extent),
-                                        put->client_layout, staging_->data(put->staging_offset),
-                                        put->metadata, rule, stored, host.data(put->extent))
-                  : encode_block(put->client_layout, staging_->data(put->staging_offset), stored,
-                                 host.data(put->extent), rule.nf4_double_quant);
+  Status st =
+      put->gpu_device >= 0
+          ? seal_to_gpu(cache.gpu_tier_for(put->ns, put->gpu_device)->pool(), put->client_layout,
+                        staging_->data(put->staging_offset), stored, put->extent.offset)
+      : put->fusion ? encode_fusion_block(put->base_layout, host.data(put->base_extent),
+                                          put->client_layout, staging_->data(put->staging_offset),
+                                          put->metadata, rule, stored, host.data(put->extent))
+                    : encode_block(put->client_layout, staging_->data(put->staging_offset), stored,
+                                   host.data(put->extent), rule.nf4_double_quant);
   staging_->free(put->staging_offset);
   if (!st) {
     (void)cache.abort_put(id_, req.put_id());

@@ -20,14 +20,16 @@ Result<InstanceLock> InstanceLock::acquire(const std::filesystem::path& path) {
     int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0 && errno == EACCES) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
-      return error(Errc::kIo, "cannot open lock file " + path.string() + ": " + std::strerror(errno));
+      return error(Errc::kIo,
+                   "cannot open lock file " + path.string() + ": " + std::strerror(errno));
     if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
       ::close(fd);
       if (err == EWOULDBLOCK) return error(Errc::kAlreadyExists, "held");
       return error(Errc::kIo, "cannot lock " + path.string() + ": " + std::strerror(err));
     }
-    struct stat held {}, named {};
+    struct stat held {
+    }, named{};
     if (::fstat(fd, &held) != 0 || ::stat(path.c_str(), &named) != 0 ||
         held.st_ino != named.st_ino || held.st_dev != named.st_dev) {
       ::close(fd);  // the previous holder unlinked it after our open: lock the new file
@@ -37,7 +39,8 @@ Result<InstanceLock> InstanceLock::acquire(const std::filesystem::path& path) {
     if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
       const int err = errno;
       ::close(fd);
-      return error(Errc::kIo, "cannot write lock file " + path.string() + ": " + std::strerror(err));
+      return error(Errc::kIo,
+                   "cannot write lock file " + path.string() + ": " + std::strerror(err));
     }
     InstanceLock lock;
     lock.path_ = path;
@@ -69,7 +72,9 @@ InstanceLock& InstanceLock::operator=(InstanceLock&& o) noexcept {
   return *this;
 }
 
-InstanceLock::~InstanceLock() { release(); }
+InstanceLock::~InstanceLock() {
+  release();
+}
 
 void InstanceLock::release() {
   if (fd_ < 0) return;

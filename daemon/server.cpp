@@ -85,9 +85,10 @@ Server::Server(config::Config config)
     ho.ghost_entries = d == 0 ? config_.host.ghost_entries : 0;
     auto host = HostTier::create(ho);
     if (!host) throw std::runtime_error("host tier: " + host.status().message());
-    spdlog::info("host tier{}: {} MiB in /dev/shm/{}{}, S3-FIFO eviction",
-                 d == 0 ? std::string() : " of isolation domain '" + config_.arenas[d - 1].name + "'",
-                 ho.bytes >> 20, ho.shm_name, ho.prefault ? " (prefaulted)" : "");
+    spdlog::info(
+        "host tier{}: {} MiB in /dev/shm/{}{}, S3-FIFO eviction",
+        d == 0 ? std::string() : " of isolation domain '" + config_.arenas[d - 1].name + "'",
+        ho.bytes >> 20, ho.shm_name, ho.prefault ? " (prefaulted)" : "");
     hosts.push_back(std::move(host).value());
   }
   std::error_code ec;

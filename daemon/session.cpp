@@ -258,8 +258,8 @@ awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {
   if (msg.body_type() != R::NONE && msg.body() == nullptr) {
     bump(server_.metrics().protocol_errors);
     const char* name = wire::EnumNameRequest(msg.body_type());
-    r.fail(error(Errc::kProtocol, std::string("request ") + (*name ? name : "of unknown type") +
-                                      " has no body"));
+    r.fail(error(Errc::kProtocol,
+                 std::string("request ") + (*name ? name : "of unknown type") + " has no body"));
     co_return;
   }
   switch (msg.body_type()) {

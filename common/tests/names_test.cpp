@@ -12,16 +12,16 @@ TEST_CASE("valid_utf8 accepts well-formed UTF-8 and refuses the rest") {
   CHECK(valid_utf8("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"));  // é € 😀
   CHECK(valid_utf8("\xef\xbf\xbf\xf4\x8f\xbf\xbf"));          // U+FFFF, U+10FFFF
   CHECK_FALSE(valid_utf8("\xff"));
-  CHECK_FALSE(valid_utf8("\x80"));                // a lone continuation byte
-  CHECK_FALSE(valid_utf8("\xc3"));                // truncated
-  CHECK_FALSE(valid_utf8("\xe2\x82"));            // truncated
-  CHECK_FALSE(valid_utf8("\xc0\xaf"));            // overlong '/'
-  CHECK_FALSE(valid_utf8("\xe0\x80\xaf"));        // overlong '/'
-  CHECK_FALSE(valid_utf8("\xf0\x80\x80\xaf"));    // overlong '/'
-  CHECK_FALSE(valid_utf8("\xed\xa0\x80"));        // a surrogate (U+D800)
-  CHECK_FALSE(valid_utf8("\xf4\x90\x80\x80"));    // U+110000
+  CHECK_FALSE(valid_utf8("\x80"));              // a lone continuation byte
+  CHECK_FALSE(valid_utf8("\xc3"));              // truncated
+  CHECK_FALSE(valid_utf8("\xe2\x82"));          // truncated
+  CHECK_FALSE(valid_utf8("\xc0\xaf"));          // overlong '/'
+  CHECK_FALSE(valid_utf8("\xe0\x80\xaf"));      // overlong '/'
+  CHECK_FALSE(valid_utf8("\xf0\x80\x80\xaf"));  // overlong '/'
+  CHECK_FALSE(valid_utf8("\xed\xa0\x80"));      // a surrogate (U+D800)
+  CHECK_FALSE(valid_utf8("\xf4\x90\x80\x80"));  // U+110000
   CHECK_FALSE(valid_utf8("\xf5\x80\x80\x80"));
-  CHECK_FALSE(valid_utf8("ab\xe2\x28\xa1"));      // bad continuation
+  CHECK_FALSE(valid_utf8("ab\xe2\x28\xa1"));  // bad continuation
 }
 
 TEST_CASE("check_name names the field and refuses control characters and bad lengths") {

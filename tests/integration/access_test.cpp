@@ -160,7 +160,6 @@ TEST_CASE("the daemon refuses configurations it cannot serve") {
   }
 }
 
-
 TEST_CASE("a second start with the same config is refused and leaves the running arena alone") {
   // Regression (issue 14, defect 2): the refused start used to unlink and recreate
   // /dev/shm/<prefix>-host-0 before noticing the live socket, and removed it on exit.
@@ -197,8 +196,8 @@ TEST_CASE("two daemons cannot share a shm_prefix, nor a socket") {
   std::ofstream(other) << toml;
   Run r = run_kvtierd("--config " + other.string());
   CHECK(r.rc != 0);
-  CHECK_THAT(r.out, Catch::Contains("daemon.socket") &&
-                        Catch::Contains("pid " + std::to_string(a.pid())));
+  CHECK_THAT(r.out,
+             Catch::Contains("daemon.socket") && Catch::Contains("pid " + std::to_string(a.pid())));
   serves_its_own_bytes(a, 12);
 }
 

@@ -92,7 +92,8 @@ std::pair<Errc, bool> raw_map_arena(const std::string& socket, uint32_t id, bool
                  : wire::CreateRequestMsg(fbb, 1, wire::Request::MapArenaReq,
                                           wire::CreateMapArenaReq(fbb, id).Union()));
   auto body = wire_util::bytes_of(fbb);
-  auto h = encode_header({kProtocolVersion, FrameKind::kRequest, static_cast<uint32_t>(body.size())});
+  auto h =
+      encode_header({kProtocolVersion, FrameKind::kRequest, static_cast<uint32_t>(body.size())});
   std::vector<int> fds;
   if (!send_all(fd, h, body, {})) return {Errc::kIo, false};
   std::array<std::byte, kFrameHeaderBytes> rh;
@@ -196,39 +197,38 @@ TEST_CASE("a tenant maps its own arena only, and another tenant's bytes never re
           }) == 0);
 
   // Tenant A works with its own blocks, and cannot get at B's by any request.
-  REQUIRE(as_uid(kUidA, [&] {
-            auto c = Client::connect(sock);
-            if (!c) return 30;
-            for (uint64_t i = 0; i < 4; ++i)
-              if (int rc = put_and_read(**c, "tenantA/m", 0, i)) return rc;
-            const BlockKey kb{1, 1};
-            if ((*c)->get("tenantB/m", std::span(&kb, 1)).status().code() !=
-                Errc::kPermissionDenied)
-              return 31;
-            if ((*c)->lookup("tenantB/m", std::span(&kb, 1)).status().code() !=
-                Errc::kPermissionDenied)
-              return 32;
-            auto [b_code, b_fd] = raw_map_arena(sock, 2);  // B's arena
-            if (b_code != Errc::kPermissionDenied || b_fd) return 33;
-            auto [d_code, d_fd] = raw_map_arena(sock, 0);  // the default (root's) arena
-            if (d_code != Errc::kPermissionDenied || d_fd) return 34;
-            auto [a_code, a_fd] = raw_map_arena(sock, 1);  // its own
-            if (a_code != Errc::kOk || !a_fd) return 35;
-            if (raw_map_arena(sock, 7).first != Errc::kNotFound) return 36;
-            // What A maps: its own arena, nothing of B's or the default's.
-            bool own = false;
-            for (const auto& m : shm_mappings()) {
-              if (m.path.find("-arena-b") != std::string::npos) return 37;
-              if (m.path.find("-host-0") != std::string::npos) return 38;
-              own |= m.path.find("-arena-a") != std::string::npos;
-            }
-            if (!own) return 39;
-            // B's bytes appear nowhere A can read in shared memory; A's own do.
-            for (uint64_t i = 0; i < 4; ++i)
-              if (maps_contain(marker_bytes(1, i))) return 40;
-            if (!maps_contain(marker_bytes(0, 0))) return 41;
-            return 0;
-          }) == 0);
+  REQUIRE(
+      as_uid(kUidA, [&] {
+        auto c = Client::connect(sock);
+        if (!c) return 30;
+        for (uint64_t i = 0; i < 4; ++i)
+          if (int rc = put_and_read(**c, "tenantA/m", 0, i)) return rc;
+        const BlockKey kb{1, 1};
+        if ((*c)->get("tenantB/m", std::span(&kb, 1)).status().code() != Errc::kPermissionDenied)
+          return 31;
+        if ((*c)->lookup("tenantB/m", std::span(&kb, 1)).status().code() != Errc::kPermissionDenied)
+          return 32;
+        auto [b_code, b_fd] = raw_map_arena(sock, 2);  // B's arena
+        if (b_code != Errc::kPermissionDenied || b_fd) return 33;
+        auto [d_code, d_fd] = raw_map_arena(sock, 0);  // the default (root's) arena
+        if (d_code != Errc::kPermissionDenied || d_fd) return 34;
+        auto [a_code, a_fd] = raw_map_arena(sock, 1);  // its own
+        if (a_code != Errc::kOk || !a_fd) return 35;
+        if (raw_map_arena(sock, 7).first != Errc::kNotFound) return 36;
+        // What A maps: its own arena, nothing of B's or the default's.
+        bool own = false;
+        for (const auto& m : shm_mappings()) {
+          if (m.path.find("-arena-b") != std::string::npos) return 37;
+          if (m.path.find("-host-0") != std::string::npos) return 38;
+          own |= m.path.find("-arena-a") != std::string::npos;
+        }
+        if (!own) return 39;
+        // B's bytes appear nowhere A can read in shared memory; A's own do.
+        for (uint64_t i = 0; i < 4; ++i)
+          if (maps_contain(marker_bytes(1, i))) return 40;
+        if (!maps_contain(marker_bytes(0, 0))) return 41;
+        return 0;
+      }) == 0);
 
   // The blocks sit in their domains' arenas.
   auto admin = Client::connect(sock).value();
@@ -343,7 +343,8 @@ TEST_CASE("a domain with gpu_size gets GPU pools of its own, mapped by its peers
             auto lease = (*c)->get("tenantA/m", std::span(&key, 1), GetOptions{true, -1});
             if (!lease || lease->found() != 1 || !lease->block(0).on_gpu) return 32;
             auto k = kvtier::testing::read_tensor(*lease->block(0).tensor("k"));
-            if (!k || k->size() != bytes.size() || std::memcmp(k->data(), bytes.data(), bytes.size()))
+            if (!k || k->size() != bytes.size() ||
+                std::memcmp(k->data(), bytes.data(), bytes.size()))
               return 33;
             if (raw_map_arena(sock, a_pool, true).first != Errc::kOk) return 34;
             if (raw_map_arena(sock, 0, true).first != Errc::kPermissionDenied) return 35;
@@ -366,7 +367,8 @@ TEST_CASE("a domain with gpu_size gets GPU pools of its own, mapped by its peers
   auto admin = Client::connect(sock).value();
   auto j = nlohmann::json::parse(admin->stats_json().value());
   std::map<std::string, uint64_t> blocks;
-  for (const auto& p : j["tiers"]["gpu"]["pools"]) blocks[p["domain"]] += p["blocks"].get<uint64_t>();
+  for (const auto& p : j["tiers"]["gpu"]["pools"])
+    blocks[p["domain"]] += p["blocks"].get<uint64_t>();
   CHECK(blocks[""] == 0);
   CHECK(blocks["a"] == 1);
   CHECK(blocks.count("b") == 0);
@@ -380,10 +382,11 @@ TEST_CASE("isolation domains in the configuration: names, sizes and references a
   CHECK_THROWS_WITH(Daemon(o), Catch::Contains("arena[0].name"));
   o.extra_toml = "[[arena]]\nname = \"a\"\nsize = \"1MiB\"\n";
   CHECK_THROWS_WITH(Daemon(o), Catch::Contains("arena[0].size") && Catch::Contains("line"));
-  o.extra_toml = "[[arena]]\nname = \"a\"\nsize = \"32MiB\"\n[[arena]]\nname = \"a\"\nsize = "
-                 "\"32MiB\"\n";
+  o.extra_toml =
+      "[[arena]]\nname = \"a\"\nsize = \"32MiB\"\n[[arena]]\nname = \"a\"\nsize = "
+      "\"32MiB\"\n";
   CHECK_THROWS_WITH(Daemon(o), Catch::Contains("duplicate arena 'a'"));
   o.extra_toml = "[[arena]]\nname = \"huge\"\nsize = \"1024TiB\"\n";
-  CHECK_THROWS_WITH(Daemon(o), Catch::Contains("[[arena]] sizes") &&
-                                   Catch::Contains("does not fit /dev/shm"));
+  CHECK_THROWS_WITH(Daemon(o),
+                    Catch::Contains("[[arena]] sizes") && Catch::Contains("does not fit /dev/shm"));
 }

@@ -71,7 +71,8 @@ ShmArena::~ShmArena() {
 }
 
 bool ShmArena::name_intact() const {
-  struct stat ours {}, named {};
+  struct stat ours {
+  }, named{};
   const std::string path = "/dev/shm/" + name_;
   return ::fstat(impl_->shm.get_mapping_handle().handle, &ours) == 0 &&
          ::stat(path.c_str(), &named) == 0 && ours.st_ino == named.st_ino &&
@@ -96,7 +97,8 @@ Result<int> ShmArena::open_readonly_fd() const {
   // Reopened through the descriptor the arena holds, never by name: whatever happened to
   // /dev/shm/<name> since (removed, or replaced by another process), a client maps this
   // arena.  /proc/self/fd/N opens the same object with the new (read-only) mode.
-  const std::string path = "/proc/self/fd/" + std::to_string(impl_->shm.get_mapping_handle().handle);
+  const std::string path =
+      "/proc/self/fd/" + std::to_string(impl_->shm.get_mapping_handle().handle);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return error(Errc::kIo, "reopen /dev/shm/" + name_ + " read-only: " + std::strerror(errno));
