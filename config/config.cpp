@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -93,6 +94,9 @@ std::string toml_size(uint64_t bytes) {
   for (auto [unit, name] : kUnits) {
     if (bytes != 0 && bytes % unit == 0) return '"' + std::to_string(bytes / unit) + name + '"';
   }
+  // A TOML integer holds at most 2^63 - 1; a size string ("bytes") holds any u64 (found by
+  // fuzz/fuzz_config.cpp: a rendering that did not parse back).
+  if (bytes > static_cast<uint64_t>(INT64_MAX)) return '"' + std::to_string(bytes) + '"';
   return std::to_string(bytes);
 }
 

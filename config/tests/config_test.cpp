@@ -246,6 +246,15 @@ TEST_CASE("parse: bad sizes", "[config]") {
                       Contains("daemon.max_message_bytes: -4096 is out of range"));
 }
 
+TEST_CASE("to_toml: sizes beyond a TOML integer render as strings that parse back", "[config]") {
+  // Found by fuzz/fuzz_config.cpp (fuzz/crashes/config/size-above-int64-renders-bare).
+  const Config c = parse("[disk]\nsize = \"9226133410982440504\"\n");
+  CHECK(c.disk.size_bytes == 9226133410982440504ull);
+  const std::string toml = c.to_toml();
+  CHECK(toml.find("size = \"9226133410982440504\"") != std::string::npos);
+  CHECK(parse(toml).to_toml() == toml);
+}
+
 TEST_CASE("parse_size", "[config]") {
   CHECK(parse_size("4096") == 4096u);
   CHECK(parse_size("4096B") == 4096u);
