@@ -42,10 +42,33 @@ Status seal_to_gpu(gpu::DevicePool& pool, const BlockLayout& client, const std::
 
 Status promote_block(gpu::DevicePool& pool, const BlockLayout& host, const std::byte* host_bytes,
                      const BlockLayout& gpu, uint64_t offset) {
+  if (host.tensors.size() != gpu.tensors.size())
+    return error(Errc::kInvalidArgument, "block to gpu: layouts of different tensor counts");
   for (size_t i = 0; i < host.tensors.size(); ++i) {
     const TensorLayout& h = host.tensors[i];
     const TensorLayout& g = gpu.tensors[i];
+    // The host layout may come from the disk tier's index: what the bytes would fill must be
+    // exactly the tensor's place in the GPU layout, or the copy would overwrite its
+    // neighbours in the pool (found by fuzz/fuzz_nf4.cpp).
+    if (h.offset > host.total_bytes || h.bytes > host.total_bytes - h.offset)
+      return error(Errc::kCorrupt, "tensor '" + h.name + "' extends past its block");
     std::span<const std::byte> src(host_bytes + h.offset, h.bytes);
+    if (h.codec == Codec::kNf4) {
+      auto hdr = nf4::parse_header(src);
+      if (!hdr) return error(Errc::kCorrupt, "tensor '" + h.name + "': " + hdr.status().message());
+      const uint64_t size = dtype_size(g.dtype);
+      uint64_t values = 0;
+      if (size == 0 || __builtin_mul_overflow(hdr->params.rows, hdr->params.cols, &values) ||
+          values != g.bytes / size || g.bytes % size != 0)
+        return error(Errc::kCorrupt, "tensor '" + h.name + "': its NF4 encoding holds " +
+                                         std::to_string(hdr->params.rows) + " x " +
+                                         std::to_string(hdr->params.cols) +
+                                         " values, its layout says " + std::to_string(g.bytes) +
+                                         " bytes");
+    } else if (h.bytes != g.bytes) {
+      return error(Errc::kCorrupt, "tensor '" + h.name + "': " + std::to_string(h.bytes) +
+                                       " stored bytes for a place of " + std::to_string(g.bytes));
+    }
     Status st = h.codec == Codec::kNf4 ? pool.dequantize_into(src, g.dtype, offset + g.offset)
                                        : pool.write(offset + g.offset, src);
     if (!st) return error(st.code(), "tensor '" + h.name + "' to gpu: " + st.message());

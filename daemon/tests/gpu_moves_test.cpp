@@ -1,0 +1,82 @@
+// promote_block against host layouts that disagree with their bytes (the disk tier reads a
+// block's layout back from its index): refused, and nothing outside the tensor's place in
+// the pool is written.  Found by fuzz/fuzz_nf4.cpp (fuzz/crashes/nf4/).
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <vector>
+
+#include "daemon/gpu_moves.h"
+#include "kernels/nf4.h"
+#include "tiers/gpu/device_backend.h"
+
+using namespace kvtier;
+
+namespace {
+
+constexpr uint64_t kPool = 2 << 20;
+constexpr std::byte kFill{0xa5};
+
+struct Fixture {
+  std::unique_ptr<gpu::DeviceBackend> backend = gpu::make_emulation_backend(1, kPool);
+  std::unique_ptr<gpu::DevicePool> pool =
+      std::move(backend->create_pool(0, kPool, gpu::HandleType::kMemfd).value());
+  std::byte* base() { return reinterpret_cast<std::byte*>(pool->base()); }
+  void fill() { std::memset(base(), static_cast<int>(kFill), kPool); }
+  // No byte outside [begin, end) changed.
+  bool untouched_outside(uint64_t begin, uint64_t end) {
+    for (uint64_t i = 0; i < kPool; ++i)
+      if ((i < begin || i >= end) && base()[i] != kFill) return false;
+    return true;
+  }
+};
+
+TensorLayout tensor(Codec codec, std::vector<uint64_t> shape, uint64_t bytes) {
+  TensorLayout t;
+  t.name = "k";
+  t.dtype = DType::kF16;
+  t.shape = std::move(shape);
+  t.codec = codec;
+  t.raw_bytes = t.elements() * 2;
+  t.bytes = bytes;
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("promote_block refuses an NF4 encoding larger than its layout's shape") {
+  Fixture f;
+  // 64 x 64 values encoded; the layout claims 8 x 64.
+  nf4::Params p{DType::kF16, Nf4Layout::kRowBlocks, false, 64, 64};
+  std::vector<std::byte> src(64 * 64 * 2, std::byte{0x3c});
+  std::vector<std::byte> enc(nf4::encoded_size(p));
+  REQUIRE(nf4::encode(p, src, enc).is_ok());
+  BlockLayout host;
+  host.tensors.push_back(tensor(Codec::kNf4, {8, 64}, enc.size()));
+  host.total_bytes = enc.size();
+  const BlockLayout gpu = plan_gpu_layout(host);
+  f.fill();
+  Status st = promote_block(*f.pool, host, enc.data(), gpu, 4096);
+  CHECK(st.code() == Errc::kCorrupt);
+  CHECK(f.untouched_outside(4096, 4096 + gpu.tensors[0].bytes));
+  // The same encoding with its true shape goes in.
+  host.tensors[0] = tensor(Codec::kNf4, {64, 64}, enc.size());
+  CHECK(promote_block(*f.pool, host, enc.data(), plan_gpu_layout(host), 4096).is_ok());
+}
+
+TEST_CASE("promote_block refuses raw bytes that do not fill exactly their place") {
+  Fixture f;
+  std::vector<std::byte> raw(8192, std::byte{1});
+  BlockLayout host;
+  host.tensors.push_back(tensor(Codec::kRaw, {4, 64}, raw.size()));  // place of 512 bytes
+  host.total_bytes = raw.size();
+  const BlockLayout gpu = plan_gpu_layout(host);
+  f.fill();
+  CHECK(promote_block(*f.pool, host, raw.data(), gpu, 0).code() == Errc::kCorrupt);
+  CHECK(f.untouched_outside(0, 0));
+  // A tensor that claims bytes past the end of its block.
+  host.tensors[0] = tensor(Codec::kRaw, {4, 64}, 512);
+  host.tensors[0].offset = 8000;
+  CHECK(promote_block(*f.pool, host, raw.data(), plan_gpu_layout(host), 0).code() ==
+        Errc::kCorrupt);
+}
