@@ -3,6 +3,7 @@
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
+#include <faiss/IndexScalarQuantizer.h>
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/IDSelector.h>
@@ -18,6 +19,8 @@
 #include <cstring>
 #include <new>
 #include <optional>
+#include <stdexcept>
+#include <type_traits>
 
 #include "index/fast_faiss.h"
 
@@ -87,6 +90,151 @@ struct ViewReader final : faiss::IOReader {
   std::string_view in;
   size_t pos = 0;
 };
+
+// FAISS's read_index trusts its input: an IDMap2 whose id map is shorter than its ntotal is
+// read out of bounds (construct_rev_map), and any FAISS index type named in the bytes is
+// built.  Before a file's FAISS part goes to it, check that the part has the shape kvtier
+// writes (FAISS 1.7.3 layout): an IDMap2 over a flat index holding `n` vectors of `dim`
+// floats, its id map of n ids ending the part; or an IVF scalar quantizer of `dim` whose
+// coarse quantizer is a flat index (the rest of an IVF part FAISS checks itself).
+class FaissPart {
+ public:
+  explicit FaissPart(std::string_view in) : in_(in) {}
+  bool fourcc(std::initializer_list<const char*> names) {
+    if (in_.size() < 4) return false;
+    for (const char* n : names)
+      if (in_.substr(0, 4) == std::string_view(n, 4)) return in_.remove_prefix(4), true;
+    return false;
+  }
+  // Index header: d, ntotal, two dummies, is_trained, metric_type (and metric_arg past 1).
+  bool header(uint32_t* d, uint64_t* ntotal) {
+    int32_t dim = 0, metric = 0;
+    int64_t total = 0, dummy = 0;
+    uint8_t trained = 0;
+    if (!get(in_, &dim) || !get(in_, &total) || !get(in_, &dummy) || !get(in_, &dummy) ||
+        !get(in_, &trained) || !get(in_, &metric) || dim <= 0 || total < 0)
+      return false;
+    float arg;
+    if (metric > 1 && !get(in_, &arg)) return false;
+    *d = static_cast<uint32_t>(dim);
+    *ntotal = static_cast<uint64_t>(total);
+    return true;
+  }
+  // A flat index of n vectors of d floats.
+  bool flat(uint32_t d, uint64_t n) {
+    uint32_t fd = 0;
+    uint64_t fn = 0, floats = 0;
+    if (!fourcc({"IxFI", "IxF2", "IxFl"}) || !header(&fd, &fn) || fd != d || fn != n ||
+        !get(in_, &floats) || floats / d != n || floats % d != 0 || floats > in_.size() / 4)
+      return false;
+    in_.remove_prefix(floats * 4);
+    return true;
+  }
+  bool u64(uint64_t* v) { return get(in_, v); }
+  template <typename T>
+  bool scalar(T* v) {
+    return get(in_, v);
+  }
+  // A vector as FAISS writes one: a u64 count, then count elements of `elem` bytes.
+  bool vec(size_t elem, uint64_t* count) {
+    if (!get(in_, count) || *count > in_.size() / elem) return false;
+    in_.remove_prefix(*count * elem);
+    return true;
+  }
+  size_t left() const { return in_.size(); }
+
+ private:
+  std::string_view in_;
+};
+
+// An enum field FAISS filled from the file unchecked, read through its bytes: a value outside
+// the enum's range must not be loaded as the enum (undefined behaviour).
+template <typename E>
+std::underlying_type_t<E> raw_enum(const E& e) {
+  std::underlying_type_t<E> v;
+  std::memcpy(&v, &e, sizeof v);
+  return v;
+}
+
+// What read_index built is what kvtier writes: inner product, `dim`, and for IVF an 8-bit
+// scalar quantizer over a flat quantizer of nlist centroids with matching inverted lists.
+// Empty when it is; else why not.  Before adopt(), which copies the fields.
+std::string loaded_mismatch(const faiss::Index& idx, Kind kind, uint32_t dim) {
+  constexpr auto kIp = faiss::METRIC_INNER_PRODUCT;
+  if (idx.d != static_cast<int>(dim)) return "dimension mismatch";
+  if (raw_enum(idx.metric_type) != kIp) return "unexpected metric";
+  if (kind == Kind::kExact) {
+    const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(&idx);
+    if (map == nullptr || map->index == nullptr ||
+        !dynamic_cast<const faiss::IndexFlat*>(map->index))
+      return "unexpected FAISS index type";
+    if (map->index->d != idx.d || raw_enum(map->index->metric_type) != kIp)
+      return "inner index mismatch";
+    return {};
+  }
+  const auto* ivf = dynamic_cast<const faiss::IndexIVFScalarQuantizer*>(&idx);
+  if (ivf == nullptr) return "unexpected FAISS index type";
+  const uint64_t d = dim;
+  if (raw_enum(ivf->sq.qtype) != faiss::ScalarQuantizer::QT_8bit || ivf->sq.d != d ||
+      ivf->sq.code_size != d || ivf->code_size != d || ivf->sq.trained.size() != 2 * d)
+    return "IVF quantizer parameters kvtier does not write";
+  const faiss::Index* q = ivf->quantizer;
+  if (q == nullptr || !dynamic_cast<const faiss::IndexFlat*>(q) || q->d != idx.d ||
+      raw_enum(q->metric_type) != kIp || q->ntotal < 0 ||
+      static_cast<size_t>(q->ntotal) != ivf->nlist)
+    return "IVF coarse quantizer mismatch";
+  if (ivf->invlists == nullptr || ivf->invlists->nlist != ivf->nlist ||
+      ivf->invlists->code_size != ivf->code_size)
+    return "IVF lists mismatch";
+  const auto dm = raw_enum(ivf->direct_map.type);
+  if (dm != faiss::DirectMap::NoMap && dm != faiss::DirectMap::Array &&
+      dm != faiss::DirectMap::Hashtable)
+    return "IVF direct map of an unknown type";
+  return {};
+}
+
+bool faiss_part_plausible(std::string_view part, Kind kind, uint32_t dim, uint64_t n) {
+  FaissPart p(part);
+  uint32_t d = 0;
+  uint64_t total = 0, ids = 0;
+  if (kind == Kind::kExact)
+    return p.fourcc({"IxM2"}) && p.header(&d, &total) && d == dim && total == n && p.flat(d, n) &&
+           p.u64(&ids) && ids == n && p.left() == n * 8;
+  // IVF: header, nlist, nprobe, the coarse quantizer, the direct map, the scalar quantizer,
+  // code_size (and by_residual for "IwSq"), then the inverted lists ("ilar"), whose every
+  // list FAISS sizes before it reads any: their sizes must fit what is left.
+  uint64_t nlist = 0, nprobe = 0, count = 0, sq_d = 0, sq_code = 0, code = 0;
+  const bool residual_field = part.substr(0, 4) == "IwSq";
+  char map_type = 0;
+  int32_t qtype = 0, rangestat = 0;
+  float rangestat_arg = 0;
+  uint8_t by_residual = 0;
+  if (!p.fourcc({"IwSq", "IwSQ"}) || !p.header(&d, &total) || d != dim || total != n ||
+      !p.u64(&nlist) || !p.u64(&nprobe) || nlist == 0 || nlist > p.left() / (4 * d) ||
+      !p.flat(d, nlist) || !p.scalar(&map_type) || !p.vec(8, &count) ||
+      (map_type == 2 && !p.vec(16, &count)) || !p.scalar(&qtype) || !p.scalar(&rangestat) ||
+      !p.scalar(&rangestat_arg) || !p.u64(&sq_d) || !p.u64(&sq_code) || !p.vec(4, &count) ||
+      !p.u64(&code) || (residual_field && !p.scalar(&by_residual)) || code == 0 || code > p.left())
+    return false;
+  // List sizes: "full" (one per list) or "sprs" (list, size pairs for the non-empty ones).
+  uint64_t lists = 0, list_code = 0, words = 0;
+  if (!p.fourcc({"ilar"}) || !p.u64(&lists) || !p.u64(&list_code) || lists != nlist ||
+      list_code != code)
+    return false;
+  const bool sparse = p.fourcc({"sprs"});
+  if (!sparse && !p.fourcc({"full"})) return false;
+  if (!p.u64(&words) || words > p.left() / 8 || (sparse ? words % 2 != 0 : words != nlist))
+    return false;
+  uint64_t stored = 0;  // vectors in all lists
+  for (uint64_t i = 0; i < (sparse ? words / 2 : words); ++i) {
+    uint64_t list = i, size = 0;
+    if ((sparse && (!p.u64(&list) || list >= nlist)) || !p.u64(&size) || size > n ||
+        stored + size > n)
+      return false;
+    stored += size;
+  }
+  return stored == n && p.left() / (code + 8) == n && p.left() % (code + 8) == 0;
+}
 
 void renormalise(float* v, uint32_t dim) {
   float n = std::sqrt(faiss::fvec_norm_L2sqr(v, dim));
@@ -443,7 +591,9 @@ Result<std::unique_ptr<ModalityIndex>> ModalityIndex::deserialize(std::string_vi
   if (!get(in, &kind) || !get(in, &dim) || !get(in, &nlist) || !get(in, &next_id) ||
       !get(in, &trained_n) || !get(in, &nkeys) || !get(in, &ndead) || !get(in, &faiss_bytes))
     return corrupt("short header");
-  if (kind > 1 || dim == 0 || in.size() != nkeys * 24 + ndead * 8 + faiss_bytes)
+  // Overflow-safe: nkeys * 24 + ndead * 8 + faiss_bytes == in.size().
+  if (kind > 1 || dim == 0 || nkeys > in.size() / 24 || ndead > (in.size() - nkeys * 24) / 8 ||
+      in.size() - nkeys * 24 - ndead * 8 != faiss_bytes)
     return corrupt("inconsistent header");
   auto mi = std::make_unique<ModalityIndex>(dim);
   mi->kind_ = static_cast<Kind>(kind);
@@ -479,10 +629,14 @@ Result<std::unique_ptr<ModalityIndex>> ModalityIndex::deserialize(std::string_vi
   }
   for (uint64_t id = next_id; id-- > 0;)
     if (mi->slots_[id].state == Slot::kFree) mi->free_ids_.push_back(static_cast<int64_t>(id));
+  if (!faiss_part_plausible(in, mi->kind_, dim, nkeys + ndead))
+    return corrupt("FAISS part of an unexpected shape");
   try {
     ViewReader reader(in);  // reads the file image in place (no copy of its FAISS part)
-    mi->index_ = adopt(std::unique_ptr<faiss::Index>(faiss::read_index(&reader)));
-    if (mi->index_->d != static_cast<int>(dim)) return corrupt("dimension mismatch");
+    std::unique_ptr<faiss::Index> loaded(faiss::read_index(&reader));
+    if (std::string why = loaded_mismatch(*loaded, mi->kind_, dim); !why.empty())
+      return corrupt(why);
+    mi->index_ = adopt(std::move(loaded));
     if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(mi->index_.get())) {
       if (mi->kind_ != Kind::kIvf) return corrupt("kind mismatch");
       if (ivf->direct_map.type != faiss::DirectMap::Hashtable)
@@ -494,6 +648,10 @@ Result<std::unique_ptr<ModalityIndex>> ModalityIndex::deserialize(std::string_vi
       return corrupt("id map does not match the FAISS index");
   } catch (const faiss::FaissException& e) {
     return corrupt(std::string("FAISS: ") + e.what());
+  } catch (const std::bad_alloc&) {  // a size field FAISS believed (its vectors are resized first)
+    return corrupt("FAISS: a size past what can be allocated");
+  } catch (const std::length_error&) {
+    return corrupt("FAISS: a size past what can be allocated");
   }
   return mi;
 }

@@ -8,6 +8,7 @@
 // exact fp32 t > midpoint, which keeps ties at the lower code.
 // Dequantize: per 64-value block, the 16 products code*scale are rounded to the output type
 // once and the codes index them with pshufb.  Results equal the scalar path byte for byte.
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -389,7 +390,11 @@ auto by_type(uint8_t type, F&& f) {
 
 bool supported() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  // F16C from CPUID leaf 1 (ECX bit 29): clang before 15 does not accept "f16c" in
+  // __builtin_cpu_supports.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  return __builtin_cpu_supports("avx2") && f16c;
 }
 
 // Column blocks need every row to start on a byte and an 8-column boundary; other shapes

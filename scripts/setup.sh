@@ -11,7 +11,7 @@ pkgs=(
   liburing-dev libzstd-dev liblmdb-dev libxxhash-dev
   libfaiss-dev libopenblas-dev liblapack-dev
   libhiredis-dev redis-server
-  clang-format
+  clang-format clang-14 libclang-rt-14-dev
   # the Python module and its tests (Debian's CPU torch, not PyPI's CUDA wheels)
   python3-dev pybind11-dev python3-numpy python3-torch python3-pytest python3-pip python3-venv
 )
