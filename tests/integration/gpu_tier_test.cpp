@@ -5,7 +5,6 @@
 #include <catch2/catch.hpp>
 
 #include <dirent.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -18,14 +17,19 @@
 #include <vector>
 
 #include "kvtier/client.h"
+#include "tests/testing/child_process.h"
 #include "tests/testing/daemon.h"
 #include "tests/testing/device_read.h"
 #include "tiers/gpu/device_backend.h"
 
 using namespace kvtier;
+using kvtier::testing::child_env;
 using kvtier::testing::Daemon;
 using kvtier::testing::DaemonOptions;
+using kvtier::testing::in_child;
 using kvtier::testing::read_tensor;
+using kvtier::testing::spawn_self;
+using kvtier::testing::wait_child;
 
 namespace {
 
@@ -375,26 +379,28 @@ TEST_CASE("gpu: remove and kvtierctl-style eviction reach the GPU tier", "[gpu]"
   CHECK(c->lookup("m", keys).value() == 0);  // admin eviction does not demote
 }
 
+// The children of the two cases below are fresh processes (tests/testing/child_process.h):
+// on CUDA the parent has initialised the driver (suite_ready, read_tensor), and a forked child
+// of such a process cannot use CUDA.  They find the daemon in $KVTIER_TEST_SOCKET and build
+// the keys and blocks from the same constants as their parent.  Exit codes: 0 all well,
+// 2 no connection, 3 a lease short of blocks or not on the GPU, 4 bytes that differ (Catch
+// itself exits 2 when the child case is missing, or with its failure count).
+
+constexpr size_t kDeadClientBlocks = 2;
+constexpr uint64_t kDeadClientTokens = 32;
+
 TEST_CASE("gpu: a dead client's GPU leases are released and its fds closed", "[gpu]") {
   if (!suite_ready()) return;
   Daemon d(gpu_daemon());
   auto c = Client::connect(d.socket()).value();
-  auto keys = chain("m", 2);
-  HalfBlock b0(32, 1), b1(32, 2);
+  auto keys = chain("m", kDeadClientBlocks);
+  HalfBlock b0(kDeadClientTokens, 1), b1(kDeadClientTokens, 2);
   must(c->put("m", keys[0], b0.tensors));
   must(c->put("m", keys[1], b1.tensors));
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    auto cc = Client::connect(d.socket());
-    if (!cc) ::_exit(2);
-    auto lease = (*cc)->get("m", keys, on_gpu());
-    if (!lease || lease->found() != 2 || !lease->block(0).on_gpu) ::_exit(3);
-    ::_exit(0);  // no release, no destructors: a crash as far as the daemon can tell
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+  auto pid = spawn_self("gpu_dead_client_child", {{"KVTIER_TEST_SOCKET", d.socket()}});
+  INFO(pid.status().to_string());
+  REQUIRE(pid.is_ok());
+  REQUIRE(wait_child(*pid) == 0);
   for (int i = 0; i < 200 && pool(*c)["leased_blocks"] != 0; ++i) ::usleep(10000);
   CHECK(pool(*c)["leased_blocks"] == 0);
   CHECK(counter(*c, "leases_reclaimed") >= 2);
@@ -407,47 +413,65 @@ TEST_CASE("gpu: a dead client's GPU leases are released and its fds closed", "[g
   CHECK(open_fds() == before);
 }
 
+// The dead client: leases both GPU blocks, then exits without releasing them.
+TEST_CASE("gpu: dead client child", "[.][gpu_dead_client_child]") {
+  if (!in_child("gpu_dead_client_child")) return;
+  auto cc = Client::connect(child_env("KVTIER_TEST_SOCKET"));
+  if (!cc) ::_exit(2);
+  auto lease = (*cc)->get("m", chain("m", kDeadClientBlocks), on_gpu());
+  if (!lease || lease->found() != kDeadClientBlocks || !lease->block(0).on_gpu) ::_exit(3);
+  ::_exit(0);  // no release, no destructors: a crash as far as the daemon can tell
+}
+
+constexpr size_t kSharedBlocks = 4;
+constexpr uint64_t kSharedTokens = 64;
+constexpr uint32_t kSharedSeed = 500;  // block i: HalfBlock(kSharedTokens, kSharedSeed + i)
+
 TEST_CASE("gpu: several processes share a pool, each imported once per process", "[gpu]") {
   if (!suite_ready()) return;
   Daemon d(gpu_daemon());
-  auto keys = chain("m", 4);
+  auto keys = chain("m", kSharedBlocks);
   std::vector<HalfBlock> blocks;
-  for (uint32_t i = 0; i < 4; ++i) blocks.emplace_back(64, 500 + i);
+  for (uint32_t i = 0; i < kSharedBlocks; ++i) blocks.emplace_back(kSharedTokens, kSharedSeed + i);
   {
     auto c = Client::connect(d.socket()).value();
-    for (size_t i = 0; i < 4; ++i) must(c->put("m", keys[i], blocks[i].tensors));
+    for (size_t i = 0; i < kSharedBlocks; ++i) must(c->put("m", keys[i], blocks[i].tensors));
   }
   std::vector<pid_t> kids;
   for (int p = 0; p < 3; ++p) {
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      int bad = 0;
-      for (int round = 0; round < 20; ++round) {
-        auto cc = Client::connect(d.socket());
-        if (!cc) ::_exit(2);
-        auto lease = (*cc)->get("m", keys, on_gpu());
-        if (!lease || lease->found() != 4) ::_exit(3);
-        for (size_t i = 0; i < 4; ++i) {
-          auto k = read_tensor(*lease->block(i).tensor("k"));
-          if (!k || !same(*k, blocks[i].bytes(blocks[i].k))) ++bad;
-        }
-      }
-      ::_exit(bad == 0 ? 0 : 4);
-    }
-    kids.push_back(pid);
+    auto pid = spawn_self("gpu_shared_pool_child", {{"KVTIER_TEST_SOCKET", d.socket()}});
+    INFO(pid.status().to_string());
+    REQUIRE(pid.is_ok());
+    kids.push_back(*pid);
   }
-  for (pid_t pid : kids) {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
-  }
+  for (pid_t pid : kids) CHECK(wait_child(pid) == 0);
   // Two connections of one process see the pool at one address.
   auto a = Client::connect(d.socket()).value();
   auto b = Client::connect(d.socket()).value();
   auto la = a->get("m", std::span(keys.data(), 1), on_gpu()).value();
   auto lb = b->get("m", std::span(keys.data(), 1), on_gpu()).value();
   CHECK(la.block(0).tensor("k")->data == lb.block(0).tensor("k")->data);
+}
+
+// One of the sharing processes: 20 rounds of connect, GPU get of every block, bit-exact read.
+TEST_CASE("gpu: shared pool child", "[.][gpu_shared_pool_child]") {
+  if (!in_child("gpu_shared_pool_child")) return;
+  const std::string socket = child_env("KVTIER_TEST_SOCKET");
+  auto keys = chain("m", kSharedBlocks);
+  std::vector<HalfBlock> blocks;
+  for (uint32_t i = 0; i < kSharedBlocks; ++i) blocks.emplace_back(kSharedTokens, kSharedSeed + i);
+  int bad = 0;
+  for (int round = 0; round < 20; ++round) {
+    auto cc = Client::connect(socket);
+    if (!cc) ::_exit(2);
+    auto lease = (*cc)->get("m", keys, on_gpu());
+    if (!lease || lease->found() != kSharedBlocks) ::_exit(3);
+    for (size_t i = 0; i < kSharedBlocks; ++i) {
+      auto k = read_tensor(*lease->block(i).tensor("k"));
+      if (!k || !same(*k, blocks[i].bytes(blocks[i].k))) ++bad;
+    }
+  }
+  ::_exit(bad == 0 ? 0 : 4);
 }
 
 TEST_CASE("gpu: after a daemon restart clients re-import; stale connections fail cleanly",
