@@ -10,8 +10,28 @@
 
 #include "tiers/disk/region_files.h"
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
+
 namespace kvtier {
 namespace {
+
+// A UringOp is written by the submitting thread and used by the reaper once its CQE arrives;
+// the kernel orders the two (io_uring_enter, then the CQ tail's release), which ThreadSanitizer
+// cannot see.  Under TSan the submitter releases the op before its SQE is queued and the
+// reaper acquires it after reaping, so the op and everything its callback captured are
+// ordered for the tool too; in other builds these are empty.
+inline void handoff_to_kernel([[maybe_unused]] void* op) {
+#if defined(__SANITIZE_THREAD__)
+  __tsan_release(op);
+#endif
+}
+inline void handoff_from_kernel([[maybe_unused]] void* op) {
+#if defined(__SANITIZE_THREAD__)
+  __tsan_acquire(op);
+#endif
+}
 
 struct UringOp {
   IoDone done;
@@ -85,6 +105,7 @@ class UringDevice final : public Device {
     int fd = files_.fd(r);
     if (fd < 0) return done(error(Errc::kNotFound, "region not open"));
     auto* op = new UringOp{std::move(done), write};  // owned by the CQE until reaped
+    handoff_to_kernel(op);
     std::lock_guard lock(sq_mu_);
     io_uring_sqe* sqe = get_sqe();
     if (write)
@@ -104,6 +125,7 @@ class UringDevice final : public Device {
       io_uring_cqe_seen(&ring_, cqe);
       if (tag == &stop_tag_) return;
       if (tag == nullptr) continue;
+      handoff_from_kernel(tag);
       std::unique_ptr<UringOp> op(static_cast<UringOp*>(tag));
       if (res < 0)
         op->done(errno_status(-res, op->write ? "io_uring write" : "io_uring read"));
