@@ -89,7 +89,8 @@ step gpu_tier_test 300 "$B/tiers/gpu_tier_test"
 KVTIER_TEST_GPU_BACKEND=cuda step gpu_cuda_test 400 "$B/tests/gpu/gpu_cuda_test"
 # tests/integration/isolation_test.cpp's per-domain pool case on CUDA ("-w NoAssertions": it
 # returns without a word when not run as root).
-KVTIER_TEST_GPU_BACKEND=cuda step isolation_cuda 300 "$B/tests/integration_test" \
+# The tenants are other uids: the daemons' directories go under /tmp, which they can reach.
+TMPDIR=/tmp KVTIER_TEST_GPU_BACKEND=cuda step isolation_cuda 300 "$B/tests/integration_test" \
   -w NoAssertions "a domain with gpu_size gets GPU pools of its own*"
 step nf4_tests 300 "$B/kernels/nf4_tests"
 KVTIER_TEST_GPU_BACKEND=emulation step integration_gpu 300 "$B/tests/integration_test" "[gpu]"
