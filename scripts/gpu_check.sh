@@ -89,9 +89,10 @@ step gpu_tier_test 300 "$B/tiers/gpu_tier_test"
 KVTIER_TEST_GPU_BACKEND=cuda step gpu_cuda_test 400 "$B/tests/gpu/gpu_cuda_test"
 # tests/integration/isolation_test.cpp's per-domain pool case on CUDA ("-w NoAssertions": it
 # returns without a word when not run as root).
-# The tenants are other uids: the daemons' directories go under /tmp, which they can reach.
-TMPDIR=/tmp KVTIER_TEST_GPU_BACKEND=cuda step isolation_cuda 300 "$B/tests/integration_test" \
-  -w NoAssertions "a domain with gpu_size gets GPU pools of its own*"
+# The tenants keep uid 0 and change only their gid (the rules name gids): the GPU host denies
+# non-root processes its files, shared libraries included.
+KVTIER_TEST_TENANT_KEEP_UID=1 KVTIER_TEST_GPU_BACKEND=cuda step isolation_cuda 300 \
+  "$B/tests/integration_test" -w NoAssertions "a domain with gpu_size gets GPU pools of its own*"
 step nf4_tests 300 "$B/kernels/nf4_tests"
 KVTIER_TEST_GPU_BACKEND=emulation step integration_gpu 300 "$B/tests/integration_test" "[gpu]"
 step gpu_bench 300 "$B/bench/gpu_bench" --quick --backend cuda

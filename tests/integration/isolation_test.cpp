@@ -1,7 +1,8 @@
 // Isolation domains (issue 14): each [[arena]] is a host arena of its own, mapped only by the
 // peers its namespace rules allow, sized and evicted within its own budget.  The tenants here
-// are child processes that drop to other uids; the test itself runs as root (as CI does) and
-// skips otherwise.
+// are child processes that drop to another uid and gid (the rules name their gids); the test
+// itself runs as root (as CI does) and skips otherwise.  KVTIER_TEST_TENANT_KEEP_UID=1 keeps
+// the tenants' uid 0 (only the gid changes): the GPU host refuses non-root processes its files.
 #include <catch2/catch.hpp>
 
 #include <grp.h>
@@ -45,10 +46,10 @@ std::string isolation_toml(uint64_t arena_bytes, uint64_t a_gpu_bytes = 0) {
   t << "[access]\nsocket_mode = \"0666\"\n"
     << "[[arena]]\nname = \"a\"\nsize = " << arena_bytes << "\ngpu_size = " << a_gpu_bytes << "\n"
     << "[[arena]]\nname = \"b\"\nsize = " << arena_bytes << "\n"
-    << "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\nallow_uids = [0]\n"
-    << "[[namespace]]\nprefix = \"tenantA/\"\ncodec = \"fp16\"\narena = \"a\"\nallow_uids = ["
+    << "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\nallow_gids = [0]\n"
+    << "[[namespace]]\nprefix = \"tenantA/\"\ncodec = \"fp16\"\narena = \"a\"\nallow_gids = ["
     << kUidA << "]\n"
-    << "[[namespace]]\nprefix = \"tenantB/\"\ncodec = \"fp16\"\narena = \"b\"\nallow_uids = ["
+    << "[[namespace]]\nprefix = \"tenantB/\"\ncodec = \"fp16\"\narena = \"b\"\nallow_gids = ["
     << kUidB << "]\n";
   return t.str();
 }
@@ -66,11 +67,14 @@ std::vector<uint8_t> marker_bytes(uint8_t tenant, uint64_t i) {
   return v;
 }
 
-// Runs `body` in a child process with uid/gid `uid`; its return value is the exit code.
+// Runs `body` in a child process with gid `uid` and no supplementary groups, and uid `uid`
+// unless KVTIER_TEST_TENANT_KEEP_UID=1; its return value is the exit code.
 int as_uid(uid_t uid, const std::function<int()>& body) {
+  static const bool keep_uid = std::getenv("KVTIER_TEST_TENANT_KEEP_UID") != nullptr;
   pid_t pid = ::fork();
   if (pid == 0) {
-    if (::setgroups(0, nullptr) != 0 || ::setgid(uid) != 0 || ::setuid(uid) != 0) ::_exit(90);
+    if (::setgroups(0, nullptr) != 0 || ::setgid(uid) != 0) ::_exit(90);
+    if (!keep_uid && ::setuid(uid) != 0) ::_exit(91);
     ::_exit(body());
   }
   int status = 0;
