@@ -1,4 +1,5 @@
 // Open-time recovery, index deletions, and the admin calls: verify and compact.
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <future>
@@ -53,8 +54,12 @@ Status DiskTier::Impl::recover() {
       after = std::string(k);
       DiskEntry e;
       auto it = decode_entry_fixed(v, e) ? regions_.find(e.region) : regions_.end();
-      if (it == regions_.end() || e.offset < kRegionHeaderBytes ||
-          e.offset + e.disk_bytes > it->second.rec.durable_end) {
+      // Without wrapping: offset + disk_bytes <= durable_end.  A payload is never larger than
+      // a region (write() refuses such blocks); the region's own size covers a file written
+      // with a larger region_bytes than the one configured now.
+      const uint64_t end = it == regions_.end() ? 0 : it->second.rec.durable_end;
+      if (it == regions_.end() || e.offset < kRegionHeaderBytes || e.offset > end ||
+          e.disk_bytes > end - e.offset || e.payload_bytes > std::max(opt.region_bytes, end)) {
         doomed.push_back({std::string(k), e.region, e.offset});
         return;
       }

@@ -200,7 +200,8 @@ void DiskTier::Impl::start_read(const DiskEntry& entry, std::span<std::byte> dst
     std::lock_guard lock(mu_);
     auto it = regions_.find(entry.region);
     gone = stop_ || it == regions_.end() || it->second.reclaiming ||
-           entry.offset + entry.disk_bytes > it->second.write_end;
+           entry.offset > it->second.write_end ||
+           entry.disk_bytes > it->second.write_end - entry.offset;  // without wrapping
     if (!gone) {
       ++it->second.readers;
       ++inflight_reads_;

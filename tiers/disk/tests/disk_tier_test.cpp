@@ -7,6 +7,7 @@
 #include <mutex>
 #include <thread>
 
+#include "tiers/disk/disk_index.h"
 #include "tiers/disk/tests/disk_test_util.h"
 
 using namespace kvtier;
@@ -170,6 +171,41 @@ TEST_CASE("crash mid-region: orphan regions and truncated tails are dropped at o
   std::vector<std::byte> back;
   CHECK(get(*t, key_of(4), back).is_ok());
   CHECK(back == random_bytes(256u << 10, 4));
+}
+
+// Found writing the disk harness (fuzz/fuzz_disk.cpp, docs/fuzzing.md): offset + disk_bytes
+// wrapped past 2^64 and passed the open-time bound, and verify() then allocated 2^64 bytes.
+TEST_CASE("index entries whose extent wraps or whose payload exceeds a region are dropped") {
+  Backend b{"memory"};
+  auto o = small_options(scratch_dir("wrap"), 1u << 20);
+  {
+    auto t = open_tier(b, o);
+    for (uint64_t i = 0; i < 3; ++i)
+      REQUIRE(put(*t, key_of(i), layout_of(8192), random_bytes(8192, i)).is_ok());
+  }
+  {
+    auto ix = DiskIndex::open(o.dir / "index", o.index_map_bytes, false);
+    REQUIRE(ix.is_ok());
+    auto txn = (*ix)->begin_write();
+    REQUIRE(txn.is_ok());
+    for (uint64_t i = 0; i < 2; ++i) {
+      const std::string k = encode_block_key("m", key_of(i));
+      DiskEntry e;
+      REQUIRE(decode_entry(k, *txn->get_block(k), e).is_ok());
+      if (i == 0) e.disk_bytes = e.payload_bytes = ~uint64_t{0} - e.offset + 1;  // wraps to 0
+      if (i == 1) e.payload_bytes = 1ull << 50;
+      REQUIRE(txn->put_block(k, encode_entry(e), false).is_ok());
+    }
+    REQUIRE(txn->commit().is_ok());
+  }
+  auto t = open_tier(b, o);
+  CHECK(t->usage().dropped_at_open == 2);
+  CHECK(!t->find("m", key_of(0)).has_value());
+  CHECK(!t->find("m", key_of(1)).has_value());
+  auto v = t->verify();
+  REQUIRE(v.is_ok());
+  CHECK(v->checked == 1);
+  CHECK(v->corrupt == 0);
 }
 
 TEST_CASE("flipped bytes: verify and read drop the corrupt blocks, the rest are served") {
