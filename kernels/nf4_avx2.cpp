@@ -389,12 +389,16 @@ auto by_type(uint8_t type, F&& f) {
 }  // namespace
 
 bool supported() {
-  __builtin_cpu_init();
-  // F16C from CPUID leaf 1 (ECX bit 29): clang before 15 does not accept "f16c" in
-  // __builtin_cpu_supports.
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
-  return __builtin_cpu_supports("avx2") && f16c;
+  // Once: CPUID traps to the hypervisor in a VM (microseconds), and decode_with() asks each call.
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    // F16C from CPUID leaf 1 (ECX bit 29): clang before 15 does not accept "f16c" in
+    // __builtin_cpu_supports.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+    return __builtin_cpu_supports("avx2") && f16c;
+  }();
+  return yes;
 }
 
 // Column blocks need every row to start on a byte and an 8-column boundary; other shapes
