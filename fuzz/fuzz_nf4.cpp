@@ -93,18 +93,6 @@ void promote(FuzzedDataProvider& in, std::span<const std::byte> enc) {
   host.tensors.push_back(t);
   host.total_bytes = block.size();
   if (t.raw_bytes == 0 || t.raw_bytes > kPoolBytes / 2) return;
-  // Known issue (docs/fuzzing.md, fuzz/crashes/nf4/): promote_block copies a raw tensor's
-  // `bytes`, or dequantizes as many values as its NF4 header says, into a place sized by the
-  // layout's shape (raw_bytes), and nothing checks that they agree, so a layout that disagrees
-  // with its bytes (the disk tier reads layouts back from LMDB) overwrites the pool past the
-  // tensor.  Such inputs are skipped unless KVTIER_FUZZ_KNOWN_ISSUES=1, until
-  // daemon/gpu_moves.cpp checks it.
-  static const bool mismatches = std::getenv("KVTIER_FUZZ_KNOWN_ISSUES") != nullptr;
-  auto h = nf4::parse_header(enc);
-  const bool consistent = t.codec == Codec::kRaw
-                              ? t.bytes == t.raw_bytes
-                              : !h || h->params.rows * h->params.cols == t.elements();
-  if (!consistent && !mismatches) return;
   const BlockLayout gpu = plan_gpu_layout(host);
   gpu::DevicePool& p = pool();
   const uint64_t at = 64 * in.ConsumeIntegralInRange<uint64_t>(0, 16);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The libFuzzer harnesses (docs/fuzzing.md): builds build-fuzz with clang-14 (ASan, UBSan,
 # libFuzzer coverage) and runs every harness for KVTIER_FUZZ_SECONDS (default 60) on a copy of
-# its seed corpus under fuzz/corpus/.  Exits non-zero when any harness finds a crash, a leak, a
-# timeout or an out-of-memory; the reproducer is kept and its path printed.
+# its seed corpus under fuzz/corpus/ plus the reproducers of past findings (fuzz/crashes/).
+# Exits non-zero when any harness finds a crash, a leak, a timeout or an out-of-memory; the
+# reproducer is kept and its path printed.
 #
 #   scripts/fuzz.sh                   every harness
 #   scripts/fuzz.sh session disk      some of them
@@ -45,12 +46,14 @@ done
 work=$(mktemp -d /tmp/kvtier-fuzz-run-XXXXXX)
 if [ "$seconds" -gt 0 ]; then limits=(-max_total_time="$seconds"); else limits=(-runs=0); fi
 
-# One harness on a copy of its corpus (the checked-in one stays as it is); its exit status
+# One harness on a copy of its corpus (the checked-in files stay as they are); its exit status
 # goes to $work/<h>.rc.
 run_one() {
   local h=$1 corpus="$work/corpus-$1"
   mkdir -p "$corpus" "$work/artifacts-$h"
   cp fuzz/corpus/"$h"/* "$corpus"/
+  # Past findings' reproducers run every time too (regressions).
+  if [ -d fuzz/crashes/"$h" ]; then cp fuzz/crashes/"$h"/* "$corpus"/; fi
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "$dir/fuzz/fuzz_$h" "${limits[@]}" -max_len="${max_len[$h]}" -timeout=25 \
     -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$work/artifacts-$h/" \
