@@ -274,6 +274,27 @@ void Server::claim_names() {
                              holder_text(InstanceLock::holder(sock_lock)));
   if (!sock) throw std::runtime_error("daemon.socket: " + sock.status().message());
   socket_lock_ = std::move(sock).value();
+
+  // The disk tier's region files and LMDB index take one writer: the state directory (and a
+  // disk.dir outside it) is claimed too.
+  auto claim_dir = [](const std::filesystem::path& dir, const std::string& key) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) throw std::runtime_error(key + ": cannot create " + dir.string() + ": " + ec.message());
+    const std::filesystem::path lock = dir / "kvtierd.lock";
+    auto l = InstanceLock::acquire(lock);
+    if (!l && l.status().code() == Errc::kAlreadyExists)
+      throw std::runtime_error(key + " " + dir.string() + " is in use by " +
+                               holder_text(InstanceLock::holder(lock)));
+    if (!l) throw std::runtime_error(key + ": " + l.status().message());
+    return std::move(l).value();
+  };
+  dir_locks_.push_back(claim_dir(config_.daemon.state_dir, "daemon.state_dir"));
+  const auto disk_dir = std::filesystem::weakly_canonical(config_.disk_dir());
+  const auto state_dir = std::filesystem::weakly_canonical(config_.daemon.state_dir);
+  const auto rel = disk_dir.lexically_relative(state_dir);
+  if (config_.disk.enabled && (rel.empty() || *rel.begin() == ".."))
+    dir_locks_.push_back(claim_dir(config_.disk_dir(), "disk.dir"));
   if (std::filesystem::exists(path)) {
     // No kvtierd holds the claim; a server of some other kind (or an older kvtierd) may still
     // answer on the path.  A stale socket file from a crash does not answer.

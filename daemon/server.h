@@ -49,8 +49,9 @@ class Server {
  private:
   boost::asio::awaitable<void> accept_loop();
   void begin_drain(const char* why);
-  // Claims daemon.shm_prefix and daemon.socket for this process (instance locks) before any
-  // shared-memory name or socket file is touched; throws naming the key and the holder's pid.
+  // Claims daemon.shm_prefix, daemon.socket and daemon.state_dir (and disk.dir) for this
+  // process (instance locks) before any shared-memory name, socket file or disk tier file is
+  // touched; throws naming the key and the holder's pid.
   void claim_names();
   void bind_socket();
   // The disk tier per config, or null with the reason (the daemon then runs without it).
@@ -71,6 +72,7 @@ class Server {
   // before cache_ so that they are destroyed after it.
   InstanceLock shm_lock_;
   InstanceLock socket_lock_;
+  std::vector<InstanceLock> dir_locks_;  // daemon.state_dir, and disk.dir when outside it
   Metrics metrics_;
   std::unique_ptr<Cache> cache_;
   // One io_context per io thread, each run by exactly one thread; connections are dealt out

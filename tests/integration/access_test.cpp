@@ -201,6 +201,25 @@ TEST_CASE("two daemons cannot share a shm_prefix, nor a socket") {
   serves_its_own_bytes(a, 12);
 }
 
+TEST_CASE("two daemons cannot share a state directory") {
+  // The disk tier's region files and LMDB index take one writer.
+  Daemon a;
+  std::ifstream in(a.dir() / "kvtier.toml");
+  std::string toml((std::istreambuf_iterator<char>(in)), {});
+  for (const std::string key : {"shm_prefix = \"", "socket = \""}) {
+    const auto at = toml.find(key);
+    REQUIRE(at != std::string::npos);
+    toml.insert(toml.find('"', at + key.size()), "-other");
+  }
+  const auto other = a.dir() / "other.toml";
+  std::ofstream(other) << toml;
+  Run r = run_kvtierd("--config " + other.string());
+  CHECK(r.rc != 0);
+  CHECK_THAT(r.out, Catch::Contains("daemon.state_dir") &&
+                        Catch::Contains("pid " + std::to_string(a.pid())));
+  serves_its_own_bytes(a, 8);
+}
+
 TEST_CASE("clients map the arena the daemon holds open, even when its name is gone") {
   Daemon d;
   auto c = Client::connect(d.socket()).value();
