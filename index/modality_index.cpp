@@ -639,10 +639,14 @@ Result<std::unique_ptr<ModalityIndex>> ModalityIndex::deserialize(std::string_vi
     mi->index_ = adopt(std::move(loaded));
     if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(mi->index_.get())) {
       if (mi->kind_ != Kind::kIvf) return corrupt("kind mismatch");
+      // serialize() and nprobe() go by the header's nlist: it must be the index's own.
+      if (ivf->nlist != mi->nlist_) return corrupt("nlist does not match the FAISS index");
       if (ivf->direct_map.type != faiss::DirectMap::Hashtable)
         ivf->set_direct_map_type(faiss::DirectMap::Hashtable);
     } else if (!dynamic_cast<faiss::IndexIDMap2*>(mi->index_.get()) || mi->kind_ != Kind::kExact) {
       return corrupt("unexpected FAISS index type");
+    } else {
+      mi->nlist_ = 0;  // an exact index has no lists, whatever the header says
     }
     if (static_cast<uint64_t>(mi->index_->ntotal) != nkeys + ndead)
       return corrupt("id map does not match the FAISS index");
