@@ -156,31 +156,41 @@ std::underlying_type_t<E> raw_enum(const E& e) {
   return v;
 }
 
+// A bool FAISS read from the file as a byte: anything but 0 or 1 must not be loaded as bool.
+bool raw_bool_ok(const bool& b) {
+  uint8_t v;
+  std::memcpy(&v, &b, 1);
+  return v <= 1;
+}
+
 // What read_index built is what kvtier writes: inner product, `dim`, and for IVF an 8-bit
 // scalar quantizer over a flat quantizer of nlist centroids with matching inverted lists.
 // Empty when it is; else why not.  Before adopt(), which copies the fields.
 std::string loaded_mismatch(const faiss::Index& idx, Kind kind, uint32_t dim) {
   constexpr auto kIp = faiss::METRIC_INNER_PRODUCT;
   if (idx.d != static_cast<int>(dim)) return "dimension mismatch";
-  if (raw_enum(idx.metric_type) != kIp) return "unexpected metric";
+  if (raw_enum(idx.metric_type) != kIp || !raw_bool_ok(idx.is_trained)) return "unexpected metric";
   if (kind == Kind::kExact) {
     const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(&idx);
     if (map == nullptr || map->index == nullptr ||
         !dynamic_cast<const faiss::IndexFlat*>(map->index))
       return "unexpected FAISS index type";
-    if (map->index->d != idx.d || raw_enum(map->index->metric_type) != kIp)
+    if (map->index->d != idx.d || raw_enum(map->index->metric_type) != kIp ||
+        !raw_bool_ok(map->index->is_trained))
       return "inner index mismatch";
     return {};
   }
   const auto* ivf = dynamic_cast<const faiss::IndexIVFScalarQuantizer*>(&idx);
   if (ivf == nullptr) return "unexpected FAISS index type";
   const uint64_t d = dim;
-  if (raw_enum(ivf->sq.qtype) != faiss::ScalarQuantizer::QT_8bit || ivf->sq.d != d ||
-      ivf->sq.code_size != d || ivf->code_size != d || ivf->sq.trained.size() != 2 * d)
+  if (raw_enum(ivf->sq.qtype) != faiss::ScalarQuantizer::QT_8bit ||
+      static_cast<uint32_t>(raw_enum(ivf->sq.rangestat)) > faiss::ScalarQuantizer::RS_optim ||
+      !raw_bool_ok(ivf->by_residual) || ivf->sq.d != d || ivf->sq.code_size != d ||
+      ivf->code_size != d || ivf->sq.trained.size() != 2 * d)
     return "IVF quantizer parameters kvtier does not write";
   const faiss::Index* q = ivf->quantizer;
   if (q == nullptr || !dynamic_cast<const faiss::IndexFlat*>(q) || q->d != idx.d ||
-      raw_enum(q->metric_type) != kIp || q->ntotal < 0 ||
+      raw_enum(q->metric_type) != kIp || !raw_bool_ok(q->is_trained) || q->ntotal < 0 ||
       static_cast<size_t>(q->ntotal) != ivf->nlist)
     return "IVF coarse quantizer mismatch";
   if (ivf->invlists == nullptr || ivf->invlists->nlist != ivf->nlist ||
