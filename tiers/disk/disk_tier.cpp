@@ -279,7 +279,7 @@ void DiskTier::Impl::finish_read(ReadOp& op) {
       s = decompress_planes2({stored, e.disk_bytes}, dst.first(e.payload_bytes));
     } else if (e.compression != 0 || e.disk_bytes != e.payload_bytes) {
       s = error(Errc::kCorrupt, "disk tier: unknown compression");
-    } else if (!op.direct) {
+    } else if (!op.direct && e.payload_bytes > 0) {  // an empty dst may have no data()
       std::memcpy(dst.data(), stored, e.payload_bytes);
     }
   }
