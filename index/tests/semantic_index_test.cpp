@@ -322,10 +322,20 @@ TEST_CASE("ids are reused once purged: searches map each id to its current chunk
       REQUIRE(info.live == n);
       REQUIRE(info.id_slots >= info.live + info.dead);
       REQUIRE(info.id_slots < n + n / 2);  // without reuse: n + n / 2 ids
+      // Exact: a live vector's top-1 is its own chunk.  IVF,SQ8 does not promise that: a
+      // vector added after training whose residual falls outside the quantizer's trained range
+      // is clamped (seen: own chunk scored 0.909, a neighbour at true cosine 0.918 scored 0.920;
+      // SQ8 score errors up to 0.18 at dim 16), and the training set is whichever snapshot the
+      // rebuild took, so it varies with timing.  There the own chunk must be among the top 10:
+      // an id mapped to the wrong chunk loses it (its vector answers under another key).
+      const bool exact = info.nlist == 0;
       for (const auto& [i, v] : live) {
-        auto r = x.search("ns", {{"vision", v}}, 1, kAll);
+        auto r = x.search("ns", {{"vision", v}}, exact ? 1 : 10, kAll);
         REQUIRE(r.is_ok());
-        REQUIRE(keys(*r) == std::vector<BlockKey>{key_of(i)});
+        const std::vector<BlockKey> got = keys(*r);
+        if (exact) REQUIRE(got == std::vector<BlockKey>{key_of(i)});
+        REQUIRE(std::count(got.begin(), got.end(), key_of(i)) == 1);
+        for (const BlockKey& k : got) REQUIRE((live.count(k.lo) == 1 && k == key_of(k.lo)));
       }
       for (const auto& [i, v] : gone) {
         auto r = x.search("ns", {{"vision", v}}, 5, kAll);
