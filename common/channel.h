@@ -21,7 +21,7 @@
 #include <memory>
 #include <span>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier {
 

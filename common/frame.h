@@ -17,7 +17,7 @@
 #include <span>
 #include <vector>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier {
 

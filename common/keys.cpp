@@ -1,4 +1,4 @@
-#include "common/keys.h"
+#include "kvtier/keys.h"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>

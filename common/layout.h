@@ -7,8 +7,8 @@
 #include <string_view>
 #include <vector>
 
-#include "common/status.h"
-#include "common/types.h"
+#include "kvtier/status.h"
+#include "kvtier/types.h"
 
 namespace kvtier {
 

@@ -7,7 +7,7 @@
 #include <cstddef>
 #include <string_view>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier {
 

@@ -1,6 +1,6 @@
-#include "common/status.h"
+#include "kvtier/status.h"
 
-#include "common/types.h"
+#include "kvtier/types.h"
 
 namespace kvtier {
 

@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "common/keys.h"
+#include "kvtier/keys.h"
 #include "common/layout.h"
 #include "common/protocol_generated.h"
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier::wire_util {
 

@@ -255,20 +255,12 @@ void DiskTierConfig::validate() const {
   if (write_queue_bytes < kMiB) {
     fail("disk.write_queue_bytes: must be at least 1MiB, got " + human_size(write_queue_bytes));
   }
-  if (io_backend != "auto" && io_backend != "io_uring" && io_backend != "threads") {
-    fail("disk.io_backend: '" + io_backend + "' is not one of \"auto\", \"io_uring\", \"threads\"");
-  }
   if (threads < 1 || threads > 64)
     fail("disk.threads: must be in 1..64, got " + std::to_string(threads));
   if (reader_check_s < 1) fail("disk.reader_check_s: must be at least 1");
 }
 
 void GpuTierConfig::validate() const {
-  if (backend != "auto" && backend != "cuda" && backend != "emulation" && backend != "off") {
-    fail("gpu.backend: '" + backend + "' is not one of \"auto\", \"cuda\", \"emulation\", \"off\"");
-  }
-  if (handle != "vmm" && handle != "ipc")
-    fail("gpu.handle: '" + handle + "' is not one of \"vmm\", \"ipc\"");
   if (size_bytes < kMiB) fail("gpu.size: must be at least 1MiB, got " + human_size(size_bytes));
   if (!(small_queue_ratio > 0 && small_queue_ratio <= 0.5)) {
     fail("gpu.small_queue_ratio: must be in (0, 0.5], got " + std::to_string(small_queue_ratio));

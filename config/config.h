@@ -13,7 +13,7 @@
 #include <string_view>
 #include <vector>
 
-#include "common/types.h"
+#include "kvtier/types.h"
 
 namespace kvtier::config {
 
@@ -63,6 +63,15 @@ struct HostTierConfig {
   void validate(const std::filesystem::path& shm_dir = "/dev/shm", uint64_t arena_bytes = 0) const;
 };
 
+// Settings that are a choice among names are enums from parse time on; an unknown name is a
+// ConfigError naming the key and the names allowed.  to_string() gives the name back.
+enum class DiskIoBackend : uint8_t { kAuto, kIoUring, kThreads };   // disk.io_backend
+enum class GpuBackend : uint8_t { kAuto, kCuda, kEmulation, kOff };  // gpu.backend
+enum class GpuHandle : uint8_t { kVmm, kIpc };                       // gpu.handle
+const char* to_string(DiskIoBackend v);
+const char* to_string(GpuBackend v);
+const char* to_string(GpuHandle v);
+
 // The disk tier: region files and an LMDB index under `dir` (docs/disk.md).
 struct DiskTierConfig {
   bool enabled = true;
@@ -70,7 +79,7 @@ struct DiskTierConfig {
   uint64_t size_bytes = 16ull << 30;          // region bytes on disk
   uint64_t region_bytes = 64ull << 20;        // size of one region file
   uint64_t write_queue_bytes = 256ull << 20;  // demotions queued for writing; beyond: dropped
-  std::string io_backend = "auto";            // auto | io_uring | threads
+  DiskIoBackend io_backend = DiskIoBackend::kAuto;  // auto | io_uring | threads
   bool o_direct = true;                       // falls back to buffered I/O where refused
   uint32_t threads = 2;                       // thread-pool I/O and compression workers
   uint32_t reader_check_s = 60;               // mdb_reader_check period
@@ -91,10 +100,10 @@ struct GpuTierConfig {
   // "auto": CUDA when the probe finds a usable device, else no GPU tier (logged);
   // "cuda": the same, but the log and health say the GPU tier was asked for and is missing;
   // "emulation": the host-memory emulation (tests, machines without a GPU); "off".
-  std::string backend = "auto";
+  GpuBackend backend = GpuBackend::kAuto;
   std::vector<uint32_t> devices;     // device indices; empty = every device found (emulation: 0)
   uint64_t size_bytes = 1ull << 30;  // pool bytes per device
-  std::string handle = "vmm";        // cuda export: "vmm" (VMM POSIX fd) or "ipc" (cudaIpc)
+  GpuHandle handle = GpuHandle::kVmm;  // cuda export: "vmm" (VMM POSIX fd) or "ipc" (cudaIpc)
   double small_queue_ratio = 0.10;   // S3-FIFO small-queue share, (0, 0.5]
   void validate() const;
 };

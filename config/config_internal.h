@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include "common/types.h"
+#include "kvtier/types.h"
 
 namespace kvtier::config::internal {
 
@@ -23,7 +23,7 @@ std::string human_size(uint64_t bytes);
 // of KiB/MiB/GiB/TiB ("64MiB"), else the decimal number of bytes.  Includes the quotes.
 std::string toml_size(uint64_t bytes);
 
-// "fp16" <-> Codec::kRaw, "nf4" <-> Codec::kNf4.  (common/types.h's codec_name() lives in
+// "fp16" <-> Codec::kRaw, "nf4" <-> Codec::kNf4.  (kvtier/types.h's codec_name() lives in
 // kvtier_common; the config names are the TOML spellings, so they are kept here.)
 const char* codec_toml_name(Codec c);
 std::optional<Codec> codec_from_toml(std::string_view name);

@@ -3,6 +3,7 @@
 // value is type-checked with its dotted name and line in the message.
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -53,6 +54,29 @@ const char* type_name(toml::node_type t) {
 
 // Reads one document into a Config.  Remembers the line of every key it read, so that a
 // failed validate() ("daemon.io_threads: must be in 1..64") can be pointed at its line.
+constexpr std::array<std::pair<std::string_view, DiskIoBackend>, 3> kDiskIoBackends{{
+    {"auto", DiskIoBackend::kAuto},
+    {"io_uring", DiskIoBackend::kIoUring},
+    {"threads", DiskIoBackend::kThreads},
+}};
+constexpr std::array<std::pair<std::string_view, GpuBackend>, 4> kGpuBackends{{
+    {"auto", GpuBackend::kAuto},
+    {"cuda", GpuBackend::kCuda},
+    {"emulation", GpuBackend::kEmulation},
+    {"off", GpuBackend::kOff},
+}};
+constexpr std::array<std::pair<std::string_view, GpuHandle>, 2> kGpuHandles{{
+    {"vmm", GpuHandle::kVmm},
+    {"ipc", GpuHandle::kIpc},
+}};
+
+template <typename E, size_t N>
+const char* name_of(const std::array<std::pair<std::string_view, E>, N>& names, E v) {
+  for (const auto& [name, value] : names)
+    if (value == v) return name.data();
+  return "?";
+}
+
 class Reader {
  public:
   using Handler = std::function<void(const toml::node&, const std::string& key)>;
@@ -104,6 +128,20 @@ class Reader {
   std::string str(const toml::node& node, const std::string& key) const {
     if (!node.is_string()) wrong_type(node, key, "a string");
     return node.as_string()->get();
+  }
+
+  // A setting that names one of `names` ({name, value}); anything else fails naming the key,
+  // the value and every allowed name.
+  template <typename E, size_t N>
+  E choice(const toml::node& node, const std::string& key,
+           const std::array<std::pair<std::string_view, E>, N>& names) const {
+    const std::string v = str(node, key);
+    std::string allowed;
+    for (const auto& [name, value] : names) {
+      if (name == v) return value;
+      allowed += (allowed.empty() ? "\"" : ", \"") + std::string(name) + "\"";
+    }
+    fail(key + ": '" + v + "' is not one of " + allowed, node.source());
   }
 
   bool boolean(const toml::node& node, const std::string& key) const {
@@ -227,7 +265,7 @@ void read_disk(Reader& r, const toml::table& t, DiskTierConfig& d) {
        {"size", [&](auto& n, auto& k) { d.size_bytes = r.size(n, k); }},
        {"region_bytes", [&](auto& n, auto& k) { d.region_bytes = r.size(n, k); }},
        {"write_queue_bytes", [&](auto& n, auto& k) { d.write_queue_bytes = r.size(n, k); }},
-       {"io_backend", [&](auto& n, auto& k) { d.io_backend = r.str(n, k); }},
+       {"io_backend", [&](auto& n, auto& k) { d.io_backend = r.choice(n, k, kDiskIoBackends); }},
        {"o_direct", [&](auto& n, auto& k) { d.o_direct = r.boolean(n, k); }},
        {"threads", [&](auto& n, auto& k) { d.threads = r.integer<uint32_t>(n, k); }},
        {"reader_check_s",
@@ -247,10 +285,10 @@ void read_index(Reader& r, const toml::table& t, IndexConfig& x) {
 void read_gpu(Reader& r, const toml::table& t, GpuTierConfig& g) {
   r.read_table(
       t, "gpu",
-      {{"backend", [&](auto& n, auto& k) { g.backend = r.str(n, k); }},
+      {{"backend", [&](auto& n, auto& k) { g.backend = r.choice(n, k, kGpuBackends); }},
        {"devices", [&](auto& n, auto& k) { g.devices = r.ids(n, k); }},
        {"size", [&](auto& n, auto& k) { g.size_bytes = r.size(n, k); }},
-       {"handle", [&](auto& n, auto& k) { g.handle = r.str(n, k); }},
+       {"handle", [&](auto& n, auto& k) { g.handle = r.choice(n, k, kGpuHandles); }},
        {"small_queue_ratio", [&](auto& n, auto& k) { g.small_queue_ratio = r.number(n, k); }}});
 }
 
@@ -323,6 +361,16 @@ std::string leading_key(std::string_view msg) {
 }
 
 }  // namespace
+
+const char* to_string(DiskIoBackend v) {
+  return name_of(kDiskIoBackends, v);
+}
+const char* to_string(GpuBackend v) {
+  return name_of(kGpuBackends, v);
+}
+const char* to_string(GpuHandle v) {
+  return name_of(kGpuHandles, v);
+}
 
 Config parse(std::string_view toml_text, const std::string& origin) {
   toml::table doc;

@@ -93,7 +93,7 @@ std::string Config::to_toml() const {
     << "size = " << toml_size(disk.size_bytes) << "\n"
     << "region_bytes = " << toml_size(disk.region_bytes) << "\n"
     << "write_queue_bytes = " << toml_size(disk.write_queue_bytes) << "\n"
-    << "io_backend = " << quote(disk.io_backend) << "\n"
+    << "io_backend = " << quote(to_string(disk.io_backend)) << "\n"
     << "o_direct = " << boolean(disk.o_direct) << "\n"
     << "threads = " << disk.threads << "\n"
     << "reader_check_s = " << disk.reader_check_s << "\n";
@@ -102,10 +102,10 @@ std::string Config::to_toml() const {
     devices += (i ? ", " : "") + std::to_string(gpu.devices[i]);
   devices += "]";
   o << "\n[gpu]\n"
-    << "backend = " << quote(gpu.backend) << "\n"
+    << "backend = " << quote(to_string(gpu.backend)) << "\n"
     << "devices = " << devices << "\n"
     << "size = " << toml_size(gpu.size_bytes) << "\n"
-    << "handle = " << quote(gpu.handle) << "\n"
+    << "handle = " << quote(to_string(gpu.handle)) << "\n"
     << "small_queue_ratio = " << float_text(gpu.small_queue_ratio) << "\n";
   o << "\n[index]\n"
     << "enabled = " << boolean(index.enabled) << "\n"

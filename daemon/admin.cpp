@@ -23,7 +23,7 @@ void text(Reply& r, const nlohmann::json& j) {
 }
 
 void on_stats(Server& s, const wire::RequestMsg&, Reply& r) {
-  auto j = s.cache().stats_json();
+  auto j = s.engine().stats_json();
   j["instance"] = s.instance().hex();
   j["pid"] = ::getpid();
   j["started_unix_ms"] = s.started_unix_ms();
@@ -33,28 +33,28 @@ void on_stats(Server& s, const wire::RequestMsg&, Reply& r) {
 void on_health(Server& s, const wire::RequestMsg&, Reply& r) {
   using namespace std::chrono;
   uint64_t now = duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
-  auto u = s.cache().host().usage();
+  auto u = s.engine().host().usage();
   nlohmann::json j = {
       {"status", s.state()},
       {"version", KVTIER_VERSION},
       {"protocol", kProtocolVersion},
       {"pid", ::getpid()},
       {"uptime_s", (now - s.started_unix_ms()) / 1000},
-      {"sessions", s.cache().session_count()},
+      {"sessions", s.engine().session_count()},
       {"tiers",
        {{"host",
          {{"backend", "posix-shm"},
-          {"shm", "/dev/shm/" + s.cache().host().arena().name()},
+          {"shm", "/dev/shm/" + s.engine().host().arena().name()},
           // Clients map the object the daemon holds open, so they are served either way; a
           // name removed or replaced by someone else is still worth an operator's look.
-          {"shm_name", s.cache().host().arena().name_intact() ? "ok" : "replaced or removed"},
+          {"shm_name", s.engine().host().arena().name_intact() ? "ok" : "replaced or removed"},
           {"capacity_bytes", u.capacity_bytes},
           {"used_bytes", u.used_bytes}}},
-        {"gpu", s.cache().gpu_json()},
-        {"disk", s.cache().disk()
-                     ? nlohmann::json{{"backend", s.cache().disk()->backend()},
+        {"gpu", s.engine().gpu_json()},
+        {"disk", s.engine().disk()
+                     ? nlohmann::json{{"backend", s.engine().disk()->backend()},
                                       {"dir", s.config().disk_dir().string()}}
-                     : nlohmann::json{{"backend", "none"}, {"reason", s.cache().disk_status()}}}}},
+                     : nlohmann::json{{"backend", "none"}, {"reason", s.engine().disk_status()}}}}},
       {"nf4",
        {{"cpu_path", nf4::active_cpu_path()},
         {"cuda", nf4::cuda::available() ? "available" : "unavailable (no driver or device)"}}},
@@ -63,7 +63,7 @@ void on_health(Server& s, const wire::RequestMsg&, Reply& r) {
 }
 
 void on_clients(Server& s, const wire::RequestMsg&, Reply& r) {
-  text(r, s.cache().clients_json());
+  text(r, s.engine().clients_json());
 }
 
 void on_config(Server& s, const wire::RequestMsg&, Reply& r) {
@@ -76,7 +76,7 @@ void on_list(Server& s, const wire::RequestMsg& msg, Reply& r) {
     if (Status st = check_name("namespace", req->namespace_()->string_view(), kMaxNamespaceBytes);
         !st)
       return r.fail(st);
-  text(r, s.cache().list_json(wire_util::str(req->namespace_()), req->limit(), req->fusion_only()));
+  text(r, s.engine().list_json(wire_util::str(req->namespace_()), req->limit(), req->fusion_only()));
 }
 
 void on_evict(Server& s, const wire::RequestMsg& msg, Reply& r) {
@@ -90,7 +90,7 @@ void on_evict(Server& s, const wire::RequestMsg& msg, Reply& r) {
   // tier: 0 = every tier, 1 = host, 2 = disk, 3 = GPU.
   const uint8_t tier = req->tier();
   if (tier > 3) return r.fail(error(Errc::kInvalidArgument, "unknown tier"));
-  auto c = s.cache().evict(ns.empty() ? std::nullopt : std::optional(ns), keys, req->all(),
+  auto c = s.engine().evict(ns.empty() ? std::nullopt : std::optional(ns), keys, req->all(),
                            tier == 0 || tier == 1, tier == 0 || tier == 2, tier == 0 || tier == 3);
   // Skipped (leased) blocks of both memory tiers are reported together.
   r.set(wire::Response::EvictResp,
@@ -118,10 +118,6 @@ constexpr Command kCommands[] = {
 };
 
 }  // namespace
-
-std::string json_text(const nlohmann::json& j) {
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
 
 bool is_admin(const Server& server, const PeerInfo& peer) {
   const auto& a = server.config().access;

@@ -7,6 +7,7 @@
 
 #include "common/protocol_generated.h"
 #include "daemon/peer.h"
+#include "engine/json_text.h"
 
 namespace kvtier {
 
@@ -15,9 +16,5 @@ struct Reply;
 
 void handle_admin(Server& server, const PeerInfo& peer, const wire::RequestMsg& msg, Reply& r);
 bool is_admin(const Server& server, const PeerInfo& peer);
-// Every JSON document the daemon sends or logs: never throws, whatever bytes a name holds
-// (invalid UTF-8, e.g. a disk entry written before names were checked, or a client's comm,
-// comes out as U+FFFD).
-std::string json_text(const nlohmann::json& j);
 
 }  // namespace kvtier

@@ -78,9 +78,9 @@ awaitable<void> Session::on_disk_job(const wire::RequestMsg& msg, Reply& r) {
                                                         "' needs an admin uid or group (uid " +
                                                         std::to_string(peer_.uid) + ")"));
   }
-  DiskTier* disk = server_.cache().disk();
+  DiskTier* disk = server_.engine().disk();
   if (disk == nullptr)
-    co_return r.fail(error(Errc::kUnavailable, "no disk tier: " + server_.cache().disk_status()));
+    co_return r.fail(error(Errc::kUnavailable, "no disk tier: " + server_.engine().disk_status()));
   spdlog::info("session {}: {} started", id_, compact ? "compact" : "verify");
   auto job = std::make_shared<Job>();
   // jthread: should this frame be destroyed early (shutdown), it joins before the disk tier goes.

@@ -17,12 +17,12 @@ flatbuffers::Offset<wire::GpuPoolInfo> gpu_pool_info(flatbuffers::FlatBufferBuil
                                  static_cast<uint8_t>(tier.pool().handle_type()), ipc);
 }
 
-Status check_gpu_device(const Cache& cache, int device) {
-  if (cache.gpu_tier(device) != nullptr) return {};
-  if (cache.gpu_tiers().empty())
-    return error(Errc::kUnavailable, "no GPU tier: " + cache.gpu_status());
+Status check_gpu_device(const Engine& engine, int device) {
+  if (engine.gpu_tier(device) != nullptr) return {};
+  if (engine.gpu_tiers().empty())
+    return error(Errc::kUnavailable, "no GPU tier: " + engine.gpu_status());
   std::string have;
-  for (const auto& t : cache.gpu_tiers())
+  for (const auto& t : engine.gpu_tiers())
     if (t->domain() == 0) have += (have.empty() ? "" : ", ") + std::to_string(t->device());
   return error(Errc::kInvalidArgument, "no GPU tier on device " + std::to_string(device) +
                                            " (pools on device " + have +
@@ -30,10 +30,10 @@ Status check_gpu_device(const Cache& cache, int device) {
 }
 
 void Session::on_map_gpu_pool(const wire::MapGpuPoolReq& req, Reply& r) {
-  for (const auto& t : server_.cache().gpu_tiers()) {
+  for (const auto& t : server_.engine().gpu_tiers()) {
     if (t->arena_id() != req.id()) continue;
     // A pool holds one isolation domain's blocks: only that domain's readers may map it.
-    if (!server_.cache().may_map(peer_, t->domain())) {
+    if (!server_.engine().may_map(peer_, t->domain())) {
       bump(server_.metrics().permission_denied);
       return r.fail(error(Errc::kPermissionDenied, "uid " + std::to_string(peer_.uid) +
                                                        " may not map GPU pool " +

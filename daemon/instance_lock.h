@@ -14,7 +14,7 @@
 #include <filesystem>
 #include <string>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier {
 

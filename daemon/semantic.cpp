@@ -26,14 +26,14 @@ Result<std::vector<float>> floats(const flatbuffers::Vector<float>* v,
 }  // namespace
 
 awaitable<void> Session::on_get_fusion(const wire::GetFusionReq& req, Reply& r) {
-  auto ns = server_.cache().resolve_namespace(wire_util::str(req.namespace_()), peer_);
+  auto ns = server_.engine().resolve_namespace(wire_util::str(req.namespace_()), peer_);
   if (!ns) co_return r.fail(ns.status());
   if (req.key() == nullptr) co_return r.fail(error(Errc::kInvalidArgument, "no chunk key"));
   const BlockKey key = wire_util::from_wire(*req.key());
   LeaseGrant g = co_await lease_one(*ns, key);
   if (g.code != Errc::kOk) co_return r.fail(error(g.code, "chunk " + key.hex() + " is not cached"));
   if (!has_fusion(*g.layout)) {
-    server_.cache().release(id_, std::span(&g.lease_id, 1));
+    server_.engine().release(id_, std::span(&g.lease_id, 1));
     co_return r.fail(error(Errc::kNotFound, "chunk " + key.hex() + " has no fusion state"));
   }
   std::vector<flatbuffers::Offset<wire::LeasedBlock>> blocks = {leased_block(r.fbb, g)};
@@ -41,11 +41,11 @@ awaitable<void> Session::on_get_fusion(const wire::GetFusionReq& req, Reply& r) 
 }
 
 void Session::on_add_embeddings(const wire::AddEmbeddingsReq& req, Reply& r) {
-  Cache& cache = server_.cache();
+  Engine& engine = server_.engine();
   const std::string ns_name = wire_util::str(req.namespace_());
-  auto ns = cache.resolve_namespace(ns_name, peer_);
+  auto ns = engine.resolve_namespace(ns_name, peer_);
   if (!ns) return r.fail(ns.status());
-  SemanticIndex* index = cache.index();
+  SemanticIndex* index = engine.index();
   if (index == nullptr) return r.fail(error(Errc::kUnavailable, "the semantic index is not open"));
   if (req.chunks() == nullptr || req.chunks()->size() == 0)
     return r.fail(error(Errc::kInvalidArgument, "no chunks"));
@@ -57,7 +57,7 @@ void Session::on_add_embeddings(const wire::AddEmbeddingsReq& req, Reply& r) {
       return r.fail(error(Errc::kInvalidArgument, "a chunk without key or vectors"));
     const BlockKey key = wire_util::from_wire(*c->key());
     // Embedding entries point at cached chunks only.
-    if (!cache.is_cached(*ns, key))
+    if (!engine.is_cached(*ns, key))
       return r.fail(
           error(Errc::kNotFound, "chunk " + key.hex() + " is not cached: put its KV block first"));
     std::vector<std::pair<std::string, std::vector<float>>> vectors;
@@ -74,11 +74,11 @@ void Session::on_add_embeddings(const wire::AddEmbeddingsReq& req, Reply& r) {
 }
 
 awaitable<void> Session::on_search(const wire::SearchReq& req, Reply& r) {
-  Cache& cache = server_.cache();
+  Engine& engine = server_.engine();
   const std::string ns_name = wire_util::str(req.namespace_());
-  auto ns = cache.resolve_namespace(ns_name, peer_);
+  auto ns = engine.resolve_namespace(ns_name, peer_);
   if (!ns) co_return r.fail(ns.status());
-  SemanticIndex* index = cache.index();
+  SemanticIndex* index = engine.index();
   if (index == nullptr)
     co_return r.fail(error(Errc::kUnavailable, "the semantic index is not open"));
   if (req.queries() == nullptr || req.queries()->size() == 0)
@@ -94,11 +94,11 @@ awaitable<void> Session::on_search(const wire::SearchReq& req, Reply& r) {
                                     q->threshold(), q->weight()});
   }
   const uint32_t ns_id = *ns;
-  // alive() takes the cache's lock; the index calls it with none of its own held.
+  // alive() takes the engine's lock; the index calls it with none of its own held.
   auto hits = index->search(
       ns_name, queries, req.k(),
       SemanticIndex::AliveBatch([&](std::span<const BlockKey> keys, std::span<uint8_t> out) {
-        cache.cached(ns_id, keys, out);
+        engine.cached(ns_id, keys, out);
       }));
   if (!hits) co_return r.fail(hits.status());
   bump(server_.metrics().searches);
@@ -109,7 +109,7 @@ awaitable<void> Session::on_search(const wire::SearchReq& req, Reply& r) {
     if (g.code == Errc::kOk && has_fusion(*g.layout)) {
       fusion = leased_block(r.fbb, g);
     } else if (g.code == Errc::kOk) {
-      cache.release(id_, std::span(&g.lease_id, 1));
+      engine.release(id_, std::span(&g.lease_id, 1));
     }
   }
   std::vector<flatbuffers::Offset<wire::SearchHit>> out;

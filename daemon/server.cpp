@@ -22,9 +22,7 @@
 #include <thread>
 
 #include "daemon/admin.h"
-#include "daemon/gpu_setup.h"
 #include "daemon/session.h"
-#include "tiers/disk/fault_device.h"
 
 namespace asio = boost::asio;
 using asio::awaitable;
@@ -54,8 +52,9 @@ BlockKey random_instance() {
 
 }  // namespace
 
-Server::Server(config::Config config)
+Server::Server(config::Config config, ServerHooks hooks)
     : config_(std::move(config)),
+      hooks_(std::move(hooks)),
       instance_(random_instance()),
       started_unix_ms_(now_unix_ms()),
       ios_(make_contexts(config_.daemon.io_threads)),
@@ -65,162 +64,29 @@ Server::Server(config::Config config)
       drain_timer_(io_),
       reader_timer_(io_),
       index_timer_(io_) {
-  // Tests only: delay each periodic index save (requests must be served meanwhile).
-  if (const char* d = std::getenv("KVTIER_TEST_INDEX_SAVE_DELAY_MS"); d && *d) {
-    test_save_delay_ms_ = static_cast<uint32_t>(std::strtoul(d, nullptr, 10));
-    spdlog::warn("KVTIER_TEST_INDEX_SAVE_DELAY_MS={}: index saves delayed (tests only)",
-                 test_save_delay_ms_);
-  }
   claim_names();
-  // One host arena per isolation domain: the default one ([host]), then each [[arena]].
-  std::vector<std::unique_ptr<HostTier>> hosts;
-  for (size_t d = 0; d <= config_.arenas.size(); ++d) {
-    HostTier::Options ho;
-    ho.shm_name = d == 0 ? config_.daemon.shm_prefix + "-host-0"
-                         : config_.daemon.shm_prefix + "-arena-" + config_.arenas[d - 1].name;
-    ho.arena_id = static_cast<uint32_t>(d);
-    ho.bytes = d == 0 ? config_.host.size_bytes : config_.arenas[d - 1].size_bytes;
-    ho.prefault = config_.host.prefault;
-    ho.small_ratio = config_.host.small_queue_ratio;
-    ho.ghost_entries = d == 0 ? config_.host.ghost_entries : 0;
-    auto host = HostTier::create(ho);
-    if (!host) throw std::runtime_error("host tier: " + host.status().message());
-    spdlog::info(
-        "host tier{}: {} MiB in /dev/shm/{}{}, S3-FIFO eviction",
-        d == 0 ? std::string() : " of isolation domain '" + config_.arenas[d - 1].name + "'",
-        ho.bytes >> 20, ho.shm_name, ho.prefault ? " (prefaulted)" : "");
-    hosts.push_back(std::move(host).value());
-  }
   std::error_code ec;
   std::filesystem::create_directories(config_.daemon.state_dir, ec);
   if (ec)
     throw std::runtime_error("cannot create state directory " + config_.daemon.state_dir.string() +
                              ": " + ec.message());
-  auto [disk, disk_status] = open_disk_tier();
-  GpuSetup gpu = open_gpu_tier(config_, hosts);
-  cache_ = std::make_unique<Cache>(config_, std::move(hosts), std::move(disk),
-                                   std::move(disk_status), open_index(), metrics_, std::move(gpu));
+  engine_ = Engine::open(config_, metrics_, hooks_.engine);
   bind_socket();
 }
 
 Server::~Server() = default;
 
-namespace {
-
-// Tests only: KVTIER_TEST_DISK_FAULTS="op:kind:skip:count:probability[,...]" (op = read, write
-// or sync; kind = error, short or nospace; count -1 = unlimited) puts the disk tier on a
-// thread-pool device wrapped in the fault-injecting device of tiers/disk/fault_device.h.
-Result<std::unique_ptr<Device>> fault_injecting_device(const DiskOptions& o, std::string spec) {
-  auto plan = std::make_shared<FaultPlan>();
-  std::stringstream rules(spec);
-  for (std::string rule; std::getline(rules, rule, ',');) {
-    std::stringstream fields(rule);
-    std::string op, kind, skip, count, prob;
-    std::getline(fields, op, ':');
-    std::getline(fields, kind, ':');
-    std::getline(fields, skip, ':');
-    std::getline(fields, count, ':');
-    std::getline(fields, prob, ':');
-    FaultRule r;
-    r.op = op == "read"   ? FaultRule::Op::kRead
-           : op == "sync" ? FaultRule::Op::kSync
-                          : FaultRule::Op::kWrite;
-    r.kind = kind == "short"     ? FaultRule::Kind::kShort
-             : kind == "nospace" ? FaultRule::Kind::kNoSpace
-                                 : FaultRule::Kind::kError;
-    try {
-      r.skip = skip.empty() ? 0 : std::stoull(skip);
-      r.count = count.empty() || count == "-1" ? UINT64_MAX : std::stoull(count);
-      r.probability = prob.empty() ? 1.0 : std::stod(prob);
-    } catch (const std::exception&) {
-      return error(Errc::kInvalidArgument, "bad fault rule '" + rule + "'");
-    }
-    plan->add(r);
-  }
-  FileDeviceOptions fo;
-  fo.dir = o.dir;
-  fo.o_direct = o.o_direct;
-  fo.threads = o.threads;
-  std::error_code ec;
-  std::filesystem::create_directories(o.dir, ec);
-  auto inner = make_thread_device(fo, "fault injection");
-  if (!inner) return inner.status();
-  spdlog::warn("disk tier: TEST FAULT INJECTION ACTIVE ({})", spec);
-  return make_fault_device(std::move(inner).value(), plan);
-}
-
-}  // namespace
-
-std::pair<std::unique_ptr<DiskTier>, std::string> Server::open_disk_tier() {
-  if (!config_.disk.enabled) {
-    spdlog::info("disk tier: disabled by configuration");
-    return {nullptr, "disabled (disk.enabled = false)"};
-  }
-  DiskOptions o;
-  o.dir = config_.disk_dir();
-  o.capacity_bytes = config_.disk.size_bytes;
-  o.region_bytes = config_.disk.region_bytes;
-  o.write_queue_bytes = config_.disk.write_queue_bytes;
-  o.backend = config_.disk.io_backend == "io_uring"  ? DiskOptions::Backend::kIoUring
-              : config_.disk.io_backend == "threads" ? DiskOptions::Backend::kThreads
-                                                     : DiskOptions::Backend::kAuto;
-  o.o_direct = config_.disk.o_direct;
-  o.threads = config_.disk.threads;
-  auto t0 = std::chrono::steady_clock::now();
-  std::unique_ptr<Device> device;
-  if (const char* faults = std::getenv("KVTIER_TEST_DISK_FAULTS"); faults && *faults) {
-    auto d = fault_injecting_device(o, faults);
-    if (!d) return {nullptr, "test fault injection: " + d.status().to_string()};
-    device = std::move(d).value();
-  }
-  auto disk = DiskTier::open(o, std::move(device));
-  if (!disk) {
-    // The daemon runs with what it has (DESIGN rule 8): host tier only, and says why.
-    spdlog::error("disk tier unavailable, serving without it: {}", disk.status().to_string());
-    return {nullptr, "failed to open: " + disk.status().to_string()};
-  }
-  auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
-          .count();
-  DiskUsage u = (*disk)->usage();
-  spdlog::info("disk tier: {} blocks in {} ({} of {} MiB used), opened in {} ms, backend {}",
-               u.blocks, o.dir.string(), u.used_bytes >> 20, o.capacity_bytes >> 20, ms,
-               (*disk)->backend());
-  if (u.dropped_at_open)
-    spdlog::warn("disk tier: dropped {} entries of regions that were being written at a crash",
-                 u.dropped_at_open);
-  return {std::move(disk).value(), "open"};
-}
-
-std::unique_ptr<SemanticIndex> Server::open_index() {
-  if (!config_.index.enabled) {
-    spdlog::info("semantic index: disabled by configuration");
-    return nullptr;
-  }
-  IndexOptions o;
-  o.dir = config_.daemon.state_dir / "index";
-  o.exact_max_vectors = config_.index.exact_max_vectors;
-  o.nprobe = config_.index.nprobe;
-  auto index = SemanticIndex::open(o);
-  if (!index) {
-    spdlog::error("semantic index unavailable, serving without it: {}", index.status().to_string());
-    return nullptr;
-  }
-  spdlog::info("semantic index: {}", json_text((*index)->stats()));
-  return std::move(index).value();
-}
-
 void Server::schedule_index_save() {
-  if (cache_->index() == nullptr) return;
+  if (engine_->index() == nullptr) return;
   index_timer_.expires_after(std::chrono::seconds(config_.index.save_interval_s));
   index_timer_.async_wait([this](boost::system::error_code ec) {
     if (ec) return;
     // The save runs on its own thread; the next interval starts when it is done.
     asio::post(index_saver_, [this] {
-      if (test_save_delay_ms_ > 0)
-        std::this_thread::sleep_for(std::chrono::milliseconds(test_save_delay_ms_));
+      if (hooks_.index_save_delay_ms > 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(hooks_.index_save_delay_ms));
       try {
-        if (Status st = cache_->index()->save(); !st)
+        if (Status st = engine_->index()->save(); !st)
           spdlog::warn("semantic index: save failed: {}", st.to_string());
       } catch (const std::exception& e) {  // an exception here would end the saver thread
         spdlog::error("semantic index: save failed: {}", e.what());
@@ -233,11 +99,11 @@ void Server::schedule_index_save() {
 }
 
 void Server::schedule_reader_check() {
-  if (cache_->disk() == nullptr) return;
+  if (engine_->disk() == nullptr) return;
   reader_timer_.expires_after(std::chrono::seconds(config_.disk.reader_check_s));
   reader_timer_.async_wait([this](boost::system::error_code ec) {
     if (ec) return;
-    cache_->disk()->check_readers();
+    engine_->disk()->check_readers();
     schedule_reader_check();
   });
 }
@@ -458,7 +324,7 @@ int Server::run() {
   stop_all();
   for (auto& t : threads) t.join();
   index_saver_.join();  // a periodic save in progress finishes first
-  if (SemanticIndex* index = cache_->index())
+  if (SemanticIndex* index = engine_->index())
     if (Status st = index->save(); !st)
       spdlog::warn("semantic index: save failed: {}", st.to_string());
   std::error_code ec;

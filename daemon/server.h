@@ -16,28 +16,35 @@
 #include <mutex>
 #include <vector>
 
-#include "common/keys.h"
+#include "kvtier/keys.h"
 #include "config/config.h"
-#include "daemon/cache.h"
+#include "engine/engine.h"
 #include "daemon/instance_lock.h"
-#include "daemon/metrics.h"
+#include "engine/metrics.h"
 
 namespace kvtier {
 
 class Session;
 
+// What the test build of kvtierd (tests/testing/kvtierd_test_main.cpp) injects; the product
+// passes none.
+struct ServerHooks {
+  EngineHooks engine;
+  uint32_t index_save_delay_ms = 0;  // each periodic index save sleeps this long first
+};
+
 class Server {
  public:
   // Creates the host tier and binds the socket; throws std::runtime_error with a clear
   // message when either fails (construction is where exceptions are allowed).
-  explicit Server(config::Config config);
+  explicit Server(config::Config config, ServerHooks hooks = {});
   ~Server();
 
   // Runs until drained by a signal or stop(); returns the process exit code.
   int run();
   void stop();
 
-  Cache& cache() { return *cache_; }
+  Engine& engine() { return *engine_; }
   Metrics& metrics() { return metrics_; }
   const config::Config& config() const { return config_; }
   const BlockKey& instance() const { return instance_; }
@@ -54,10 +61,7 @@ class Server {
   // touched; throws naming the key and the holder's pid.
   void claim_names();
   void bind_socket();
-  // The disk tier per config, or null with the reason (the daemon then runs without it).
-  std::pair<std::unique_ptr<DiskTier>, std::string> open_disk_tier();
   void schedule_reader_check();                 // mdb_reader_check every disk.reader_check_s
-  std::unique_ptr<SemanticIndex> open_index();  // null (and logged) when disabled or broken
   void schedule_index_save();                   // every index.save_interval_s
   // Runs one io_context until it stops; with daemon.busy_poll_us it polls for that long after
   // its last handler before sleeping in epoll_wait (docs/operations.md, "Busy polling").
@@ -65,16 +69,17 @@ class Server {
 
   // Constant after construction.
   const config::Config config_;
+  const ServerHooks hooks_;
   BlockKey instance_;
   uint64_t started_unix_ms_ = 0;
 
-  // Held from the start until after cache_ (and the host arena's name) is gone: declared
-  // before cache_ so that they are destroyed after it.
+  // Held from the start until after engine_ (and the host arena's name) is gone: declared
+  // before engine_ so that they are destroyed after it.
   InstanceLock shm_lock_;
   InstanceLock socket_lock_;
   std::vector<InstanceLock> dir_locks_;  // daemon.state_dir, and disk.dir when outside it
   Metrics metrics_;
-  std::unique_ptr<Cache> cache_;
+  std::unique_ptr<Engine> engine_;
   // One io_context per io thread, each run by exactly one thread; connections are dealt out
   // round-robin and stay on theirs, so a request never hops threads (a cross-vCPU wake costs
   // ~40 us here).  io_[0] also runs the acceptor, signals and timers.
@@ -91,7 +96,6 @@ class Server {
   // The periodic index save runs here, not on io_[0]: writing a 100k-vector index takes tens
   // of ms (1M: ~0.5 GB), which stalled every session on that thread.
   boost::asio::thread_pool index_saver_{1};
-  uint32_t test_save_delay_ms_ = 0;  // KVTIER_TEST_INDEX_SAVE_DELAY_MS (tests only)
   std::atomic<bool> draining_{false};
 
   std::mutex sessions_mu_;

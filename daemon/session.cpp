@@ -16,7 +16,7 @@
 #include "common/frame.h"
 #include "common/wire.h"
 #include "daemon/admin.h"
-#include "daemon/block_codec.h"
+#include "engine/block_codec.h"
 #include "daemon/server.h"
 
 namespace asio = boost::asio;
@@ -28,7 +28,7 @@ Session::Session(Server& server, Socket socket, PeerInfo peer)
     : server_(server),
       socket_(std::move(socket)),
       peer_(std::move(peer)),
-      id_(server.cache().open_session(peer_)) {}
+      id_(server.engine().open_session(peer_)) {}
 
 Session::~Session() = default;
 
@@ -52,7 +52,7 @@ awaitable<void> Session::run(std::shared_ptr<Session> self) {
   // go back now.
   boost::system::error_code ignored;
   self->socket_.close(ignored);
-  self->server_.cache().close_session(id);
+  self->server_.engine().close_session(id);
   spdlog::debug("session {}: closed", id);
   self->server_.on_session_end(id);
 }

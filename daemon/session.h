@@ -19,8 +19,8 @@
 
 #include "common/channel.h"
 #include "common/protocol_generated.h"
-#include "common/status.h"
-#include "daemon/cache.h"
+#include "kvtier/status.h"
+#include "engine/engine.h"
 #include "daemon/peer.h"
 #include "daemon/staging.h"
 
@@ -33,7 +33,7 @@ flatbuffers::Offset<wire::LeasedBlock> leased_block(flatbuffers::FlatBufferBuild
                                                     const LeaseGrant& g);
 bool has_fusion(const BlockLayout& layout);
 // ok when `device` (-1: any) has a GPU tier; else an error naming the devices that do.
-Status check_gpu_device(const Cache& cache, int device);
+Status check_gpu_device(const Engine& engine, int device);
 // A GPU tier's pool for HelloResp / MapGpuPoolResp (without the descriptor).
 flatbuffers::Offset<wire::GpuPoolInfo> gpu_pool_info(flatbuffers::FlatBufferBuilder& fbb,
                                                      const GpuTier& tier,

@@ -50,7 +50,7 @@ void Session::on_open_channel(Reply& r) {
   if (fd < 0) return r.fail(error(Errc::kIo, std::string("dup: ") + std::strerror(errno)));
   channel_ = std::move(channel).value();
   bump(server_.metrics().channels_opened);
-  server_.cache().mark_channel(id_);
+  server_.engine().mark_channel(id_);
   r.fds.push_back(fd);
   r.set(wire::Response::OpenChannelResp,
         wire::CreateOpenChannelResp(r.fbb, kChannelVersion, channel_->request_capacity(),

@@ -10,7 +10,7 @@
 #include <map>
 #include <memory>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier {
 

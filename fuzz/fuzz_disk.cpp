@@ -23,6 +23,7 @@
 #include <string>
 
 #include "tiers/disk/disk_format.h"
+#include "tests/testing/devices/memory_device.h"
 #include "tiers/disk/disk_index.h"
 #include "tiers/disk/disk_tier.h"
 

@@ -20,7 +20,7 @@
 #include <cstring>
 #include <vector>
 
-#include "daemon/gpu_moves.h"
+#include "engine/gpu_moves.h"
 #include "kernels/nf4.h"
 #include "kernels/nf4_internal.h"
 #include "tiers/gpu/device_backend.h"

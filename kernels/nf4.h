@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <span>
 
-#include "common/status.h"
-#include "common/types.h"
+#include "kvtier/status.h"
+#include "kvtier/types.h"
 
 namespace kvtier::nf4 {
 

@@ -4,7 +4,7 @@
 // In a build without CUDA (KVTIER_HAVE_CUDA undefined) every call returns kUnavailable.
 #pragma once
 
-#include "common/status.h"
+#include "kvtier/status.h"
 #include "kernels/nf4.h"
 
 namespace kvtier::nf4::cuda {

@@ -133,7 +133,7 @@ KVTIER_HD uint16_t f32_to_bf16(float f) {
   return static_cast<uint16_t>(x >> 16);
 }
 
-// Element types, numerically equal to kvtier::DType (common/types.h) for the float types.
+// Element types, numerically equal to kvtier::DType (kvtier/types.h) for the float types.
 enum ElemType : uint8_t { kElemF16 = 1, kElemBF16 = 2, kElemF32 = 3 };
 
 // Sources and destinations may be unaligned on the host (std::byte spans); device buffers

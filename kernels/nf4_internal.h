@@ -14,7 +14,7 @@
 #include <span>
 #include <vector>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 #include "kernels/nf4.h"
 
 namespace kvtier::nf4 {

@@ -4,7 +4,7 @@
 
 #include <numeric>
 
-#include "common/keys.h"
+#include "kvtier/keys.h"
 
 using kvtier::BlockKey;
 

@@ -400,7 +400,7 @@ TEST_CASE("[disk] keys and per-namespace disk policy", "[config]") {
   CHECK(c.disk.enabled);
   CHECK(c.disk.size_bytes == 2048 * kMiB);
   CHECK(c.disk.region_bytes == 32 * kMiB);
-  CHECK(c.disk.io_backend == "threads");
+  CHECK(c.disk.io_backend == DiskIoBackend::kThreads);
   CHECK_FALSE(c.disk.o_direct);
   CHECK(c.disk_dir() == std::filesystem::path("/srv/kv/disk"));
   CHECK(c.rule_for("a")->disk == DiskPolicy::kWriteBack);
@@ -422,18 +422,18 @@ TEST_CASE("[disk] keys and per-namespace disk policy", "[config]") {
 TEST_CASE("[gpu] keys: backend, devices, size, handle", "[config]") {
   if (!default_host_fits()) return;
   Config d = parse("");
-  CHECK(d.gpu.backend == "auto");
+  CHECK(d.gpu.backend == GpuBackend::kAuto);
   CHECK(d.gpu.devices.empty());
   CHECK(d.gpu.size_bytes == kGiB);
-  CHECK(d.gpu.handle == "vmm");
+  CHECK(d.gpu.handle == GpuHandle::kVmm);
 
   Config c = parse(
       "[gpu]\nbackend = \"emulation\"\ndevices = [0, 1]\nsize = \"64MiB\"\nhandle = \"ipc\"\n"
       "small_queue_ratio = 0.2\n");
-  CHECK(c.gpu.backend == "emulation");
+  CHECK(c.gpu.backend == GpuBackend::kEmulation);
   CHECK(c.gpu.devices == std::vector<uint32_t>{0, 1});
   CHECK(c.gpu.size_bytes == 64 * kMiB);
-  CHECK(c.gpu.handle == "ipc");
+  CHECK(c.gpu.handle == GpuHandle::kIpc);
   CHECK(c.gpu.small_queue_ratio == 0.2);
   CHECK(parse(c.to_toml()).to_toml() == c.to_toml());
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "common/types.h"
+#include "kvtier/types.h"
 #include "kernels/nf4.h"
 
 namespace kvtier::nf4::testing {

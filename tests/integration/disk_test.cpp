@@ -261,6 +261,7 @@ TEST_CASE("kvtierctl evict --tier disk, compact and verify") {
 TEST_CASE("disk faults: the daemon keeps serving and loses nothing it acknowledged") {
   DaemonOptions o = small_host("threads");
   // 30% of disk writes fail with EIO, reads fail 20% of the time, and three writes hit ENOSPC.
+  o.test_build = true;  // kvtierd_test: the fault-injecting disk device
   o.env = {
       {"KVTIER_TEST_DISK_FAULTS", "write:error:0:-1:0.3,read:error:0:-1:0.2,write:nospace:10:3:1"}};
   Daemon d(o);

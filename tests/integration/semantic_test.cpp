@@ -240,6 +240,7 @@ TEST_CASE("requests are served while the index saves, on its own thread") {
   DaemonOptions o = opts();
   o.io_threads = 1;
   o.extra_toml += "[index]\nsave_interval_s = 1\n";
+  o.test_build = true;  // kvtierd_test: the index save delay hook
   o.env = {{"KVTIER_TEST_INDEX_SAVE_DELAY_MS", "3000"}};
   Daemon d(o);
   auto c = Client::connect(d.socket()).value();

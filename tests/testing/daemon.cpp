@@ -32,12 +32,12 @@ std::atomic<int> g_counter{0};
 
 }  // namespace
 
-std::string kvtierd_path() {
-  if (const char* env = std::getenv("KVTIERD")) return env;
+std::string kvtierd_path(bool test_build) {
+  if (const char* env = std::getenv(test_build ? "KVTIERD_TEST" : "KVTIERD")) return env;
 #ifdef KVTIER_BINARY_DIR
-  return std::string(KVTIER_BINARY_DIR) + "/daemon/kvtierd";
+  return std::string(KVTIER_BINARY_DIR) + (test_build ? "/tests/kvtierd_test" : "/daemon/kvtierd");
 #else
-  return "kvtierd";
+  return test_build ? "kvtierd_test" : "kvtierd";
 #endif
 }
 
@@ -47,6 +47,7 @@ Daemon::Daemon(DaemonOptions o) {
   std::filesystem::remove_all(dir_);
   std::filesystem::create_directories(dir_);
   env_ = o.env;
+  test_build_ = o.test_build;
   socket_ = (dir_ / "kvtier.sock").string();
   shm_prefix_ = o.shm_prefix.empty() ? "kvtier-test-" + tag : o.shm_prefix;
   {
@@ -83,7 +84,7 @@ Daemon::Daemon(DaemonOptions o) {
 }
 
 void Daemon::start() {
-  const std::string bin = kvtierd_path();
+  const std::string bin = kvtierd_path(test_build_);
   const std::string cfg = (dir_ / "kvtier.toml").string();
   const std::string log = (dir_ / "kvtierd.log").string();
   pid_ = ::fork();

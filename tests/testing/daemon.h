@@ -38,6 +38,9 @@ struct DaemonOptions {
   std::string shm_prefix;
   // Extra environment for the daemon process (e.g. KVTIER_TEST_DISK_FAULTS).
   std::vector<std::pair<std::string, std::string>> env;
+  // Start the test build of the daemon (kvtierd_test: tests/testing/kvtierd_test_main.cpp),
+  // which reads the KVTIER_TEST_* hooks from its environment; kvtierd ignores them.
+  bool test_build = false;
 };
 
 class Daemon {
@@ -70,10 +73,11 @@ class Daemon {
   std::string socket_;
   std::string shm_prefix_;
   std::vector<std::pair<std::string, std::string>> env_;
+  bool test_build_ = false;
   pid_t pid_ = -1;
 };
 
-// The kvtierd binary of this build.
-std::string kvtierd_path();
+// The kvtierd binary of this build ($KVTIERD), or its test build kvtierd_test ($KVTIERD_TEST).
+std::string kvtierd_path(bool test_build = false);
 
 }  // namespace kvtier::testing

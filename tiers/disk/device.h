@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier {
 
@@ -69,13 +69,6 @@ Result<std::unique_ptr<Device>> make_uring_device(const FileDeviceOptions& optio
 // `why` is appended to describe(): "threads (io_uring refused: EPERM)".
 Result<std::unique_ptr<Device>> make_thread_device(const FileDeviceOptions& options,
                                                    std::string why = {});
-
-// The bytes of an in-memory "disk"; shared so that a test can reopen a tier on the same bytes.
-struct MemoryDisk;
-std::shared_ptr<MemoryDisk> make_memory_disk();
-std::unique_ptr<Device> make_memory_device(std::shared_ptr<MemoryDisk> disk);
-// Test helper: truncates a region of an in-memory disk (a crash before the tail was written).
-void truncate_memory_region(MemoryDisk& disk, uint32_t region, uint64_t bytes);
 
 // A heap buffer aligned to kDiskAlign, size rounded up to it.
 class AlignedBuffer {

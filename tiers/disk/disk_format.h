@@ -9,9 +9,9 @@
 #include <string_view>
 #include <vector>
 
-#include "common/keys.h"
+#include "kvtier/keys.h"
 #include "common/layout.h"
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier {
 

@@ -25,9 +25,9 @@
 #include <string>
 #include <string_view>
 
-#include "common/keys.h"
+#include "kvtier/keys.h"
 #include "common/layout.h"
-#include "common/status.h"
+#include "kvtier/status.h"
 #include "tiers/disk/device.h"
 
 namespace kvtier {

@@ -10,7 +10,8 @@
 #include <random>
 
 #include "tiers/disk/disk_tier.h"
-#include "tiers/disk/fault_device.h"
+#include "tests/testing/devices/memory_device.h"
+#include "tests/testing/devices/fault_device.h"
 
 namespace kvtier::testing {
 

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "tiers/disk/disk_index.h"
+#include "tests/testing/devices/memory_device.h"
 #include "tiers/disk/tests/disk_test_util.h"
 
 using namespace kvtier;

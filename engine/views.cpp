@@ -1,9 +1,9 @@
 // JSON views of the cache for stats, `kvtierctl clients` and `kvtierctl ls`.
-#include "daemon/cache.h"
+#include "engine/engine.h"
 
 namespace kvtier {
 
-nlohmann::json Cache::gpu_json() const {
+nlohmann::json Engine::gpu_json() const {
   nlohmann::json j = {{"requested", gpu_.requested},
                       {"backend", gpu_.backend ? gpu_.backend->name() : "none"},
                       {"status", gpu_.status}};
@@ -44,7 +44,7 @@ nlohmann::json Cache::gpu_json() const {
   return j;
 }
 
-nlohmann::json Cache::stats_json() const {
+nlohmann::json Engine::stats_json() const {
   nlohmann::json j;
   TierUsage u;
   uint64_t sessions, leases = 0, pending = 0;
@@ -119,7 +119,7 @@ nlohmann::json Cache::stats_json() const {
   return j;
 }
 
-nlohmann::json Cache::clients_json() const {
+nlohmann::json Engine::clients_json() const {
   auto arr = nlohmann::json::array();
   std::lock_guard lock(mu_);
   for (const auto& [id, s] : sessions_) {
@@ -137,7 +137,7 @@ nlohmann::json Cache::clients_json() const {
   return arr;
 }
 
-nlohmann::json Cache::list_json(const std::string& ns_filter, uint32_t limit,
+nlohmann::json Engine::list_json(const std::string& ns_filter, uint32_t limit,
                                 bool fusion_only) const {
   auto arr = nlohmann::json::array();
   std::lock_guard lock(mu_);

@@ -1,10 +1,15 @@
-// The daemon's cache: namespaces, the tiers, and every session's leases and pending puts.
+// The engine: the cache without its transports.  It owns the namespaces, the tiers (one
+// host tier per isolation domain, the GPU tiers, the disk tier), the semantic index, and every
+// session's leases and pending puts, and it runs the tier ladder (lookup, get with placement,
+// promotion from disk and into a GPU, demotion, copy down, persist).  The daemon (daemon/)
+// decodes a request, makes one engine call and encodes the reply; tests link the engine
+// in-process (engine/tests/).
 //
 // Locking: one mutex, mu_, guards everything below it; it is held only for index and
 // bookkeeping work (microseconds), never while block bytes are copied or encoded.  A pending
 // put's reserved extent belongs to its session alone, so the session copies into it unlocked;
 // a leased block's BlockInfo (and layout) is immutable and stays valid until the lease is
-// released, so replies are built from it unlocked too.  Lock order: Cache::mu_ only.
+// released, so replies are built from it unlocked too.  Lock order: Engine::mu_ only.
 #pragma once
 
 #include <atomic>
@@ -19,12 +24,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/keys.h"
+#include "kvtier/keys.h"
 #include "common/layout.h"
-#include "common/status.h"
+#include "kvtier/status.h"
 #include "config/config.h"
-#include "daemon/metrics.h"
-#include "daemon/peer.h"
+#include "engine/metrics.h"
+#include "engine/peer.h"
 #include "index/semantic_index.h"
 #include "tiers/disk/disk_tier.h"
 #include "tiers/gpu/device_backend.h"
@@ -97,15 +102,31 @@ struct GpuSetup {
   std::string requested;  // gpu.backend as configured
 };
 
-class Cache {
+// What a test (or the test build of kvtierd, tests/testing/kvtierd_test_main.cpp) may put in
+// place of the engine's own parts.  The product passes none.
+struct EngineHooks {
+  // The disk tier's Device (e.g. tests/testing/devices/: in memory, fault-injecting); unset:
+  // the tier opens files through disk.io_backend.
+  std::function<Result<std::unique_ptr<Device>>(const DiskOptions&)> disk_device;
+};
+
+class Engine {
  public:
+  // Assembles the engine from the configuration: one host tier (shared-memory arena) per
+  // isolation domain, the disk tier, the semantic index and the GPU tier.  Throws
+  // std::runtime_error when a host arena cannot be created; a disk tier, index or GPU tier
+  // that cannot be opened is logged and left out (the engine serves without it, and
+  // disk_status()/gpu_status() say why).  The state directory must exist.
+  static std::unique_ptr<Engine> open(const config::Config& config, Metrics& metrics,
+                                      EngineHooks hooks = {});
+
   // `hosts`: one host tier per isolation domain, in config::Config::domain_of order (the
   // default arena first).  `disk` may be null (disabled, or it failed to open: `disk_status`
   // says why).
-  Cache(const config::Config& config, std::vector<std::unique_ptr<HostTier>> hosts,
+  Engine(const config::Config& config, std::vector<std::unique_ptr<HostTier>> hosts,
         std::unique_ptr<DiskTier> disk, std::string disk_status,
         std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu = {});
-  ~Cache();
+  ~Engine();
 
   // The default domain's host tier (the [host] arena).
   HostTier& host() { return *hosts_[0]; }
@@ -250,7 +271,7 @@ class Cache {
   const std::unique_ptr<DiskTier> disk_;  // thread-safe itself; may be null
   const std::string disk_status_;
   const std::unique_ptr<SemanticIndex> index_;  // thread-safe itself; may be null
-  // Constant after construction until ~Cache tears it down before host_ (the backend has the
+  // Constant after construction until ~Engine tears it down before host_ (the backend has the
   // host arena registered); the GpuTiers in it are guarded by mu_.
   GpuSetup gpu_;
 

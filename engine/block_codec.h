@@ -6,7 +6,7 @@
 #include <span>
 
 #include "common/layout.h"
-#include "common/status.h"
+#include "kvtier/status.h"
 #include "config/config.h"
 
 namespace kvtier {

@@ -1,4 +1,4 @@
-#include "tiers/disk/fault_device.h"
+#include "tests/testing/devices/fault_device.h"
 
 #include <cerrno>
 

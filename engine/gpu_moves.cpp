@@ -1,4 +1,4 @@
-#include "daemon/gpu_moves.h"
+#include "engine/gpu_moves.h"
 
 #include "kernels/nf4.h"
 

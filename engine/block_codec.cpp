@@ -1,4 +1,4 @@
-#include "daemon/block_codec.h"
+#include "engine/block_codec.h"
 
 #include <cstring>
 

@@ -5,7 +5,7 @@
 #include <map>
 #include <mutex>
 
-#include "tiers/disk/device.h"
+#include "tests/testing/devices/memory_device.h"
 
 namespace kvtier {
 

@@ -7,7 +7,7 @@
 #include <cstddef>
 
 #include "common/layout.h"
-#include "common/status.h"
+#include "kvtier/status.h"
 #include "config/config.h"
 #include "tiers/gpu/device_backend.h"
 

@@ -1,24 +1,24 @@
-// The Cache's side of the GPU tier: leases in any tier, copies down to the host tier, and
+// The Engine's side of the GPU tier: leases in any tier, copies down to the host tier, and
 // promotions from the host tier into a GPU (docs/gpu.md, docs/internals.md).
-#include "daemon/block_codec.h"
-#include "daemon/cache.h"
-#include "daemon/gpu_moves.h"
+#include "engine/block_codec.h"
+#include "engine/engine.h"
+#include "engine/gpu_moves.h"
 
 namespace kvtier {
 
-GpuTier* Cache::gpu_tier(int device, uint32_t domain) const {
+GpuTier* Engine::gpu_tier(int device, uint32_t domain) const {
   for (const auto& t : gpu_.tiers)
     if ((device < 0 || t->device() == device) && t->domain() == domain) return t.get();
   return nullptr;
 }
 
-GpuTier* Cache::gpu_holder(const NsKey& id) const {
+GpuTier* Engine::gpu_holder(const NsKey& id) const {
   for (const auto& t : gpu_.tiers)
     if (t->find(id) != nullptr) return t.get();
   return nullptr;
 }
 
-LeaseGrant Cache::grant(Session& s, Tier& tier, const BlockInfo& b) {
+LeaseGrant Engine::grant(Session& s, Tier& tier, const BlockInfo& b) {
   LeaseGrant g;
   g.key = b.id.key;
   g.lease_id = s.next_id++;
@@ -37,7 +37,7 @@ LeaseGrant Cache::grant(Session& s, Tier& tier, const BlockInfo& b) {
 // the block straight into the host arena.  Holding the lock for the device work keeps the
 // evicted extent's bytes intact until they are copied; on CUDA it is one kernel and a PCIe
 // copy of the NF4 bytes (docs/gpu.md).
-bool Cache::copy_down(GpuTier& tier, const BlockInfo& b) {
+bool Engine::copy_down(GpuTier& tier, const BlockInfo& b) {
   const config::NamespaceRule& rule = *ns_rules_.at(b.id.ns);
   // The host tier's format: KV float tensors with rule.codec, fusion tensors with fusion_codec.
   BlockLayout host = plan_stored_layout(b.layout, rule);
@@ -54,7 +54,7 @@ bool Cache::copy_down(GpuTier& tier, const BlockInfo& b) {
   return true;
 }
 
-LeaseGrant Cache::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& host_grant,
+LeaseGrant Engine::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& host_grant,
                                  int device) {
   const NsKey id{ns, host_grant.key};
   // The host lease pins the source block: its bytes and layout stay put while unlocked.

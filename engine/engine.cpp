@@ -1,8 +1,8 @@
-#include "daemon/cache.h"
+#include "engine/engine.h"
 
 #include "common/names.h"
 
-#include "daemon/block_codec.h"
+#include "engine/block_codec.h"
 
 #include <chrono>
 #include <unordered_set>
@@ -39,7 +39,7 @@ void Promotion::complete(Status result) {
   for (auto& w : waiters) w(result);
 }
 
-Cache::Cache(const config::Config& config, std::vector<std::unique_ptr<HostTier>> hosts,
+Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTier>> hosts,
              std::unique_ptr<DiskTier> disk, std::string disk_status,
              std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu)
     : config_(config),
@@ -62,7 +62,7 @@ Cache::Cache(const config::Config& config, std::vector<std::unique_ptr<HostTier>
   }
 }
 
-Cache::~Cache() {
+Engine::~Engine() {
   std::vector<uint64_t> ids;
   {
     std::lock_guard lock(mu_);
@@ -75,21 +75,21 @@ Cache::~Cache() {
   gpu_.backend.reset();
 }
 
-HostTier& Cache::host_locked(uint32_t ns) const {
+HostTier& Engine::host_locked(uint32_t ns) const {
   return *hosts_[ns_domains_.at(ns)];
 }
 
-HostTier& Cache::host_of(uint32_t ns) {
+HostTier& Engine::host_of(uint32_t ns) {
   std::lock_guard lock(mu_);
   return host_locked(ns);
 }
 
-uint32_t Cache::domain_of(uint32_t ns) const {
+uint32_t Engine::domain_of(uint32_t ns) const {
   std::lock_guard lock(mu_);
   return ns_domains_.at(ns);
 }
 
-bool Cache::may_map(const PeerInfo& peer, size_t domain) const {
+bool Engine::may_map(const PeerInfo& peer, size_t domain) const {
   for (const auto& rule : config_.namespaces)
     if (config_.domain_of(rule.arena) == static_cast<int>(domain) &&
         rule.allows(peer.uid, peer.gid, peer.groups))
@@ -97,12 +97,12 @@ bool Cache::may_map(const PeerInfo& peer, size_t domain) const {
   return false;
 }
 
-const std::string& Cache::namespace_name(uint32_t ns) const {
+const std::string& Engine::namespace_name(uint32_t ns) const {
   std::lock_guard lock(mu_);
   return ns_names_.at(ns);
 }
 
-void Cache::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
+void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
   const config::NamespaceRule* rule = ns_rules_.at(b.id.ns);
   if (!disk_ || rule->disk == config::DiskPolicy::kOff) {
     bump(metrics_.demotions_skipped);
@@ -120,7 +120,7 @@ void Cache::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
     bump(metrics_.demotion_failures);
 }
 
-Status Cache::persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done) {
+Status Engine::persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done) {
   std::lock_guard lock(mu_);
   if (!disk_) return error(Errc::kUnavailable, "no disk tier: " + disk_status_);
   HostTier& host = host_locked(ns);
@@ -133,7 +133,7 @@ Status Cache::persist(uint32_t ns, const BlockKey& key, std::function<void(Statu
   return st;
 }
 
-Result<PromotionTicket> Cache::begin_promotion(uint32_t ns, const BlockKey& key) {
+Result<PromotionTicket> Engine::begin_promotion(uint32_t ns, const BlockKey& key) {
   if (!disk_) return error(Errc::kNotFound, "not cached");
   const NsKey id{ns, key};
   std::string name;
@@ -163,7 +163,7 @@ Result<PromotionTicket> Cache::begin_promotion(uint32_t ns, const BlockKey& key)
   return t;
 }
 
-LeaseGrant Cache::finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& key,
+LeaseGrant Engine::finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& key,
                                    const PromotionTicket& t, Status read) {
   LeaseGrant g;
   g.key = key;
@@ -193,7 +193,7 @@ LeaseGrant Cache::finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& ke
   return g;
 }
 
-uint64_t Cache::open_session(const PeerInfo& peer) {
+uint64_t Engine::open_session(const PeerInfo& peer) {
   std::lock_guard lock(mu_);
   uint64_t id = next_session_++;
   Session& s = sessions_[id];
@@ -202,12 +202,12 @@ uint64_t Cache::open_session(const PeerInfo& peer) {
   return id;
 }
 
-void Cache::mark_channel(uint64_t sid) {
+void Engine::mark_channel(uint64_t sid) {
   std::lock_guard lock(mu_);
   if (auto it = sessions_.find(sid); it != sessions_.end()) it->second.channel = true;
 }
 
-void Cache::close_session(uint64_t sid) {
+void Engine::close_session(uint64_t sid) {
   std::lock_guard lock(mu_);
   auto it = sessions_.find(sid);
   if (it == sessions_.end()) return;
@@ -224,7 +224,7 @@ void Cache::close_session(uint64_t sid) {
   sessions_.erase(it);
 }
 
-bool Cache::drop_lease(Session& s, uint64_t lease_id) {
+bool Engine::drop_lease(Session& s, uint64_t lease_id) {
   auto it = s.leases.find(lease_id);
   if (it == s.leases.end()) return false;
   s.leased_bytes -= it->second.block->extent.bytes;
@@ -233,18 +233,18 @@ bool Cache::drop_lease(Session& s, uint64_t lease_id) {
   return true;
 }
 
-Cache::Session* Cache::session(uint64_t sid) {
+Engine::Session* Engine::session(uint64_t sid) {
   auto it = sessions_.find(sid);
   return it == sessions_.end() ? nullptr : &it->second;
 }
 
-std::optional<uint32_t> Cache::find_namespace(std::string_view ns) const {
+std::optional<uint32_t> Engine::find_namespace(std::string_view ns) const {
   auto it = ns_ids_.find(std::string(ns));
   if (it == ns_ids_.end()) return std::nullopt;
   return it->second;
 }
 
-Result<uint32_t> Cache::resolve_namespace(std::string_view ns, const PeerInfo& peer) {
+Result<uint32_t> Engine::resolve_namespace(std::string_view ns, const PeerInfo& peer) {
   if (Status st = check_name("namespace", ns, kMaxNamespaceBytes); !st) return st;
   const config::NamespaceRule* rule = config_.rule_for(ns);
   if (rule == nullptr || !rule->allows(peer.uid, peer.gid, peer.groups)) {
@@ -263,12 +263,12 @@ Result<uint32_t> Cache::resolve_namespace(std::string_view ns, const PeerInfo& p
   return id;
 }
 
-const config::NamespaceRule& Cache::rule_of(uint32_t ns) const {
+const config::NamespaceRule& Engine::rule_of(uint32_t ns) const {
   std::lock_guard lock(mu_);
   return *ns_rules_.at(ns);
 }
 
-uint32_t Cache::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
+uint32_t Engine::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
   std::lock_guard lock(mu_);
   uint32_t n = 0;
   for (const auto& k : keys) {
@@ -284,13 +284,13 @@ uint32_t Cache::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
   return n;
 }
 
-bool Cache::is_cached(uint32_t ns, const BlockKey& key) const {
+bool Engine::is_cached(uint32_t ns, const BlockKey& key) const {
   uint8_t out = 0;
   cached(ns, std::span(&key, 1), std::span(&out, 1));
   return out != 0;
 }
 
-void Cache::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8_t> out) const {
+void Engine::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8_t> out) const {
   std::lock_guard lock(mu_);
   for (size_t i = 0; i < keys.size(); ++i) {
     const NsKey id{ns, keys[i]};
@@ -299,7 +299,7 @@ void Cache::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8_
   }
 }
 
-Result<uint64_t> Cache::begin_put(uint64_t sid, PendingPut put) {
+Result<uint64_t> Engine::begin_put(uint64_t sid, PendingPut put) {
   std::lock_guard lock(mu_);
   Session* s = session(sid);
   if (s == nullptr) return error(Errc::kUnavailable, "session closed");
@@ -331,7 +331,7 @@ Result<uint64_t> Cache::begin_put(uint64_t sid, PendingPut put) {
   return id;
 }
 
-Result<PendingPut> Cache::pending(uint64_t sid, uint64_t put_id) const {
+Result<PendingPut> Engine::pending(uint64_t sid, uint64_t put_id) const {
   std::lock_guard lock(mu_);
   auto sit = sessions_.find(sid);
   if (sit == sessions_.end()) return error(Errc::kUnavailable, "session closed");
@@ -341,7 +341,7 @@ Result<PendingPut> Cache::pending(uint64_t sid, uint64_t put_id) const {
   return it->second;
 }
 
-Status Cache::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout) {
+Status Engine::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout) {
   std::lock_guard lock(mu_);
   Session* s = session(sid);
   if (s == nullptr) return error(Errc::kUnavailable, "session closed");
@@ -384,7 +384,7 @@ Status Cache::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout)
   return {};
 }
 
-Status Cache::abort_put(uint64_t sid, uint64_t put_id) {
+Status Engine::abort_put(uint64_t sid, uint64_t put_id) {
   std::lock_guard lock(mu_);
   Session* s = session(sid);
   if (s == nullptr) return error(Errc::kUnavailable, "session closed");
@@ -402,7 +402,7 @@ Status Cache::abort_put(uint64_t sid, uint64_t put_id) {
   return {};
 }
 
-std::vector<LeaseGrant> Cache::get(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys,
+std::vector<LeaseGrant> Engine::get(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys,
                                    Placement where) {
   std::vector<LeaseGrant> out;
   out.reserve(keys.size());
@@ -445,7 +445,7 @@ std::vector<LeaseGrant> Cache::get(uint64_t sid, uint32_t ns, std::span<const Bl
   return out;
 }
 
-uint32_t Cache::release(uint64_t sid, std::span<const uint64_t> lease_ids) {
+uint32_t Engine::release(uint64_t sid, std::span<const uint64_t> lease_ids) {
   std::lock_guard lock(mu_);
   Session* s = session(sid);
   if (s == nullptr) return 0;
@@ -455,7 +455,7 @@ uint32_t Cache::release(uint64_t sid, std::span<const uint64_t> lease_ids) {
   return n;
 }
 
-Cache::RemoveCount Cache::remove(uint32_t ns, std::span<const BlockKey> keys) {
+Engine::RemoveCount Engine::remove(uint32_t ns, std::span<const BlockKey> keys) {
   std::lock_guard lock(mu_);
   RemoveCount c;
   for (const auto& k : keys) {
@@ -479,7 +479,7 @@ Cache::RemoveCount Cache::remove(uint32_t ns, std::span<const BlockKey> keys) {
   return c;
 }
 
-Cache::EvictCount Cache::evict(std::optional<std::string> ns, std::span<const BlockKey> keys,
+Engine::EvictCount Engine::evict(std::optional<std::string> ns, std::span<const BlockKey> keys,
                                bool all, bool host, bool disk, bool gpu) {
   EvictCount c;
   if (!all && !ns) return c;
@@ -510,12 +510,12 @@ Cache::EvictCount Cache::evict(std::optional<std::string> ns, std::span<const Bl
   return c;
 }
 
-uint64_t Cache::session_count() const {
+uint64_t Engine::session_count() const {
   std::lock_guard lock(mu_);
   return sessions_.size();
 }
 
-uint64_t Cache::leases_of(uint64_t sid) const {
+uint64_t Engine::leases_of(uint64_t sid) const {
   std::lock_guard lock(mu_);
   auto it = sessions_.find(sid);
   return it == sessions_.end() ? 0 : it->second.leases.size();
