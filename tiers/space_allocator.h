@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier {
 

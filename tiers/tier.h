@@ -10,9 +10,9 @@
 #include <functional>
 #include <string>
 
-#include "common/keys.h"
+#include "kvtier/keys.h"
 #include "common/layout.h"
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier {
 

@@ -12,7 +12,7 @@
 
 #include <string_view>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 
 namespace kvtier::gpu::cuda {
 

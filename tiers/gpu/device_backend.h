@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
-#include "common/types.h"
+#include "kvtier/status.h"
+#include "kvtier/types.h"
 #include "kernels/nf4.h"
 
 namespace kvtier::gpu {

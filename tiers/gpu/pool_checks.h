@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <span>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 #include "kernels/nf4.h"
 
 namespace kvtier::gpu {

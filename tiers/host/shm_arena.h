@@ -12,7 +12,7 @@
 #include <memory>
 #include <string>
 
-#include "common/status.h"
+#include "kvtier/status.h"
 #include "tiers/space_allocator.h"
 
 namespace kvtier {
