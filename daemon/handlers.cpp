@@ -3,9 +3,6 @@
 
 #include "common/frame.h"
 #include "common/wire.h"
-#include "engine/await.h"
-#include "engine/block_codec.h"
-#include "engine/gpu_moves.h"
 #include "daemon/server.h"
 #include "daemon/session.h"
 
@@ -14,7 +11,6 @@ using boost::asio::awaitable;
 namespace kvtier {
 
 namespace {
-using StartFn = std::function<void(std::function<void(Status)>)>;
 constexpr size_t kMaxKeysPerRequest = 1 << 16;
 
 Result<std::vector<BlockKey>> request_keys(const flatbuffers::Vector<const wire::Key128*>* keys) {
@@ -78,18 +74,10 @@ awaitable<void> Session::on_lookup(const wire::LookupReq& req, Reply& r) {
   if (!ns) co_return r.fail(ns.status());
   auto keys = request_keys(req.keys());
   if (!keys) co_return r.fail(keys.status());
-  uint32_t matched = server_.engine().lookup(*ns, *keys);
+  auto found = co_await server_.engine().lookup(id_, *ns, std::move(*keys), req.with_fusion());
   flatbuffers::Offset<wire::LeasedBlock> fusion;
-  if (req.with_fusion() && matched > 0) {
-    // One round trip for the common path: the fusion state of the last matched chunk.
-    LeaseGrant g = co_await lease_one(*ns, (*keys)[matched - 1]);
-    if (g.code == Errc::kOk && !has_fusion(*g.layout)) {
-      server_.engine().release(id_, std::span(&g.lease_id, 1));
-    } else if (g.code == Errc::kOk) {
-      fusion = leased_block(r.fbb, g);
-    }
-  }
-  r.set(wire::Response::LookupResp, wire::CreateLookupResp(r.fbb, matched, fusion));
+  if (found.fusion) fusion = leased_block(r.fbb, *found.fusion);
+  r.set(wire::Response::LookupResp, wire::CreateLookupResp(r.fbb, found.matched, fusion));
 }
 
 awaitable<void> Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
@@ -97,60 +85,32 @@ awaitable<void> Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
   auto ns = engine.resolve_namespace(wire_util::str(req.namespace_()), peer_);
   if (!ns) co_return r.fail(ns.status());
   if (req.key() == nullptr) co_return r.fail(error(Errc::kInvalidArgument, "put without a key"));
-  PendingPut put;
+  Engine::PutRequest put;
   put.ns = *ns;
   put.key = wire_util::from_wire(*req.key());
   put.client_layout = wire_util::from_wire(req.layout());
+  put.device = req.device();
+  put.fusion = req.fusion();
   const uint64_t staging_bytes = server_.config().session.staging_bytes;
   if (Status st = validate_put_layout(put.client_layout, staging_bytes); !st) co_return r.fail(st);
-  const config::NamespaceRule& rule = server_.engine().rule_of(*ns);
-  if (req.fusion()) {
-    // Fusion state belongs to a cached chunk: lease the chunk (promoting it from disk if
-    // needed) until seal builds its new block.
-    const auto* md = req.metadata();
-    if (md && md->size() > kMaxFusionMetadataBytes)
+  if (const auto* md = req.metadata(); md && put.fusion) {
+    if (md->size() > kMaxFusionMetadataBytes)
       co_return r.fail(error(Errc::kInvalidArgument, "fusion metadata over 64 KiB"));
-    LeaseGrant g = co_await lease_one(*ns, put.key);
-    if (g.code == Errc::kNotFound)
-      co_return r.fail(error(Errc::kNotFound,
-                             "chunk " + put.key.hex() + " is not cached: put its KV block first"));
-    if (g.code != Errc::kOk) co_return r.fail(error(g.code, "cannot lease the chunk"));
-    put.fusion = true;
-    put.base_lease = g.lease_id;
-    put.base_extent = g.extent;
-    put.base_layout = *g.layout;
-    if (md) {
-      auto* p = reinterpret_cast<const std::byte*>(md->data());
-      put.metadata.assign(p, p + md->size());
-    }
-    put.stored_layout =
-        plan_fusion_layout(put.base_layout, put.client_layout, rule, put.metadata.size());
-  } else if (rule.disk != config::DiskPolicy::kPersist && gpu_eligible(put.client_layout) &&
-             engine.gpu_tier_for(*ns, req.device()) != nullptr) {
-    // The hot tier keeps fp16/bf16 as given.  Persist namespaces stay on the host path,
-    // whose seal writes through to the disk tier.
-    put.gpu_device = engine.gpu_tier_for(*ns, req.device())->device();
-    put.stored_layout = plan_gpu_layout(put.client_layout);
-  } else {
-    put.stored_layout = plan_stored_layout(put.client_layout, rule);
+    auto* p = reinterpret_cast<const std::byte*>(md->data());
+    put.metadata.assign(p, p + md->size());
   }
-  const uint64_t base_lease = put.fusion ? put.base_lease : 0;
-  auto fail = [&](Status st) {
-    if (base_lease) engine.release(id_, std::span(&base_lease, 1));
-    r.fail(std::move(st));
-  };
   if (!staging_) {
-    auto s = Staging::create(staging_bytes);
-    if (!s) co_return fail(s.status());
-    staging_ = std::move(s).value();
+    auto st = Staging::create(staging_bytes);
+    if (!st) co_return r.fail(st.status());
+    staging_ = std::move(st).value();
   }
-  auto off = staging_->allocate(put.client_layout.total_bytes);
-  if (!off) co_return fail(off.status());
-  put.staging_offset = *off;
-  auto put_id = engine.begin_put(id_, std::move(put));
+  const uint64_t bytes = put.client_layout.total_bytes;
+  auto off = staging_->allocate(bytes);
+  if (!off) co_return r.fail(off.status());
+  auto put_id = co_await engine.begin_put(id_, std::move(put));
   if (!put_id) {
     staging_->free(*off);
-    co_return fail(put_id.status());
+    co_return r.fail(put_id.status());
   }
   bool attach = !staging_sent_;
   if (attach) {
@@ -163,59 +123,30 @@ awaitable<void> Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
     r.fds.push_back(fd);
     staging_sent_ = true;
   }
+  staged_[*put_id] = Staged{*off, bytes};
   r.set(wire::Response::PutBeginResp,
         wire::CreatePutBeginResp(r.fbb, *put_id, *off, attach, staging_->size()));
 }
 
 awaitable<void> Session::on_seal(const wire::SealReq& req, Reply& r) {
-  Engine& engine = server_.engine();
-  auto put = engine.pending(id_, req.put_id());
-  if (!put) co_return r.fail(put.status());
-  // The reserved extent is this session's alone until seal or abort: copy without the lock.
-  BlockLayout stored = put->stored_layout;
-  const config::NamespaceRule& rule = engine.rule_of(put->ns);
-  // The base block of a fusion put is leased by this session: its bytes stay put.
-  HostTier& host = engine.host_of(put->ns);
-  Status st =
-      put->gpu_device >= 0
-          ? seal_to_gpu(engine.gpu_tier_for(put->ns, put->gpu_device)->pool(), put->client_layout,
-                        staging_->data(put->staging_offset), stored, put->extent.offset)
-      : put->fusion ? encode_fusion_block(put->base_layout, host.data(put->base_extent),
-                                          put->client_layout, staging_->data(put->staging_offset),
-                                          put->metadata, rule, stored, host.data(put->extent))
-                    : encode_block(put->client_layout, staging_->data(put->staging_offset), stored,
-                                   host.data(put->extent), rule.nf4_double_quant);
-  staging_->free(put->staging_offset);
-  if (!st) {
-    (void)engine.abort_put(id_, req.put_id());
-    co_return r.fail(st);
-  }
-  uint64_t stored_bytes = stored.total_bytes;
-  if (Status s = engine.seal_put(id_, req.put_id(), std::move(stored)); !s) co_return r.fail(s);
-  if (rule.disk == config::DiskPolicy::kPersist) {
-    // Write-through: answer once the block is durable on the disk tier.
-    // Named, not a temporary in the co_await expression: GCC 12 may destroy such temporaries
-    // twice (ASan caught it on an earlier version of this code).
-    StartFn start = [&](std::function<void(Status)> done) {
-      Status queued = engine.persist(put->ns, put->key, done);
-      if (!queued) done(queued);
-    };
-    Status durable = co_await await_callback<Status>(std::move(start));
-    if (!durable && durable.code() != Errc::kAlreadyExists) {
-      bump(server_.metrics().persist_failures);
-      // All or nothing: a persist put that is not durable is not stored at all.
-      (void)engine.remove(put->ns, std::span(&put->key, 1));
-      co_return r.fail(error(durable.code(), "not persisted: " + durable.message()));
-    }
-    bump(server_.metrics().persisted);
-  }
-  r.set(wire::Response::SealResp, wire::CreateSealResp(r.fbb, stored_bytes));
+  auto it = staged_.find(req.put_id());
+  if (it == staged_.end())
+    co_return r.fail(error(Errc::kNotFound, "no pending put " + std::to_string(req.put_id())));
+  const Staged staged = it->second;
+  staged_.erase(it);
+  auto stored = co_await server_.engine().seal(
+      id_, req.put_id(), {staging_->data(staged.offset), staged.bytes});
+  staging_->free(staged.offset);
+  if (!stored) co_return r.fail(stored.status());
+  r.set(wire::Response::SealResp, wire::CreateSealResp(r.fbb, *stored));
 }
 
 void Session::on_abort(const wire::AbortReq& req, Reply& r) {
-  auto put = server_.engine().pending(id_, req.put_id());
-  if (!put) return r.fail(put.status());
-  staging_->free(put->staging_offset);
+  auto it = staged_.find(req.put_id());
+  if (it == staged_.end())
+    return r.fail(error(Errc::kNotFound, "no pending put " + std::to_string(req.put_id())));
+  staging_->free(it->second.offset);
+  staged_.erase(it);
   if (Status s = server_.engine().abort_put(id_, req.put_id()); !s) return r.fail(s);
   r.set(wire::Response::AbortResp, wire::CreateAbortResp(r.fbb));
 }
@@ -230,43 +161,6 @@ flatbuffers::Offset<wire::LeasedBlock> leased_block(flatbuffers::FlatBufferBuild
                                  static_cast<uint8_t>(g.tier), g.device);
 }
 
-bool has_fusion(const BlockLayout& layout) {
-  for (const auto& t : layout.tensors)
-    if (is_fusion_tensor(t.name)) return true;
-  return false;
-}
-
-awaitable<LeaseGrant> Session::lease_one(uint32_t ns, BlockKey key) {
-  LeaseGrant g = server_.engine().get(id_, ns, std::span(&key, 1)).front();
-  if (g.code == Errc::kNotFound && server_.engine().disk() != nullptr) g = co_await promote(ns, key);
-  co_return g;
-}
-
-awaitable<LeaseGrant> Session::promote(uint32_t ns, BlockKey key) {
-  Engine& engine = server_.engine();
-  LeaseGrant miss;
-  miss.key = key;
-  miss.code = Errc::kNotFound;
-  auto ticket = engine.begin_promotion(ns, key);
-  if (!ticket) co_return miss;  // not on disk either (or no host space): a miss
-  if (!ticket->leader) {
-    bump(server_.metrics().promotion_waits);
-    StartFn wait = [p = ticket->promotion](std::function<void(Status)> fn) {
-      p->wait(std::move(fn));
-    };
-    Status done = co_await await_callback<Status>(std::move(wait));
-    if (!done) co_return miss;
-    co_return engine.get(id_, ns, std::span(&key, 1)).front();
-  }
-  DiskTier* disk = engine.disk();
-  std::span<std::byte> dst(engine.host_of(ns).data(ticket->extent), ticket->entry.payload_bytes);
-  StartFn start = [&](std::function<void(Status)> done) {
-    disk->read(ticket->entry, dst, std::move(done));
-  };
-  Status read = co_await await_callback<Status>(std::move(start));
-  co_return engine.finish_promotion(id_, ns, key, *ticket, read);
-}
-
 awaitable<void> Session::on_get(const wire::GetReq& req, Reply& r) {
   Engine& engine = server_.engine();
   auto ns = engine.resolve_namespace(wire_util::str(req.namespace_()), peer_);
@@ -279,15 +173,7 @@ awaitable<void> Session::on_get(const wire::GetReq& req, Reply& r) {
     if (Status st = check_gpu_device(engine, req.device()); !st) co_return r.fail(st);
     where = Placement{true, req.device()};
   }
-  auto grants = engine.get(id_, *ns, *keys, where);
-  // Blocks only on the disk tier are promoted into the host tier and leased from there.
-  for (auto& g : grants)
-    if (g.code == Errc::kNotFound && engine.disk() != nullptr) g = co_await promote(*ns, g.key);
-  // A GPU get: host hits go on to the device (kept as host leases when it has no room).
-  if (where.gpu)
-    for (auto& g : grants)
-      if (g.code == Errc::kOk && g.tier == TierKind::kHost)
-        g = engine.promote_to_gpu(id_, *ns, g, where.device);
+  auto grants = co_await engine.get(id_, *ns, std::move(*keys), where);
   auto& fbb = r.fbb;
   std::vector<flatbuffers::Offset<wire::LeasedBlock>> blocks;
   blocks.reserve(grants.size());
@@ -310,10 +196,6 @@ void Session::on_remove(const wire::RemoveReq& req, Reply& r) {
   auto keys = request_keys(req.keys());
   if (!keys) return r.fail(keys.status());
   auto c = server_.engine().remove(*ns, *keys);
-  // A removed chunk's embedding entries go with it (the index is never called under the
-  // engine's lock).
-  if (SemanticIndex* index = server_.engine().index())
-    for (const auto& k : *keys) index->remove(wire_util::str(req.namespace_()), k);
   r.set(wire::Response::RemoveResp, wire::CreateRemoveResp(r.fbb, c.removed, c.deferred));
 }
 

@@ -30,13 +30,9 @@ awaitable<void> Session::on_get_fusion(const wire::GetFusionReq& req, Reply& r) 
   if (!ns) co_return r.fail(ns.status());
   if (req.key() == nullptr) co_return r.fail(error(Errc::kInvalidArgument, "no chunk key"));
   const BlockKey key = wire_util::from_wire(*req.key());
-  LeaseGrant g = co_await lease_one(*ns, key);
-  if (g.code != Errc::kOk) co_return r.fail(error(g.code, "chunk " + key.hex() + " is not cached"));
-  if (!has_fusion(*g.layout)) {
-    server_.engine().release(id_, std::span(&g.lease_id, 1));
-    co_return r.fail(error(Errc::kNotFound, "chunk " + key.hex() + " has no fusion state"));
-  }
-  std::vector<flatbuffers::Offset<wire::LeasedBlock>> blocks = {leased_block(r.fbb, g)};
+  auto g = co_await server_.engine().get_fusion(id_, *ns, key);
+  if (!g) co_return r.fail(g.status());
+  std::vector<flatbuffers::Offset<wire::LeasedBlock>> blocks = {leased_block(r.fbb, *g)};
   r.set(wire::Response::GetResp, wire::CreateGetResp(r.fbb, r.fbb.CreateVector(blocks)));
 }
 
@@ -105,12 +101,8 @@ awaitable<void> Session::on_search(const wire::SearchReq& req, Reply& r) {
   if (!hits->empty()) bump(server_.metrics().search_hits);
   flatbuffers::Offset<wire::LeasedBlock> fusion;
   if (req.with_fusion() && !hits->empty()) {
-    LeaseGrant g = co_await lease_one(ns_id, hits->front().key);
-    if (g.code == Errc::kOk && has_fusion(*g.layout)) {
-      fusion = leased_block(r.fbb, g);
-    } else if (g.code == Errc::kOk) {
-      engine.release(id_, std::span(&g.lease_id, 1));
-    }
+    auto g = co_await engine.get_fusion(id_, ns_id, hits->front().key);
+    if (g) fusion = leased_block(r.fbb, *g);
   }
   std::vector<flatbuffers::Offset<wire::SearchHit>> out;
   out.reserve(hits->size());

@@ -14,6 +14,7 @@
 #include <array>
 #include <memory>
 #include <optional>
+#include <unordered_map>
 #include <span>
 #include <vector>
 
@@ -31,7 +32,6 @@ class Server;
 // A LeasedBlock for a reply (the block's layout stays valid while the lease is held).
 flatbuffers::Offset<wire::LeasedBlock> leased_block(flatbuffers::FlatBufferBuilder& fbb,
                                                     const LeaseGrant& g);
-bool has_fusion(const BlockLayout& layout);
 // ok when `device` (-1: any) has a GPU tier; else an error naming the devices that do.
 Status check_gpu_device(const Engine& engine, int device);
 // A GPU tier's pool for HelloResp / MapGpuPoolResp (without the descriptor).
@@ -89,9 +89,6 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<void> on_get_fusion(const wire::GetFusionReq& req, Reply& r);
   void on_add_embeddings(const wire::AddEmbeddingsReq& req, Reply& r);
   boost::asio::awaitable<void> on_search(const wire::SearchReq& req, Reply& r);
-  // Leases one block for this session, promoting it from the disk tier when only there.
-  boost::asio::awaitable<LeaseGrant> lease_one(uint32_t ns, BlockKey key);
-  boost::asio::awaitable<LeaseGrant> promote(uint32_t ns, BlockKey key);
   void on_release(const wire::ReleaseReq& req, Reply& r);
   void on_remove(const wire::RemoveReq& req, Reply& r);
   void on_admin(const wire::RequestMsg& msg, Reply& r);
@@ -120,6 +117,12 @@ class Session : public std::enable_shared_from_this<Session> {
   const PeerInfo peer_;
   const uint64_t id_;
   std::unique_ptr<Staging> staging_;  // created at the first put
+  // Where each pending put's bytes are staged, by put id (freed at seal or abort).
+  struct Staged {
+    uint64_t offset = 0;
+    uint64_t bytes = 0;
+  };
+  std::unordered_map<uint64_t, Staged> staged_;
   bool staging_sent_ = false;
   bool reading_ = true;
   // What has been read and not yet handled: frames are read with as few recv calls as the

@@ -268,7 +268,7 @@ const config::NamespaceRule& Engine::rule_of(uint32_t ns) const {
   return *ns_rules_.at(ns);
 }
 
-uint32_t Engine::lookup(uint32_t ns, std::span<const BlockKey> keys) const {
+uint32_t Engine::prefix_cached(uint32_t ns, std::span<const BlockKey> keys) const {
   std::lock_guard lock(mu_);
   uint32_t n = 0;
   for (const auto& k : keys) {
@@ -299,7 +299,7 @@ void Engine::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8
   }
 }
 
-Result<uint64_t> Engine::begin_put(uint64_t sid, PendingPut put) {
+Result<uint64_t> Engine::reserve_put(uint64_t sid, PendingPut put) {
   std::lock_guard lock(mu_);
   Session* s = session(sid);
   if (s == nullptr) return error(Errc::kUnavailable, "session closed");
@@ -402,8 +402,8 @@ Status Engine::abort_put(uint64_t sid, uint64_t put_id) {
   return {};
 }
 
-std::vector<LeaseGrant> Engine::get(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys,
-                                   Placement where) {
+std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
+                                            std::span<const BlockKey> keys, Placement where) {
   std::vector<LeaseGrant> out;
   out.reserve(keys.size());
   std::lock_guard lock(mu_);
@@ -455,7 +455,7 @@ uint32_t Engine::release(uint64_t sid, std::span<const uint64_t> lease_ids) {
   return n;
 }
 
-Engine::RemoveCount Engine::remove(uint32_t ns, std::span<const BlockKey> keys) {
+Engine::RemoveCount Engine::remove_from_tiers(uint32_t ns, std::span<const BlockKey> keys) {
   std::lock_guard lock(mu_);
   RemoveCount c;
   for (const auto& k : keys) {
@@ -476,6 +476,16 @@ Engine::RemoveCount Engine::remove(uint32_t ns, std::span<const BlockKey> keys) 
     }
   }
   bump(metrics_.removes, c.removed + c.deferred);
+  return c;
+}
+
+Engine::RemoveCount Engine::remove(uint32_t ns, std::span<const BlockKey> keys) {
+  RemoveCount c = remove_from_tiers(ns, keys);
+  // A removed chunk's embedding entries go with it (the index is never called under mu_).
+  if (index_) {
+    const std::string name = namespace_name(ns);
+    for (const auto& k : keys) index_->remove(name, k);
+  }
   return c;
 }
 

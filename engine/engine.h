@@ -22,6 +22,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <boost/asio/awaitable.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include "kvtier/keys.h"
@@ -45,7 +47,6 @@ struct PendingPut {
   int gpu_device = -1;        // >= 0: the block lands in that device's GPU tier, stored raw
   BlockLayout client_layout;  // tensors as the client wrote them into staging
   BlockLayout stored_layout;  // tensors as they will be stored (offsets, codecs)
-  uint64_t staging_offset = 0;
   // Fusion puts: the chunk's current block, leased by this session until seal or abort; the
   // new block (base tensors + fusion tensors) replaces it at seal.
   bool fusion = false;
@@ -167,8 +168,51 @@ class Engine {
   Result<uint32_t> resolve_namespace(std::string_view ns, const PeerInfo& peer);
   const config::NamespaceRule& rule_of(uint32_t ns) const;
 
-  // Number of leading keys present in any tier.
-  uint32_t lookup(uint32_t ns, std::span<const BlockKey> keys) const;
+  // --- One call per request.  The coroutines run on the caller's executor; the engine's lock
+  // is never held across a suspension (disk reads, persist waits). ---
+
+  // The number of leading keys present in any tier and, with_fusion, a lease on the last
+  // matched chunk when it carries fusion state (one round trip for the common path).
+  struct LookupResult {
+    uint32_t matched = 0;
+    std::optional<LeaseGrant> fusion;
+  };
+  boost::asio::awaitable<LookupResult> lookup(uint64_t sid, uint32_t ns,
+                                              std::vector<BlockKey> keys, bool with_fusion);
+
+  // Leases every key in the place asked for, walking the ladder: a hit in the wanted GPU, a
+  // hit in the host tier, a copy down from another GPU, a promotion from the disk tier into
+  // the host tier (concurrent readers of one block share one read); then, for a GPU
+  // placement, host hits move on to the device (they stay host leases when it has no room).
+  // Misses come back kNotFound; kLimit past session.max_leases.
+  boost::asio::awaitable<std::vector<LeaseGrant>> get(uint64_t sid, uint32_t ns,
+                                                      std::vector<BlockKey> keys,
+                                                      Placement where = {});
+  // A lease on a chunk that carries fusion state: kNotFound "... is not cached" or
+  // "... has no fusion state" (nothing stays leased then).
+  boost::asio::awaitable<Result<LeaseGrant>> get_fusion(uint64_t sid, uint32_t ns, BlockKey key);
+
+  // A put: where the block lands (a GPU tier for fp16/bf16 when asked and the namespace does
+  // not persist; else the host tier in the namespace's format) and its stored layout are
+  // planned here, once, and the space is reserved.  A fusion put leases its chunk (promoting
+  // it from disk when needed) until seal or abort.  Returns the put id.
+  struct PutRequest {
+    uint32_t ns = 0;
+    BlockKey key;
+    BlockLayout client_layout;  // validated by the caller (validate_put_layout)
+    int device = -1;            // the GPU a client asked for (-1: the first)
+    bool fusion = false;
+    std::vector<std::byte> metadata;  // fusion only, <= kMaxFusionMetadataBytes
+  };
+  boost::asio::awaitable<Result<uint64_t>> begin_put(uint64_t sid, PutRequest put);
+  // Encodes the staged bytes (laid out as the put's client layout; client-writable memory, so
+  // read once and checksummed after the copy) into the reserved space, publishes the block,
+  // and for persist namespaces answers once it is durable on the disk tier (all or nothing).
+  // Returns the stored bytes.  Any failure aborts the put.
+  boost::asio::awaitable<Result<uint64_t>> seal(uint64_t sid, uint64_t put_id,
+                                                std::span<const std::byte> staged);
+  Status abort_put(uint64_t sid, uint64_t put_id);
+
   // In any tier.
   bool is_cached(uint32_t ns, const BlockKey& key) const;
   // is_cached() of each key into out[i] (1 or 0), under one hold of mu_ (the lookups' cache
@@ -178,42 +222,13 @@ class Engine {
   // (its search calls is_cached, which takes mu_).  Null when it could not be opened.
   SemanticIndex* index() { return index_.get(); }
 
-  // For a key that get() missed: when the disk tier has it, reserves host space and makes this
-  // request the leader of its promotion, or joins the promotion already in flight.
-  // kNotFound when the disk tier does not have it either.
-  Result<PromotionTicket> begin_promotion(uint32_t ns, const BlockKey& key);
-  // The leader's end of a promotion: publishes the block read into ticket.extent (read ok)
-  // or gives the space back, wakes the waiters, and leases the block to `sid` when published.
-  LeaseGrant finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& key,
-                              const PromotionTicket& ticket, Status read);
-
-  // Namespaces with disk = "persist": queues the sealed block for the disk tier; done(status)
-  // runs once it is durable.  Returns ok when done will be called.
-  Status persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done);
-
-  Result<uint64_t> begin_put(uint64_t sid, PendingPut put);
-  // A copy of the pending put (its extent stays reserved until seal or abort).
-  Result<PendingPut> pending(uint64_t sid, uint64_t put_id) const;
-  // Publishes the put with its final layout (checksums filled in).
-  Status seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout);
-  Status abort_put(uint64_t sid, uint64_t put_id);
-
-  // Leases what is cached in the place asked for.  A host get of a block that only a GPU tier
-  // holds copies it down into the host tier first (NF4 quantized on the device).  A GPU get
-  // leases blocks in that GPU; the others come back as host leases (or kNotFound), for
-  // promote_to_gpu().
-  std::vector<LeaseGrant> get(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys,
-                              Placement where = {});
-  // Turns a host lease into a lease on the same block in `device`'s GPU tier: reserves pool
-  // space, dequantizes/copies the block into it without the lock, publishes it, and drops
-  // the host lease.  When the GPU tier has no room the host grant comes back unchanged.
-  LeaseGrant promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& host_grant, int device);
   uint32_t release(uint64_t sid, std::span<const uint64_t> lease_ids);
 
   struct RemoveCount {
     uint32_t removed = 0;
     uint32_t deferred = 0;
   };
+  // From every tier, and the chunks' embedding entries from the semantic index.
   RemoveCount remove(uint32_t ns, std::span<const BlockKey> keys);
   // Admin eviction: by keys within a namespace, a whole namespace, or everything, from the
   // host tier, the disk tier or both.  Nothing evicted this way is demoted.
@@ -237,6 +252,38 @@ class Engine {
   uint64_t leases_of(uint64_t sid) const;
 
  private:
+  // The ladder's steps (engine/engine.cpp, engine/gpu_ladder.cpp).
+  uint32_t prefix_cached(uint32_t ns, std::span<const BlockKey> keys) const;
+  // Leases what is cached in the place asked for (one hold of mu_).  A host get of a block
+  // that only a GPU tier holds copies it down into the host tier first (NF4 quantized on the
+  // device).  A GPU get leases blocks in that GPU; the others come back as host leases (or
+  // kNotFound), for promote_to_gpu().
+  std::vector<LeaseGrant> lease_cached(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys,
+                                       Placement where);
+  // A block only the disk tier has, read into the host tier and leased (or kNotFound).
+  boost::asio::awaitable<LeaseGrant> promote_from_disk(uint64_t sid, uint32_t ns, BlockKey key);
+  // For a key lease_cached() missed: when the disk tier has it, reserves host space and makes
+  // this request the leader of its promotion, or joins the promotion already in flight.
+  // kNotFound when the disk tier does not have it either.
+  Result<PromotionTicket> begin_promotion(uint32_t ns, const BlockKey& key);
+  // The leader's end of a promotion: publishes the block read into ticket.extent (read ok)
+  // or gives the space back, wakes the waiters, and leases the block to `sid` when published.
+  LeaseGrant finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& key,
+                              const PromotionTicket& ticket, Status read);
+  // Turns a host lease into a lease on the same block in `device`'s GPU tier: reserves pool
+  // space, dequantizes/copies the block into it without the lock, publishes it, and drops
+  // the host lease.  When the GPU tier has no room the host grant comes back unchanged.
+  LeaseGrant promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& host_grant, int device);
+  // Namespaces with disk = "persist": queues the sealed block for the disk tier; done(status)
+  // runs once it is durable.  Returns ok when done will be called.
+  Status persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done);
+  Result<uint64_t> reserve_put(uint64_t sid, PendingPut put);
+  RemoveCount remove_from_tiers(uint32_t ns, std::span<const BlockKey> keys);
+  // A copy of the pending put (its extent stays reserved until seal or abort).
+  Result<PendingPut> pending(uint64_t sid, uint64_t put_id) const;
+  // Publishes the put with its final layout (checksums filled in).
+  Status seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout);
+
   struct Session {
     PeerInfo peer;
     uint64_t connected_unix_ms = 0;

@@ -1,0 +1,174 @@
+// The engine's request calls that walk the tier ladder and may wait: lookup, get (GPU, host,
+// copy down, promotion from disk, promotion into a GPU), fusion leases, and the life of a
+// put (plan, reserve, encode, publish, persist).  docs/internals.md, "Life of a put" and
+// "Life of a get", follows these functions.
+#include "engine/await.h"
+#include "engine/block_codec.h"
+#include "engine/engine.h"
+#include "engine/gpu_moves.h"
+
+using boost::asio::awaitable;
+
+namespace kvtier {
+namespace {
+
+using StartFn = std::function<void(std::function<void(Status)>)>;
+
+bool has_fusion(const BlockLayout& layout) {
+  for (const auto& t : layout.tensors)
+    if (is_fusion_tensor(t.name)) return true;
+  return false;
+}
+
+}  // namespace
+
+awaitable<Engine::LookupResult> Engine::lookup(uint64_t sid, uint32_t ns,
+                                               std::vector<BlockKey> keys, bool with_fusion) {
+  LookupResult out;
+  out.matched = prefix_cached(ns, keys);
+  if (with_fusion && out.matched > 0) {
+    auto g = co_await get_fusion(sid, ns, keys[out.matched - 1]);
+    if (g) out.fusion = *g;
+  }
+  co_return out;
+}
+
+awaitable<std::vector<LeaseGrant>> Engine::get(uint64_t sid, uint32_t ns,
+                                               std::vector<BlockKey> keys, Placement where) {
+  std::vector<LeaseGrant> grants = lease_cached(sid, ns, keys, where);
+  // Blocks only on the disk tier are promoted into the host tier and leased from there.
+  if (disk_)
+    for (auto& g : grants)
+      if (g.code == Errc::kNotFound) g = co_await promote_from_disk(sid, ns, g.key);
+  // A GPU get: host hits go on to the device (kept as host leases when it has no room).
+  if (where.gpu)
+    for (auto& g : grants)
+      if (g.code == Errc::kOk && g.tier == TierKind::kHost)
+        g = promote_to_gpu(sid, ns, g, where.device);
+  co_return grants;
+}
+
+awaitable<Result<LeaseGrant>> Engine::get_fusion(uint64_t sid, uint32_t ns, BlockKey key) {
+  std::vector<BlockKey> one(1, key);  // named: GCC 12 rejects a braced list in co_await
+  std::vector<LeaseGrant> g = co_await get(sid, ns, std::move(one));
+  if (g.front().code != Errc::kOk)
+    co_return error(g.front().code, "chunk " + key.hex() + " is not cached");
+  // The lease pins the block: its layout stays valid until released.
+  if (!has_fusion(*g.front().layout)) {
+    release(sid, std::span(&g.front().lease_id, 1));
+    co_return error(Errc::kNotFound, "chunk " + key.hex() + " has no fusion state");
+  }
+  co_return g.front();
+}
+
+awaitable<LeaseGrant> Engine::promote_from_disk(uint64_t sid, uint32_t ns, BlockKey key) {
+  LeaseGrant miss;
+  miss.key = key;
+  miss.code = Errc::kNotFound;
+  auto ticket = begin_promotion(ns, key);
+  if (!ticket) co_return miss;  // not on disk either (or no host space): a miss
+  if (!ticket->leader) {
+    bump(metrics_.promotion_waits);
+    StartFn wait = [p = ticket->promotion](std::function<void(Status)> fn) {
+      p->wait(std::move(fn));
+    };
+    Status done = co_await await_callback<Status>(std::move(wait));
+    if (!done) co_return miss;
+    co_return lease_cached(sid, ns, std::span(&key, 1), {}).front();
+  }
+  std::span<std::byte> dst(host_of(ns).data(ticket->extent), ticket->entry.payload_bytes);
+  // Named, not a temporary in the co_await expression: GCC 12 may destroy such temporaries
+  // twice (ASan caught it on an earlier version of this code).
+  StartFn start = [&](std::function<void(Status)> done) {
+    disk_->read(ticket->entry, dst, std::move(done));
+  };
+  Status read = co_await await_callback<Status>(std::move(start));
+  co_return finish_promotion(sid, ns, key, *ticket, read);
+}
+
+awaitable<Result<uint64_t>> Engine::begin_put(uint64_t sid, PutRequest req) {
+  const config::NamespaceRule& rule = rule_of(req.ns);
+  PendingPut put;
+  put.ns = req.ns;
+  put.key = req.key;
+  put.client_layout = std::move(req.client_layout);
+  if (req.fusion) {
+    // Fusion state belongs to a cached chunk: lease the chunk (promoting it from disk if
+    // needed) until seal builds its new block.
+    if (req.metadata.size() > kMaxFusionMetadataBytes)
+      co_return error(Errc::kInvalidArgument, "fusion metadata over 64 KiB");
+    std::vector<BlockKey> one(1, req.key);  // named: GCC 12 rejects a braced list in co_await
+    std::vector<LeaseGrant> g = co_await get(sid, req.ns, std::move(one));
+    if (g.front().code == Errc::kNotFound)
+      co_return error(Errc::kNotFound,
+                      "chunk " + req.key.hex() + " is not cached: put its KV block first");
+    if (g.front().code != Errc::kOk) co_return error(g.front().code, "cannot lease the chunk");
+    put.fusion = true;
+    put.base_lease = g.front().lease_id;
+    put.base_extent = g.front().extent;
+    put.base_layout = *g.front().layout;
+    put.metadata = std::move(req.metadata);
+    put.stored_layout =
+        plan_fusion_layout(put.base_layout, put.client_layout, rule, put.metadata.size());
+  } else if (rule.disk != config::DiskPolicy::kPersist && gpu_eligible(put.client_layout) &&
+             gpu_tier_for(req.ns, req.device) != nullptr) {
+    // The hot tier keeps fp16/bf16 as given.  Persist namespaces stay on the host path,
+    // whose seal writes through to the disk tier.
+    put.gpu_device = gpu_tier_for(req.ns, req.device)->device();
+    put.stored_layout = plan_gpu_layout(put.client_layout);
+  } else {
+    put.stored_layout = plan_stored_layout(put.client_layout, rule);
+  }
+  const uint64_t base_lease = put.base_lease;
+  auto id = reserve_put(sid, std::move(put));
+  if (!id && base_lease) release(sid, std::span(&base_lease, 1));
+  co_return id;
+}
+
+awaitable<Result<uint64_t>> Engine::seal(uint64_t sid, uint64_t put_id,
+                                         std::span<const std::byte> staged) {
+  auto put = pending(sid, put_id);
+  if (!put) co_return put.status();
+  if (staged.size() != put->client_layout.total_bytes) {
+    (void)abort_put(sid, put_id);
+    co_return error(Errc::kInvalidArgument, "staged bytes do not match the put's layout");
+  }
+  // The reserved extent is this session's alone until seal or abort: encode without the lock.
+  // The base block of a fusion put is leased by this session: its bytes stay put.
+  BlockLayout stored = put->stored_layout;
+  const config::NamespaceRule& rule = rule_of(put->ns);
+  HostTier& host = host_of(put->ns);
+  Status st =
+      put->gpu_device >= 0
+          ? seal_to_gpu(gpu_tier_for(put->ns, put->gpu_device)->pool(), put->client_layout,
+                        staged.data(), stored, put->extent.offset)
+      : put->fusion ? encode_fusion_block(put->base_layout, host.data(put->base_extent),
+                                          put->client_layout, staged.data(), put->metadata, rule,
+                                          stored, host.data(put->extent))
+                    : encode_block(put->client_layout, staged.data(), stored,
+                                   host.data(put->extent), rule.nf4_double_quant);
+  if (!st) {
+    (void)abort_put(sid, put_id);
+    co_return st;
+  }
+  const uint64_t stored_bytes = stored.total_bytes;
+  if (Status s = seal_put(sid, put_id, std::move(stored)); !s) co_return s;
+  if (rule.disk == config::DiskPolicy::kPersist) {
+    // Write-through: answer once the block is durable on the disk tier.
+    StartFn start = [&](std::function<void(Status)> done) {
+      Status queued = persist(put->ns, put->key, done);
+      if (!queued) done(queued);
+    };
+    Status durable = co_await await_callback<Status>(std::move(start));
+    if (!durable && durable.code() != Errc::kAlreadyExists) {
+      bump(metrics_.persist_failures);
+      // All or nothing: a persist put that is not durable is not stored at all.
+      (void)remove_from_tiers(put->ns, std::span(&put->key, 1));
+      co_return error(durable.code(), "not persisted: " + durable.message());
+    }
+    bump(metrics_.persisted);
+  }
+  co_return stored_bytes;
+}
+
+}  // namespace kvtier
