@@ -1,0 +1,245 @@
+// The engine in-process, without a daemon: the whole tier ladder (put, host hits, demotion to
+// the disk tier on host eviction, promotion back, GPU placement and copy down, persist, remove)
+// on an in-memory disk device and the GPU emulation, injected through Engine::open's hooks.
+#include <catch2/catch.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+
+#include "engine/engine.h"
+#include "tests/testing/devices/fault_device.h"
+#include "tests/testing/devices/memory_device.h"
+
+using namespace kvtier;
+using boost::asio::awaitable;
+
+namespace {
+
+constexpr uint64_t kBlock = 1 << 20;  // 1 MiB blocks: 16 fill the smallest host tier
+
+template <typename T>
+awaitable<void> store(awaitable<T> a, std::optional<T>* out) {
+  *out = co_await std::move(a);
+}
+
+// Runs one engine coroutine to completion on a private io_context.
+template <typename T>
+T run(awaitable<T> a) {
+  boost::asio::io_context io;
+  std::optional<T> out;
+  boost::asio::co_spawn(io, store(std::move(a), &out), boost::asio::detached);
+  io.run();
+  REQUIRE(out.has_value());
+  return std::move(*out);
+}
+
+BlockLayout f16_layout(uint64_t bytes) {
+  BlockLayout l;
+  TensorLayout t;
+  t.name = "kv";
+  t.dtype = DType::kF16;
+  t.shape = {bytes / 2 / 64, 64};
+  t.bytes = t.raw_bytes = bytes;
+  l.tensors.push_back(t);
+  l.total_bytes = bytes;
+  return l;
+}
+
+std::vector<std::byte> pattern(const BlockKey& k, uint64_t bytes) {
+  std::vector<std::byte> v(bytes);
+  // Finite fp16 values only (0x3c00 = 1.0 with varying low bits).
+  for (uint64_t i = 0; i < bytes; i += 2) {
+    v[i] = std::byte((k.lo + i / 2) & 0xff);
+    v[i + 1] = std::byte(0x3c);
+  }
+  return v;
+}
+
+struct Rig {
+  explicit Rig(std::string extra = {}, EngineHooks hooks = {}, bool with_disk_memory = true) {
+    spdlog::set_level(spdlog::level::warn);
+    static std::atomic<int> n{0};
+    tag = std::to_string(::getpid()) + "-" + std::to_string(n++);
+    dir = std::filesystem::temp_directory_path() / ("kvtier-engine-" + tag);
+    std::filesystem::create_directories(dir);
+    config = config::parse("[daemon]\nstate_dir = \"" + dir.string() +
+                           "\"\nshm_prefix = \"kvtier-engine-" + tag +
+                           "\"\n[host]\nsize = \"16MiB\"\n"
+                           "[disk]\nsize = \"64MiB\"\nregion_bytes = \"8MiB\"\n"
+                           "[gpu]\nbackend = \"emulation\"\nsize = \"4MiB\"\n"
+                           "[index]\nenabled = false\n[session]\nstaging_bytes = \"4MiB\"\n" +
+                           extra +
+                           "[[namespace]]\nprefix = \"durable/\"\ncodec = \"fp16\"\n"
+                           "disk = \"persist\"\n"
+                           "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\n");
+    if (with_disk_memory && !hooks.disk_device) {
+      auto mem = make_memory_disk();
+      hooks.disk_device = [mem](const DiskOptions&) -> Result<std::unique_ptr<Device>> {
+        return make_memory_device(mem);
+      };
+    }
+    engine = Engine::open(config, metrics, std::move(hooks));
+    sid = engine->open_session(PeerInfo{});
+  }
+  ~Rig() {
+    engine.reset();
+    std::filesystem::remove_all(dir);
+  }
+
+  uint32_t ns(const std::string& name) { return engine->resolve_namespace(name, {}).value(); }
+
+  // A whole put (begin, seal) of `key` with its pattern; returns the seal's result.
+  Result<uint64_t> put(uint32_t ns, const BlockKey& key, int device = -1) {
+    Engine::PutRequest req;
+    req.ns = ns;
+    req.key = key;
+    req.client_layout = f16_layout(kBlock);
+    req.device = device;
+    auto id = run(engine->begin_put(sid, std::move(req)));
+    if (!id) return id.status();
+    const auto bytes = pattern(key, kBlock);
+    return run(engine->seal(sid, *id, bytes));
+  }
+
+  // The bytes a lease points at, wherever they live (host arena or emulated GPU pool).
+  std::vector<std::byte> bytes_of(const LeaseGrant& g) {
+    const std::byte* p = nullptr;
+    if (g.tier == TierKind::kGpu) {
+      p = reinterpret_cast<const std::byte*>(engine->gpu_tier(g.device)->pool().base()) +
+          g.extent.offset;
+    } else {
+      p = engine->host().data(g.extent);
+    }
+    return {p, p + g.layout->total_bytes};
+  }
+
+  std::string tag;
+  std::filesystem::path dir;
+  config::Config config;
+  Metrics metrics;
+  std::unique_ptr<Engine> engine;
+  uint64_t sid = 0;
+};
+
+BlockKey key(uint64_t i) {
+  return BlockKey{i, 7};
+}
+
+}  // namespace
+
+TEST_CASE("engine: a put lands in the host tier and a get leases its exact bytes") {
+  Rig r;
+  const uint32_t ns = r.ns("m");
+  REQUIRE(r.put(ns, key(1)).value() == kBlock);
+  auto found = run(r.engine->lookup(r.sid, ns, {key(1), key(2)}, false));
+  CHECK(found.matched == 1);
+  auto g = run(r.engine->get(r.sid, ns, {key(1), key(2)}));
+  REQUIRE(g[0].code == Errc::kOk);
+  CHECK(g[0].tier == TierKind::kHost);
+  CHECK(r.bytes_of(g[0]) == pattern(key(1), kBlock));
+  CHECK(g[1].code == Errc::kNotFound);
+  CHECK(r.engine->release(r.sid, std::span(&g[0].lease_id, 1)) == 1);
+}
+
+TEST_CASE("engine: host eviction demotes to the disk tier and a get promotes the same bytes") {
+  Rig r;
+  const uint32_t ns = r.ns("m");
+  constexpr int kBlocks = 40;  // 40 MiB through a 16 MiB host tier
+  for (int i = 0; i < kBlocks; ++i) REQUIRE(r.put(ns, key(i), /*device=*/-1).is_ok());
+  r.engine->disk()->flush();
+  CHECK(r.metrics.demotions.load() > 0);
+  // The first blocks left the host tier (and the GPU tier, which fp16 puts fill first), yet
+  // every block is still cached, and each one read back is bit-exact.
+  CHECK(run(r.engine->lookup(r.sid, ns, {key(0), key(1), key(2)}, false)).matched == 3);
+  for (int i = 0; i < kBlocks; ++i) {
+    auto g = run(r.engine->get(r.sid, ns, {key(i)}));
+    REQUIRE(g[0].code == Errc::kOk);
+    CHECK(r.bytes_of(g[0]) == pattern(key(i), kBlock));
+    r.engine->release(r.sid, std::span(&g[0].lease_id, 1));
+  }
+  CHECK(r.metrics.promotions.load() > 0);
+}
+
+TEST_CASE("engine: a GPU get promotes host blocks into the pool; GPU eviction copies down") {
+  Rig r;
+  const uint32_t ns = r.ns("m");
+  // fp16 puts asked for the GPU land there until leased blocks fill it; 4 MiB pool.
+  for (int i = 0; i < 8; ++i) REQUIRE(r.put(ns, key(i), 0).is_ok());
+  CHECK(r.metrics.gpu_puts.load() == 8);
+  CHECK(r.metrics.gpu_demotions.load() >= 4);  // the first ones were copied down to the host
+  for (int i = 0; i < 8; ++i) {
+    auto g = run(r.engine->get(r.sid, ns, {key(i)}, Placement{true, 0}));
+    REQUIRE(g[0].code == Errc::kOk);
+    CHECK(g[0].tier == TierKind::kGpu);
+    CHECK(r.bytes_of(g[0]) == pattern(key(i), kBlock));
+    r.engine->release(r.sid, std::span(&g[0].lease_id, 1));
+  }
+  CHECK(r.metrics.gpu_promotions.load() > 0);
+  // A host get of a block only the GPU holds copies it down.
+  auto h = run(r.engine->get(r.sid, ns, {key(7)}));
+  REQUIRE(h[0].code == Errc::kOk);
+  CHECK(h[0].tier == TierKind::kHost);
+  CHECK(r.bytes_of(h[0]) == pattern(key(7), kBlock));
+}
+
+TEST_CASE("engine: a persist namespace's seal answers once the block is durable") {
+  Rig r;
+  const uint32_t ns = r.ns("durable/m");
+  REQUIRE(r.put(ns, key(1), 0).is_ok());  // persist puts stay on the host path
+  CHECK(r.metrics.gpu_puts.load() == 0);
+  CHECK(r.metrics.persisted.load() == 1);
+  REQUIRE(r.engine->disk()->find("durable/m", key(1)).has_value());
+  auto c = r.engine->remove(ns, std::vector<BlockKey>{key(1)});
+  CHECK(c.removed == 1);
+  CHECK_FALSE(r.engine->disk()->find("durable/m", key(1)).has_value());
+  CHECK_FALSE(r.engine->is_cached(ns, key(1)));
+}
+
+TEST_CASE("engine: staged bytes that disagree with the put's layout abort it") {
+  Rig r;
+  const uint32_t ns = r.ns("m");
+  Engine::PutRequest req;
+  req.ns = ns;
+  req.key = key(1);
+  req.client_layout = f16_layout(kBlock);
+  auto id = run(r.engine->begin_put(r.sid, std::move(req)));
+  REQUIRE(id.is_ok());
+  std::vector<std::byte> short_bytes(kBlock / 2);
+  auto sealed = run(r.engine->seal(r.sid, *id, short_bytes));
+  CHECK(sealed.status().code() == Errc::kInvalidArgument);
+  CHECK_FALSE(r.engine->is_cached(ns, key(1)));
+  CHECK(r.engine->host().usage().reserved_bytes == 0);
+}
+
+TEST_CASE("engine: a disk that fails every read turns promotions into misses, never wrong bytes") {
+  auto plan = std::make_shared<FaultPlan>();
+  auto mem = make_memory_disk();
+  EngineHooks hooks;
+  hooks.disk_device = [mem, plan](const DiskOptions&) -> Result<std::unique_ptr<Device>> {
+    return make_fault_device(make_memory_device(mem), plan);
+  };
+  Rig r({}, std::move(hooks));
+  const uint32_t ns = r.ns("m");
+  for (int i = 0; i < 30; ++i) REQUIRE(r.put(ns, key(i)).is_ok());
+  r.engine->disk()->flush();
+  FaultRule rule;
+  rule.op = FaultRule::Op::kRead;
+  plan->add(rule);
+  auto g = run(r.engine->get(r.sid, ns, {key(0)}));
+  CHECK(g[0].code == Errc::kNotFound);
+  CHECK(r.metrics.promotion_failures.load() >= 1);
+  plan->clear();
+  // The engine keeps serving: later blocks are still there.
+  auto later = run(r.engine->get(r.sid, ns, {key(29)}));
+  REQUIRE(later[0].code == Errc::kOk);
+  CHECK(r.bytes_of(later[0]) == pattern(key(29), kBlock));
+}
