@@ -76,7 +76,8 @@ void on_list(Server& s, const wire::RequestMsg& msg, Reply& r) {
     if (Status st = check_name("namespace", req->namespace_()->string_view(), kMaxNamespaceBytes);
         !st)
       return r.fail(st);
-  text(r, s.engine().list_json(wire_util::str(req->namespace_()), req->limit(), req->fusion_only()));
+  text(r,
+       s.engine().list_json(wire_util::str(req->namespace_()), req->limit(), req->fusion_only()));
 }
 
 void on_evict(Server& s, const wire::RequestMsg& msg, Reply& r) {
@@ -91,7 +92,7 @@ void on_evict(Server& s, const wire::RequestMsg& msg, Reply& r) {
   const uint8_t tier = req->tier();
   if (tier > 3) return r.fail(error(Errc::kInvalidArgument, "unknown tier"));
   auto c = s.engine().evict(ns.empty() ? std::nullopt : std::optional(ns), keys, req->all(),
-                           tier == 0 || tier == 1, tier == 0 || tier == 2, tier == 0 || tier == 3);
+                            tier == 0 || tier == 1, tier == 0 || tier == 2, tier == 0 || tier == 3);
   // Skipped (leased) blocks of both memory tiers are reported together.
   r.set(wire::Response::EvictResp,
         wire::CreateEvictResp(r.fbb, static_cast<uint32_t>(c.host.evicted),

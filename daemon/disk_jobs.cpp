@@ -23,16 +23,16 @@ namespace {
 
 // Shared between the job's thread and the connection's coroutine.
 struct Job {
-  std::mutex mu;
-  DiskTier::Progress progress;  // guarded by mu
-  bool done = false;            // guarded by mu
-  nlohmann::json report;        // guarded by mu
-  Status status;                // guarded by mu
+  Mutex mu;
+  DiskTier::Progress progress GUARDED_BY(mu);
+  bool done GUARDED_BY(mu) = false;
+  nlohmann::json report GUARDED_BY(mu);
+  Status status GUARDED_BY(mu);
 };
 
 void run_job(Job& job, DiskTier& disk, bool compact) {
   auto on_progress = [&job](DiskTier::Progress p) {
-    std::lock_guard lock(job.mu);
+    MutexLock lock(job.mu);
     job.progress = p;
   };
   nlohmann::json report;
@@ -55,7 +55,7 @@ void run_job(Job& job, DiskTier& disk, bool compact) {
       status = v.status();
     }
   }
-  std::lock_guard lock(job.mu);
+  MutexLock lock(job.mu);
   job.done = true;
   job.report = std::move(report);
   job.status = std::move(status);
@@ -93,7 +93,7 @@ awaitable<void> Session::on_disk_job(const wire::RequestMsg& msg, Reply& r) {
     bool done;
     DiskTier::Progress p;
     {
-      std::lock_guard lock(job->mu);
+      MutexLock lock(job->mu);
       done = job->done;
       p = job->progress;
     }
@@ -111,7 +111,7 @@ awaitable<void> Session::on_disk_job(const wire::RequestMsg& msg, Reply& r) {
     co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
   worker.join();
-  std::lock_guard lock(job->mu);
+  MutexLock lock(job->mu);
   spdlog::info("session {}: {} finished: {}", id_, compact ? "compact" : "verify",
                job->status.is_ok() ? json_text(job->report) : job->status.to_string());
   if (!job->status) co_return r.fail(job->status);

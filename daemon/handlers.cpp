@@ -134,8 +134,8 @@ awaitable<void> Session::on_seal(const wire::SealReq& req, Reply& r) {
     co_return r.fail(error(Errc::kNotFound, "no pending put " + std::to_string(req.put_id())));
   const Staged staged = it->second;
   staged_.erase(it);
-  auto stored = co_await server_.engine().seal(
-      id_, req.put_id(), {staging_->data(staged.offset), staged.bytes});
+  auto stored = co_await server_.engine().seal(id_, req.put_id(),
+                                               {staging_->data(staged.offset), staged.bytes});
   staging_->free(staged.offset);
   if (!stored) co_return r.fail(stored.status());
   r.set(wire::Response::SealResp, wire::CreateSealResp(r.fbb, *stored));

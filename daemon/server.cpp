@@ -216,7 +216,7 @@ awaitable<void> Server::accept_loop() {
     }
     std::shared_ptr<Session> session;
     {
-      std::lock_guard lock(sessions_mu_);
+      MutexLock lock(sessions_mu_);
       if (sessions_.size() >= config_.daemon.max_connections) {
         bump(metrics_.connections_refused);
         spdlog::warn("refusing pid {}: {} connections open (daemon.max_connections)", peer->pid,
@@ -240,7 +240,7 @@ awaitable<void> Server::accept_loop() {
 }
 
 void Server::on_session_end(uint64_t sid) {
-  std::lock_guard lock(sessions_mu_);
+  MutexLock lock(sessions_mu_);
   sessions_.erase(sid);
   if (draining_ && sessions_.empty()) stop_all();
 }
@@ -253,7 +253,7 @@ void Server::begin_drain(const char* why) {
   acceptor_.close(ec);
   reader_timer_.cancel();
   index_timer_.cancel();
-  std::lock_guard lock(sessions_mu_);
+  MutexLock lock(sessions_mu_);
   if (sessions_.empty()) {
     stop_all();
     return;

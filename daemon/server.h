@@ -61,8 +61,8 @@ class Server {
   // touched; throws naming the key and the holder's pid.
   void claim_names();
   void bind_socket();
-  void schedule_reader_check();                 // mdb_reader_check every disk.reader_check_s
-  void schedule_index_save();                   // every index.save_interval_s
+  void schedule_reader_check();  // mdb_reader_check every disk.reader_check_s
+  void schedule_index_save();    // every index.save_interval_s
   // Runs one io_context until it stops; with daemon.busy_poll_us it polls for that long after
   // its last handler before sleeping in epoll_wait (docs/operations.md, "Busy polling").
   void run_io(boost::asio::io_context& io);
@@ -98,9 +98,9 @@ class Server {
   boost::asio::thread_pool index_saver_{1};
   std::atomic<bool> draining_{false};
 
-  std::mutex sessions_mu_;
-  // Guarded by sessions_mu_: live sessions, for draining.
-  std::map<uint64_t, std::weak_ptr<Session>> sessions_;
+  Mutex sessions_mu_;
+  // Live sessions, for draining.
+  std::map<uint64_t, std::weak_ptr<Session>> sessions_ GUARDED_BY(sessions_mu_);
 };
 
 }  // namespace kvtier

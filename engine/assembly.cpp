@@ -43,10 +43,10 @@ std::pair<std::unique_ptr<DiskTier>, std::string> open_disk_tier(const config::C
   o.capacity_bytes = config.disk.size_bytes;
   o.region_bytes = config.disk.region_bytes;
   o.write_queue_bytes = config.disk.write_queue_bytes;
-  o.backend = config.disk.io_backend == config::DiskIoBackend::kIoUring ? DiskOptions::Backend::kIoUring
-              : config.disk.io_backend == config::DiskIoBackend::kThreads
-                  ? DiskOptions::Backend::kThreads
-                  : DiskOptions::Backend::kAuto;
+  o.backend =
+      config.disk.io_backend == config::DiskIoBackend::kIoUring   ? DiskOptions::Backend::kIoUring
+      : config.disk.io_backend == config::DiskIoBackend::kThreads ? DiskOptions::Backend::kThreads
+                                                                  : DiskOptions::Backend::kAuto;
   o.o_direct = config.disk.o_direct;
   o.threads = config.disk.threads;
   auto t0 = std::chrono::steady_clock::now();
@@ -98,9 +98,8 @@ std::unique_ptr<Engine> Engine::open(const config::Config& config, Metrics& metr
   auto hosts = open_host_tiers(config);
   auto [disk, disk_status] = open_disk_tier(config, hooks);
   GpuSetup gpu = open_gpu_tier(config, hosts);
-  return std::make_unique<Engine>(config, std::move(hosts), std::move(disk),
-                                  std::move(disk_status), open_index(config), metrics,
-                                  std::move(gpu));
+  return std::make_unique<Engine>(config, std::move(hosts), std::move(disk), std::move(disk_status),
+                                  open_index(config), metrics, std::move(gpu));
 }
 
 GpuSetup open_gpu_tier(const config::Config& config,

@@ -18,7 +18,7 @@ uint64_t now_unix_ms() {
 }  // namespace
 
 void Promotion::wait(std::function<void(Status)> fn) {
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   if (!done_) {
     waiters_.push_back(std::move(fn));
     return;
@@ -31,7 +31,7 @@ void Promotion::wait(std::function<void(Status)> fn) {
 void Promotion::complete(Status result) {
   std::vector<std::function<void(Status)>> waiters;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     done_ = true;
     result_ = result;
     waiters.swap(waiters_);
@@ -40,8 +40,8 @@ void Promotion::complete(Status result) {
 }
 
 Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTier>> hosts,
-             std::unique_ptr<DiskTier> disk, std::string disk_status,
-             std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu)
+               std::unique_ptr<DiskTier> disk, std::string disk_status,
+               std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu)
     : config_(config),
       metrics_(metrics),
       disk_(std::move(disk)),
@@ -51,11 +51,14 @@ Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTie
       hosts_(std::move(hosts)) {
   // Run inside Tier::reserve(), which is only called with mu_ held.
   for (const auto& h : hosts_)
-    h->set_evict_listener(
-        [this](const BlockInfo& b, std::span<const std::byte> bytes) { demote(b, bytes); });
+    h->set_evict_listener([this](const BlockInfo& b, std::span<const std::byte> bytes) {
+      mu_.assert_held();
+      demote(b, bytes);
+    });
   for (const auto& t : gpu_.tiers) {
     GpuTier* tier = t.get();
     tier->set_evict_listener([this, tier](const BlockInfo& b) {
+      mu_.assert_held();
       if (host_locked(b.id.ns).find(b.id) != nullptr) return;  // the host tier has it already
       bump(copy_down(*tier, b) ? metrics_.gpu_demotions : metrics_.gpu_demotions_dropped);
     });
@@ -65,7 +68,7 @@ Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTie
 Engine::~Engine() {
   std::vector<uint64_t> ids;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     for (auto& [id, s] : sessions_) ids.push_back(id);
   }
   for (uint64_t id : ids) close_session(id);
@@ -80,12 +83,12 @@ HostTier& Engine::host_locked(uint32_t ns) const {
 }
 
 HostTier& Engine::host_of(uint32_t ns) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return host_locked(ns);
 }
 
 uint32_t Engine::domain_of(uint32_t ns) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return ns_domains_.at(ns);
 }
 
@@ -98,7 +101,7 @@ bool Engine::may_map(const PeerInfo& peer, size_t domain) const {
 }
 
 const std::string& Engine::namespace_name(uint32_t ns) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return ns_names_.at(ns);
 }
 
@@ -121,7 +124,7 @@ void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
 }
 
 Status Engine::persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!disk_) return error(Errc::kUnavailable, "no disk tier: " + disk_status_);
   HostTier& host = host_locked(ns);
   const BlockInfo* b = host.find(NsKey{ns, key});
@@ -138,7 +141,7 @@ Result<PromotionTicket> Engine::begin_promotion(uint32_t ns, const BlockKey& key
   const NsKey id{ns, key};
   std::string name;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = promotions_.find(id); it != promotions_.end())
       return PromotionTicket{it->second, false, {}, {}};
     name = ns_names_.at(ns);
@@ -146,7 +149,7 @@ Result<PromotionTicket> Engine::begin_promotion(uint32_t ns, const BlockKey& key
   // The index read needs no lock of ours (LMDB read transaction).
   auto entry = disk_->find(name, key);
   if (!entry) return error(Errc::kNotFound, "not cached");
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (auto it = promotions_.find(id); it != promotions_.end())
     return PromotionTicket{it->second, false, {}, {}};
   HostTier& host = host_locked(ns);
@@ -164,12 +167,12 @@ Result<PromotionTicket> Engine::begin_promotion(uint32_t ns, const BlockKey& key
 }
 
 LeaseGrant Engine::finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& key,
-                                   const PromotionTicket& t, Status read) {
+                                    const PromotionTicket& t, Status read) {
   LeaseGrant g;
   g.key = key;
   const NsKey id{ns, key};
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     promotions_.erase(id);
     HostTier& host = host_locked(ns);
     if (read.is_ok()) {
@@ -194,7 +197,7 @@ LeaseGrant Engine::finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& k
 }
 
 uint64_t Engine::open_session(const PeerInfo& peer) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   uint64_t id = next_session_++;
   Session& s = sessions_[id];
   s.peer = peer;
@@ -203,12 +206,12 @@ uint64_t Engine::open_session(const PeerInfo& peer) {
 }
 
 void Engine::mark_channel(uint64_t sid) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (auto it = sessions_.find(sid); it != sessions_.end()) it->second.channel = true;
 }
 
 void Engine::close_session(uint64_t sid) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = sessions_.find(sid);
   if (it == sessions_.end()) return;
   for (auto& [lease, held] : it->second.leases) held.tier->release(held.block);
@@ -253,7 +256,7 @@ Result<uint32_t> Engine::resolve_namespace(std::string_view ns, const PeerInfo& 
                                               std::to_string(peer.gid) +
                                               " may not use namespace '" + std::string(ns) + "'");
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (auto id = find_namespace(ns)) return *id;
   uint32_t id = static_cast<uint32_t>(ns_names_.size());
   ns_names_.emplace_back(ns);
@@ -264,12 +267,12 @@ Result<uint32_t> Engine::resolve_namespace(std::string_view ns, const PeerInfo& 
 }
 
 const config::NamespaceRule& Engine::rule_of(uint32_t ns) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return *ns_rules_.at(ns);
 }
 
 uint32_t Engine::prefix_cached(uint32_t ns, std::span<const BlockKey> keys) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   uint32_t n = 0;
   for (const auto& k : keys) {
     const NsKey id{ns, k};
@@ -291,7 +294,7 @@ bool Engine::is_cached(uint32_t ns, const BlockKey& key) const {
 }
 
 void Engine::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8_t> out) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (size_t i = 0; i < keys.size(); ++i) {
     const NsKey id{ns, keys[i]};
     out[i] = host_locked(ns).find(id) != nullptr || gpu_holder(id) != nullptr ||
@@ -300,7 +303,7 @@ void Engine::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8
 }
 
 Result<uint64_t> Engine::reserve_put(uint64_t sid, PendingPut put) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Session* s = session(sid);
   if (s == nullptr) return error(Errc::kUnavailable, "session closed");
   if (s->puts.size() >= config_.session.max_pending_puts)
@@ -332,7 +335,7 @@ Result<uint64_t> Engine::reserve_put(uint64_t sid, PendingPut put) {
 }
 
 Result<PendingPut> Engine::pending(uint64_t sid, uint64_t put_id) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto sit = sessions_.find(sid);
   if (sit == sessions_.end()) return error(Errc::kUnavailable, "session closed");
   auto it = sit->second.puts.find(put_id);
@@ -342,7 +345,7 @@ Result<PendingPut> Engine::pending(uint64_t sid, uint64_t put_id) const {
 }
 
 Status Engine::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Session* s = session(sid);
   if (s == nullptr) return error(Errc::kUnavailable, "session closed");
   auto it = s->puts.find(put_id);
@@ -385,7 +388,7 @@ Status Engine::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout
 }
 
 Status Engine::abort_put(uint64_t sid, uint64_t put_id) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Session* s = session(sid);
   if (s == nullptr) return error(Errc::kUnavailable, "session closed");
   auto it = s->puts.find(put_id);
@@ -403,10 +406,10 @@ Status Engine::abort_put(uint64_t sid, uint64_t put_id) {
 }
 
 std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
-                                            std::span<const BlockKey> keys, Placement where) {
+                                             std::span<const BlockKey> keys, Placement where) {
   std::vector<LeaseGrant> out;
   out.reserve(keys.size());
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   bump(metrics_.gets);
   Session* s = session(sid);
   HostTier& host = host_locked(ns);
@@ -446,7 +449,7 @@ std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
 }
 
 uint32_t Engine::release(uint64_t sid, std::span<const uint64_t> lease_ids) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Session* s = session(sid);
   if (s == nullptr) return 0;
   uint32_t n = 0;
@@ -456,7 +459,7 @@ uint32_t Engine::release(uint64_t sid, std::span<const uint64_t> lease_ids) {
 }
 
 Engine::RemoveCount Engine::remove_from_tiers(uint32_t ns, std::span<const BlockKey> keys) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   RemoveCount c;
   for (const auto& k : keys) {
     // Per key: deferred when any tier still has it leased, else removed when any tier had it.
@@ -490,7 +493,7 @@ Engine::RemoveCount Engine::remove(uint32_t ns, std::span<const BlockKey> keys) 
 }
 
 Engine::EvictCount Engine::evict(std::optional<std::string> ns, std::span<const BlockKey> keys,
-                               bool all, bool host, bool disk, bool gpu) {
+                                 bool all, bool host, bool disk, bool gpu) {
   EvictCount c;
   if (!all && !ns) return c;
   std::unordered_set<BlockKey, BlockKeyHash> wanted(keys.begin(), keys.end());
@@ -499,8 +502,11 @@ Engine::EvictCount Engine::evict(std::optional<std::string> ns, std::span<const 
   };
   if (disk && disk_)
     c.disk = disk_->evict_matching([&](const DiskEntry& e) { return match(e.ns, e.key); });
-  std::lock_guard lock(mu_);
-  auto by_name = [&](const BlockInfo& b) { return match(ns_names_.at(b.id.ns), b.id.key); };
+  MutexLock lock(mu_);
+  auto by_name = [&](const BlockInfo& b) {
+    mu_.assert_held();  // called by evict_matching() below
+    return match(ns_names_.at(b.id.ns), b.id.key);
+  };
   if (host) {
     for (const auto& h : hosts_) {
       auto e = h->evict_matching(by_name);
@@ -521,12 +527,12 @@ Engine::EvictCount Engine::evict(std::optional<std::string> ns, std::span<const 
 }
 
 uint64_t Engine::session_count() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return sessions_.size();
 }
 
 uint64_t Engine::leases_of(uint64_t sid) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = sessions_.find(sid);
   return it == sessions_.end() ? 0 : it->second.leases.size();
 }

@@ -26,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/mutex.h"
 #include "kvtier/keys.h"
 #include "common/layout.h"
 #include "kvtier/status.h"
@@ -65,10 +66,10 @@ class Promotion {
   void complete(Status result);
 
  private:
-  std::mutex mu_;
-  bool done_ = false;                                 // guarded by mu_
-  Status result_;                                     // guarded by mu_
-  std::vector<std::function<void(Status)>> waiters_;  // guarded by mu_
+  Mutex mu_;
+  bool done_ GUARDED_BY(mu_) = false;
+  Status result_ GUARDED_BY(mu_);
+  std::vector<std::function<void(Status)>> waiters_ GUARDED_BY(mu_);
 };
 
 struct PromotionTicket {
@@ -125,8 +126,8 @@ class Engine {
   // default arena first).  `disk` may be null (disabled, or it failed to open: `disk_status`
   // says why).
   Engine(const config::Config& config, std::vector<std::unique_ptr<HostTier>> hosts,
-        std::unique_ptr<DiskTier> disk, std::string disk_status,
-        std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu = {});
+         std::unique_ptr<DiskTier> disk, std::string disk_status,
+         std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu = {});
   ~Engine();
 
   // The default domain's host tier (the [host] arena).
@@ -177,8 +178,8 @@ class Engine {
     uint32_t matched = 0;
     std::optional<LeaseGrant> fusion;
   };
-  boost::asio::awaitable<LookupResult> lookup(uint64_t sid, uint32_t ns,
-                                              std::vector<BlockKey> keys, bool with_fusion);
+  boost::asio::awaitable<LookupResult> lookup(uint64_t sid, uint32_t ns, std::vector<BlockKey> keys,
+                                              bool with_fusion);
 
   // Leases every key in the place asked for, walking the ladder: a hit in the wanted GPU, a
   // hit in the host tier, a copy down from another GPU, a promotion from the disk tier into
@@ -297,20 +298,20 @@ class Engine {
     std::unordered_map<uint64_t, PendingPut> puts;
     uint64_t leased_bytes = 0;
   };
-  Session* session(uint64_t sid);                  // requires mu_
-  bool drop_lease(Session& s, uint64_t lease_id);  // requires mu_; false if s has no such lease
-  std::optional<uint32_t> find_namespace(std::string_view ns) const;  // requires mu_
+  Session* session(uint64_t sid) REQUIRES(mu_);
+  bool drop_lease(Session& s, uint64_t lease_id) REQUIRES(mu_);  // false if s has no such lease
+  std::optional<uint32_t> find_namespace(std::string_view ns) const REQUIRES(mu_);
 
   // Capacity eviction from the host tier: hands the block to the disk tier (write-back).
-  void demote(const BlockInfo& block, std::span<const std::byte> bytes);  // requires mu_
+  void demote(const BlockInfo& block, std::span<const std::byte> bytes) REQUIRES(mu_);
   // A GPU block into the host tier (quantized on the device to the namespace's host format):
   // on GPU eviction, and for host gets of GPU-only blocks.  False when the host has no room.
-  bool copy_down(GpuTier& tier, const BlockInfo& block);  // requires mu_
+  bool copy_down(GpuTier& tier, const BlockInfo& block) REQUIRES(mu_);
   // A GPU tier that holds the block, or null.
-  GpuTier* gpu_holder(const NsKey& id) const;  // requires mu_
-  HostTier& host_locked(uint32_t ns) const;    // requires mu_: host_of()
+  GpuTier* gpu_holder(const NsKey& id) const REQUIRES(mu_);
+  HostTier& host_locked(uint32_t ns) const REQUIRES(mu_);  // host_of()
   // Records a lease of `b` in `tier` for the session.
-  LeaseGrant grant(Session& s, Tier& tier, const BlockInfo& b);  // requires mu_
+  LeaseGrant grant(Session& s, Tier& tier, const BlockInfo& b) REQUIRES(mu_);
 
   // Constant after construction.
   const config::Config config_;
@@ -325,15 +326,14 @@ class Engine {
   // The vector is constant after construction; the tiers in it are guarded by mu_.
   const std::vector<std::unique_ptr<HostTier>> hosts_;
 
-  mutable std::mutex mu_;
-  // Guarded by mu_.
-  std::vector<std::string> ns_names_;  // ns id -> name
-  std::vector<const config::NamespaceRule*> ns_rules_;
-  std::vector<uint32_t> ns_domains_;  // ns id -> isolation domain (index in hosts_)
-  std::unordered_map<std::string, uint32_t> ns_ids_;
-  std::unordered_map<uint64_t, Session> sessions_;
-  uint64_t next_session_ = 1;
-  std::unordered_map<NsKey, std::shared_ptr<Promotion>, NsKeyHash> promotions_;
+  mutable Mutex mu_;
+  std::vector<std::string> ns_names_ GUARDED_BY(mu_);  // ns id -> name
+  std::vector<const config::NamespaceRule*> ns_rules_ GUARDED_BY(mu_);
+  std::vector<uint32_t> ns_domains_ GUARDED_BY(mu_);  // ns id -> domain (index in hosts_)
+  std::unordered_map<std::string, uint32_t> ns_ids_ GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, Session> sessions_ GUARDED_BY(mu_);
+  uint64_t next_session_ GUARDED_BY(mu_) = 1;
+  std::unordered_map<NsKey, std::shared_ptr<Promotion>, NsKeyHash> promotions_ GUARDED_BY(mu_);
 };
 
 }  // namespace kvtier

@@ -55,7 +55,7 @@ bool Engine::copy_down(GpuTier& tier, const BlockInfo& b) {
 }
 
 LeaseGrant Engine::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& host_grant,
-                                 int device) {
+                                  int device) {
   const NsKey id{ns, host_grant.key};
   // The host lease pins the source block: its bytes and layout stay put while unlocked.
   const BlockLayout gpu_layout = plan_gpu_layout(*host_grant.layout);
@@ -63,7 +63,7 @@ LeaseGrant Engine::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& h
   HostTier* host = nullptr;
   Extent ext;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     // The namespace's own domain's pool: an isolation domain's blocks never enter another's.
     tier = gpu_tier(device, ns_domains_.at(ns));
     host = &host_locked(ns);
@@ -82,7 +82,7 @@ LeaseGrant Engine::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& h
   }
   Status st = promote_block(tier->pool(), *host_grant.layout, host->data(host_grant.extent),
                             gpu_layout, ext.offset);
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Session* s = session(sid);
   // Removed, or replaced by a fusion put, while the device worked: publishing the copy would
   // bring back (or shadow) what is gone.

@@ -138,15 +138,14 @@ awaitable<Result<uint64_t>> Engine::seal(uint64_t sid, uint64_t put_id,
   BlockLayout stored = put->stored_layout;
   const config::NamespaceRule& rule = rule_of(put->ns);
   HostTier& host = host_of(put->ns);
-  Status st =
-      put->gpu_device >= 0
-          ? seal_to_gpu(gpu_tier_for(put->ns, put->gpu_device)->pool(), put->client_layout,
-                        staged.data(), stored, put->extent.offset)
-      : put->fusion ? encode_fusion_block(put->base_layout, host.data(put->base_extent),
-                                          put->client_layout, staged.data(), put->metadata, rule,
-                                          stored, host.data(put->extent))
-                    : encode_block(put->client_layout, staged.data(), stored,
-                                   host.data(put->extent), rule.nf4_double_quant);
+  Status st = put->gpu_device >= 0
+                  ? seal_to_gpu(gpu_tier_for(put->ns, put->gpu_device)->pool(), put->client_layout,
+                                staged.data(), stored, put->extent.offset)
+              : put->fusion ? encode_fusion_block(put->base_layout, host.data(put->base_extent),
+                                                  put->client_layout, staged.data(), put->metadata,
+                                                  rule, stored, host.data(put->extent))
+                            : encode_block(put->client_layout, staged.data(), stored,
+                                           host.data(put->extent), rule.nf4_double_quant);
   if (!st) {
     (void)abort_put(sid, put_id);
     co_return st;

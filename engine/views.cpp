@@ -22,7 +22,7 @@ nlohmann::json Engine::gpu_json() const {
     j["devices"] = devices;
   }
   auto pools = nlohmann::json::array();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (const auto& t : gpu_.tiers) {
     const TierUsage u = t->usage();
     pools.push_back(
@@ -50,7 +50,7 @@ nlohmann::json Engine::stats_json() const {
   uint64_t sessions, leases = 0, pending = 0;
   j["tiers"]["gpu"] = gpu_json();
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     u = hosts_[0]->usage();
     // Each isolation domain's arena, the default one first.
     auto arenas = nlohmann::json::array();
@@ -121,7 +121,7 @@ nlohmann::json Engine::stats_json() const {
 
 nlohmann::json Engine::clients_json() const {
   auto arr = nlohmann::json::array();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (const auto& [id, s] : sessions_) {
     arr.push_back({{"session", id},
                    {"pid", s.peer.pid},
@@ -138,9 +138,9 @@ nlohmann::json Engine::clients_json() const {
 }
 
 nlohmann::json Engine::list_json(const std::string& ns_filter, uint32_t limit,
-                                bool fusion_only) const {
+                                 bool fusion_only) const {
   auto arr = nlohmann::json::array();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::optional<uint32_t> only;
   if (!ns_filter.empty()) {
     only = find_namespace(ns_filter);
@@ -152,6 +152,7 @@ nlohmann::json Engine::list_json(const std::string& ns_filter, uint32_t limit,
     return false;
   };
   auto visit_block = [&](const BlockInfo& b, const std::string& tier) {
+    mu_.assert_held();  // the tiers' visit() below runs it
     if (only && b.id.ns != *only) return;
     if (limit && arr.size() >= limit) return;
     if (fusion_only && !fused(b.layout)) return;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Second README command: install, build and run every test, then the same suite under
-# ASan+UBSan, the concurrency cases under TSan, and every fuzzer for a minute; clang-format.
+# ASan+UBSan, the concurrency cases under TSan, the thread-safety analysis build, and every
+# fuzzer for a minute; clang-format.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -16,6 +17,10 @@ if [ "${KVTIER_SKIP_TSAN:-0}" != 1 ]; then
   # The concurrency-heavy cases under ThreadSanitizer (sessions, leases, eviction, channel,
   # disk writer, index save/rebuild); any report fails the run.
   scripts/tsan.sh build-tsan
+fi
+if [ "${KVTIER_SKIP_TSA:-0}" != 1 ]; then
+  # clang-14's -Wthread-safety over the product, as errors (common/mutex.h annotations).
+  scripts/thread_safety.sh build-tsa
 fi
 if [ "${KVTIER_SKIP_FUZZ:-0}" != 1 ]; then
   # Every libFuzzer harness for a bounded time on its seed corpus (docs/fuzzing.md).

@@ -7,7 +7,7 @@ namespace {
 
 template <typename Build>
 Result<std::string> text_call(Client::Impl& impl, wire::Request type, Build build) {
-  std::lock_guard lock(impl.mu);
+  MutexLock lock(impl.mu);
   flatbuffers::FlatBufferBuilder fbb;
   auto body = build(fbb);
   auto resp = impl.call(fbb, type, body.Union());
@@ -47,7 +47,7 @@ Result<std::string> Client::list_json(std::string_view ns, uint32_t limit, bool 
 
 Result<EvictCount> Client::evict(std::string_view ns, std::span<const BlockKey> keys, bool all,
                                  TierSel tier) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb;
   auto req =
       wire::CreateEvictReq(fbb, fbb.CreateString(ns.data(), ns.size()),
@@ -64,7 +64,7 @@ namespace {
 template <typename Make>
 Result<std::string> job_call(Client::Impl& impl, wire::Request type, Make make,
                              const Client::ProgressFn& progress) {
-  std::lock_guard lock(impl.mu);
+  MutexLock lock(impl.mu);
   flatbuffers::FlatBufferBuilder fbb;
   auto body = make(fbb);
   auto resp = impl.call(fbb, type, body.Union(), progress);

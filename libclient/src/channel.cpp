@@ -57,6 +57,7 @@ Result<std::unique_ptr<Response>> Client::Impl::call_on_channel(uint64_t id,
     if (Status st = send_all(fd, ring, {}); !st) return fail_connection(st);
   }
   auto take = [&]() -> Result<std::unique_ptr<Response>> {
+    mu.assert_held();  // call_on_channel's
     const uint32_t len = c.reply_len.load(std::memory_order_relaxed);
     if (len == kChannelOnSocket) return std::unique_ptr<Response>();
     if (len > channel->reply_capacity())

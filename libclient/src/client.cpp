@@ -53,7 +53,7 @@ Status Lease::release() {
   blocks_.clear();
   if (state->lease_ids.empty()) return {};
   auto conn = state->conn;
-  std::lock_guard lock(conn->mu);
+  MutexLock lock(conn->mu);
   flatbuffers::FlatBufferBuilder fbb;
   auto req = wire::CreateReleaseReq(fbb, fbb.CreateVector(state->lease_ids));
   auto resp = conn->call(fbb, wire::Request::ReleaseReq, req.Union());
@@ -71,7 +71,7 @@ std::vector<int> Client::gpu_devices() const {
   return impl_->gpu_devices;
 }
 bool Client::uses_request_channel() const {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   return impl_->channel != nullptr;
 }
 
@@ -84,7 +84,7 @@ const std::string& Client::socket_path() const {
 
 Result<uint32_t> Client::lookup(std::string_view ns, std::span<const BlockKey> keys) {
   if (keys.empty()) return 0u;
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb(64 + keys.size() * 16);
   auto req = wire::CreateLookupReq(fbb, fbb.CreateString(ns.data(), ns.size()),
                                    wire_util::keys_to_wire(fbb, keys));
@@ -124,7 +124,7 @@ Status Client::put_impl(std::string_view ns, const BlockKey& key, std::span<cons
   layout.total_bytes = off;
   if (Status st = validate_put_layout(layout, UINT64_MAX); !st) return st;
 
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb;
   auto wkey = wire_util::to_wire(key);
   auto md =
@@ -138,6 +138,7 @@ Status Client::put_impl(std::string_view ns, const BlockKey& key, std::span<cons
   if (begin == nullptr) return error(Errc::kProtocol, "bad put reply");
   const uint64_t put_id = begin->put_id();
   auto abort = [&](Status why) {
+    impl_->mu.assert_held();  // put()'s
     flatbuffers::FlatBufferBuilder f;
     (void)impl_->call(f, wire::Request::AbortReq, wire::CreateAbortReq(f, put_id).Union());
     return why;
@@ -242,7 +243,7 @@ Result<Lease> LeaseBuilder::build(const std::shared_ptr<Client::Impl>& impl,
 
 Result<Lease> Client::get(std::string_view ns, std::span<const BlockKey> keys, GetOptions options) {
   if (keys.empty()) return Lease();
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb(64 + keys.size() * 16);
   const int device = options.device >= 0 ? options.device : impl_->device;
   auto req = wire::CreateGetReq(fbb, fbb.CreateString(ns.data(), ns.size()),
@@ -256,7 +257,7 @@ Result<Lease> Client::get(std::string_view ns, std::span<const BlockKey> keys, G
 }
 
 Result<RemoveCount> Client::remove(std::string_view ns, std::span<const BlockKey> keys) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb;
   auto req = wire::CreateRemoveReq(fbb, fbb.CreateString(ns.data(), ns.size()),
                                    wire_util::keys_to_wire(fbb, keys));

@@ -12,6 +12,7 @@
 #include <thread>
 #include <utility>
 
+#include "common/mutex.h"
 #include "common/frame.h"
 #include "common/wire.h"
 #include "libclient/src/impl.h"
@@ -21,7 +22,7 @@ namespace {
 
 // Process-wide: (daemon instance, arena id) -> mapping, so each arena is mapped once.  GPU
 // pools are keyed with kGpuPoolKey set in the id.
-std::mutex g_arenas_mu;
+Mutex g_arenas_mu;
 std::map<std::pair<BlockKey, uint64_t>, std::weak_ptr<ArenaMapping>> g_arenas;
 constexpr uint64_t kGpuPoolKey = 1ull << 32;
 
@@ -165,7 +166,7 @@ Result<std::unique_ptr<Response>> Client::Impl::finish(std::unique_ptr<Response>
 Result<std::shared_ptr<ArenaMapping>> Client::Impl::arena(uint32_t id) {
   if (auto it = arenas.find(id); it != arenas.end()) return it->second;
   {
-    std::lock_guard lock(g_arenas_mu);
+    MutexLock lock(g_arenas_mu);
     if (auto it = g_arenas.find({instance, id}); it != g_arenas.end()) {
       if (auto m = it->second.lock()) return arenas[id] = m;
     }
@@ -187,7 +188,7 @@ Result<std::shared_ptr<ArenaMapping>> Client::Impl::arena(uint32_t id) {
   auto m = std::make_shared<ArenaMapping>();
   m->base = static_cast<const std::byte*>(p);
   m->size = size;
-  std::lock_guard lock(g_arenas_mu);
+  MutexLock lock(g_arenas_mu);
   auto& slot = g_arenas[{instance, id}];
   if (auto existing = slot.lock()) return arenas[id] = existing;  // another thread won
   slot = m;
@@ -198,7 +199,7 @@ Result<std::shared_ptr<ArenaMapping>> Client::Impl::gpu_pool(uint32_t id) {
   if (auto it = gpu_pools.find(id); it != gpu_pools.end()) return it->second;
   const std::pair<BlockKey, uint64_t> key{instance, kGpuPoolKey | id};
   {
-    std::lock_guard lock(g_arenas_mu);
+    MutexLock lock(g_arenas_mu);
     if (auto it = g_arenas.find(key); it != g_arenas.end()) {
       if (auto m = it->second.lock()) return gpu_pools[id] = m;
     }
@@ -234,7 +235,7 @@ Result<std::shared_ptr<ArenaMapping>> Client::Impl::gpu_pool(uint32_t id) {
   m->device = e.device;
   m->host_accessible = e.type == gpu::HandleType::kMemfd;
   m->pool = std::move(imported).value();
-  std::lock_guard lock(g_arenas_mu);
+  MutexLock lock(g_arenas_mu);
   auto& slot = g_arenas[key];
   if (auto existing = slot.lock()) return gpu_pools[id] = existing;  // another thread won
   slot = m;
@@ -272,6 +273,7 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     ::setsockopt(impl->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     ::setsockopt(impl->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   }
+  MutexLock lock(impl->mu);  // not shared yet; held for the calls' sake
   flatbuffers::FlatBufferBuilder fbb;
   auto hello = wire::CreateHelloReq(fbb, kProtocolVersion, static_cast<uint32_t>(::getpid()),
                                     fbb.CreateString(options.name));
@@ -298,6 +300,7 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     // connection on the socket; only a broken connection fails the connect.
     if (Status st = impl->open_channel(); !st && impl->fd < 0) return st;
   }
+  lock.unlock();
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 

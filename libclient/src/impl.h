@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/mutex.h"
 #include "common/channel.h"
 #include "common/protocol_generated.h"
 #include "tiers/gpu/device_backend.h"
@@ -41,7 +42,7 @@ struct Response {
 };
 
 struct Client::Impl {
-  std::mutex mu;  // one request at a time on the socket
+  Mutex mu;  // one request at a time on the socket
   int fd = -1;
   std::string socket_path;
   uint64_t next_id = 1;
@@ -50,11 +51,11 @@ struct Client::Impl {
   uint64_t max_message_bytes = 0;
   uint32_t busy_poll_us = 0;  // ClientOptions::busy_poll_us
   std::map<uint32_t, uint64_t> arena_sizes;
-  std::map<uint32_t, std::shared_ptr<ArenaMapping>> arenas;  // guarded by mu
-  int device = -1;                                           // ClientOptions::device
+  std::map<uint32_t, std::shared_ptr<ArenaMapping>> arenas GUARDED_BY(mu);
+  int device = -1;  // ClientOptions::device
   std::string gpu_backend;
   std::vector<int> gpu_devices;
-  std::map<uint32_t, std::shared_ptr<ArenaMapping>> gpu_pools;  // guarded by mu
+  std::map<uint32_t, std::shared_ptr<ArenaMapping>> gpu_pools GUARDED_BY(mu);
   std::byte* staging = nullptr;  // read-write mapping of this connection's staging memfd
   uint64_t staging_bytes = 0;
   // Bytes read and not yet consumed (guarded by mu): a reply, header and body, usually comes
@@ -64,45 +65,46 @@ struct Client::Impl {
   size_t rbeg = 0, rend = 0;
   std::vector<int> rfds;
   // The connection's shared-memory request channel (ClientOptions::request_channel), or null.
-  std::unique_ptr<Channel> channel;  // guarded by mu
+  std::unique_ptr<Channel> channel GUARDED_BY(mu);
 
   ~Impl();
   // Sends one request and waits for its reply; an error reply becomes its Status.
-  // Requires mu held.
   Result<std::unique_ptr<Response>> call(flatbuffers::FlatBufferBuilder& fbb, wire::Request type,
-                                         flatbuffers::Offset<void> body);
+                                         flatbuffers::Offset<void> body) REQUIRES(mu);
   // Like call(), for requests the daemon answers with ProgressResp frames before the reply:
   // each one is passed to `progress`.
   Result<std::unique_ptr<Response>> call(
       flatbuffers::FlatBufferBuilder& fbb, wire::Request type, flatbuffers::Offset<void> body,
-      const std::function<void(uint64_t done, uint64_t total)>& progress);
-  Result<std::unique_ptr<Response>> receive(uint64_t id);  // one reply frame; requires mu
+      const std::function<void(uint64_t done, uint64_t total)>& progress) REQUIRES(mu);
+  Result<std::unique_ptr<Response>> receive(uint64_t id) REQUIRES(mu);  // one reply frame
   // Sends request `id` through the channel and waits for its reply there; a null Response
   // when the daemon sends the reply on the socket instead.  Requires mu.
-  Result<std::unique_ptr<Response>> call_on_channel(uint64_t id, std::span<const std::byte> body);
+  Result<std::unique_ptr<Response>> call_on_channel(uint64_t id, std::span<const std::byte> body)
+      REQUIRES(mu);
   // Asks the daemon for a request channel; an error when it offers none (the connection
-  // keeps using the socket).  Requires mu, or the connection not yet shared.
-  Status open_channel();
+  // keeps using the socket).
+  Status open_channel() REQUIRES(mu);
   // Turns a reply (msg set when its body verified, else null) into itself or its Status.
   static Result<std::unique_ptr<Response>> finish(std::unique_ptr<Response> resp, uint64_t id);
   // One recvmsg into rbuf (moving unconsumed bytes to its front first); yields the CPU when a
   // MSG_DONTWAIT read finds nothing.  On failure the connection is closed.
-  Status read_some(int flags);
+  Status read_some(int flags) REQUIRES(mu);
   // Drops doorbell frames at the front of rbuf.
   void drop_doorbells();
   // The connection is unusable (a transport failure left the stream unframed): closes it.
-  Status fail_connection(Status st);
-  Result<std::shared_ptr<ArenaMapping>> arena(uint32_t id);  // requires mu
+  Status fail_connection(Status st) REQUIRES(mu);
+  Result<std::shared_ptr<ArenaMapping>> arena(uint32_t id) REQUIRES(mu);
   // A GPU tier pool, imported once per process (tiers/gpu/device_backend.h import_pool).
-  Result<std::shared_ptr<ArenaMapping>> gpu_pool(uint32_t id);  // requires mu
+  Result<std::shared_ptr<ArenaMapping>> gpu_pool(uint32_t id) REQUIRES(mu);
 };
 
 // Turns LeasedBlock replies into a Lease (a friend of Lease), or gives the granted leases
-// back and fails.  Requires the connection's mu held.
+// back and fails.
 class LeaseBuilder {
  public:
   static Result<Lease> build(const std::shared_ptr<Client::Impl>& impl,
-                             const std::vector<const wire::LeasedBlock*>& blocks);
+                             const std::vector<const wire::LeasedBlock*>& blocks)
+      REQUIRES(impl->mu);
 };
 
 }  // namespace kvtier

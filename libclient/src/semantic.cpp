@@ -5,7 +5,7 @@
 namespace kvtier {
 
 Result<Lease> Client::get_fusion(std::string_view ns, const BlockKey& chunk) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb;
   auto key = wire_util::to_wire(chunk);
   auto req = wire::CreateGetFusionReq(fbb, fbb.CreateString(ns.data(), ns.size()), &key);
@@ -21,7 +21,7 @@ Result<LookupResult> Client::lookup_with_fusion(std::string_view ns,
                                                 std::span<const BlockKey> keys) {
   LookupResult out;
   if (keys.empty()) return out;
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb(64 + keys.size() * 16);
   auto req = wire::CreateLookupReq(fbb, fbb.CreateString(ns.data(), ns.size()),
                                    wire_util::keys_to_wire(fbb, keys), true);
@@ -39,7 +39,7 @@ Result<LookupResult> Client::lookup_with_fusion(std::string_view ns,
 }
 
 Status Client::add_embeddings(std::string_view ns, std::span<const ChunkEmbeddings> chunks) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   // Sized up front: a batch of 2000 512-d vectors is 4 MiB, grown by doubling from 1 KiB.
   size_t bytes = 256 + ns.size();
   for (const auto& c : chunks)
@@ -61,7 +61,7 @@ Status Client::add_embeddings(std::string_view ns, std::span<const ChunkEmbeddin
 
 Result<SearchResult> Client::search(std::string_view ns, std::span<const SearchQuery> queries,
                                     uint32_t k, bool with_fusion) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   size_t bytes = 256 + ns.size();
   for (const auto& q : queries) bytes += 64 + q.modality.size() + q.values.size() * 4;
   flatbuffers::FlatBufferBuilder fbb(bytes);

@@ -70,7 +70,7 @@ Status RegionFiles::open_flags(uint32_t region, int flags) {
   }
   if (fd < 0 && buffered_) fd = ::open(p.c_str(), flags, 0640);
   if (fd < 0) return errno_status(errno, "open " + p);
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (auto it = fds_.find(region); it != fds_.end()) ::close(it->second);
   fds_[region] = fd;
   return {};
@@ -91,7 +91,7 @@ Status RegionFiles::open(uint32_t region) {
 }
 Status RegionFiles::remove(uint32_t region) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = fds_.find(region); it != fds_.end()) {
       ::close(it->second);
       fds_.erase(it);
@@ -126,7 +126,7 @@ Status RegionFiles::sync(uint32_t region) {
   return {};
 }
 int RegionFiles::fd(uint32_t region) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = fds_.find(region);
   return it == fds_.end() ? -1 : it->second;
 }

@@ -7,6 +7,7 @@
 #include <deque>
 #include <thread>
 
+#include "common/mutex.h"
 #include "tiers/disk/region_files.h"
 
 namespace kvtier {
@@ -21,7 +22,7 @@ class ThreadDevice final : public Device {
   }
   ~ThreadDevice() override {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       stop_ = true;
     }
     cv_.notify_all();
@@ -54,7 +55,7 @@ class ThreadDevice final : public Device {
   };
   void push(Op op) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       ops_.push_back(std::move(op));
     }
     cv_.notify_one();
@@ -63,8 +64,11 @@ class ThreadDevice final : public Device {
     for (;;) {
       Op op;
       {
-        std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || !ops_.empty(); });
+        MutexLock lock(mu_);
+        cv_.wait(lock, [&] {
+          mu_.assert_held();  // the wait holds it when it asks
+          return stop_ || !ops_.empty();
+        });
         if (ops_.empty()) return;
         op = std::move(ops_.front());
         ops_.pop_front();
@@ -89,10 +93,10 @@ class ThreadDevice final : public Device {
 
   RegionFiles files_;
   const std::string why_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Op> ops_;  // guarded by mu_
-  bool stop_ = false;   // guarded by mu_
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<Op> ops_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;
 };
 

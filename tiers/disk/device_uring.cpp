@@ -8,6 +8,7 @@
 #include <cstring>
 #include <thread>
 
+#include "common/mutex.h"
 #include "tiers/disk/region_files.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -63,7 +64,7 @@ class UringDevice final : public Device {
   ~UringDevice() override {
     if (reaper_.joinable()) {
       {
-        std::lock_guard lock(sq_mu_);
+        MutexLock lock(sq_mu_);
         io_uring_sqe* sqe = get_sqe();
         io_uring_prep_nop(sqe);
         io_uring_sqe_set_data(sqe, &stop_tag_);
@@ -87,7 +88,7 @@ class UringDevice final : public Device {
     queue(false, r, off, buf.data(), buf.size(), std::move(done));
   }
   void submit() override {
-    std::lock_guard lock(sq_mu_);
+    MutexLock lock(sq_mu_);
     io_uring_submit(&ring_);
   }
 
@@ -106,7 +107,7 @@ class UringDevice final : public Device {
     if (fd < 0) return done(error(Errc::kNotFound, "region not open"));
     auto* op = new UringOp{std::move(done), write};  // owned by the CQE until reaped
     handoff_to_kernel(op);
-    std::lock_guard lock(sq_mu_);
+    MutexLock lock(sq_mu_);
     io_uring_sqe* sqe = get_sqe();
     if (write)
       io_uring_prep_write(sqe, fd, buf, unsigned(n), off);
@@ -137,7 +138,7 @@ class UringDevice final : public Device {
   RegionFiles files_;
   io_uring ring_{};  // SQ side guarded by sq_mu_; CQ side owned by reaper_
   bool inited_ = false;
-  std::mutex sq_mu_;
+  Mutex sq_mu_;
   std::thread reaper_;
   int stop_tag_ = 0;
 };

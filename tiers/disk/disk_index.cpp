@@ -76,7 +76,7 @@ int DiskIndex::check_readers() {
 
 MDB_txn* DiskIndex::take_reader() const {
   {
-    std::lock_guard lock(pool_mu_);
+    MutexLock lock(pool_mu_);
     if (!idle_readers_.empty()) {
       MDB_txn* t = idle_readers_.back();
       idle_readers_.pop_back();
@@ -89,7 +89,7 @@ MDB_txn* DiskIndex::take_reader() const {
 }
 void DiskIndex::give_reader(MDB_txn* t) const {
   mdb_txn_reset(t);
-  std::lock_guard lock(pool_mu_);
+  MutexLock lock(pool_mu_);
   if (idle_readers_.size() < 64)
     idle_readers_.push_back(t);
   else

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "common/mutex.h"
 #include "tiers/disk/disk_format.h"
 
 namespace kvtier {
@@ -64,8 +65,8 @@ class DiskIndex {
 
   MDB_env* env_ = nullptr;
   MDB_dbi blocks_ = 0, by_region_ = 0, regions_ = 0, meta_ = 0;  // constant after open
-  mutable std::mutex pool_mu_;
-  mutable std::vector<MDB_txn*> idle_readers_;  // guarded by pool_mu_; reset, renewable
+  mutable Mutex pool_mu_;
+  mutable std::vector<MDB_txn*> idle_readers_ GUARDED_BY(pool_mu_);  // reset, renewable
 };
 
 Status lmdb_status(int rc, std::string_view what);

@@ -59,24 +59,27 @@ void DiskTier::Impl::start() {
 
 void DiskTier::Impl::stop() {
   {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     stop_ = true;
     cv_.notify_all();
   }
   writer_.join();  // drains the queue first
   committer_.join();
   {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return inflight_reads_ == 0; });
+    MutexLock lock(mu_);
+    cv_.wait(lock, [&] {
+      mu_.assert_held();  // the wait holds it when it asks
+      return inflight_reads_ == 0;
+    });
   }
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     cv_.notify_all();
   }
   for (auto& t : workers_) t.join();
   std::unordered_map<std::string, uint64_t> touched;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     touched.swap(touched_);
   }
   if (!touched.empty()) {
@@ -94,7 +97,7 @@ void DiskTier::Impl::stop() {
 }
 
 void DiskTier::Impl::post(std::function<void()> fn) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   work_.push_back(std::move(fn));
   cv_.notify_all();
 }
@@ -103,8 +106,11 @@ void DiskTier::Impl::worker_loop() {
   for (;;) {
     std::function<void()> fn;
     {
-      std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return !work_.empty() || (stop_ && inflight_reads_ == 0); });
+      MutexLock lock(mu_);
+      cv_.wait(lock, [&] {
+        mu_.assert_held();  // the wait holds it when it asks
+        return !work_.empty() || (stop_ && inflight_reads_ == 0);
+      });
       if (work_.empty()) return;
       fn = std::move(work_.front());
       work_.pop_front();
@@ -126,7 +132,7 @@ Status DiskTier::write(std::string_view ns, const BlockKey& key, const BlockLayo
   std::string bkey = encode_block_key(ns, key);
   if (m.index->get_block(bkey)) return error(Errc::kAlreadyExists, "disk tier: key on disk");
   {
-    std::lock_guard lock(m.mu_);
+    MutexLock lock(m.mu_);
     if (m.stop_) return error(Errc::kUnavailable, "disk tier: closing");
     if (m.pending_.count(bkey)) return error(Errc::kAlreadyExists, "disk tier: key queued");
     if (m.queued_bytes_ > 0 && m.queued_bytes_ + payload.size() > m.opt.write_queue_bytes)
@@ -152,7 +158,7 @@ Status DiskTier::write(std::string_view ns, const BlockKey& key, const BlockLayo
 AlignedBuffer DiskTier::Impl::take_buffer(size_t bytes) {
   const size_t want = align_up(std::max<size_t>(bytes, 1), kDiskAlign);
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     for (auto it = pool_.begin(); it != pool_.end(); ++it)
       if (it->size() == want) {
         AlignedBuffer b = std::move(*it);
@@ -171,7 +177,7 @@ void DiskTier::Impl::give_buffer(AlignedBuffer b) {
 }
 
 void DiskTier::Impl::enqueue(std::unique_ptr<Job> job) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   queue_.push_back(std::move(job));
   ++unfinished_;
   cv_.notify_all();
@@ -197,7 +203,7 @@ void DiskTier::Impl::start_read(const DiskEntry& entry, std::span<std::byte> dst
     return done(error(Errc::kInvalidArgument, "disk tier: destination too small"));
   bool gone = false;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = regions_.find(entry.region);
     gone = stop_ || it == regions_.end() || it->second.reclaiming ||
            entry.offset > it->second.write_end ||
@@ -238,13 +244,16 @@ void DiskTier::Impl::start_read(const DiskEntry& entry, std::span<std::byte> dst
     op->buf = AlignedBuffer(std::max<uint64_t>(stored, 1));
     split(entry.offset, op->buf.span());
   }
-  op->pending = pieces.size();
+  {
+    MutexLock lock(op->mu);  // before any completion can run
+    op->pending = pieces.size();
+  }
   for (const Piece& p : pieces) {
     // A short transfer is only an error where it ends before the stored bytes do.
     const uint64_t need = std::min<uint64_t>(p.buf.size(), entry.offset + stored - p.off);
     dev->read(entry.region, p.off, p.buf, [this, op, need](Result<size_t> r) {
       {
-        std::lock_guard lock(op->mu);
+        MutexLock lock(op->mu);
         if (op->io) {
           if (!r)
             op->io = r.status();
@@ -265,8 +274,13 @@ void DiskTier::Impl::finish_read(ReadOp& op) {
   const std::byte* stored = op.direct ? dst.data() : op.buf.data();
   Status s;
   bool io_error = false;
-  if (!op.io) {
-    s = op.io;
+  Status io;
+  {
+    MutexLock lock(op.mu);  // the last completion wrote it; taken for the analysis' sake
+    io = op.io;
+  }
+  if (!io) {
+    s = io;
     io_error = true;
   } else {
     if (op.direct && op.tail.size()) {  // the last partial page, from the bounce page
@@ -287,7 +301,7 @@ void DiskTier::Impl::finish_read(ReadOp& op) {
   if (s.code() == Errc::kCorrupt)
     dropped = drop({{encode_block_key(e.ns, e.key), e.region, e.offset}});
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = regions_.find(e.region); it != regions_.end()) --it->second.readers;
     if (s) {
       ++c_.reads;
@@ -299,7 +313,7 @@ void DiskTier::Impl::finish_read(ReadOp& op) {
     cv_.notify_all();
   }
   op.done(std::move(s));
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   --inflight_reads_;
   cv_.notify_all();
 }
@@ -329,7 +343,7 @@ uint64_t DiskTier::evict_matching(const std::function<bool(const DiskEntry&)>& m
 
 DiskUsage DiskTier::usage() const {
   const Impl& m = *impl_;
-  std::lock_guard lock(m.mu_);
+  MutexLock lock(m.mu_);
   DiskUsage u = m.c_;
   u.capacity_bytes = m.opt.capacity_bytes;
   u.regions = m.regions_.size();
@@ -373,8 +387,11 @@ void DiskTier::visit(const std::function<void(const DiskEntry&)>& fn) const {
 
 void DiskTier::flush() {
   Impl& m = *impl_;
-  std::unique_lock lock(m.mu_);
-  m.cv_.wait(lock, [&] { return m.unfinished_ == 0; });
+  MutexLock lock(m.mu_);
+  m.cv_.wait(lock, [&] {
+    m.mu_.assert_held();  // the wait holds it when it asks
+    return m.unfinished_ == 0;
+  });
 }
 
 void DiskTier::check_readers() {

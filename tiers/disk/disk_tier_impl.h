@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/mutex.h"
 #include "tiers/disk/disk_format.h"
 #include "tiers/disk/disk_index.h"
 #include "tiers/disk/disk_tier.h"
@@ -47,7 +48,7 @@ struct DiskTier::Impl {
   };
   struct Batch {
     std::vector<std::unique_ptr<Job>> jobs;
-    uint64_t pending = 0;  // guarded by mu_: writes not yet completed
+    uint64_t pending = 0;  // guarded by the Impl's mu_: writes not yet completed
   };
   struct Region {
     RegionRecord rec;
@@ -69,33 +70,36 @@ struct DiskTier::Impl {
   std::unique_ptr<Device> dev;
   std::unique_ptr<DiskIndex> index;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;               // signalled on every change below
-  std::deque<std::unique_ptr<Job>> queue_;   // guarded by mu_
-  std::unordered_set<std::string> pending_;  // guarded by mu_: keys queued or in flight
-  uint64_t queued_bytes_ = 0;                // guarded by mu_
-  uint64_t unfinished_ = 0;  // guarded by mu_: jobs enqueued whose callbacks have not returned
-  std::deque<std::unique_ptr<Batch>> batches_;         // guarded by mu_: submitted, not committed
-  std::map<uint32_t, Region> regions_;                 // guarded by mu_
-  std::optional<uint32_t> cur_region_;                 // guarded by mu_; changed by the writer only
-  uint32_t next_region_ = 1;                           // writer thread only (after open)
-  std::unordered_map<std::string, uint64_t> touched_;  // guarded by mu_: last access to persist
-  DiskUsage c_;                                        // guarded by mu_: counters
-  uint64_t inflight_reads_ = 0;                        // guarded by mu_
-  bool stop_ = false, writer_done_ = false;            // guarded by mu_
-  std::deque<std::function<void()>> work_;             // guarded by mu_: worker pool tasks
+  mutable Mutex mu_;
+  CondVar cv_;  // signalled on every change below
+  std::deque<std::unique_ptr<Job>> queue_ GUARDED_BY(mu_);
+  std::unordered_set<std::string> pending_ GUARDED_BY(mu_);  // keys queued or in flight
+  uint64_t queued_bytes_ GUARDED_BY(mu_) = 0;
+  uint64_t unfinished_ GUARDED_BY(mu_) = 0;  // jobs enqueued whose callbacks have not returned
+  std::deque<std::unique_ptr<Batch>> batches_ GUARDED_BY(mu_);  // submitted, not committed
+  std::map<uint32_t, Region> regions_ GUARDED_BY(mu_);
+  std::optional<uint32_t> cur_region_ GUARDED_BY(mu_);  // changed by the writer only
+  uint32_t next_region_ = 1;                            // writer thread only (after open)
+  std::unordered_map<std::string, uint64_t> touched_ GUARDED_BY(mu_);  // last access to persist
+  DiskUsage c_ GUARDED_BY(mu_);                                        // counters
+  uint64_t inflight_reads_ GUARDED_BY(mu_) = 0;
+  bool stop_ GUARDED_BY(mu_) = false;
+  bool writer_done_ GUARDED_BY(mu_) = false;
+  std::deque<std::function<void()>> work_ GUARDED_BY(mu_);  // worker pool tasks
   // Payload buffers of finished jobs, reused by write() (large allocations are fresh mmaps
   // that page-fault on every copy otherwise); at most pool_cap() bytes kept.
-  std::vector<AlignedBuffer> pool_;  // guarded by mu_
-  uint64_t pool_bytes_ = 0;          // guarded by mu_
+  std::vector<AlignedBuffer> pool_ GUARDED_BY(mu_);
+  uint64_t pool_bytes_ GUARDED_BY(mu_) = 0;
   uint64_t pool_cap() const { return std::min(opt.write_queue_bytes, 2 * opt.batch_bytes); }
   AlignedBuffer take_buffer(size_t bytes);  // a pooled buffer of exactly this aligned size
-  void give_buffer(AlignedBuffer b);        // mu_ held
+  void give_buffer(AlignedBuffer b) REQUIRES(mu_);
 
   std::thread writer_, committer_;
   std::vector<std::thread> workers_;
 
-  Status recover();  // open(): regions and entries that are not durable are dropped
+  // Runs in open(), before any of the tier's threads starts: nothing to lock against.
+  Status recover()
+      NO_THREAD_SAFETY_ANALYSIS;  // open(): regions and entries that are not durable are dropped
   void start();
   void stop();
   void post(std::function<void()> fn);
@@ -117,9 +121,9 @@ struct DiskTier::Impl {
     std::function<void(Status)> done;
     AlignedBuffer buf, tail;
     bool direct = false;
-    std::mutex mu;
-    size_t pending = 0;  // guarded by mu: chunks not yet completed
-    Status io;           // guarded by mu: the first chunk failure
+    Mutex mu;
+    size_t pending GUARDED_BY(mu) = 0;  // chunks not yet completed
+    Status io GUARDED_BY(mu);           // the first chunk failure
   };
   void finish_read(ReadOp& op);
   void enqueue(std::unique_ptr<Job> job);

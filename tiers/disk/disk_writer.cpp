@@ -11,8 +11,11 @@ void DiskTier::Impl::writer_loop() {
   for (;;) {
     auto b = std::make_unique<Batch>();
     {
-      std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      MutexLock lock(mu_);
+      cv_.wait(lock, [&] {
+        mu_.assert_held();  // the wait holds it when it asks
+        return stop_ || !queue_.empty();
+      });
       if (queue_.empty()) {
         writer_done_ = true;
         cv_.notify_all();
@@ -34,7 +37,7 @@ void DiskTier::Impl::writer_loop() {
     // complete when its last chunk is (batch->pending counts chunks), and any failed chunk
     // fails the job.
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       b->pending = 0;
       for (auto& jp : b->jobs)
         if (jp->status) b->pending += (jp->bytes().size() + kIoChunk - 1) / kIoChunk;
@@ -53,14 +56,14 @@ void DiskTier::Impl::writer_loop() {
                        st = r.status();
                      else if (r.value() < n)
                        st = error(Errc::kIo, "disk tier: short write");
-                     std::lock_guard lock(mu_);
+                     MutexLock lock(mu_);
                      if (!st && j->status) j->status = std::move(st);  // the first failure wins
                      if (--batch->pending == 0) cv_.notify_all();
                    });
       }
     }
     dev->submit();
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     batches_.push_back(std::move(b));
     cv_.notify_all();
   }
@@ -86,7 +89,7 @@ Status DiskTier::Impl::place(Job& j) {
   const uint64_t need = align_up(j.disk_bytes, kDiskAlign);
   for (int attempt = 0; attempt < 2; ++attempt) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (cur_region_) {
         Region& r = regions_.at(*cur_region_);
         if (r.write_end + need <= opt.region_bytes) {
@@ -107,7 +110,7 @@ Status DiskTier::Impl::open_region() {
   for (;;) {  // FIFO reclaim: the oldest region goes once its readers drain
     std::optional<uint32_t> victim;
     {
-      std::unique_lock lock(mu_);
+      MutexLock lock(mu_);
       if (regions_.size() < max_regions) break;
       for (auto& [id, r] : regions_)
         if (!r.reclaiming && id != cur_region_) {
@@ -141,7 +144,7 @@ Status DiskTier::Impl::open_region() {
     (void)dev->remove_region(id);
     return s;
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Region& r = regions_[id];
   r.rec = rec;
   r.write_end = kRegionHeaderBytes;
@@ -152,11 +155,14 @@ Status DiskTier::Impl::open_region() {
 
 bool DiskTier::Impl::reclaim(uint32_t region) {
   {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     auto it = regions_.find(region);
     if (it == regions_.end() || it->second.reclaiming) return false;
     it->second.reclaiming = true;  // no new reads from here on
-    cv_.wait(lock, [&] { return it->second.readers == 0 && it->second.writes == 0; });
+    cv_.wait(lock, [&] {
+      mu_.assert_held();  // the wait holds it when it asks
+      return it->second.readers == 0 && it->second.writes == 0;
+    });
   }
   Status s;
   {
@@ -174,7 +180,7 @@ bool DiskTier::Impl::reclaim(uint32_t region) {
       s = txn->commit();
     }
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!s) {
     regions_.at(region).reclaiming = false;
     cv_.notify_all();
@@ -191,8 +197,9 @@ void DiskTier::Impl::committer_loop() {
   for (;;) {
     std::unique_ptr<Batch> b;
     {
-      std::unique_lock lock(mu_);
+      MutexLock lock(mu_);
       cv_.wait(lock, [&] {
+        mu_.assert_held();  // the wait holds it when it asks
         return (!batches_.empty() && batches_.front()->pending == 0) ||
                (writer_done_ && batches_.empty());
       });
@@ -224,7 +231,7 @@ void DiskTier::Impl::commit_batch(Batch& b) {
   std::unordered_map<std::string, uint64_t> touched;
   std::map<uint32_t, RegionRecord> recs;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     touched.swap(touched_);
     for (auto& j : b.jobs)
       if (j->status) {
@@ -279,7 +286,7 @@ void DiskTier::Impl::commit_batch(Batch& b) {
   }
   // 3. Publish the counters, then run the callbacks without the lock.
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     for (auto& [id, rec] : recs)
       if (ts)
         regions_.at(id).rec.durable_end =
@@ -313,7 +320,7 @@ void DiskTier::Impl::commit_batch(Batch& b) {
   if (!ts) touched.clear();  // lost access times are harmless
   for (auto& j : b.jobs)
     if (j->done) j->done(j->status);
-  std::lock_guard lock(mu_);  // flush() returns only after the callbacks ran
+  MutexLock lock(mu_);  // flush() returns only after the callbacks ran
   for (auto& j : b.jobs) {
     if (!j->replaces) pending_.erase(j->bkey);
     give_buffer(std::move(j->payload));

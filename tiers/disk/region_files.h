@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 
+#include "common/mutex.h"
 #include "tiers/disk/device.h"
 
 namespace kvtier {
@@ -34,8 +35,8 @@ class RegionFiles {
 
   const FileDeviceOptions options_;
   std::atomic<bool> buffered_{false};
-  mutable std::mutex mu_;
-  std::map<uint32_t, int> fds_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::map<uint32_t, int> fds_ GUARDED_BY(mu_);
 };
 
 }  // namespace kvtier

@@ -1,3 +1,4 @@
+#include "common/mutex.h"
 #include "tiers/gpu/cuda_pool.h"
 
 #include <fcntl.h>
@@ -14,13 +15,13 @@
 namespace kvtier::gpu::cuda {
 
 void HostRegistry::add(Range r) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   ranges_.push_back(std::move(r));
 }
 
 std::uintptr_t HostRegistry::device_address(int device, const void* p, uint64_t n) const {
   const auto* b = static_cast<const std::byte*>(p);
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (const Range& r : ranges_) {
     if (b >= r.host && n <= r.bytes && uint64_t(b - r.host) <= r.bytes - n &&
         size_t(device) < r.device_address.size() && r.device_address[device] != 0) {
@@ -31,7 +32,7 @@ std::uintptr_t HostRegistry::device_address(int device, const void* p, uint64_t 
 }
 
 std::vector<HostRegistry::Range> HostRegistry::take_all() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return std::exchange(ranges_, {});
 }
 
@@ -79,10 +80,10 @@ class CudaPool final : public DevicePool {
   cudaIpcMemHandle_t ipc_handle_{};
   cudaStream_t stream_ = nullptr;
 
-  std::mutex mu_;                   // serialises use of stream_ and of the staging buffer
-  std::byte* staging_ = nullptr;    // guarded by mu_
-  std::uintptr_t staging_dev_ = 0;  // guarded by mu_
-  uint64_t staging_bytes_ = 0;      // guarded by mu_
+  Mutex mu_;  // serialises use of stream_ and of the staging buffer
+  std::byte* staging_ GUARDED_BY(mu_) = nullptr;
+  std::uintptr_t staging_dev_ GUARDED_BY(mu_) = 0;
+  uint64_t staging_bytes_ GUARDED_BY(mu_) = 0;
 };
 
 uint64_t round_up(uint64_t n, uint64_t a) {
@@ -218,7 +219,7 @@ Status CudaPool::ensure_staging(uint64_t bytes) {
 Status CudaPool::write(uint64_t offset, std::span<const std::byte> src) {
   if (Status st = check_range("write", device_, offset, src.size(), size_); !st) return st;
   if (src.empty()) return Status::ok();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (Status st = set_device(); !st) return st;
   void* dst = reinterpret_cast<void*>(base_ + offset);
   return finish(to_status("cudaMemcpyAsync", cudaMemcpyAsync(dst, src.data(), src.size(),
@@ -229,7 +230,7 @@ Status CudaPool::write(uint64_t offset, std::span<const std::byte> src) {
 Status CudaPool::read(uint64_t offset, std::span<std::byte> dst) {
   if (Status st = check_range("read", device_, offset, dst.size(), size_); !st) return st;
   if (dst.empty()) return Status::ok();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (Status st = set_device(); !st) return st;
   const void* src = reinterpret_cast<const void*>(base_ + offset);
   return finish(to_status("cudaMemcpyAsync", cudaMemcpyAsync(dst.data(), src, dst.size(),
@@ -242,7 +243,7 @@ Status CudaPool::dequantize_into(std::span<const std::byte> encoded, DType out_d
   auto h = check_dequantize(encoded, out_dtype, offset, device_, size_);
   if (!h) return h.status();
   const uint64_t n = h->total_size;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (Status st = set_device(); !st) return st;
   std::uintptr_t in = registry_->device_address(device_, encoded.data(), n);
   if (in == 0 || in % 16 != 0) {  // not registered (or misaligned): stage it
@@ -259,7 +260,7 @@ Status CudaPool::dequantize_into(std::span<const std::byte> encoded, DType out_d
 Status CudaPool::quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) {
   auto enc = check_quantize(p, offset, dst.size(), device_, size_);
   if (!enc) return enc.status();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (Status st = set_device(); !st) return st;
   std::uintptr_t out = registry_->device_address(device_, dst.data(), *enc);
   const bool direct = out != 0 && out % 16 == 0;

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <vector>
 
+#include "common/mutex.h"
 #include "tiers/gpu/cuda_api.h"
 #include "tiers/gpu/device_backend.h"
 
@@ -31,8 +32,8 @@ class HostRegistry {
   std::vector<Range> take_all();
 
  private:
-  mutable std::mutex mu_;
-  std::vector<Range> ranges_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::vector<Range> ranges_ GUARDED_BY(mu_);
 };
 
 // One pool of at least `bytes` on `device` (rounded up to the allocation granularity).

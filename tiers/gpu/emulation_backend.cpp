@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/mutex.h"
 #include "tiers/gpu/device_backend.h"
 #include "tiers/gpu/pool_checks.h"
 
@@ -34,8 +35,8 @@ Status errno_error(const std::string& what) {
 // Bytes handed out per emulated device, shared by the backend and its pools so that a pool
 // may outlive neither but be destroyed in any order.
 struct DeviceBudget {
-  std::mutex mu;
-  std::vector<uint64_t> used;  // guarded by mu
+  Mutex mu;
+  std::vector<uint64_t> used GUARDED_BY(mu);
 };
 
 class EmulatedPool final : public DevicePool {
@@ -46,7 +47,7 @@ class EmulatedPool final : public DevicePool {
   ~EmulatedPool() override {
     ::munmap(base_, size_);
     ::close(fd_);
-    std::lock_guard lock(budget_->mu);
+    MutexLock lock(budget_->mu);
     budget_->used[device_] -= size_;
   }
 
@@ -146,7 +147,7 @@ class EmulationBackend final : public DeviceBackend {
     if (bytes == 0) return error(Errc::kInvalidArgument, who + ": pool of 0 bytes");
     const uint64_t size = bytes > device_bytes_ ? bytes : round_up(bytes);  // no overflow
     {
-      std::lock_guard lock(budget_->mu);
+      MutexLock lock(budget_->mu);
       if (size > device_bytes_ - budget_->used[device]) {
         return error(Errc::kNoSpace, who + ": pool of " + std::to_string(size >> 20) +
                                          " MiB does not fit (" +
@@ -157,7 +158,7 @@ class EmulationBackend final : public DeviceBackend {
     }
     auto pool = map_pool(device, size);
     if (!pool) {
-      std::lock_guard lock(budget_->mu);
+      MutexLock lock(budget_->mu);
       budget_->used[device] -= size;
     }
     return pool;
