@@ -70,7 +70,8 @@ function(kvtier_tsan_tests)
                         kvtier_gpu kvtier_kernels)
   target_compile_definitions(tsan_integration_test PRIVATE
     KVTIER_SOURCE_DIR="${PROJECT_SOURCE_DIR}" KVTIER_BINARY_DIR="${PROJECT_BINARY_DIR}")
-  add_dependencies(tsan_integration_test kvtierd)  # the daemon the cases start
+  # The daemons the cases start (kvtierd_test: the cases that inject hooks).
+  add_dependencies(tsan_integration_test kvtierd kvtierd_test)
 
   # Sessions and leases: connections on both io threads, lease tables, close_session.
   kvtier_tsan_test(sessions tsan_integration_test
@@ -98,7 +99,7 @@ function(kvtier_tsan_tests)
   kvtier_tsan_test(disk_kill tsan_integration_test "SIGKILL during heavy demotion*")
   # The index saver thread next to io threads serving requests.
   kvtier_tsan_test(index_save tsan_integration_test "requests are served while the index saves*")
-  # The GPU tier (emulation): demotion under Cache::mu_, promotion, several client processes,
+  # The GPU tier (emulation): demotion under Engine::mu_, promotion, several client processes,
   # a dead client's leases.
   kvtier_tsan_test(gpu_demotion tsan_integration_test "gpu: eviction demotes to host NF4*")
   kvtier_tsan_test(gpu_processes tsan_integration_test "gpu: several processes share a pool*")
@@ -106,6 +107,8 @@ function(kvtier_tsan_tests)
   # The disk tier on its own: writer, committer, workers, reads against region reclaim, the
   # fault paths.  Not the 4 KiB-32 MiB round trip (70 s under TSan, the same threads).
   kvtier_tsan_test(disk_tier disk_tier_test "~round trip on every backend*")
+  # The engine in-process: the whole ladder with the disk tier's threads and GPU emulation.
+  kvtier_tsan_test(engine_ladder engine_test "engine:*")
   # The semantic index: searches during adds, the background rebuild, save while rebuilding.
   kvtier_tsan_test(index_rebuild index_test
                    "concurrent searches while adding,background rebuild:*,exact -> IVF switch*")
