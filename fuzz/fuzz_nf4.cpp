@@ -1,5 +1,5 @@
 // Harness (f): NF4 decoding of hostile encodings (kernels/nf4.h) and the daemon's decode of a
-// block by its layout (daemon/gpu_moves.cpp promote_block, into a GPU emulation pool).
+// block by its layout (engine/gpu_moves.cpp promote_block, into a GPU emulation pool).
 //
 // Each input starts from a valid encoding: parameters and values taken from the input are
 // encoded with nf4::encode, then bytes of the input overwrite parts of it (header fields,

@@ -1,7 +1,7 @@
 // The disk tier's I/O seam: a Device reads and writes aligned buffers at offsets of numbered
 // region files.  Implementations: io_uring (device_uring.cpp), a pread/pwrite thread pool
-// (device_threads.cpp), in-memory (device_memory.cpp) and a fault-injecting wrapper for tests
-// (fault_device.h).  errno values become Status here, in errno_status(), and nowhere else.
+// (device_threads.cpp); the test doubles (in memory, fault-injecting) live in
+// tests/testing/devices/.  errno values become Status here, in errno_status(), and nowhere else.
 //
 // Thread-safety: every method may be called from any thread.  Completion callbacks run on a
 // device thread (or, for the in-memory device, on the caller's thread before read()/write()

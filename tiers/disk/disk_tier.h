@@ -1,5 +1,5 @@
-// The disk tier: blocks in append-only region files on NVMe, indexed by LMDB (DESIGN.md rule
-// 6, docs/disk.md).  Writes are queued and return at once; a writer thread compresses and
+// The disk tier: blocks in append-only region files on NVMe, indexed by LMDB
+// (docs/disk.md).  Writes are queued and return at once; a writer thread compresses and
 // submits them in batches, a commit thread syncs the region and commits the batch's index
 // entries in one LMDB transaction, then runs the callbacks.  LMDB is the source of truth: an
 // entry is in the index only once its payload is durable, so after a crash every indexed entry
