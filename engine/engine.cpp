@@ -113,9 +113,9 @@ void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
   }
   Metrics* m = &metrics_;
   // DiskTier::write copies the bytes into its queue: the extent is freed right after this.
-  Status st =
-      disk_->write(ns_names_.at(b.id.ns), b.id.key, b.layout, bytes, rule->compress,
-                   [m](Status s) { bump(s.is_ok() ? m->demotions : m->demotion_failures); });
+  Status st = disk_->write(b.id, b.layout, bytes, rule->compress, [m](Status s) {
+    bump(s.is_ok() ? m->demotions : m->demotion_failures);
+  });
   if (st.code() == Errc::kLimit) bump(metrics_.demotions_dropped);
   // kAlreadyExists: a persist block, durable already.  Anything else refused the write.
   if (st.code() == Errc::kAlreadyExists) bump(metrics_.demotions);
@@ -129,9 +129,8 @@ Status Engine::persist(uint32_t ns, const BlockKey& key, std::function<void(Stat
   HostTier& host = host_locked(ns);
   const BlockInfo* b = host.find(NsKey{ns, key});
   if (b == nullptr) return error(Errc::kNotFound, "block " + key.hex() + " left the host tier");
-  Status st =
-      disk_->write(ns_names_.at(ns), key, b->layout, {host.data(b->extent), b->extent.bytes},
-                   ns_rules_.at(ns)->compress, std::move(done));
+  Status st = disk_->write(NsKey{ns, key}, b->layout, {host.data(b->extent), b->extent.bytes},
+                           ns_rules_.at(ns)->compress, std::move(done));
   if (st.code() == Errc::kAlreadyExists) return error(Errc::kAlreadyExists, "on disk already");
   return st;
 }
@@ -139,15 +138,13 @@ Status Engine::persist(uint32_t ns, const BlockKey& key, std::function<void(Stat
 Result<PromotionTicket> Engine::begin_promotion(uint32_t ns, const BlockKey& key) {
   if (!disk_) return error(Errc::kNotFound, "not cached");
   const NsKey id{ns, key};
-  std::string name;
   {
     MutexLock lock(mu_);
     if (auto it = promotions_.find(id); it != promotions_.end())
       return PromotionTicket{it->second, false, {}, {}};
-    name = ns_names_.at(ns);
   }
   // The index read needs no lock of ours (LMDB read transaction).
-  auto entry = disk_->find(name, key);
+  auto entry = disk_->find(id);
   if (!entry) return error(Errc::kNotFound, "not cached");
   MutexLock lock(mu_);
   if (auto it = promotions_.find(id); it != promotions_.end())
@@ -263,6 +260,7 @@ Result<uint32_t> Engine::resolve_namespace(std::string_view ns, const PeerInfo& 
   ns_rules_.push_back(rule);
   ns_domains_.push_back(static_cast<uint32_t>(config_.domain_of(rule->arena)));  // validated
   ns_ids_.emplace(std::string(ns), id);
+  if (disk_) disk_->name_namespace(id, ns);  // the disk tier's only id -> name (a leaf lock)
   return id;
 }
 
@@ -277,7 +275,7 @@ uint32_t Engine::prefix_cached(uint32_t ns, std::span<const BlockKey> keys) cons
   for (const auto& k : keys) {
     const NsKey id{ns, k};
     if (host_locked(ns).find(id) == nullptr && gpu_holder(id) == nullptr &&
-        !(disk_ && disk_->find(ns_names_.at(ns), k).has_value()))
+        !(disk_ && disk_->find(id).has_value()))
       break;
     ++n;
   }
@@ -298,7 +296,7 @@ void Engine::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8
   for (size_t i = 0; i < keys.size(); ++i) {
     const NsKey id{ns, keys[i]};
     out[i] = host_locked(ns).find(id) != nullptr || gpu_holder(id) != nullptr ||
-             (disk_ && disk_->find(ns_names_.at(ns), keys[i]).has_value());
+             (disk_ && disk_->find(id).has_value());
   }
 }
 
@@ -374,7 +372,7 @@ Status Engine::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout
     // state.
     for (const auto& t : gpu_.tiers) (void)t->remove(NsKey{put.ns, put.key});
     (void)host.remove(NsKey{put.ns, put.key});
-    if (disk_) (void)disk_->remove(ns_names_.at(put.ns), put.key);
+    if (disk_) (void)disk_->remove(NsKey{put.ns, put.key});
     drop_lease(*s, put.base_lease);
   }
   Status st = host.insert(NsKey{put.ns, put.key}, put.extent, std::move(stored_layout));
@@ -463,7 +461,7 @@ Engine::RemoveCount Engine::remove_from_tiers(uint32_t ns, std::span<const Block
   RemoveCount c;
   for (const auto& k : keys) {
     // Per key: deferred when any tier still has it leased, else removed when any tier had it.
-    bool removed = disk_ && disk_->remove(ns_names_.at(ns), k).is_ok();
+    bool removed = disk_ && disk_->remove(NsKey{ns, k}).is_ok();
     bool deferred = false;
     auto from = [&](Tier& t) {
       const RemoveOutcome o = t.remove(NsKey{ns, k});

@@ -24,11 +24,14 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "common/mutex.h"
 #include "kvtier/keys.h"
 #include "common/layout.h"
 #include "kvtier/status.h"
 #include "tiers/disk/device.h"
+#include "tiers/tier.h"
 
 namespace kvtier {
 
@@ -77,7 +80,17 @@ class DiskTier {
   DiskTier(const DiskTier&) = delete;
   DiskTier& operator=(const DiskTier&) = delete;
 
-  std::string backend() const;  // "io_uring", "threads (io_uring refused: EPERM)", ...
+  std::string backend() const;
+
+  // The engine's namespace ids.  The tier's index is keyed by namespace name (names outlive
+  // a process, ids do not), so the tier keeps the names and its callers pass NsKey: an id is
+  // turned into its name here, at the tier's edge, and nowhere else.  Ids are dense and never
+  // renamed; an id without a name finds nothing and refuses writes.
+  void name_namespace(uint32_t id, std::string_view name);
+  Status write(const NsKey& id, const BlockLayout& layout, std::span<const std::byte> payload,
+               bool compress, std::function<void(Status)> done);
+  std::optional<DiskEntry> find(const NsKey& id) const;
+  Status remove(const NsKey& id);  // "io_uring", "threads (io_uring refused: EPERM)", ...
   // Copies `payload` into the write queue and returns at once; done(status) runs on an
   // internal thread once the entry is durable and in the index (ok) or failed.  kLimit (done
   // not called) when the queue is full; kAlreadyExists when the key is on disk or queued;
@@ -111,7 +124,10 @@ class DiskTier {
 
  private:
   explicit DiskTier(std::unique_ptr<Impl> impl);
+  std::optional<std::string> name_of(uint32_t id) const;
   std::unique_ptr<Impl> impl_;
+  mutable Mutex names_mu_;
+  std::vector<std::string> names_ GUARDED_BY(names_mu_);  // id -> name ("" = not named)
 };
 
 }  // namespace kvtier
