@@ -30,10 +30,15 @@ boost::asio::awaitable<T> await_callback(std::function<void(std::function<void(T
   };
   auto ex = co_await boost::asio::this_coro::executor;
   auto event = std::make_shared<Event>(ex);
-  start([event, ex](T value) {
-    boost::asio::post(ex, [event, value = std::move(value)]() mutable {
-      event->value = std::move(value);
-      event->timer.cancel();
+  // done gives up its hold on the event and the executor as it runs: its owner (a disk
+  // thread's finished operation, say) may destroy it after the coroutine has resumed and its
+  // io_context is gone, and the timer must not be destroyed then.
+  start([event, ex](T value) mutable {
+    auto wake = std::move(event);
+    auto target = std::move(ex);
+    boost::asio::post(target, [wake = std::move(wake), value = std::move(value)]() mutable {
+      wake->value = std::move(value);
+      wake->timer.cancel();
     });
   });
   while (!event->value) {

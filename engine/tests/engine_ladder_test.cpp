@@ -31,10 +31,12 @@ awaitable<void> store(awaitable<T> a, std::optional<T>* out) {
   *out = co_await std::move(a);
 }
 
-// Runs one engine coroutine to completion on a private io_context.
+// Runs one engine coroutine to completion.  The io_context lives as long as the program, like
+// the daemon's: a disk thread may still be letting go of a completion when run() returns.
 template <typename T>
 T run(awaitable<T> a) {
-  boost::asio::io_context io;
+  static boost::asio::io_context io;
+  io.restart();
   std::optional<T> out;
   boost::asio::co_spawn(io, store(std::move(a), &out), boost::asio::detached);
   io.run();
