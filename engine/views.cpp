@@ -86,7 +86,7 @@ nlohmann::json Engine::stats_json() const {
       {"policy", "s3fifo"},
   };
   if (disk_) {
-    DiskUsage d = disk_->usage();
+    DiskUsage d = disk_->disk_usage();
     j["tiers"]["disk"] = {
         {"capacity_bytes", d.capacity_bytes},
         {"used_bytes", d.used_bytes},
