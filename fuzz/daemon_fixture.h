@@ -93,7 +93,7 @@ struct Daemon {
   }
 
   // Everything cached goes (host and GPU tiers), so that each input starts from an empty cache.
-  void reset() { server->cache().evict(std::nullopt, {}, true, true, false, true); }
+  void reset() { server->engine().evict(std::nullopt, {}, true, true, false, true); }
 };
 
 }  // namespace kvtier::fuzz
