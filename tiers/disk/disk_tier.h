@@ -26,6 +26,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/counters.h"
 #include "common/mutex.h"
 #include "kvtier/keys.h"
 #include "common/layout.h"
@@ -104,6 +105,9 @@ class DiskTier {
   Status remove(std::string_view ns, const BlockKey& key);
   uint64_t evict_matching(const std::function<bool(const DiskEntry&)>& match);  // count
   DiskUsage usage() const;
+  // usage() through the counter visitor (disk_counters.cpp): the families every tier reports
+  // with tier="disk", and kvtier_disk_*; keys of "tiers.disk" in `kvtierctl stats --json`.
+  void visit_counters(CounterVisitor& v) const;
   void visit(const std::function<void(const DiskEntry&)>& fn) const;
   struct Progress {
     uint64_t done = 0, total = 0;
