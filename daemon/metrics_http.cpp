@@ -143,7 +143,22 @@ awaitable<void> MetricsHttp::serve(tcp::socket socket) {
     res.prepare_payload();
     stream.expires_after(kIoTimeout);
     co_await http::async_write(stream, res, asio::redirect_error(use_awaitable, ec));
-    if (ec || !keep_alive) break;
+    if (ec) break;
+    if (res.result() == http::status::bad_request) {
+      // A close with unread input sends a reset, which can destroy the answer before the peer
+      // reads it: end our side, then read and drop what is still coming (bounded).
+      stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+      stream.expires_after(kLingerTimeout);
+      buffer.clear();
+      for (size_t dropped = 0; dropped < kLingerBytes;) {
+        const size_t n = co_await stream.async_read_some(buffer.prepare(kMaxHeaderBytes),
+                                                         asio::redirect_error(use_awaitable, ec));
+        if (ec) break;
+        dropped += n;
+      }
+      break;
+    }
+    if (!keep_alive) break;
   }
   stream.socket().shutdown(tcp::socket::shutdown_both, ec);
 }

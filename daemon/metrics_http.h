@@ -6,8 +6,9 @@
 // io thread that serves clients; a scrape reads atomics and takes the engine's lock briefly,
 // as `kvtierctl stats` does.  Everything a peer can make it hold is bounded: at most
 // kMaxConnections connections (more are closed when accepted), kMaxHeaderBytes of request
-// header and kMaxBodyBytes of body, kIoTimeout to send a request or take a reply, and
-// kIdleTimeout between the requests of a kept-alive connection.  The endpoint has no
+// header and kMaxBodyBytes of body, kIoTimeout to send a request or take a reply,
+// kIdleTimeout between the requests of a kept-alive connection, kLingerTimeout/kLingerBytes
+// to drain a refused request.  The endpoint has no
 // authentication: it is meant for loopback or a trusted network.
 #pragma once
 
@@ -35,6 +36,9 @@ class MetricsHttp {
   static constexpr size_t kMaxBodyBytes = 4 * 1024;
   static constexpr std::chrono::seconds kIoTimeout{10};
   static constexpr std::chrono::seconds kIdleTimeout{30};
+  // After a 400: how long, and how many bytes, the rest of a bad request is read and dropped.
+  static constexpr std::chrono::seconds kLingerTimeout{2};
+  static constexpr size_t kLingerBytes = 1 << 20;
 
   // The exposition's text, rendered on the endpoint's thread for each scrape.
   using Render = std::function<std::string()>;
