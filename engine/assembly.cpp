@@ -65,7 +65,7 @@ std::pair<std::unique_ptr<DiskTier>, std::string> open_disk_tier(const config::C
   auto ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
           .count();
-  DiskUsage u = (*disk)->usage();
+  DiskUsage u = (*disk)->disk_usage();
   spdlog::info("disk tier: {} blocks in {} ({} of {} MiB used), opened in {} ms, backend {}",
                u.blocks, o.dir.string(), u.used_bytes >> 20, o.capacity_bytes >> 20, ms,
                (*disk)->backend());

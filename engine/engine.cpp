@@ -50,6 +50,11 @@ Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTie
       nf4_errors_(config.metrics.nf4_error_sample),
       gpu_(std::move(gpu)),
       hosts_(std::move(hosts)) {
+  if (disk_) stores_.push_back(disk_.get());
+  memory_ladder_.resize(hosts_.size());
+  for (const auto& t : gpu_.tiers)
+    if (t->domain() < memory_ladder_.size()) memory_ladder_[t->domain()].push_back(t.get());
+  for (size_t d = 0; d < hosts_.size(); ++d) memory_ladder_[d].push_back(hosts_[d].get());
   // Run inside Tier::reserve(), which is only called with mu_ held.
   for (const auto& h : hosts_)
     h->set_evict_listener([this](const BlockInfo& b, std::span<const std::byte> bytes) {
@@ -73,7 +78,7 @@ Engine::~Engine() {
     for (auto& [id, s] : sessions_) ids.push_back(id);
   }
   for (uint64_t id : ids) close_session(id);
-  if (disk_) disk_->flush();  // queued demotions reach the disk before the host tier goes
+  for (StoreTier* s : stores_) s->flush();  // queued demotions land before the host tier goes
   // The backend unregisters the host arena when it goes: GPU tiers, backend, then host tier.
   gpu_.tiers.clear();
   gpu_.backend.reset();
@@ -106,15 +111,36 @@ const std::string& Engine::namespace_name(uint32_t ns) const {
   return ns_names_.at(ns);
 }
 
+StoreTier* Engine::demotion_store(const config::NamespaceRule& rule) const {
+  for (StoreTier* s : stores_)
+    if (s->kind() == TierKind::kDisk && rule.disk != config::DiskPolicy::kOff) return s;
+  return nullptr;
+}
+
+const std::vector<MemoryTier*>& Engine::memory_tiers_locked(uint32_t ns) const {
+  return memory_ladder_.at(ns_domains_.at(ns));
+}
+
+bool Engine::held_locked(const NsKey& id) const {
+  for (MemoryTier* t : memory_tiers_locked(id.ns))
+    if (t->contains(id)) return true;
+  // A store's contains() is an index read (LMDB for the disk tier): no lock of ours needed,
+  // but taken under mu_ so that a lookup sees one consistent ladder.
+  for (StoreTier* s : stores_)
+    if (s->contains(id)) return true;
+  return false;
+}
+
 void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
   const config::NamespaceRule* rule = ns_rules_.at(b.id.ns);
-  if (!disk_ || rule->disk == config::DiskPolicy::kOff) {
+  StoreTier* store = demotion_store(*rule);
+  if (store == nullptr) {
     bump(metrics_.demotions_skipped);
     return;
   }
   Metrics* m = &metrics_;
-  // DiskTier::write copies the bytes into its queue: the extent is freed right after this.
-  Status st = disk_->write(b.id, b.layout, bytes, rule->compress, [m](Status s) {
+  // StoreTier::write copies the bytes into its queue: the extent is freed right after this.
+  Status st = store->write(b.id, b.layout, bytes, rule->compress, [m](Status s) {
     bump(s.is_ok() ? m->demotions : m->demotion_failures);
   });
   if (st.code() == Errc::kLimit) bump(metrics_.demotions_dropped);
@@ -126,40 +152,55 @@ void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
 
 Status Engine::persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done) {
   MutexLock lock(mu_);
-  if (!disk_) return error(Errc::kUnavailable, "no disk tier: " + disk_status_);
+  StoreTier* store = nullptr;
+  for (StoreTier* s : stores_)
+    if (s->durable()) {
+      store = s;
+      break;
+    }
+  if (store == nullptr) return error(Errc::kUnavailable, "no disk tier: " + disk_status_);
   HostTier& host = host_locked(ns);
   const BlockInfo* b = host.find(NsKey{ns, key});
   if (b == nullptr) return error(Errc::kNotFound, "block " + key.hex() + " left the host tier");
-  Status st = disk_->write(NsKey{ns, key}, b->layout, {host.data(b->extent), b->extent.bytes},
+  Status st = store->write(NsKey{ns, key}, b->layout, {host.data(b->extent), b->extent.bytes},
                            ns_rules_.at(ns)->compress, std::move(done));
-  if (st.code() == Errc::kAlreadyExists) return error(Errc::kAlreadyExists, "on disk already");
+  if (st.code() == Errc::kAlreadyExists)
+    return error(Errc::kAlreadyExists, std::string("on the ") + store->name() + " tier already");
   return st;
 }
 
 Result<PromotionTicket> Engine::begin_promotion(uint32_t ns, const BlockKey& key) {
-  if (!disk_) return error(Errc::kNotFound, "not cached");
+  if (stores_.empty()) return error(Errc::kNotFound, "not cached");
   const NsKey id{ns, key};
   {
     MutexLock lock(mu_);
     if (auto it = promotions_.find(id); it != promotions_.end())
-      return PromotionTicket{it->second, false, {}, {}};
+      return PromotionTicket{it->second, false, {}, nullptr, {}};
   }
-  // The index read needs no lock of ours (LMDB read transaction).
-  auto entry = disk_->find(id);
-  if (!entry) return error(Errc::kNotFound, "not cached");
+  // The stores are thread-safe themselves: their index reads take no lock of ours.
+  StoreTier* from = nullptr;
+  std::optional<StoredBlock> stored;
+  for (StoreTier* s : stores_) {
+    stored = s->locate(id);
+    if (stored) {
+      from = s;
+      break;
+    }
+  }
+  if (!stored) return error(Errc::kNotFound, "not cached");
   MutexLock lock(mu_);
   if (auto it = promotions_.find(id); it != promotions_.end())
-    return PromotionTicket{it->second, false, {}, {}};
+    return PromotionTicket{it->second, false, {}, nullptr, {}};
   HostTier& host = host_locked(ns);
   if (host.find(id) != nullptr) {
     // Promoted (or put) between get() and here: a fresh get() finds it.
     auto done = std::make_shared<Promotion>();
     done->complete({});
-    return PromotionTicket{done, false, {}, {}};
+    return PromotionTicket{done, false, {}, nullptr, {}};
   }
-  auto ext = host.reserve(entry->payload_bytes);
+  auto ext = host.reserve(stored->payload_bytes);
   if (!ext) return ext.status();
-  PromotionTicket t{std::make_shared<Promotion>(), true, *ext, std::move(*entry)};
+  PromotionTicket t{std::make_shared<Promotion>(), true, *ext, from, std::move(*stored)};
   promotions_.emplace(id, t.promotion);
   return t;
 }
@@ -174,7 +215,7 @@ LeaseGrant Engine::finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& k
     promotions_.erase(id);
     HostTier& host = host_locked(ns);
     if (read.is_ok()) {
-      Status st = host.insert(id, t.extent, t.entry.layout);
+      Status st = host.insert(id, t.extent, t.block.layout);
       if (!st) host.unreserve(t.extent);  // put by a client meanwhile: lease that one
       bump(metrics_.promotions);
     } else {
@@ -255,6 +296,10 @@ Result<uint32_t> Engine::resolve_namespace(std::string_view ns, const PeerInfo& 
                                               " may not use namespace '" + std::string(ns) + "'");
   }
   MutexLock lock(mu_);
+  return intern_locked(ns, rule);
+}
+
+uint32_t Engine::intern_locked(std::string_view ns, const config::NamespaceRule* rule) {
   if (auto id = find_namespace(ns)) return *id;
   uint32_t id = static_cast<uint32_t>(ns_names_.size());
   ns_names_.emplace_back(ns);
@@ -274,10 +319,7 @@ uint32_t Engine::prefix_cached(uint32_t ns, std::span<const BlockKey> keys) cons
   MutexLock lock(mu_);
   uint32_t n = 0;
   for (const auto& k : keys) {
-    const NsKey id{ns, k};
-    if (host_locked(ns).find(id) == nullptr && gpu_holder(id) == nullptr &&
-        !(disk_ && disk_->find(id).has_value()))
-      break;
+    if (!held_locked(NsKey{ns, k})) break;
     ++n;
   }
   bump(metrics_.lookups);
@@ -294,11 +336,7 @@ bool Engine::is_cached(uint32_t ns, const BlockKey& key) const {
 
 void Engine::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8_t> out) const {
   MutexLock lock(mu_);
-  for (size_t i = 0; i < keys.size(); ++i) {
-    const NsKey id{ns, keys[i]};
-    out[i] = host_locked(ns).find(id) != nullptr || gpu_holder(id) != nullptr ||
-             (disk_ && disk_->find(id).has_value());
-  }
+  for (size_t i = 0; i < keys.size(); ++i) out[i] = held_locked(NsKey{ns, keys[i]});
 }
 
 Result<uint64_t> Engine::reserve_put(uint64_t sid, PendingPut put) {
@@ -462,15 +500,15 @@ Engine::RemoveCount Engine::remove_from_tiers(uint32_t ns, std::span<const Block
   RemoveCount c;
   for (const auto& k : keys) {
     // Per key: deferred when any tier still has it leased, else removed when any tier had it.
-    bool removed = disk_ && disk_->remove(NsKey{ns, k}).is_ok();
+    bool removed = false;
     bool deferred = false;
     auto from = [&](Tier& t) {
       const RemoveOutcome o = t.remove(NsKey{ns, k});
       removed |= o == RemoveOutcome::kRemoved;
       deferred |= o == RemoveOutcome::kDeferred;
     };
-    for (const auto& t : gpu_.tiers) from(*t);
-    from(host_locked(ns));
+    for (StoreTier* s : stores_) from(*s);
+    for (MemoryTier* t : memory_tiers_locked(ns)) from(*t);
     if (deferred) {
       ++c.deferred;
     } else if (removed) {
@@ -496,32 +534,35 @@ Engine::EvictCount Engine::evict(std::optional<std::string> ns, std::span<const 
   EvictCount c;
   if (!all && !ns) return c;
   std::unordered_set<BlockKey, BlockKeyHash> wanted(keys.begin(), keys.end());
-  auto match = [&](std::string_view block_ns, const BlockKey& k) {
-    return all || (block_ns == *ns && (wanted.empty() || wanted.count(k) > 0));
+  // A namespace is matched by id: the name is interned here when a rule covers it (the disk
+  // tier may hold blocks of a namespace nobody has asked for since the start).  A name no
+  // rule covers has no blocks in memory, and its disk blocks go only with an eviction of all.
+  uint32_t want_ns = kUnnamedNamespace;
+  if (!all) {
+    if (!check_name("namespace", *ns, kMaxNamespaceBytes)) return c;
+    const config::NamespaceRule* rule = config_.rule_for(*ns);
+    if (rule == nullptr) return c;
+    MutexLock lock(mu_);
+    want_ns = intern_locked(*ns, rule);
+  }
+  auto match = [&](const NsKey& id) {
+    return all || (id.ns == want_ns && (wanted.empty() || wanted.count(id.key) > 0));
   };
-  if (disk && disk_)
-    c.disk = disk_->evict_matching([&](const DiskEntry& e) { return match(e.ns, e.key); });
+  auto add = [](Tier::EvictCount& to, const Tier::EvictCount& e) {
+    to.evicted += e.evicted;
+    to.skipped_leased += e.skipped_leased;
+    to.bytes += e.bytes;
+  };
+  // Stores first, without mu_ (they are thread-safe and may do I/O).
+  if (disk)
+    for (StoreTier* s : stores_)
+      if (s->kind() == TierKind::kDisk) c.disk += s->evict_matching(match).evicted;
   MutexLock lock(mu_);
-  auto by_name = [&](const BlockInfo& b) {
-    mu_.assert_held();  // called by evict_matching() below
-    return match(ns_names_.at(b.id.ns), b.id.key);
-  };
-  if (host) {
-    for (const auto& h : hosts_) {
-      auto e = h->evict_matching(by_name);
-      c.host.evicted += e.evicted;
-      c.host.skipped_leased += e.skipped_leased;
-      c.host.bytes += e.bytes;
+  for (const auto& ladder : memory_ladder_)
+    for (MemoryTier* t : ladder) {
+      const bool wanted_kind = t->kind() == TierKind::kHost ? host : gpu;
+      if (wanted_kind) add(t->kind() == TierKind::kHost ? c.host : c.gpu, t->evict_matching(match));
     }
-  }
-  if (gpu) {
-    for (const auto& t : gpu_.tiers) {
-      auto e = t->evict_matching(by_name);
-      c.gpu.evicted += e.evicted;
-      c.gpu.skipped_leased += e.skipped_leased;
-      c.gpu.bytes += e.bytes;
-    }
-  }
   return c;
 }
 

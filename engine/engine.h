@@ -76,9 +76,10 @@ class Promotion {
 
 struct PromotionTicket {
   std::shared_ptr<Promotion> promotion;
-  bool leader = false;  // this request reads the block; the others wait on `promotion`
-  Extent extent;        // host space reserved for it (leader only)
-  DiskEntry entry;
+  bool leader = false;        // this request reads the block; the others wait on `promotion`
+  Extent extent;              // host space reserved for it (leader only)
+  StoreTier* from = nullptr;  // the store it is read from (leader only)
+  StoredBlock block;          // what that store holds (leader only)
 };
 
 struct LeaseGrant {
@@ -269,11 +270,11 @@ class Engine {
   // kNotFound), for promote_to_gpu().
   std::vector<LeaseGrant> lease_cached(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys,
                                        Placement where);
-  // A block only the disk tier has, read into the host tier and leased (or kNotFound).
-  boost::asio::awaitable<LeaseGrant> promote_from_disk(uint64_t sid, uint32_t ns, BlockKey key);
-  // For a key lease_cached() missed: when the disk tier has it, reserves host space and makes
-  // this request the leader of its promotion, or joins the promotion already in flight.
-  // kNotFound when the disk tier does not have it either.
+  // A block only a store tier has, read into the host tier and leased (or kNotFound).
+  boost::asio::awaitable<LeaseGrant> promote_from_store(uint64_t sid, uint32_t ns, BlockKey key);
+  // For a key lease_cached() missed: when a store holds it (the first in stores_ order),
+  // reserves host space and makes this request the leader of its promotion, or joins the
+  // promotion already in flight.  kNotFound when no store has it either.
   Result<PromotionTicket> begin_promotion(uint32_t ns, const BlockKey& key);
   // The leader's end of a promotion: publishes the block read into ticket.extent (read ok)
   // or gives the space back, wakes the waiters, and leases the block to `sid` when published.
@@ -283,8 +284,8 @@ class Engine {
   // space, dequantizes/copies the block into it without the lock, publishes it, and drops
   // the host lease.  When the GPU tier has no room the host grant comes back unchanged.
   LeaseGrant promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& host_grant, int device);
-  // Namespaces with disk = "persist": queues the sealed block for the disk tier; done(status)
-  // runs once it is durable.  Returns ok when done will be called.
+  // Namespaces with disk = "persist": queues the sealed block for the durable store (the disk
+  // tier); done(status) runs once it is durable.  Returns ok when done will be called.
   Status persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done);
   Result<uint64_t> reserve_put(uint64_t sid, PendingPut put);
   RemoveCount remove_from_tiers(uint32_t ns, std::span<const BlockKey> keys);
@@ -299,7 +300,7 @@ class Engine {
     bool channel = false;  // a request channel is open
     uint64_t next_id = 1;
     struct Held {
-      Tier* tier = nullptr;
+      MemoryTier* tier = nullptr;
       const BlockInfo* block = nullptr;
     };
     std::unordered_map<uint64_t, Held> leases;
@@ -310,8 +311,19 @@ class Engine {
   bool drop_lease(Session& s, uint64_t lease_id) REQUIRES(mu_);  // false if s has no such lease
   std::optional<uint32_t> find_namespace(std::string_view ns) const REQUIRES(mu_);
 
-  // Capacity eviction from the host tier: hands the block to the disk tier (write-back).
+  // Capacity eviction from the host tier: hands the block to the store that takes the
+  // namespace's write-back (demotion_store()).
   void demote(const BlockInfo& block, std::span<const std::byte> bytes) REQUIRES(mu_);
+  // The store a namespace's evicted host blocks go to (the disk tier unless its rule says
+  // disk = "off"), or null.
+  StoreTier* demotion_store(const config::NamespaceRule& rule) const;
+  // The ladder's tiers for a namespace's blocks: its domain's GPU tiers, then its host tier
+  // (memory_ladder_), then the stores.
+  const std::vector<MemoryTier*>& memory_tiers_locked(uint32_t ns) const REQUIRES(mu_);
+  // Whether any tier of the ladder holds the block.
+  bool held_locked(const NsKey& id) const REQUIRES(mu_);
+  // Interns a namespace name under `rule` (resolve_namespace() checked access).
+  uint32_t intern_locked(std::string_view ns, const config::NamespaceRule* rule) REQUIRES(mu_);
   // A GPU block into the host tier (quantized on the device to the namespace's host format):
   // on GPU eviction, and for host gets of GPU-only blocks.  False when the host has no room.
   bool copy_down(GpuTier& tier, const BlockInfo& block) REQUIRES(mu_);
@@ -319,7 +331,7 @@ class Engine {
   GpuTier* gpu_holder(const NsKey& id) const REQUIRES(mu_);
   HostTier& host_locked(uint32_t ns) const REQUIRES(mu_);  // host_of()
   // Records a lease of `b` in `tier` for the session.
-  LeaseGrant grant(Session& s, Tier& tier, const BlockInfo& b) REQUIRES(mu_);
+  LeaseGrant grant(Session& s, MemoryTier& tier, const BlockInfo& b) REQUIRES(mu_);
 
   // What the counters read under mu_ (one hold), visited after it is released.
   struct CounterSnapshot {
@@ -337,6 +349,9 @@ class Engine {
   Metrics& metrics_;
   const std::unique_ptr<DiskTier> disk_;  // thread-safe itself; may be null
   const std::string disk_status_;
+  // The store tiers below the host tier, searched in this order (the disk tier; the remote
+  // tier next).  Constant after construction; each is thread-safe itself.
+  std::vector<StoreTier*> stores_;
   const std::unique_ptr<SemanticIndex> index_;  // thread-safe itself; may be null
   // Thread-safe themselves: atomics, and the sampler's own lock (never taken with mu_ held).
   CodecCounters codec_;
@@ -347,6 +362,9 @@ class Engine {
 
   // The vector is constant after construction; the tiers in it are guarded by mu_.
   const std::vector<std::unique_ptr<HostTier>> hosts_;
+  // Per isolation domain: its GPU tiers (device order), then its host tier.  Constant after
+  // construction; the tiers in it are guarded by mu_.
+  std::vector<std::vector<MemoryTier*>> memory_ladder_;
 
   mutable Mutex mu_;
   std::vector<std::string> ns_names_ GUARDED_BY(mu_);  // ns id -> name

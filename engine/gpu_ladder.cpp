@@ -18,7 +18,7 @@ GpuTier* Engine::gpu_holder(const NsKey& id) const {
   return nullptr;
 }
 
-LeaseGrant Engine::grant(Session& s, Tier& tier, const BlockInfo& b) {
+LeaseGrant Engine::grant(Session& s, MemoryTier& tier, const BlockInfo& b) {
   LeaseGrant g;
   g.key = b.id.key;
   g.lease_id = s.next_id++;

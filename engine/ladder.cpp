@@ -36,10 +36,10 @@ awaitable<Engine::LookupResult> Engine::lookup(uint64_t sid, uint32_t ns,
 awaitable<std::vector<LeaseGrant>> Engine::get(uint64_t sid, uint32_t ns,
                                                std::vector<BlockKey> keys, Placement where) {
   std::vector<LeaseGrant> grants = lease_cached(sid, ns, keys, where);
-  // Blocks only on the disk tier are promoted into the host tier and leased from there.
-  if (disk_)
+  // Blocks only a store tier holds are promoted into the host tier and leased from there.
+  if (!stores_.empty())
     for (auto& g : grants)
-      if (g.code == Errc::kNotFound) g = co_await promote_from_disk(sid, ns, g.key);
+      if (g.code == Errc::kNotFound) g = co_await promote_from_store(sid, ns, g.key);
   // A GPU get: host hits go on to the device (kept as host leases when it has no room).
   if (where.gpu)
     for (auto& g : grants)
@@ -61,12 +61,12 @@ awaitable<Result<LeaseGrant>> Engine::get_fusion(uint64_t sid, uint32_t ns, Bloc
   co_return g.front();
 }
 
-awaitable<LeaseGrant> Engine::promote_from_disk(uint64_t sid, uint32_t ns, BlockKey key) {
+awaitable<LeaseGrant> Engine::promote_from_store(uint64_t sid, uint32_t ns, BlockKey key) {
   LeaseGrant miss;
   miss.key = key;
   miss.code = Errc::kNotFound;
   auto ticket = begin_promotion(ns, key);
-  if (!ticket) co_return miss;  // not on disk either (or no host space): a miss
+  if (!ticket) co_return miss;  // in no store either (or no host space): a miss
   if (!ticket->leader) {
     bump(metrics_.promotion_waits);
     StartFn wait = [p = ticket->promotion](std::function<void(Status)> fn) {
@@ -76,11 +76,11 @@ awaitable<LeaseGrant> Engine::promote_from_disk(uint64_t sid, uint32_t ns, Block
     if (!done) co_return miss;
     co_return lease_cached(sid, ns, std::span(&key, 1), {}).front();
   }
-  std::span<std::byte> dst(host_of(ns).data(ticket->extent), ticket->entry.payload_bytes);
+  std::span<std::byte> dst(host_of(ns).data(ticket->extent), ticket->block.payload_bytes);
   // Named, not a temporary in the co_await expression: GCC 12 may destroy such temporaries
   // twice (ASan caught it on an earlier version of this code).
   StartFn start = [&](std::function<void(Status)> done) {
-    disk_->read(ticket->entry, dst, std::move(done));
+    ticket->from->read(ticket->block, dst, std::move(done));
   };
   Status read = co_await await_callback<Status>(std::move(start));
   co_return finish_promotion(sid, ns, key, *ticket, read);

@@ -132,11 +132,11 @@ RemoveOutcome ArenaTier::remove(const NsKey& id) {
   return RemoveOutcome::kRemoved;
 }
 
-Tier::EvictCount ArenaTier::evict_matching(const std::function<bool(const BlockInfo&)>& match) {
+Tier::EvictCount ArenaTier::evict_matching(const std::function<bool(const NsKey&)>& match) {
   EvictCount c;
   for (auto it = index_.begin(); it != index_.end();) {
     Entry& e = *it->second;
-    if (!match(e.info)) {
+    if (!match(e.info.id)) {
       ++it;
       continue;
     }

@@ -3,7 +3,7 @@
 // HostTier (a shared-memory arena) and GpuTier (a device pool) derive from it and add only
 // their memory and their evict listener.
 //
-// Not thread-safe (see tiers/tier.h): the daemon's Cache serialises calls.
+// Not thread-safe (see tiers/tier.h): the engine serialises calls.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +25,7 @@ struct ArenaOptions {
   size_t ghost_entries = 0;  // 0: one per 64 KiB of capacity
 };
 
-class ArenaTier : public Tier {
+class ArenaTier : public MemoryTier {
  public:
   ~ArenaTier() override;
 
@@ -36,7 +36,7 @@ class ArenaTier : public Tier {
   const BlockInfo* acquire(const NsKey& id) override;
   void release(const BlockInfo* block) override;
   RemoveOutcome remove(const NsKey& id) override;
-  EvictCount evict_matching(const std::function<bool(const BlockInfo&)>& match) override;
+  EvictCount evict_matching(const std::function<bool(const NsKey&)>& match) override;
   TierUsage usage() const override;
   void visit(const std::function<void(const BlockInfo&)>& fn) const override;
 

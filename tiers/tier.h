@@ -1,13 +1,25 @@
-// What every tier does: reserve space, insert sealed blocks, find, lease, remove, evict,
-// report usage and visit its blocks.  The host tier implements it now; the GPU and disk tiers
-// plug in behind the same interface.
+// The tiers' one interface.  Every tier (host, GPU, disk, and the remote tier to come) is a
+// Tier: it answers whether it holds a block, removes and evicts blocks, and reports its usage
+// and counters.  Two families implement the rest:
 //
-// Thread-safety: a Tier is not thread-safe.  The daemon's Cache serialises every call under
-// its mutex (docs/internals.md); tiers never call back into the Cache.
+//   MemoryTier  host and GPU: addressable memory, leases that pin, an eviction policy; the
+//               engine reserves space, writes the bytes itself and inserts the sealed block.
+//               Not thread-safe: the engine serialises every call under its mutex
+//               (docs/internals.md) and a tier never calls back into the engine.
+//   StoreTier   disk (and remote): blocks stored elsewhere by their own threads.  Thread-safe;
+//               writes and reads are asynchronous and report through a callback.  A durable
+//               store keeps its blocks across a restart (it recovers them at open).
+//
+// The engine's ladder (engine/engine.cpp, engine/ladder.cpp) is written against these: a
+// lookup asks each tier contains(), a remove or an admin eviction goes to every tier, a get
+// leases from the memory tiers and promotes from the first store that holds the block, and
+// host eviction demotes into a store.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <span>
 #include <string>
 
 #include "kvtier/keys.h"
@@ -29,6 +41,10 @@ struct NsKeyHash {
 };
 
 enum class TierKind : uint8_t { kGpu = 0, kHost = 1, kDisk = 2 };
+
+// The namespace id a store tier passes for a block of a namespace this process has not named
+// (a disk entry written by an earlier run whose namespace nobody has asked for yet).
+constexpr uint32_t kUnnamedNamespace = UINT32_MAX;
 
 // Where a block's bytes live: an arena of the tier and a byte range in it.
 struct Extent {
@@ -70,6 +86,27 @@ class Tier {
   virtual TierKind kind() const = 0;
   virtual const char* name() const = 0;
 
+  // Whether the tier holds the block (no side effects: lookups).
+  virtual bool contains(const NsKey& id) const = 0;
+  // Removes a block; a leased one leaves the index now and is freed at its last release.
+  virtual RemoveOutcome remove(const NsKey& id) = 0;
+
+  struct EvictCount {
+    uint64_t evicted = 0;
+    uint64_t skipped_leased = 0;
+    uint64_t bytes = 0;
+  };
+  // Evicts every unleased block for which `match` is true (admin eviction; nothing is
+  // demoted).  A store passes kUnnamedNamespace for blocks of namespaces it has no id for.
+  virtual EvictCount evict_matching(const std::function<bool(const NsKey&)>& match) = 0;
+
+  virtual TierUsage usage() const = 0;
+};
+
+class MemoryTier : public Tier {
+ public:
+  bool contains(const NsKey& id) const override { return find(id) != nullptr; }
+
   // Space for a block of `bytes`, evicting unleased blocks as the policy picks them.
   // kNoSpace when leased or reserved blocks leave no room.  Reserved space is invisible
   // to find() until insert().
@@ -85,19 +122,40 @@ class Tier {
   virtual const BlockInfo* acquire(const NsKey& id) = 0;
   // Drops one lease taken by acquire(); frees a doomed block at its last release.
   virtual void release(const BlockInfo* block) = 0;
-  // Removes a block; one that is leased leaves the index now and is freed at its last release.
-  virtual RemoveOutcome remove(const NsKey& id) = 0;
 
-  struct EvictCount {
-    uint64_t evicted = 0;
-    uint64_t skipped_leased = 0;
-    uint64_t bytes = 0;
-  };
-  // Evicts every unleased block for which `match` is true (admin eviction).
-  virtual EvictCount evict_matching(const std::function<bool(const BlockInfo&)>& match) = 0;
-
-  virtual TierUsage usage() const = 0;
   virtual void visit(const std::function<void(const BlockInfo&)>& fn) const = 0;
+};
+
+// What a store knows of a block before reading it: enough to reserve room for it above.
+struct StoredBlock {
+  NsKey id;
+  BlockLayout layout;          // as the memory tier stored it (offsets, codecs, checksums)
+  uint64_t payload_bytes = 0;  // the bytes read() delivers (= layout.total_bytes)
+  uint64_t version = 0;        // names the stored copy (the disk tier: its checksum)
+};
+
+class StoreTier : public Tier {
+ public:
+  // Survives a restart: open() recovers what was durable, and a write's done(ok) means the
+  // block is durable (namespaces with disk = "persist" wait for it).
+  virtual bool durable() const = 0;
+
+  // Copies `payload` (a memory tier's stored block: `layout` describes it) and returns at
+  // once; done(status) runs on one of the store's threads when the block is stored (ok) or
+  // not.  kLimit (done not called) when the store's queue is full; kAlreadyExists when it
+  // holds or is writing the key; other errors refuse the write (done not called).
+  virtual Status write(const NsKey& id, const BlockLayout& layout,
+                       std::span<const std::byte> payload, bool compress,
+                       std::function<void(Status)> done) = 0;
+  virtual std::optional<StoredBlock> locate(const NsKey& id) const = 0;
+  // Reads the copy locate() described (the same version: a copy stored since, with other
+  // bytes, is not read) into dst (>= payload_bytes), verified; done on one of the store's
+  // threads, or before read() returns when that copy is gone: ok, kNotFound (gone meanwhile),
+  // kCorrupt (dropped), kIo, kInvalidArgument (dst too small).
+  virtual void read(const StoredBlock& block, std::span<std::byte> dst,
+                    std::function<void(Status)> done) = 0;
+  // Waits until every accepted write has finished.
+  virtual void flush() = 0;
 };
 
 }  // namespace kvtier

@@ -245,3 +245,36 @@ TEST_CASE("engine: a disk that fails every read turns promotions into misses, ne
   REQUIRE(later[0].code == Errc::kOk);
   CHECK(r.bytes_of(later[0]) == pattern(key(29), kBlock));
 }
+
+TEST_CASE("engine: admin eviction and remove go down the whole ladder by namespace id") {
+  Rig r;
+  const uint32_t a = r.ns("m/a");
+  const uint32_t b = r.ns("m/b");
+  // 30 blocks of 1 MiB each through a 16 MiB host tier: the first ones live only on disk.
+  for (int i = 0; i < 15; ++i) {
+    REQUIRE(r.put(a, key(i)).is_ok());
+    REQUIRE(r.put(b, key(i)).is_ok());
+  }
+  r.engine->disk()->flush();
+  REQUIRE(r.engine->disk()->find("m/a", key(0)).has_value());
+  // Remove reaches the disk copy of one namespace's key and leaves the other's.
+  auto removed = r.engine->remove(a, std::vector<BlockKey>{key(0)});
+  CHECK(removed.removed == 1);
+  CHECK_FALSE(r.engine->is_cached(a, key(0)));
+  CHECK(r.engine->is_cached(b, key(0)));
+  // Evicting namespace m/b from every tier leaves m/a's blocks where they were.
+  std::vector<BlockKey> none;
+  auto c = r.engine->evict(std::string("m/b"), none, false, true, true, true);
+  CHECK(c.disk > 0);
+  CHECK(c.host.evicted > 0);
+  for (int i = 0; i < 15; ++i) CHECK_FALSE(r.engine->is_cached(b, key(i)));
+  for (int i = 1; i < 15; ++i) CHECK(r.engine->is_cached(a, key(i)));
+  // A namespace named only by the admin request is interned and matches nothing.
+  auto none_evicted = r.engine->evict(std::string("m/never"), none, false, true, true, true);
+  CHECK(none_evicted.disk == 0);
+  CHECK(none_evicted.host.evicted == 0);
+  // Everything: the disk tier too, whatever namespace its blocks belong to.
+  auto all = r.engine->evict(std::nullopt, none, true, true, true, true);
+  CHECK(all.disk + all.host.evicted > 0);
+  for (int i = 1; i < 15; ++i) CHECK_FALSE(r.engine->is_cached(a, key(i)));
+}

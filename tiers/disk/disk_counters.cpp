@@ -7,7 +7,7 @@ namespace kvtier {
 
 void DiskTier::visit_counters(CounterVisitor& v) const {
   using namespace tier_metrics;
-  const DiskUsage u = usage();  // one hold of the tier's lock
+  const DiskUsage u = disk_usage();  // one hold of the tier's lock
   const Label tier[] = {{"tier", "disk"}};
   v.gauge(kCapacityBytes, tier, u.capacity_bytes);
   v.gauge(kUsedBytes, tier, u.used_bytes);

@@ -333,7 +333,7 @@ Status DiskTier::remove(std::string_view ns, const BlockKey& key) {
   return {};
 }
 
-uint64_t DiskTier::evict_matching(const std::function<bool(const DiskEntry&)>& match) {
+uint64_t DiskTier::evict_entries(const std::function<bool(const DiskEntry&)>& match) {
   std::vector<Impl::Loc> locs;
   visit([&](const DiskEntry& e) {
     if (match(e)) locs.push_back({encode_block_key(e.ns, e.key), e.region, e.offset});
@@ -341,7 +341,7 @@ uint64_t DiskTier::evict_matching(const std::function<bool(const DiskEntry&)>& m
   return impl_->drop(locs);
 }
 
-DiskUsage DiskTier::usage() const {
+DiskUsage DiskTier::disk_usage() const {
   const Impl& m = *impl_;
   MutexLock lock(m.mu_);
   DiskUsage u = m.c_;
@@ -355,6 +355,17 @@ DiskUsage DiskTier::usage() const {
     u.disk_bytes += r.disk_bytes;
     u.blocks += r.blocks;
   }
+  return u;
+}
+
+TierUsage DiskTier::usage() const {
+  const DiskUsage d = disk_usage();
+  TierUsage u;
+  u.capacity_bytes = d.capacity_bytes;
+  u.used_bytes = d.used_bytes;
+  u.reserved_bytes = d.queued_bytes;
+  u.raw_bytes = d.payload_bytes;
+  u.blocks = d.blocks;
   return u;
 }
 

@@ -73,7 +73,7 @@ struct DiskUsage {
   uint64_t disk_bytes = 0;               // addition: live bytes as stored (compressed)
 };
 
-class DiskTier {
+class DiskTier final : public StoreTier {
  public:
   static Result<std::unique_ptr<DiskTier>> open(const DiskOptions&,
                                                 std::unique_ptr<Device> device = nullptr);
@@ -81,17 +81,31 @@ class DiskTier {
   DiskTier(const DiskTier&) = delete;
   DiskTier& operator=(const DiskTier&) = delete;
 
-  std::string backend() const;
+  std::string backend() const;  // "io_uring", "threads (io_uring refused: EPERM)", ...
+
+  // --- The store interface (tiers/tier.h), by the engine's namespace ids. ---
+  TierKind kind() const override { return TierKind::kDisk; }
+  const char* name() const override { return "disk"; }
+  bool durable() const override { return true; }
+  bool contains(const NsKey& id) const override { return find(id).has_value(); }
+  Status write(const NsKey& id, const BlockLayout& layout, std::span<const std::byte> payload,
+               bool compress, std::function<void(Status)> done) override;
+  std::optional<StoredBlock> locate(const NsKey& id) const override;
+  void read(const StoredBlock& block, std::span<std::byte> dst,
+            std::function<void(Status)> done) override;
+  RemoveOutcome remove(const NsKey& id) override;
+  EvictCount evict_matching(const std::function<bool(const NsKey&)>& match) override;
+  TierUsage usage() const override;  // the common figures of disk_usage()
+  void flush() override;             // waits until the write queue is empty
 
   // The engine's namespace ids.  The tier's index is keyed by namespace name (names outlive
   // a process, ids do not), so the tier keeps the names and its callers pass NsKey: an id is
   // turned into its name here, at the tier's edge, and nowhere else.  Ids are dense and never
   // renamed; an id without a name finds nothing and refuses writes.
   void name_namespace(uint32_t id, std::string_view name);
-  Status write(const NsKey& id, const BlockLayout& layout, std::span<const std::byte> payload,
-               bool compress, std::function<void(Status)> done);
   std::optional<DiskEntry> find(const NsKey& id) const;
-  Status remove(const NsKey& id);  // "io_uring", "threads (io_uring refused: EPERM)", ...
+
+  // --- By namespace name (the tier's own index; tools and tests). ---
   // Copies `payload` into the write queue and returns at once; done(status) runs on an
   // internal thread once the entry is durable and in the index (ok) or failed.  kLimit (done
   // not called) when the queue is full; kAlreadyExists when the key is on disk or queued;
@@ -103,10 +117,11 @@ class DiskTier {
   // internal thread: ok, kCorrupt (entry dropped), kNotFound (reclaimed meanwhile), kIo.
   void read(const DiskEntry& entry, std::span<std::byte> dst, std::function<void(Status)> done);
   Status remove(std::string_view ns, const BlockKey& key);
-  uint64_t evict_matching(const std::function<bool(const DiskEntry&)>& match);  // count
-  DiskUsage usage() const;
-  // usage() through the counter visitor (disk_counters.cpp): the families every tier reports
-  // with tier="disk", and kvtier_disk_*; keys of "tiers.disk" in `kvtierctl stats --json`.
+  uint64_t evict_entries(const std::function<bool(const DiskEntry&)>& match);  // count
+  DiskUsage disk_usage() const;
+  // disk_usage() through the counter visitor (disk_counters.cpp): the families every tier
+  // reports with tier="disk", and kvtier_disk_*; keys of "tiers.disk" in `kvtierctl stats
+  // --json`.
   void visit_counters(CounterVisitor& v) const;
   void visit(const std::function<void(const DiskEntry&)>& fn) const;
   struct Progress {
@@ -121,7 +136,6 @@ class DiskTier {
   };
   // Rewrites the live entries of regions less than half full into new regions, then frees them.
   Result<CompactReport> compact(const std::function<void(Progress)>& progress = {});
-  void flush();          // waits until the write queue is empty
   void check_readers();  // mdb_reader_check; call on a timer
 
   struct Impl;
@@ -129,6 +143,7 @@ class DiskTier {
  private:
   explicit DiskTier(std::unique_ptr<Impl> impl);
   std::optional<std::string> name_of(uint32_t id) const;
+  uint32_t id_of(std::string_view name) const;  // kUnnamedNamespace when not named
   std::unique_ptr<Impl> impl_;
   mutable Mutex names_mu_;
   std::vector<std::string> names_ GUARDED_BY(names_mu_);  // id -> name ("" = not named)

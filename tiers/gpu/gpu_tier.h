@@ -1,8 +1,8 @@
 // The hot tier: sealed blocks in one DevicePool per GPU (fp16/bf16 as given, bit-exact),
 // S3-FIFO eviction, leases that pin (the index, policy and leases are ArenaTier's, shared
-// with the host tier).  Same contract as every Tier (tiers/tier.h): not thread-safe, the
-// daemon's Cache serialises calls; the pool itself is thread-safe, so the daemon copies bytes
-// into a reserved extent without holding its lock.
+// with the host tier).  A MemoryTier (tiers/tier.h): not thread-safe, the engine serialises
+// calls; the pool itself is thread-safe, so the engine copies bytes into a reserved extent
+// without holding its lock.
 //
 // Space inside a pool is handed out by a PoolAllocator (tiers/gpu/pool_allocator.h): best
 // fit over offsets, kept in host memory because device memory cannot hold the allocator's

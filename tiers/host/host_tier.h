@@ -1,6 +1,6 @@
 // The host tier: sealed blocks in one shared-memory arena (one per isolation domain), S3-FIFO
 // eviction, leases that pin (the index, policy and leases are ArenaTier's, shared with the GPU
-// tier). Not thread-safe (see tiers/tier.h): the daemon's Cache serialises calls.
+// tier). Not thread-safe (see tiers/tier.h): the engine serialises calls.
 #pragma once
 
 #include <functional>

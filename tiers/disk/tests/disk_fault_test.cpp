@@ -51,7 +51,7 @@ void write_and_check(Faulty& f, const std::string& label, Errc expected) {
   }
   CHECK(ok > 0);
   CHECK(ok < 30);
-  CHECK(f.tier->usage().write_errors == 30 - ok);
+  CHECK(f.tier->disk_usage().write_errors == 30 - ok);
   f.plan->clear();
   for (int round = 0; round < 2; ++round) {
     for (uint64_t i = 0; i < 30; ++i) {
@@ -60,13 +60,13 @@ void write_and_check(Faulty& f, const std::string& label, Errc expected) {
       REQUIRE(get(*f.tier, key_of(i), back).is_ok());
       CHECK(back == random_bytes(n, i));
     }
-    CHECK(f.tier->usage().blocks == ok);
+    CHECK(f.tier->disk_usage().blocks == ok);
     f.reopen();
   }
   // Still serving: a failed key can be written again.
   for (uint64_t i = 0; i < 30; ++i)
     if (!st[i]) CHECK(put(*f.tier, key_of(i), layout_of(n), random_bytes(n, i)).is_ok());
-  CHECK(f.tier->usage().blocks == 30);
+  CHECK(f.tier->disk_usage().blocks == 30);
 }
 
 }  // namespace
@@ -122,7 +122,7 @@ TEST_CASE("failed and short reads are kIo, keep the entry, and count") {
   CHECK(get(*f.tier, key_of(0), back).code() == Errc::kIo);
   CHECK(get(*f.tier, key_of(1), back).code() == Errc::kIo);
   CHECK(f.plan->injected() == 2);
-  auto u = f.tier->usage();
+  auto u = f.tier->disk_usage();
   CHECK(u.read_errors == 2);
   CHECK(u.corrupt_dropped == 0);
   CHECK(u.blocks == 4);  // an I/O error is not corruption: the entries stay

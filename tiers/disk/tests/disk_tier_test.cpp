@@ -60,7 +60,7 @@ TEST_CASE("round trip on every backend, 4 KiB to 32 MiB, compressed and not") {
       CHECK(e->layout.tensors[0].shape == layout.tensors[0].shape);
       ++i;
     }
-  auto u = t->usage();
+  auto u = t->disk_usage();
   CHECK(u.blocks == i);
   CHECK(u.writes == i);
   CHECK(u.reads == i);
@@ -124,7 +124,7 @@ TEST_CASE("warm restart serves the index at once") {
     }
   }  // the destructor flushes
   auto t = open_tier(b, o);
-  auto u = t->usage();
+  auto u = t->disk_usage();
   CHECK(u.blocks == 20);
   CHECK(u.dropped_at_open == 0);
   for (uint64_t i = 0; i < 20; ++i) {
@@ -164,7 +164,7 @@ TEST_CASE("crash mid-region: orphan regions and truncated tails are dropped at o
     std::filesystem::resize_file(o.dir / name, cut);
   }
   auto t = open_tier(b, o);
-  auto u = t->usage();
+  auto u = t->disk_usage();
   CHECK(u.regions_dropped_at_open == 1);
   CHECK(u.dropped_at_open == 3);
   CHECK(u.blocks == 5);
@@ -200,7 +200,7 @@ TEST_CASE("index entries whose extent wraps or whose payload exceeds a region ar
     REQUIRE(txn->commit().is_ok());
   }
   auto t = open_tier(b, o);
-  CHECK(t->usage().dropped_at_open == 2);
+  CHECK(t->disk_usage().dropped_at_open == 2);
   CHECK(!t->find("m", key_of(0)).has_value());
   CHECK(!t->find("m", key_of(1)).has_value());
   auto v = t->verify();
@@ -242,8 +242,8 @@ TEST_CASE("flipped bytes: verify and read drop the corrupt blocks, the rest are 
   CHECK(rep->corrupt == 1);
   CHECK(seen.size() == 5);
   CHECK(seen.back().done == 5);
-  CHECK(t->usage().corrupt_dropped == 2);
-  CHECK(t->usage().blocks == 4);
+  CHECK(t->disk_usage().corrupt_dropped == 2);
+  CHECK(t->disk_usage().blocks == 4);
   for (uint64_t i : {0, 2, 3, 5}) {
     REQUIRE(get(*t, key_of(i), back).is_ok());
     CHECK(back == normal_fp16(64u << 10, i));
@@ -317,7 +317,7 @@ TEST_CASE("region eviction: oldest region reclaimed FIFO, not while a read is in
   const size_t n = 300u << 10;  // three per region
   for (uint64_t i = 0; i < 9; ++i)
     REQUIRE(put(*t, key_of(i), layout_of(n), random_bytes(n, i)).is_ok());
-  CHECK(t->usage().regions == 3);
+  CHECK(t->disk_usage().regions == 3);
   auto first = *t->find("m", key_of(0));
   std::vector<std::byte> back(n);
   std::promise<Status> rd;
@@ -333,7 +333,7 @@ TEST_CASE("region eviction: oldest region reclaimed FIFO, not while a read is in
   CHECK(rd.get_future().get().is_ok());
   CHECK(back == random_bytes(n, 0));
   CHECK(wf.get().is_ok());
-  auto u = t->usage();
+  auto u = t->disk_usage();
   CHECK(u.regions_reclaimed == 1);
   CHECK(u.regions == 3);
   CHECK_FALSE(t->find("m", key_of(0)));
@@ -352,22 +352,83 @@ TEST_CASE("remove, evict_matching, visit, compact") {
     REQUIRE(put(*t, key_of(i), layout_of(n), normal_fp16(n, i), false, i < 8 ? "a" : "b").is_ok());
   CHECK(t->remove("a", key_of(0)).is_ok());
   CHECK(t->remove("a", key_of(0)).code() == Errc::kNotFound);
-  CHECK(t->evict_matching([](const DiskEntry& e) { return e.ns == "b" && e.key.hi % 2; }) == 4);
+  CHECK(t->evict_entries([](const DiskEntry& e) { return e.ns == "b" && e.key.hi % 2; }) == 4);
   uint64_t visited = 0;
   t->visit([&](const DiskEntry&) { ++visited; });
   CHECK(visited == 11);
   // Leave regions sparse: drop three of every four in the first two regions.
   for (uint64_t i : {1, 2, 4, 5, 6}) CHECK(t->remove("a", key_of(i)).is_ok());
-  uint64_t regions_before = t->usage().regions;
+  uint64_t regions_before = t->disk_usage().regions;
   auto rep = t->compact();
   REQUIRE(rep.is_ok());
   CHECK(rep->regions_freed >= 1);
   CHECK(rep->moved >= 1);
-  CHECK(t->usage().regions < regions_before + 1);
+  CHECK(t->disk_usage().regions < regions_before + 1);
   for (uint64_t i : {3, 7, 8, 10, 12, 14}) {
     std::vector<std::byte> back;
     REQUIRE(get(*t, key_of(i), back, i < 8 ? "a" : "b").is_ok());
     CHECK(back == normal_fp16(n, i));
   }
-  CHECK(t->usage().blocks == 6);
+  CHECK(t->disk_usage().blocks == 6);
+}
+
+TEST_CASE("the store interface: ids, locate and versioned read, remove, evict by id") {
+  Backend b{"memory"};
+  auto t = open_tier(b, small_options(scratch_dir("store"), 1u << 20));
+  StoreTier& s = *t;
+  const size_t n = 64u << 10;
+  t->name_namespace(0, "a");
+  t->name_namespace(1, "b");
+  for (uint64_t i = 0; i < 4; ++i) {
+    std::promise<Status> p;
+    auto f = p.get_future();
+    const NsKey id{uint32_t(i % 2), key_of(i)};
+    REQUIRE(s.write(id, layout_of(n), normal_fp16(n, i), true, [&](Status st) {
+               p.set_value(st);
+             }).is_ok());
+    REQUIRE(f.get().is_ok());
+  }
+  // A namespace this process never named: written by name, reported as kUnnamedNamespace.
+  REQUIRE(put(*t, key_of(9), layout_of(n), normal_fp16(n, 9), false, "old").is_ok());
+  CHECK(s.kind() == TierKind::kDisk);
+  CHECK(s.durable());
+  CHECK(s.contains(NsKey{0, key_of(0)}));
+  CHECK_FALSE(s.contains(NsKey{1, key_of(0)}));  // another namespace's key
+  CHECK_FALSE(s.contains(NsKey{7, key_of(0)}));  // an id without a name finds nothing
+  CHECK(s.usage().blocks == 5);
+
+  auto where = s.locate(NsKey{1, key_of(1)});
+  REQUIRE(where);
+  CHECK(where->payload_bytes == n);
+  std::vector<std::byte> back(n);
+  auto read = [&](const StoredBlock& blk, std::span<std::byte> dst) {
+    std::promise<Status> p;
+    auto f = p.get_future();
+    s.read(blk, dst, [&](Status st) { p.set_value(st); });
+    return f.get();
+  };
+  REQUIRE(read(*where, back).is_ok());
+  CHECK(back == normal_fp16(n, 1));
+  CHECK(read(*where, std::span(back).first(n / 2)).code() == Errc::kInvalidArgument);
+  // Another copy (another version) is never read in place of the one located.
+  StoredBlock other = *where;
+  other.version ^= 1;
+  CHECK(read(other, back).code() == Errc::kNotFound);
+
+  CHECK(s.remove(NsKey{0, key_of(0)}) == RemoveOutcome::kRemoved);
+  CHECK(s.remove(NsKey{0, key_of(0)}) == RemoveOutcome::kNotFound);
+  CHECK(read(*where, back).is_ok());  // untouched by the other namespace's remove
+
+  std::vector<NsKey> seen;
+  auto c = s.evict_matching([&](const NsKey& id) {
+    seen.push_back(id);
+    return id.ns == 1 || id.ns == kUnnamedNamespace;
+  });
+  CHECK(c.evicted == 3);  // b's two blocks and the unnamed one
+  CHECK(c.bytes > 0);
+  CHECK(seen.size() == 4);
+  CHECK(s.contains(NsKey{0, key_of(2)}));
+  CHECK_FALSE(s.contains(NsKey{1, key_of(1)}));
+  CHECK_FALSE(t->find("old", key_of(9)).has_value());
+  CHECK(read(*where, back).code() == Errc::kNotFound);
 }

@@ -158,7 +158,7 @@ TEST_CASE("gpu tier: capacity eviction calls the listener while the bytes are in
 
   // Admin eviction and remove() do not call the listener.
   const size_t before = evicted.size();
-  auto c = tier.evict_matching([](const BlockInfo&) { return true; });
+  auto c = tier.evict_matching([](const NsKey&) { return true; });
   CHECK(c.evicted > 0);
   CHECK(evicted.size() == before);
   CHECK(tier.usage().blocks == 0);

@@ -110,7 +110,7 @@ TEST_CASE("evict_matching skips leased blocks and counts them") {
   auto tier = make_tier(16 << 20);
   for (uint64_t i = 0; i < 4; ++i) put(*tier, i, 4096);
   const BlockInfo* b = tier->acquire(key(2));
-  auto c = tier->evict_matching([](const BlockInfo&) { return true; });
+  auto c = tier->evict_matching([](const NsKey&) { return true; });
   CHECK(c.evicted == 3);
   CHECK(c.skipped_leased == 1);
   CHECK(tier->usage().blocks == 1);
