@@ -6,6 +6,7 @@
 
 #include "config/config.h"
 
+#include <arpa/inet.h>
 #include <grp.h>
 #include <sys/statvfs.h>
 #include <sys/un.h>
@@ -288,6 +289,34 @@ void SessionConfig::validate() const {
   if (max_pending_puts < 1) fail("session.max_pending_puts: must be at least 1");
 }
 
+std::optional<ListenAddress> parse_listen(std::string_view text) {
+  const size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos) return std::nullopt;
+  std::string_view host = text.substr(0, colon);
+  const std::string_view port = text.substr(colon + 1);
+  const bool v6 = host.size() >= 2 && host.front() == '[' && host.back() == ']';
+  if (v6) host = host.substr(1, host.size() - 2);
+  ListenAddress out;
+  out.address = std::string(host);
+  unsigned char buf[sizeof(in6_addr)];
+  if (::inet_pton(v6 ? AF_INET6 : AF_INET, out.address.c_str(), buf) != 1) return std::nullopt;
+  uint32_t p = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (ec != std::errc() || end != port.data() + port.size() || p < 1 || p > 65535)
+    return std::nullopt;
+  out.port = static_cast<uint16_t>(p);
+  return out;
+}
+
+void MetricsConfig::validate() const {
+  if (!listen.empty() && !parse_listen(listen))
+    fail("metrics.listen: '" + listen +
+         "' is not \"address:port\" with an IP address and a port in 1..65535 (e.g. "
+         "\"127.0.0.1:9464\", \"[::1]:9464\"; \"\" = off)");
+  if (!(nf4_error_sample >= 0.0 && nf4_error_sample <= 1.0))
+    fail("metrics.nf4_error_sample: must be in [0, 1], got " + std::to_string(nf4_error_sample));
+}
+
 void NamespaceRule::validate() const {
   check_ids(allow_uids, "namespace.allow_uids");
   check_ids(allow_gids, "namespace.allow_gids");
@@ -313,6 +342,7 @@ void Config::validate() const {
   gpu.validate();
   index.validate();
   session.validate();
+  metrics.validate();
   std::map<std::string_view, size_t> seen;  // prefix -> index of its first rule
   for (size_t i = 0; i < namespaces.size(); ++i) {
     const std::string index = "namespace[" + std::to_string(i) + "]";

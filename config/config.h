@@ -65,7 +65,7 @@ struct HostTierConfig {
 
 // Settings that are a choice among names are enums from parse time on; an unknown name is a
 // ConfigError naming the key and the names allowed.  to_string() gives the name back.
-enum class DiskIoBackend : uint8_t { kAuto, kIoUring, kThreads };   // disk.io_backend
+enum class DiskIoBackend : uint8_t { kAuto, kIoUring, kThreads };    // disk.io_backend
 enum class GpuBackend : uint8_t { kAuto, kCuda, kEmulation, kOff };  // gpu.backend
 enum class GpuHandle : uint8_t { kVmm, kIpc };                       // gpu.handle
 const char* to_string(DiskIoBackend v);
@@ -75,14 +75,14 @@ const char* to_string(GpuHandle v);
 // The disk tier: region files and an LMDB index under `dir` (docs/disk.md).
 struct DiskTierConfig {
   bool enabled = true;
-  std::filesystem::path dir;                  // empty = <daemon.state_dir>/disk
-  uint64_t size_bytes = 16ull << 30;          // region bytes on disk
-  uint64_t region_bytes = 64ull << 20;        // size of one region file
-  uint64_t write_queue_bytes = 256ull << 20;  // demotions queued for writing; beyond: dropped
+  std::filesystem::path dir;                        // empty = <daemon.state_dir>/disk
+  uint64_t size_bytes = 16ull << 30;                // region bytes on disk
+  uint64_t region_bytes = 64ull << 20;              // size of one region file
+  uint64_t write_queue_bytes = 256ull << 20;        // demotions queued for writing; beyond: dropped
   DiskIoBackend io_backend = DiskIoBackend::kAuto;  // auto | io_uring | threads
-  bool o_direct = true;                       // falls back to buffered I/O where refused
-  uint32_t threads = 2;                       // thread-pool I/O and compression workers
-  uint32_t reader_check_s = 60;               // mdb_reader_check period
+  bool o_direct = true;                             // falls back to buffered I/O where refused
+  uint32_t threads = 2;                             // thread-pool I/O and compression workers
+  uint32_t reader_check_s = 60;                     // mdb_reader_check period
   void validate() const;
 };
 
@@ -101,10 +101,10 @@ struct GpuTierConfig {
   // "cuda": the same, but the log and health say the GPU tier was asked for and is missing;
   // "emulation": the host-memory emulation (tests, machines without a GPU); "off".
   GpuBackend backend = GpuBackend::kAuto;
-  std::vector<uint32_t> devices;     // device indices; empty = every device found (emulation: 0)
-  uint64_t size_bytes = 1ull << 30;  // pool bytes per device
+  std::vector<uint32_t> devices;       // device indices; empty = every device found (emulation: 0)
+  uint64_t size_bytes = 1ull << 30;    // pool bytes per device
   GpuHandle handle = GpuHandle::kVmm;  // cuda export: "vmm" (VMM POSIX fd) or "ipc" (cudaIpc)
-  double small_queue_ratio = 0.10;   // S3-FIFO small-queue share, (0, 0.5]
+  double small_queue_ratio = 0.10;     // S3-FIFO small-queue share, (0, 0.5]
   void validate() const;
 };
 
@@ -114,6 +114,26 @@ enum class DiskPolicy : uint8_t {
   kWriteBack = 1,  // written when the host tier evicts them (default)
   kPersist = 2,    // written at seal too; seal answers once the block is durable
 };
+
+// GET /metrics (Prometheus text exposition) and the optional quality figures
+// (docs/operations.md, "Metrics").
+struct MetricsConfig {
+  // "address:port" to serve GET /metrics on over HTTP ("127.0.0.1:9464", "[::1]:9464");
+  // empty (the default) = no endpoint.  The address is an IP literal.
+  std::string listen;
+  // Share of NF4 seals whose quantization error is measured (decode and compare with the
+  // staged source), in [0, 1]; 0 (the default) = never.
+  double nf4_error_sample = 0.0;
+  void validate() const;
+};
+
+// An "address:port" of MetricsConfig::listen, split.
+struct ListenAddress {
+  std::string address;  // an IPv4 or IPv6 literal (without brackets)
+  uint16_t port = 0;
+};
+// nullopt unless `text` is "ipv4:port" or "[ipv6]:port" with a port in 1..65535.
+std::optional<ListenAddress> parse_listen(std::string_view text);
 
 struct SessionConfig {
   uint64_t staging_bytes = 64ull << 20;  // per-connection staging area (largest single put)
@@ -160,6 +180,7 @@ struct Config {
   GpuTierConfig gpu;
   IndexConfig index;
   SessionConfig session;
+  MetricsConfig metrics;
   std::vector<NamespaceRule> namespaces;  // default: one rule, prefix "", any peer
   std::vector<ArenaConfig> arenas;        // isolation domains besides the default one
 

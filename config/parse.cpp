@@ -310,6 +310,13 @@ void read_session(Reader& r, const toml::table& t, SessionConfig& s) {
                  [&](auto& n, auto& k) { s.max_pending_puts = r.integer<uint32_t>(n, k); }}});
 }
 
+void read_metrics(Reader& r, const toml::table& t, MetricsConfig& m) {
+  r.read_table(
+      t, "metrics",
+      {{"listen", [&](auto& n, auto& k) { m.listen = r.str(n, k); }},
+       {"nf4_error_sample", [&](auto& n, auto& k) { m.nf4_error_sample = r.number(n, k); }}});
+}
+
 // [[namespace]] entries replace the default catch-all rule; `namespace = []` leaves none.
 void read_namespaces(Reader& r, const toml::node& node, std::vector<NamespaceRule>& rules) {
   if (!node.is_array()) r.wrong_type(node, "namespace", "an array of tables ([[namespace]])");
@@ -391,6 +398,7 @@ Config parse(std::string_view toml_text, const std::string& origin) {
                 {"gpu", [&](auto& n, auto& k) { read_gpu(r, r.table(n, k), cfg.gpu); }},
                 {"index", [&](auto& n, auto& k) { read_index(r, r.table(n, k), cfg.index); }},
                 {"session", [&](auto& n, auto& k) { read_session(r, r.table(n, k), cfg.session); }},
+                {"metrics", [&](auto& n, auto& k) { read_metrics(r, r.table(n, k), cfg.metrics); }},
                 {"namespace", [&](auto& n, auto&) { read_namespaces(r, n, cfg.namespaces); }},
                 {"arena", [&](auto& n, auto&) { read_arenas(r, n, cfg.arenas); }}});
   try {

@@ -116,6 +116,9 @@ std::string Config::to_toml() const {
     << "staging_bytes = " << toml_size(session.staging_bytes) << "\n"
     << "max_leases = " << session.max_leases << "\n"
     << "max_pending_puts = " << session.max_pending_puts << "\n";
+  o << "\n[metrics]\n"
+    << "listen = " << quote(metrics.listen) << "\n"
+    << "nf4_error_sample = " << float_text(metrics.nf4_error_sample) << "\n";
   for (const NamespaceRule& rule : namespaces) {
     o << "\n[[namespace]]\n"
       << "prefix = " << quote(rule.prefix) << "\n"

@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "common/prometheus_text.h"
 #include "daemon/admin.h"
 #include "daemon/session.h"
 
@@ -71,10 +72,26 @@ Server::Server(config::Config config, ServerHooks hooks)
     throw std::runtime_error("cannot create state directory " + config_.daemon.state_dir.string() +
                              ": " + ec.message());
   engine_ = Engine::open(config_, metrics_, hooks_.engine);
+  // Before the socket: a port in use fails the start before any client can connect.
+  if (auto listen = config::parse_listen(config_.metrics.listen))  // validated: empty = off
+    metrics_http_ = std::make_unique<MetricsHttp>(*listen, [this] { return metrics_text(); });
   bind_socket();
 }
 
 Server::~Server() = default;
+
+std::string Server::metrics_text() const {
+  PrometheusText out;
+  const Label version[] = {{"version", KVTIER_VERSION}};
+  out.gauge({"kvtier_build_info", "the running kvtierd's version (the value is 1)"}, version, 1);
+  out.gauge({"kvtier_start_time_seconds", "when kvtierd started, seconds since the Unix epoch"}, {},
+            double(started_unix_ms_) / 1e3);
+  out.gauge({"kvtier_draining", "1 once kvtierd is draining connections to stop"}, {},
+            draining_ ? 1 : 0);
+  engine_->visit_counters(out);
+  if (metrics_http_) metrics_http_->visit_counters(out);
+  return out.text();
+}
 
 void Server::schedule_index_save() {
   if (engine_->index() == nullptr) return;
@@ -317,12 +334,14 @@ int Server::run() {
   sd_notifyf(0, "READY=1\nSTATUS=serving on %s\nMAINPID=%lu", config_.daemon.socket.c_str(),
              static_cast<unsigned long>(::getpid()));
   spdlog::info("kvtierd ready (pid {}, {} io threads)", ::getpid(), config_.daemon.io_threads);
+  if (metrics_http_) metrics_http_->start();
   for (auto& io : ios_) work_.push_back(asio::make_work_guard(*io));
   std::vector<std::thread> threads;
   for (size_t i = 1; i < ios_.size(); ++i) threads.emplace_back([this, i] { run_io(*ios_[i]); });
   run_io(io_);
   stop_all();
   for (auto& t : threads) t.join();
+  if (metrics_http_) metrics_http_->stop();
   index_saver_.join();  // a periodic save in progress finishes first
   if (SemanticIndex* index = engine_->index())
     if (Status st = index->save(); !st)

@@ -20,6 +20,7 @@
 #include "config/config.h"
 #include "engine/engine.h"
 #include "daemon/instance_lock.h"
+#include "daemon/metrics_http.h"
 #include "engine/metrics.h"
 
 namespace kvtier {
@@ -52,6 +53,11 @@ class Server {
   const char* state() const { return draining_ ? "draining" : "serving"; }
 
   void on_session_end(uint64_t sid);
+
+  // The Prometheus text exposition of every counter (GET /metrics): the daemon's own
+  // (kvtier_build_info, kvtier_start_time_seconds), the engine's parts, and the endpoint's.
+  // Thread-safe.
+  std::string metrics_text() const;
 
  private:
   boost::asio::awaitable<void> accept_loop();
@@ -101,6 +107,10 @@ class Server {
   Mutex sessions_mu_;
   // Live sessions, for draining.
   std::map<uint64_t, std::weak_ptr<Session>> sessions_ GUARDED_BY(sessions_mu_);
+
+  // GET /metrics when [metrics] listen is set (else null).  Declared after engine_ so that it
+  // stops (and its thread, which reads the engine, is joined) before the engine goes.
+  std::unique_ptr<MetricsHttp> metrics_http_;
 };
 
 }  // namespace kvtier

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -62,6 +63,13 @@ namespace {
 // Bytes kept buffered per connection between requests; a bigger request's buffer is released
 // once it is handled.
 constexpr size_t kReadBufferBytes = 64 * 1024;
+
+// Nanoseconds since `start`, for the request latency histograms (Metrics::observe).
+uint64_t since_ns(std::chrono::steady_clock::time_point start) {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+          .count());
+}
 
 bool would_block(const boost::system::error_code& ec) {
   return ec == asio::error::would_block || ec == asio::error::try_again;
@@ -251,7 +259,9 @@ awaitable<bool> Session::send(uint64_t request_id, Reply& r) {
 
 awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {
   // Most requests complete without suspending; get (disk promotion), seal (persist) and the
-  // disk jobs may wait for the disk tier.
+  // disk jobs may wait for the disk tier.  The data-plane requests are timed here, from the
+  // decoded request to the reply built (kvtier_request_duration_seconds; two clock reads and
+  // relaxed atomic adds).
   using R = wire::Request;
   // The verifier accepts a union type whose body table is absent (an absent table is valid
   // FlatBuffers); every handler below, and the admin table, takes its body as present.
@@ -272,30 +282,48 @@ awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {
     case R::MapGpuPoolReq:
       on_map_gpu_pool(*msg.body_as_MapGpuPoolReq(), r);
       co_return;
-    case R::LookupReq:
+    case R::LookupReq: {
+      const auto start = std::chrono::steady_clock::now();
       co_await on_lookup(*msg.body_as_LookupReq(), r);
+      server_.metrics().observe(Metrics::Timed::kLookup, since_ns(start));
       co_return;
-    case R::PutBeginReq:
+    }
+    case R::PutBeginReq: {
+      const auto start = std::chrono::steady_clock::now();
       co_await on_put_begin(*msg.body_as_PutBeginReq(), r);
+      server_.metrics().observe(Metrics::Timed::kPutBegin, since_ns(start));
       co_return;
-    case R::GetFusionReq:
+    }
+    case R::GetFusionReq: {
+      const auto start = std::chrono::steady_clock::now();
       co_await on_get_fusion(*msg.body_as_GetFusionReq(), r);
+      server_.metrics().observe(Metrics::Timed::kGetFusion, since_ns(start));
       co_return;
+    }
     case R::AddEmbeddingsReq:
       on_add_embeddings(*msg.body_as_AddEmbeddingsReq(), r);
       co_return;
-    case R::SearchReq:
+    case R::SearchReq: {
+      const auto start = std::chrono::steady_clock::now();
       co_await on_search(*msg.body_as_SearchReq(), r);
+      server_.metrics().observe(Metrics::Timed::kSearch, since_ns(start));
       co_return;
-    case R::SealReq:
+    }
+    case R::SealReq: {
+      const auto start = std::chrono::steady_clock::now();
       co_await on_seal(*msg.body_as_SealReq(), r);
+      server_.metrics().observe(Metrics::Timed::kSeal, since_ns(start));
       co_return;
+    }
     case R::AbortReq:
       on_abort(*msg.body_as_AbortReq(), r);
       co_return;
-    case R::GetReq:
+    case R::GetReq: {
+      const auto start = std::chrono::steady_clock::now();
       co_await on_get(*msg.body_as_GetReq(), r);
+      server_.metrics().observe(Metrics::Timed::kGet, since_ns(start));
       co_return;
+    }
     case R::ReleaseReq:
       on_release(*msg.body_as_ReleaseReq(), r);
       co_return;

@@ -1,6 +1,11 @@
 #include "engine/block_codec.h"
 
+#include <algorithm>
+#include <bit>
+#include <chrono>
+#include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels/nf4.h"
 
@@ -13,6 +18,27 @@ bool is_float(DType t) {
 
 nf4::Params nf4_params(const TensorLayout& t, bool double_quant) {
   return nf4::Params{t.dtype, t.nf4_layout, double_quant, t.rows(), t.cols()};
+}
+
+// A source element as float (any alignment).
+float source_value(DType t, const std::byte* p) {
+  if (t == DType::kF32) {
+    float f;
+    std::memcpy(&f, p, sizeof f);
+    return f;
+  }
+  uint16_t h;
+  std::memcpy(&h, p, sizeof h);
+  if (t == DType::kBF16) return std::bit_cast<float>(uint32_t(h) << 16);
+  // IEEE half.
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  if (exp == 0) {  // zero or subnormal: mant * 2^-24
+    const float f = std::ldexp(float(mant), -24);
+    return sign ? -f : f;
+  }
+  if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));
+  return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
 }
 
 }  // namespace
@@ -43,7 +69,8 @@ BlockLayout plan_stored_layout(const BlockLayout& client, const config::Namespac
 }
 
 Status encode_block(const BlockLayout& client, const std::byte* staging, BlockLayout& stored,
-                    std::byte* dest, bool double_quant) {
+                    std::byte* dest, bool double_quant, CodecCounters* counters) {
+  const auto start = std::chrono::steady_clock::now();
   for (size_t i = 0; i < client.tensors.size(); ++i) {
     const TensorLayout& in = client.tensors[i];
     TensorLayout& out = stored.tensors[i];
@@ -51,13 +78,48 @@ Status encode_block(const BlockLayout& client, const std::byte* staging, BlockLa
     if (out.codec == Codec::kNf4) {
       Status st = nf4::encode(nf4_params(in, double_quant), {staging + in.offset, in.raw_bytes},
                               {dst, out.bytes});
-      if (!st) return error(st.code(), "tensor '" + in.name + "': " + st.message());
+      if (!st) {
+        if (counters) counters->failed();
+        return error(st.code(), "tensor '" + in.name + "': " + st.message());
+      }
     } else {
       std::memcpy(dst, staging + in.offset, in.raw_bytes);
     }
     out.checksum = checksum64(dst, out.bytes);
   }
+  if (counters) {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::chrono::steady_clock::now() - start);
+    counters->encoded(stored, static_cast<uint64_t>(ns.count()));
+  }
   return {};
+}
+
+Result<Nf4Error> measure_nf4_error(const BlockLayout& client, const std::byte* staging,
+                                   const BlockLayout& stored, const std::byte* dest) {
+  Nf4Error e;
+  std::vector<float> decoded;
+  for (size_t i = 0; i < client.tensors.size() && i < stored.tensors.size(); ++i) {
+    const TensorLayout& in = client.tensors[i];
+    const TensorLayout& out = stored.tensors[i];
+    if (out.codec != Codec::kNf4 || !is_float(in.dtype)) continue;
+    const uint64_t n = in.elements();
+    decoded.resize(n);
+    Status st = nf4::decode({dest + out.offset, out.bytes}, DType::kF32,
+                            std::as_writable_bytes(std::span(decoded)));
+    if (!st) return error(Errc::kCorrupt, "tensor '" + in.name + "': " + st.message());
+    const std::byte* src = staging + in.offset;
+    const size_t size = dtype_size(in.dtype);
+    for (uint64_t k = 0; k < n; ++k) {
+      const double err =
+          std::fabs(double(decoded[k]) - double(source_value(in.dtype, src + k * size)));
+      e.max_abs = std::max(e.max_abs, err);
+      e.sum_abs += err;
+    }
+    e.values += n;
+    ++e.tensors;
+  }
+  return e;
 }
 
 BlockLayout plan_fusion_layout(const BlockLayout& base, const BlockLayout& fusion_client,
@@ -97,7 +159,7 @@ BlockLayout plan_fusion_layout(const BlockLayout& base, const BlockLayout& fusio
 Status encode_fusion_block(const BlockLayout& base, const std::byte* base_bytes,
                            const BlockLayout& fusion_client, const std::byte* staging,
                            std::span<const std::byte> metadata, const config::NamespaceRule& rule,
-                           BlockLayout& stored, std::byte* dest) {
+                           BlockLayout& stored, std::byte* dest, CodecCounters* counters) {
   size_t i = 0;
   for (const auto& t : base.tensors) {
     if (is_fusion_tensor(t.name)) continue;
@@ -111,7 +173,7 @@ Status encode_fusion_block(const BlockLayout& base, const std::byte* base_bytes,
   for (size_t j = 0; j < fusion_client.tensors.size(); ++j)
     fusion_stored.tensors.push_back(stored.tensors[first_fusion + j]);
   Status st = encode_block(fusion_client, staging, fusion_stored, dest,
-                           rule.fusion_codec == Codec::kNf4 && rule.nf4_double_quant);
+                           rule.fusion_codec == Codec::kNf4 && rule.nf4_double_quant, counters);
   if (!st) return st;
   for (size_t j = 0; j < fusion_client.tensors.size(); ++j)
     stored.tensors[first_fusion + j].checksum = fusion_stored.tensors[j].checksum;

@@ -8,6 +8,7 @@
 #include "common/layout.h"
 #include "kvtier/status.h"
 #include "config/config.h"
+#include "engine/codec_counters.h"
 
 namespace kvtier {
 
@@ -19,8 +20,17 @@ BlockLayout plan_stored_layout(const BlockLayout& client, const config::Namespac
 // Copies or encodes every tensor from `staging` (laid out as `client`) into `dest` (laid out
 // as `stored`) and fills the stored checksums.  Fails on input the codec refuses (NaN/Inf).
 // Staging is client-writable memory: it is read once per tensor and checksummed after the copy.
+// `counters` (optional) counts the tensors, bytes and time, or the failure.
 Status encode_block(const BlockLayout& client, const std::byte* staging, BlockLayout& stored,
-                    std::byte* dest, bool double_quant);
+                    std::byte* dest, bool double_quant, CodecCounters* counters = nullptr);
+
+// The error of a block's NF4 tensors: each is decoded from `dest` (laid out as `stored`) and
+// compared with its source in `staging` (laid out as `client`); tensors stored raw are left
+// out.  For [metrics] nf4_error_sample, before the block is published (its extent is still the
+// put's alone).  Staging is client-writable: a client that rewrites it meanwhile skews only
+// its own namespace's figures.  kCorrupt if a tensor does not decode.
+Result<Nf4Error> measure_nf4_error(const BlockLayout& client, const std::byte* staging,
+                                   const BlockLayout& stored, const std::byte* dest);
 
 // The layout of a chunk's block with new fusion state: the base block's non-fusion tensors as
 // they are stored (codecs kept, offsets re-packed), then the client's fusion tensors renamed
@@ -34,6 +44,6 @@ BlockLayout plan_fusion_layout(const BlockLayout& base, const BlockLayout& fusio
 Status encode_fusion_block(const BlockLayout& base, const std::byte* base_bytes,
                            const BlockLayout& fusion_client, const std::byte* staging,
                            std::span<const std::byte> metadata, const config::NamespaceRule& rule,
-                           BlockLayout& stored, std::byte* dest);
+                           BlockLayout& stored, std::byte* dest, CodecCounters* counters = nullptr);
 
 }  // namespace kvtier

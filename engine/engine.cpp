@@ -47,6 +47,7 @@ Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTie
       disk_(std::move(disk)),
       disk_status_(std::move(disk_status)),
       index_(std::move(index)),
+      nf4_errors_(config.metrics.nf4_error_sample),
       gpu_(std::move(gpu)),
       hosts_(std::move(hosts)) {
   if (disk_) stores_.push_back(disk_.get());

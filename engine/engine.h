@@ -26,11 +26,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/counters.h"
 #include "common/mutex.h"
 #include "kvtier/keys.h"
 #include "common/layout.h"
 #include "kvtier/status.h"
 #include "config/config.h"
+#include "engine/codec_counters.h"
 #include "engine/metrics.h"
 #include "engine/peer.h"
 #include "index/semantic_index.h"
@@ -242,6 +244,12 @@ class Engine {
   EvictCount evict(std::optional<std::string> ns, std::span<const BlockKey> keys, bool all,
                    bool host, bool disk, bool gpu = false);
 
+  // Every part's counters and gauges through one visitor (engine/engine_counters.cpp): each
+  // host arena and GPU pool (tiers/tier_counters.h), the disk tier, the semantic index, the
+  // sessions, the daemon's counters and request latencies (Metrics), the codec and the NF4
+  // error samples.  GET /metrics renders this; stats_json() is the same parts, each into its
+  // own object of the JSON.
+  void visit_counters(CounterVisitor& v) const;
   nlohmann::json stats_json() const;
   // The GPU tier: what the probe found, and each pool's usage (stats and health).
   nlohmann::json gpu_json() const;
@@ -325,6 +333,17 @@ class Engine {
   // Records a lease of `b` in `tier` for the session.
   LeaseGrant grant(Session& s, MemoryTier& tier, const BlockInfo& b) REQUIRES(mu_);
 
+  // What the counters read under mu_ (one hold), visited after it is released.
+  struct CounterSnapshot {
+    std::vector<TierUsage> hosts;  // by domain
+    std::vector<TierUsage> pools;  // in gpu_.tiers order
+    uint64_t sessions = 0, leases = 0, pending_puts = 0, leased_bytes = 0;
+  };
+  CounterSnapshot counter_snapshot() const;
+  // The labels of a host arena or GPU pool of `domain`: arena="<name>" unless the default one.
+  std::string_view domain_label(uint32_t domain) const;
+  static void visit_session_counters(const CounterSnapshot& s, CounterVisitor& v);
+
   // Constant after construction.
   const config::Config config_;
   Metrics& metrics_;
@@ -334,6 +353,9 @@ class Engine {
   // tier next).  Constant after construction; each is thread-safe itself.
   std::vector<StoreTier*> stores_;
   const std::unique_ptr<SemanticIndex> index_;  // thread-safe itself; may be null
+  // Thread-safe themselves: atomics, and the sampler's own lock (never taken with mu_ held).
+  CodecCounters codec_;
+  Nf4ErrorSampler nf4_errors_;
   // Constant after construction until ~Engine tears it down before host_ (the backend has the
   // host arena registered); the GpuTiers in it are guarded by mu_.
   GpuSetup gpu_;

@@ -143,12 +143,18 @@ awaitable<Result<uint64_t>> Engine::seal(uint64_t sid, uint64_t put_id,
                                 staged.data(), stored, put->extent.offset)
               : put->fusion ? encode_fusion_block(put->base_layout, host.data(put->base_extent),
                                                   put->client_layout, staged.data(), put->metadata,
-                                                  rule, stored, host.data(put->extent))
+                                                  rule, stored, host.data(put->extent), &codec_)
                             : encode_block(put->client_layout, staged.data(), stored,
-                                           host.data(put->extent), rule.nf4_double_quant);
+                                           host.data(put->extent), rule.nf4_double_quant, &codec_);
   if (!st) {
     (void)abort_put(sid, put_id);
     co_return st;
+  }
+  // [metrics] nf4_error_sample: the NF4 tensors are decoded again and compared with the staged
+  // source while the extent is still this put's alone (after publishing it could be evicted).
+  if (put->gpu_device < 0 && !put->fusion && rule.codec == Codec::kNf4 && nf4_errors_.sample()) {
+    auto e = measure_nf4_error(put->client_layout, staged.data(), stored, host.data(put->extent));
+    if (e && e->tensors > 0) nf4_errors_.record(namespace_name(put->ns), *e);
   }
   const uint64_t stored_bytes = stored.total_bytes;
   if (Status s = seal_put(sid, put_id, std::move(stored)); !s) co_return s;

@@ -1,68 +1,100 @@
-// Daemon counters.  Relaxed atomics bumped on the request path and read by one visitor that
-// feeds `kvtierctl stats` (and a future /metrics endpoint) alike.
+// Daemon-wide counters and request latencies.  Relaxed atomics bumped on the request path
+// (the histograms are sharded per thread), read by visit_counters()/visit_latency(), which
+// feed `kvtierctl stats --json` ("counters", "latency") and GET /metrics alike.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
-#include <functional>
 #include <string_view>
+
+#include "common/counters.h"
+#include "common/latency_histogram.h"
 
 namespace kvtier {
 
-#define KVTIER_METRICS(X)                                                                \
-  X(connections_total, "connections accepted")                                           \
-  X(connections_refused, "connections refused at the max_connections limit")             \
-  X(requests, "requests handled")                                                        \
-  X(channel_requests, "requests received through shared-memory request channels")        \
-  X(channels_opened, "shared-memory request channels opened")                            \
-  X(errors, "requests answered with an error")                                           \
-  X(protocol_errors, "malformed, oversized or wrong-version messages")                   \
-  X(permission_denied, "requests refused by namespace or admin access rules")            \
-  X(lookups, "lookup requests")                                                          \
-  X(lookup_keys, "keys asked in lookups")                                                \
-  X(lookup_hits, "keys found by lookups (the matched prefix)")                           \
-  X(puts, "puts sealed")                                                                 \
-  X(put_bytes, "raw bytes sealed")                                                       \
-  X(puts_aborted, "puts aborted (explicitly or by disconnect)")                          \
-  X(puts_no_space, "puts refused for lack of space")                                     \
-  X(gets, "get requests")                                                                \
-  X(get_hits, "blocks leased by gets")                                                   \
-  X(get_misses, "keys not found by gets")                                                \
-  X(releases, "leases released by clients")                                              \
-  X(leases_reclaimed, "leases released because their connection closed")                 \
-  X(removes, "blocks removed by clients")                                                \
-  X(demotions, "blocks written to the disk tier on host eviction")                       \
-  X(demotions_dropped, "host evictions not demoted: disk write queue full")              \
-  X(demotion_failures, "demotions whose disk write failed")                              \
-  X(demotions_skipped, "host evictions of disk = off namespaces (or with no disk tier)") \
-  X(persisted, "blocks of persist namespaces made durable at seal")                      \
-  X(persist_failures, "seals of persist namespaces that could not be made durable")      \
-  X(promotions, "blocks read back from the disk tier into the host tier")                \
-  X(promotion_waits, "gets that waited on a promotion already in flight")                \
-  X(promotion_failures, "promotions that failed (corrupt, I/O, no space)")               \
-  X(gpu_puts, "puts sealed into a GPU tier")                                             \
-  X(gpu_put_fallbacks, "fp16 puts stored in the host tier: leased blocks fill the GPU")  \
-  X(gpu_get_hits, "blocks leased from a GPU tier")                                       \
-  X(gpu_promotions, "blocks promoted from the host tier into a GPU tier")                \
-  X(gpu_promotion_bytes, "bytes written into GPU tiers by promotions")                   \
-  X(gpu_promotion_fallbacks, "GPU gets answered from the host tier: no GPU room")        \
-  X(gpu_demotions, "GPU evictions copied down into the host tier")                       \
-  X(gpu_demotions_dropped, "GPU evictions not copied down: host tier full")              \
-  X(gpu_copy_downs, "host gets of GPU-only blocks copied down into the host tier")       \
-  X(searches, "semantic searches")                                                       \
-  X(search_hits, "semantic searches that found at least one chunk")
+// Each counter: its key under "counters" in `kvtierctl stats --json`, its Prometheus name, and
+// what it counts.
+#define KVTIER_METRICS(X)                                                                        \
+  X(connections_total, "kvtier_connections_total", "connections accepted")                       \
+  X(connections_refused, "kvtier_connections_refused_total",                                     \
+    "connections refused at the max_connections limit")                                          \
+  X(requests, "kvtier_requests_total", "requests handled")                                       \
+  X(channel_requests, "kvtier_channel_requests_total",                                           \
+    "requests received through shared-memory request channels")                                  \
+  X(channels_opened, "kvtier_channels_opened_total", "shared-memory request channels opened")    \
+  X(errors, "kvtier_request_errors_total", "requests answered with an error")                    \
+  X(protocol_errors, "kvtier_protocol_errors_total",                                             \
+    "malformed, oversized or wrong-version messages")                                            \
+  X(permission_denied, "kvtier_permission_denied_total",                                         \
+    "requests refused by namespace or admin access rules")                                       \
+  X(lookups, "kvtier_lookups_total", "lookup requests")                                          \
+  X(lookup_keys, "kvtier_lookup_keys_total", "keys asked in lookups")                            \
+  X(lookup_hits, "kvtier_lookup_hits_total", "keys found by lookups (the matched prefix)")       \
+  X(puts, "kvtier_puts_total", "puts sealed")                                                    \
+  X(put_bytes, "kvtier_put_bytes_total", "raw bytes sealed")                                     \
+  X(puts_aborted, "kvtier_puts_aborted_total", "puts aborted (explicitly or by disconnect)")     \
+  X(puts_no_space, "kvtier_puts_no_space_total", "puts refused for lack of space")               \
+  X(gets, "kvtier_gets_total", "get requests")                                                   \
+  X(get_hits, "kvtier_get_hits_total", "blocks leased by gets")                                  \
+  X(get_misses, "kvtier_get_misses_total", "keys not found by gets")                             \
+  X(releases, "kvtier_releases_total", "leases released by clients")                             \
+  X(leases_reclaimed, "kvtier_leases_reclaimed_total",                                           \
+    "leases released because their connection closed")                                           \
+  X(removes, "kvtier_removes_total", "blocks removed by clients")                                \
+  X(demotions, "kvtier_demotions_total", "blocks written to the disk tier on host eviction")     \
+  X(demotions_dropped, "kvtier_demotions_dropped_total",                                         \
+    "host evictions not demoted: disk write queue full")                                         \
+  X(demotion_failures, "kvtier_demotion_failures_total", "demotions whose disk write failed")    \
+  X(demotions_skipped, "kvtier_demotions_skipped_total",                                         \
+    "host evictions of disk = off namespaces (or with no disk tier)")                            \
+  X(persisted, "kvtier_persisted_total", "blocks of persist namespaces made durable at seal")    \
+  X(persist_failures, "kvtier_persist_failures_total",                                           \
+    "seals of persist namespaces that could not be made durable")                                \
+  X(promotions, "kvtier_promotions_total",                                                       \
+    "blocks read back from the disk tier into the host tier")                                    \
+  X(promotion_waits, "kvtier_promotion_waits_total",                                             \
+    "gets that waited on a promotion already in flight")                                         \
+  X(promotion_failures, "kvtier_promotion_failures_total",                                       \
+    "promotions that failed (corrupt, I/O, no space)")                                           \
+  X(gpu_puts, "kvtier_gpu_puts_total", "puts sealed into a GPU tier")                            \
+  X(gpu_put_fallbacks, "kvtier_gpu_put_fallbacks_total",                                         \
+    "fp16 puts stored in the host tier: leased blocks fill the GPU")                             \
+  X(gpu_get_hits, "kvtier_gpu_get_hits_total", "blocks leased from a GPU tier")                  \
+  X(gpu_promotions, "kvtier_gpu_promotions_total",                                               \
+    "blocks promoted from the host tier into a GPU tier")                                        \
+  X(gpu_promotion_bytes, "kvtier_gpu_promotion_bytes_total",                                     \
+    "bytes written into GPU tiers by promotions")                                                \
+  X(gpu_promotion_fallbacks, "kvtier_gpu_promotion_fallbacks_total",                             \
+    "GPU gets answered from the host tier: no GPU room")                                         \
+  X(gpu_demotions, "kvtier_gpu_demotions_total", "GPU evictions copied down into the host tier") \
+  X(gpu_demotions_dropped, "kvtier_gpu_demotions_dropped_total",                                 \
+    "GPU evictions not copied down: host tier full")                                             \
+  X(gpu_copy_downs, "kvtier_gpu_copy_downs_total",                                               \
+    "host gets of GPU-only blocks copied down into the host tier")                               \
+  X(searches, "kvtier_searches_total", "semantic searches")                                      \
+  X(search_hits, "kvtier_search_hits_total", "semantic searches that found at least one chunk")
 
 struct Metrics {
-#define KVTIER_METRIC_FIELD(name, help) std::atomic<uint64_t> name{0};
+#define KVTIER_METRIC_FIELD(key, name, help) std::atomic<uint64_t> key{0};
   KVTIER_METRICS(KVTIER_METRIC_FIELD)
 #undef KVTIER_METRIC_FIELD
 
-  void visit(const std::function<void(std::string_view name, std::string_view help,
-                                      uint64_t value)>& fn) const {
-#define KVTIER_METRIC_VISIT(name, help) fn(#name, help, name.load(std::memory_order_relaxed));
-    KVTIER_METRICS(KVTIER_METRIC_VISIT)
-#undef KVTIER_METRIC_VISIT
+  // The requests whose handling time is measured where the daemon dispatches them
+  // (daemon/session.cpp, Session::handle): from the decoded request to the reply built, not
+  // the socket or channel transfer around it.  A client's put is one kPutBegin and one kSeal.
+  enum class Timed : uint8_t { kLookup, kGet, kGetFusion, kPutBegin, kSeal, kSearch, kCount };
+  static constexpr std::array<std::string_view, size_t(Timed::kCount)> kTimedNames = {
+      "lookup", "get", "get_fusion", "put_begin", "seal", "search"};
+  std::array<LatencyHistogram, size_t(Timed::kCount)> latency;
+  void observe(Timed request, uint64_t ns) {
+    latency[size_t(request)].observe_ns(ns);
   }
+
+  // Every counter above (Prometheus counters; JSON keys of "counters").
+  void visit_counters(CounterVisitor& v) const;
+  // kvtier_request_duration_seconds{request=...} (JSON: "latency", one object per request).
+  void visit_latency(CounterVisitor& v) const;
 };
 
 inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) {

@@ -1,5 +1,7 @@
 // JSON views of the cache for stats, `kvtierctl clients` and `kvtierctl ls`.
+#include "common/counters_json.h"
 #include "engine/engine.h"
+#include "tiers/tier_counters.h"
 
 namespace kvtier {
 
@@ -21,101 +23,65 @@ nlohmann::json Engine::gpu_json() const {
     j["driver_version"] = p.driver_version;
     j["devices"] = devices;
   }
-  auto pools = nlohmann::json::array();
-  MutexLock lock(mu_);
-  for (const auto& t : gpu_.tiers) {
-    const TierUsage u = t->usage();
-    pools.push_back(
-        {{"device", t->device()},
-         {"pool_id", t->arena_id()},
-         {"domain", t->domain() == 0 ? std::string() : config_.arenas[t->domain() - 1].name},
-         {"handle", gpu::handle_type_name(t->pool().handle_type())},
-         {"capacity_bytes", u.capacity_bytes},
-         {"used_bytes", u.used_bytes},
-         {"reserved_bytes", u.reserved_bytes},
-         {"fusion_bytes", u.fusion_bytes},
-         {"blocks", u.blocks},
-         {"leased_blocks", u.leased_blocks},
-         {"evictions", u.evictions},
-         {"evicted_bytes", u.evicted_bytes},
-         {"policy", "s3fifo"}});
+  std::vector<TierUsage> usage;
+  {
+    MutexLock lock(mu_);
+    for (const auto& t : gpu_.tiers) usage.push_back(t->usage());
   }
-  j["pools"] = pools;
+  auto pools = nlohmann::json::array();
+  for (size_t i = 0; i < usage.size(); ++i) {
+    const GpuTier& t = *gpu_.tiers[i];
+    nlohmann::json p = {{"device", t.device()},
+                        {"pool_id", t.arena_id()},
+                        {"domain", std::string(domain_label(t.domain()))},
+                        {"handle", gpu::handle_type_name(t.pool().handle_type())},
+                        {"policy", "s3fifo"}};
+    JsonCounterVisitor v(p);
+    visit_tier_counters(usage[i], {}, v);
+    pools.push_back(std::move(p));
+  }
+  j["pools"] = std::move(pools);
   return j;
 }
 
+// Each part into its own object, through the same visit_counters() that GET /metrics renders
+// (engine/engine_counters.cpp); strings and ids that are not counters are added here.
 nlohmann::json Engine::stats_json() const {
   nlohmann::json j;
-  TierUsage u;
-  uint64_t sessions, leases = 0, pending = 0;
   j["tiers"]["gpu"] = gpu_json();
-  {
-    MutexLock lock(mu_);
-    u = hosts_[0]->usage();
-    // Each isolation domain's arena, the default one first.
-    auto arenas = nlohmann::json::array();
-    for (size_t d = 0; d < hosts_.size(); ++d) {
-      const TierUsage a = hosts_[d]->usage();
-      arenas.push_back({{"domain", d == 0 ? std::string() : config_.arenas[d - 1].name},
+  const CounterSnapshot s = counter_snapshot();
+  nlohmann::json& host = j["tiers"]["host"];
+  JsonCounterVisitor host_out(host);
+  visit_tier_counters(s.hosts[0], {}, host_out);
+  host["policy"] = "s3fifo";
+  // Each isolation domain's arena, the default one first (ids and names are constant).
+  auto arenas = nlohmann::json::array();
+  for (uint32_t d = 0; d < s.hosts.size(); ++d) {
+    nlohmann::json a = {{"domain", std::string(domain_label(d))},
                         {"arena_id", hosts_[d]->arena_id()},
-                        {"shm", "/dev/shm/" + hosts_[d]->arena().name()},
-                        {"capacity_bytes", a.capacity_bytes},
-                        {"used_bytes", a.used_bytes},
-                        {"blocks", a.blocks},
-                        {"leased_blocks", a.leased_blocks},
-                        {"evictions", a.evictions}});
-    }
-    j["arenas"] = std::move(arenas);
-    sessions = sessions_.size();
-    for (const auto& [id, s] : sessions_) {
-      leases += s.leases.size();
-      pending += s.puts.size();
-    }
+                        {"shm", "/dev/shm/" + hosts_[d]->arena().name()}};
+    JsonCounterVisitor out(a);
+    visit_tier_counters(s.hosts[d], {}, out);
+    arenas.push_back(std::move(a));
   }
-  j["tiers"]["host"] = {
-      {"capacity_bytes", u.capacity_bytes},
-      {"used_bytes", u.used_bytes},
-      {"reserved_bytes", u.reserved_bytes},
-      {"raw_bytes", u.raw_bytes},
-      {"fusion_bytes", u.fusion_bytes},
-      {"compression_ratio", u.used_bytes ? double(u.raw_bytes) / double(u.used_bytes) : 1.0},
-      {"blocks", u.blocks},
-      {"leased_blocks", u.leased_blocks},
-      {"evictions", u.evictions},
-      {"evicted_bytes", u.evicted_bytes},
-      {"policy", "s3fifo"},
-  };
+  j["arenas"] = std::move(arenas);
   if (disk_) {
-    DiskUsage d = disk_->disk_usage();
-    j["tiers"]["disk"] = {
-        {"capacity_bytes", d.capacity_bytes},
-        {"used_bytes", d.used_bytes},
-        {"stored_bytes", d.disk_bytes},
-        {"raw_bytes", d.payload_bytes},
-        {"compression_ratio", d.disk_bytes ? double(d.payload_bytes) / double(d.disk_bytes) : 1.0},
-        {"blocks", d.blocks},
-        {"regions", d.regions},
-        {"queued_bytes", d.queued_bytes},
-        {"writes", d.writes},
-        {"write_bytes", d.write_bytes},
-        {"reads", d.reads},
-        {"read_bytes", d.read_bytes},
-        {"write_errors", d.write_errors},
-        {"read_errors", d.read_errors},
-        {"corrupt_dropped", d.corrupt_dropped},
-        {"regions_reclaimed", d.regions_reclaimed},
-        {"dropped_at_open", d.dropped_at_open},
-        {"backend", disk_->backend()},
-    };
+    nlohmann::json& disk = j["tiers"]["disk"];
+    JsonCounterVisitor out(disk);
+    disk_->visit_counters(out);
+    disk["backend"] = disk_->backend();
   }
   if (index_) j["index"] = index_->stats();
-  j["sessions"] = sessions;
-  j["leases"] = leases;
-  j["pending_puts"] = pending;
-  nlohmann::json c;
-  metrics_.visit(
-      [&](std::string_view name, std::string_view, uint64_t v) { c[std::string(name)] = v; });
-  j["counters"] = c;
+  JsonCounterVisitor top(j);
+  visit_session_counters(s, top);
+  JsonCounterVisitor counters(j["counters"]);
+  metrics_.visit_counters(counters);
+  JsonCounterVisitor latency(j["latency"]);
+  metrics_.visit_latency(latency);
+  JsonCounterVisitor codec(j["codec"]);
+  codec_.visit_counters(codec);
+  JsonCounterVisitor nf4(j["nf4_error"], {"namespace"});
+  nf4_errors_.visit_counters(nf4);
   return j;
 }
 

@@ -592,49 +592,6 @@ Status SemanticIndex::save() {
   return result;
 }
 
-nlohmann::json SemanticIndex::stats() const {
-  auto lock = read_lock();
-  nlohmann::json nss = nlohmann::json::object();
-  bool rebuilding = false;
-  for (const auto& space : namespaces_) {
-    nlohmann::json mods = nlohmann::json::object();
-    for (const auto& [m, mi] : space->modalities) {
-      ModalityIndexInfo i = mi->info(opts_);
-      const uint64_t n = mi->searches.load(), ns = mi->search_ns.load();
-      const uint64_t fc = mi->faiss_calls.load(), fns = mi->faiss_ns.load();
-      mods[m] = {{"vectors", i.live},
-                 {"dead", i.dead},
-                 {"id_slots", i.id_slots},
-                 {"type", i.type},
-                 {"dim", i.dim},
-                 {"nlist", i.nlist},
-                 {"nprobe", i.nprobe},
-                 {"searches", n},
-                 {"hits", mi->hits.load()},
-                 {"misses", mi->misses.load()},
-                 {"search_us_total", double(ns) / 1e3},
-                 {"search_us_mean", n ? double(ns) / 1e3 / double(n) : 0.0},
-                 {"faiss_calls", fc},
-                 {"faiss_us_total", double(fns) / 1e3},
-                 {"faiss_us_mean", fc ? double(fns) / 1e3 / double(fc) : 0.0},
-                 {"rebuilding", mi->rebuilding()},
-                 {"rebuilds", mi->rebuilds.load()},
-                 {"last_rebuild_ms", double(mi->last_rebuild_ns.load()) / 1e6}};
-      rebuilding |= mi->rebuilding();
-    }
-    nss[space->name] = std::move(mods);
-  }
-  return {{"dir", opts_.dir.string()},
-          {"kernels", index_detail::simd_level()},
-          {"exact_max_vectors", opts_.exact_max_vectors},
-          {"rebuild_dead_ratio", opts_.rebuild_dead_ratio},
-          {"rebuilding", rebuilding},
-          {"saves", saves_.load()},
-          {"save_failures", save_failures_.load()},
-          {"last_save_ms", double(last_save_ns_.load()) / 1e6},
-          {"namespaces", std::move(nss)}};
-}
-
 std::optional<ModalityIndexInfo> SemanticIndex::info(std::string_view ns,
                                                      std::string_view modality) const {
   wait_for_rebuilds();

@@ -37,6 +37,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/counters.h"
 #include "kvtier/keys.h"
 #include "kvtier/status.h"
 
@@ -136,14 +137,19 @@ class SemanticIndex {
   // The daemon calls it from its own thread on a timer, and at shutdown.
   Status save();
 
+  // Counters and gauges through the visitor (index_counters.cpp): kvtier_index_saves_total and
+  // the other index-wide ones unlabelled, then per modality index, labelled namespace and
+  // modality, under the shared lock.
+  void visit_counters(CounterVisitor& v) const;
+
+  // The same as JSON ("index" of `kvtierctl stats --json`; never waits for a rebuild):
   // {"namespaces": {ns: {modality: {vectors, dead, id_slots, type, dim, nlist, nprobe, searches,
-  // hits,
-  //   misses, search_us_total, search_us_mean, faiss_calls, faiss_us_total, faiss_us_mean,
+  //   hits, misses, search_us_total, search_us_mean, faiss_calls, faiss_us_total, faiss_us_mean,
   //   rebuilding, rebuilds, last_rebuild_ms}}},  (search_us_*: whole searches; faiss_*: the
   //   FAISS calls inside them, so their difference is SemanticIndex's own share)
   //   "dir": ..., "kernels": "avx512" | "avx2" | "scalar", "exact_max_vectors": ...,
-  //   "rebuilding": any modality index rebuilding, "saves", "save_failures", "last_save_ms"}
-  //   (never waits for a rebuild)
+  //   "rebuild_dead_ratio": ..., "rebuilding": any modality index rebuilding, "saves",
+  //   "save_failures", "last_save_ms"}
   nlohmann::json stats() const;
 
   // Info on one modality index once the rebuilds in flight are swapped in (it waits for
@@ -171,6 +177,7 @@ class SemanticIndex {
   void kick(index_detail::ModalityIndex* mi);
   void rebuild_loop();
   void run_rebuild(index_detail::ModalityIndex* mi);
+  void visit_totals(CounterVisitor& v) const;  // the unlabelled ones (no lock)
 
   // Constant after construction.
   const IndexOptions opts_;

@@ -12,6 +12,8 @@ pkgs=(
   libfaiss-dev libopenblas-dev liblapack-dev
   libhiredis-dev redis-server
   clang-format clang-14 libclang-rt-14-dev
+  # GET /metrics is checked by promtool and by prometheus_client's parser (tests/integration)
+  prometheus python3-prometheus-client
   # the Python module and its tests (Debian's CPU torch, not PyPI's CUDA wheels)
   python3-dev pybind11-dev python3-numpy python3-torch python3-pytest python3-pip python3-venv
 )

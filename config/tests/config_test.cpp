@@ -100,6 +100,10 @@ staging_bytes = "2MB"
 max_leases = 9
 max_pending_puts = 3
 
+[metrics]
+listen = "127.0.0.1:9464"
+nf4_error_sample = 0.25
+
 [[namespace]]
 prefix = ""
 
@@ -175,6 +179,8 @@ TEST_CASE("parse: every key set, and to_toml() round trip", "[config]") {
   CHECK(c.session.staging_bytes == 2000000);
   CHECK(c.session.max_leases == 9);
   CHECK(c.session.max_pending_puts == 3);
+  CHECK(c.metrics.listen == "127.0.0.1:9464");
+  CHECK(c.metrics.nf4_error_sample == 0.25);
   REQUIRE(c.namespaces.size() == 2);  // [[namespace]] replaces the default rule
   CHECK(c.namespaces[1].prefix == "tenant-a/");
   CHECK(c.namespaces[1].allow_uids == std::vector<uid_t>{1001});
@@ -322,6 +328,40 @@ TEST_CASE("validate: range checks, with the line of the offending key", "[config
       Contains("namespace[2].prefix: duplicate prefix 'a/' (also namespace[0]) (set at line 6"));
   REQUIRE_THROWS_WITH(parse("[[namespace]]\ncodec = \"fp16\"\nnf4_double_quant = true\n"),
                       Contains("namespace[0].nf4_double_quant: needs codec = \"nf4\""));
+}
+
+TEST_CASE("[metrics]: off by default; listen and nf4_error_sample checked", "[config]") {
+  const std::string small = "[host]\nsize = \"32MiB\"\n[session]\nstaging_bytes = \"1MiB\"\n";
+  const Config off = parse(small);
+  CHECK(off.metrics.listen.empty());
+  CHECK(off.metrics.nf4_error_sample == 0.0);
+  CHECK(parse(small + "[metrics]\nlisten = \"[::1]:9464\"\n").metrics.listen == "[::1]:9464");
+  CHECK(parse(small + "[metrics]\nnf4_error_sample = 1\n").metrics.nf4_error_sample == 1.0);
+  for (const char* bad : {"localhost:9464", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536",
+                          "127.0.0.1:94x", "::1:9464", "[127.0.0.1]:9464", ":9464"}) {
+    INFO(bad);
+    REQUIRE_THROWS_WITH(
+        parse(small + "[metrics]\nlisten = \"" + bad + "\"\n", "m.toml"),
+        Contains(std::string("metrics.listen: '") + bad + "' is not \"address:port\"") &&
+            Contains("(set at line 6 of m.toml)"));
+  }
+  REQUIRE_THROWS_WITH(parse(small + "[metrics]\nnf4_error_sample = 1.5\n"),
+                      Contains("metrics.nf4_error_sample: must be in [0, 1], got 1.5"));
+  REQUIRE_THROWS_WITH(parse(small + "[metrics]\nnf4_error_sample = -0.1\n"),
+                      Contains("metrics.nf4_error_sample: must be in [0, 1]"));
+  REQUIRE_THROWS_WITH(parse(small + "[metrics]\nlisten = 9464\n"),
+                      Contains("metrics.listen: expected a string, got integer"));
+  REQUIRE_THROWS_WITH(parse(small + "[metrics]\nport = 1\n"),
+                      Contains("unknown key 'metrics.port'"));
+
+  const auto v4 = parse_listen("127.0.0.1:9464");
+  REQUIRE(v4);
+  CHECK(v4->address == "127.0.0.1");
+  CHECK(v4->port == 9464);
+  const auto v6 = parse_listen("[::1]:1");
+  REQUIRE(v6);
+  CHECK(v6->address == "::1");
+  CHECK(v6->port == 1);
 }
 
 TEST_CASE("admin lists: default {0, euid} unless the file sets one", "[config]") {

@@ -26,6 +26,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/counters.h"
 #include "common/mutex.h"
 #include "kvtier/keys.h"
 #include "common/layout.h"
@@ -118,6 +119,10 @@ class DiskTier final : public StoreTier {
   Status remove(std::string_view ns, const BlockKey& key);
   uint64_t evict_entries(const std::function<bool(const DiskEntry&)>& match);  // count
   DiskUsage disk_usage() const;
+  // disk_usage() through the counter visitor (disk_counters.cpp): the families every tier
+  // reports with tier="disk", and kvtier_disk_*; keys of "tiers.disk" in `kvtierctl stats
+  // --json`.
+  void visit_counters(CounterVisitor& v) const;
   void visit(const std::function<void(const DiskEntry&)>& fn) const;
   struct Progress {
     uint64_t done = 0, total = 0;
