@@ -15,7 +15,9 @@
 //             daemon memory of the goal; the arena is shared memory and is not in it
 //   shm RSS   statm shared: pages of the host arena the blocks touched (reported apart)
 //   arena     the arena's own bytes per block (extent, 256 B alignment, allocator header)
-// and the ratio of max(heap, anon RSS) to the goal: a k+v block within 200 B.
+// and the ratio of max(heap, anon RSS) to the goal: a k+v block within 200 B.  Beside them,
+// what the host tier says it holds (ArenaTier::memory(): entry, buckets, interned layouts,
+// ghost keys), so the measured bytes can be told apart.
 //
 //   block_memory_bench [--quick] [--blocks N,N...]
 #include <malloc.h>
@@ -109,6 +111,7 @@ struct Sample {
   uint64_t heap = 0;
   Rss rss;
   uint64_t arena_used = 0;  // arena bytes not free (blocks, alignment, allocator headers)
+  ArenaTier::MemoryUsage tier;
 };
 
 Sample sample(Engine& e) {
@@ -116,7 +119,14 @@ Sample sample(Engine& e) {
   s.heap = heap_bytes();
   s.rss = rss();
   s.arena_used = e.host().arena().size() - e.host().arena().free_bytes();
+  s.tier = e.host().memory();
   return s;
+}
+
+// What glibc's malloc takes for a request of `bytes`: an 8-byte size header, 16-byte
+// granules, 32 bytes at least.
+uint64_t malloc_chunk(uint64_t bytes) {
+  return std::max<uint64_t>(32, (bytes + 8 + 15) / 16 * 16);
 }
 
 void must(const Status& s, const char* what) {
@@ -198,9 +208,20 @@ int measure(const Kind& kind, const std::vector<uint64_t>& checkpoints) {
       const double shm = (double(s.rss.shared) - double(base.rss.shared)) / per;
       const double arena = double(s.arena_used - base.arena_used) / per;
       const double ratio = std::max(heap, anon) / kGoalBytes;
-      std::printf("| %-6s | %9llu | %8.1f | %8.1f | %8.1f | %8.1f | %7.2f | %5.2fx | %-4s |\n",
-                  kind.name, (unsigned long long)n, heap, anon, shm, arena, put_us, ratio,
-                  ratio <= 1.0 ? "yes" : "NO");
+      // What the tier says it holds, per block: its entry (one malloc chunk), its share of
+      // the index's buckets and of the interned layouts.
+      const double entry = double(malloc_chunk(s.tier.entry_bytes));
+      const double buckets = double(s.tier.bucket_bytes - base.tier.bucket_bytes) / per;
+      const double shapes = (double(s.tier.shape_bytes) - double(base.tier.shape_bytes)) / per;
+      char entry_col[32];
+      std::snprintf(entry_col, sizeof entry_col, "%llu (%.0f)",
+                    (unsigned long long)s.tier.entry_bytes, entry);
+      std::printf(
+          "| %-6s | %9llu | %8.1f | %8.1f | %8.1f | %8.1f | %9.1f | %13s | %7.1f | %2llu, %4.1f | "
+          "%6llu | %7.2f | %5.2fx | %-4s |\n",
+          kind.name, (unsigned long long)n, heap, anon, shm, arena, entry + buckets + shapes,
+          entry_col, buckets, (unsigned long long)s.tier.shapes, shapes,
+          (unsigned long long)s.tier.ghosts, put_us, ratio, ratio <= 1.0 ? "yes" : "NO");
       std::fflush(stdout);
     }
   }
@@ -250,11 +271,11 @@ int main(int argc, char** argv) {
       "per block.  Goal: max(heap, anon RSS) <= %.0f B per k+v block.\n\n",
       kGoalBytes);
   std::printf(
-      "| kind   |    blocks |  heap B  | anon RSS | shm RSS  | arena B  | put us  | "
-      "vs goal | met? |\n");
+      "| kind   |    blocks |  heap B  | anon RSS | shm RSS  | arena B  | accounted | "
+      "entry (chunk) | buckets | shapes, B | ghosts | put us  | vs goal | met? |\n");
   std::printf(
-      "|--------|-----------|----------|----------|----------|----------|---------|"
-      "---------|------|\n");
+      "|--------|-----------|----------|----------|----------|----------|-----------|"
+      "---------------|---------|-----------|--------|---------|---------|------|\n");
   std::fflush(stdout);
   int rc = 0;
   for (const Kind& kind : {single_kind(), kv_kind()}) {
@@ -273,8 +294,13 @@ int main(int argc, char** argv) {
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) rc = 1;
   }
   std::printf(
-      "\nheap = mallinfo2 uordblks + hblkhd; anon RSS = statm resident - shared (the "
-      "daemon's private memory); shm RSS = host-arena pages touched (shared memory, not "
-      "daemon heap); arena = arena bytes used per block (slot + allocator header).\n");
+      "\nPer block, from the baseline.  heap = mallinfo2 uordblks + hblkhd; anon RSS = statm "
+      "resident - shared (the daemon's private memory: the goal); shm RSS = host-arena pages "
+      "touched (shared memory, reported apart); arena = arena bytes the allocator counts as used "
+      "(extent + header; the 256 B alignment gap between slots shows in shm RSS).  accounted = "
+      "what the host tier says it holds (ArenaTier::memory): entry = sizeof one block's entry "
+      "(its glibc malloc chunk), buckets = the index's bucket array, shapes = distinct interned "
+      "layouts and their heap; ghosts = S3-FIFO ghost keys (bounded; none without "
+      "evictions).\n");
   return rc;
 }
