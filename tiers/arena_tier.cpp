@@ -60,9 +60,7 @@ Result<Extent> ArenaTier::reserve(uint64_t bytes) {
     on_capacity_evict(e);  // still indexed while the listener runs
     ++evictions_;
     evicted_bytes_ += e.extent.bytes;
-    index_.erase(index_.iterator_to(e));
-    free_entry(e);
-    delete &e;
+    free_entry(*unindex(e));
   }
 }
 
@@ -83,9 +81,14 @@ Status ArenaTier::insert(const NsKey& id, const Extent& extent, BlockLayout layo
     if (is_fusion_tensor(t.name)) fusion_bytes_ += t.bytes;
   }
   policy_.insert(*e);
-  index_.insert(*e.release());  // the index owns it now
+  index_.insert(*e.release());  // the index owns it now, until unindex()
   if (index_.size() > index_.bucket_count()) grow_index();
   return {};
+}
+
+std::unique_ptr<ArenaTier::Entry> ArenaTier::unindex(Entry& e) {
+  index_.erase(index_.iterator_to(e));
+  return std::unique_ptr<Entry>(&e);
 }
 
 void ArenaTier::grow_index() {
@@ -135,8 +138,7 @@ void ArenaTier::release(const BlockInfo* block) {
 RemoveOutcome ArenaTier::remove(const NsKey& id) {
   auto it = index_.find(id);
   if (it == index_.end()) return RemoveOutcome::kNotFound;
-  std::unique_ptr<Entry> e(&*it);  // out of the index: owned here
-  index_.erase(it);
+  std::unique_ptr<Entry> e = unindex(*it);
   policy_.erase(*e);
   if (e->leases > 0) {
     e->doomed = true;
@@ -164,9 +166,7 @@ Tier::EvictCount ArenaTier::evict_matching(const std::function<bool(const BlockI
     ++c.evicted;
     c.bytes += e->extent.bytes;
     policy_.erase(*e);
-    index_.erase(index_.iterator_to(*e));
-    free_entry(*e);
-    delete e;
+    free_entry(*unindex(*e));
   }
   evictions_ += c.evicted;
   evicted_bytes_ += c.bytes;

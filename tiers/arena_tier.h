@@ -93,6 +93,7 @@ class ArenaTier : public Tier {
       boost::intrusive::power_2_buckets<true>, boost::intrusive::constant_time_size<true>>;
   static constexpr size_t kMinBuckets = 64;
 
+  std::unique_ptr<Entry> unindex(Entry& e);  // out of the index; the caller owns it now
   void free_entry(Entry& e);  // returns its bytes to the arena and updates the counters
   void grow_index();          // twice the buckets, once the entries outnumber them
 

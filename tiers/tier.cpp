@@ -4,10 +4,10 @@
 
 namespace kvtier {
 
-BlockInfo::BlockInfo(const NsKey& id_, const Extent& extent_, const BlockLayout& shape,
+BlockInfo::BlockInfo(const NsKey& block_id, const Extent& block_extent, const BlockLayout& shape,
                      const BlockLayout& layout)
-    : id(id_),
-      extent(extent_),
+    : id(block_id),
+      extent(block_extent),
       checksum_count_(static_cast<uint16_t>(layout.tensors.size())),
       shape_(&shape) {
   // Layouts have at most a few hundred tensors (kMaxTensorsPerBlock, plus fusion state).
