@@ -188,6 +188,8 @@ TierUsage ArenaTier::usage() const {
 }
 
 ArenaTier::MemoryUsage ArenaTier::memory() const {
+  // docs/internals.md, "Memory per block", accounts for an entry field by field (LP64).
+  static_assert(sizeof(void*) != 8 || sizeof(Entry) == 136, "Entry grew: update the docs");
   MemoryUsage m;
   m.entries = index_.size() + doomed_.size();
   m.entry_bytes = sizeof(Entry);

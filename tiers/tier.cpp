@@ -4,6 +4,9 @@
 
 namespace kvtier {
 
+// docs/internals.md, "Memory per block", accounts for these bytes field by field (LP64).
+static_assert(sizeof(void*) != 8 || sizeof(BlockInfo) == 104, "BlockInfo grew: update the docs");
+
 BlockInfo::BlockInfo(const NsKey& block_id, const Extent& block_extent, const BlockLayout& shape,
                      const BlockLayout& layout)
     : id(block_id),

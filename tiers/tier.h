@@ -41,7 +41,7 @@ struct Extent {
 // freed: while leases > 0 it is never freed, moved or evicted.
 //
 // Compact on purpose: a tier keeps one per block (docs/internals.md, "Memory per block").  The
-// layout is not copied into it: `shape` points at the tier's interned copy of the tensors
+// layout is not copied into it: shape() is the tier's interned copy of the tensors
 // (tiers/layout_table.h, shared by every block of that shape and held while this block is),
 // and the block's own checksums sit beside it, inline for one or two tensors.
 struct BlockInfo {
