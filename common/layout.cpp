@@ -31,6 +31,18 @@ const TensorLayout* BlockLayout::find(std::string_view name) const {
   return nullptr;
 }
 
+bool LayoutView::has_fusion() const {
+  for (const auto& t : shape_->tensors)
+    if (is_fusion_tensor(t.name)) return true;
+  return false;
+}
+
+BlockLayout LayoutView::to_layout() const {
+  BlockLayout out = *shape_;
+  for (size_t i = 0; i < out.tensors.size(); ++i) out.tensors[i].checksum = checksum(i);
+  return out;
+}
+
 uint64_t checksum64(const void* data, size_t bytes) {
   return XXH3_64bits(data, bytes);
 }

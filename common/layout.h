@@ -50,6 +50,37 @@ struct BlockLayout {
   const TensorLayout* find(std::string_view name) const;
 };
 
+// A stored block's layout as the tiers keep it: the tensors of a shape that many blocks share
+// (tiers/layout_table.h; their checksum fields are 0) and the block's own checksums, one per
+// tensor, kept beside it.  Or a view of a whole BlockLayout, checksums read from its tensors.
+// It points into what it views: a lease's view is valid while the lease is held.
+class LayoutView {
+ public:
+  LayoutView() = default;
+  explicit LayoutView(const BlockLayout& whole) : shape_(&whole) {}
+  LayoutView(const BlockLayout& shape, const uint64_t* checksums)
+      : shape_(&shape), checksums_(checksums) {}
+
+  explicit operator bool() const { return shape_ != nullptr; }
+  // Every field but the checksum: a tier's shape has checksum 0 in each tensor (checksum(i)).
+  const std::vector<TensorLayout>& tensors() const { return shape_->tensors; }
+  uint64_t total_bytes() const { return shape_->total_bytes; }
+  uint64_t checksum(size_t i) const {
+    return checksums_ ? checksums_[i] : shape_->tensors[i].checksum;
+  }
+  bool has_fusion() const;
+  // A whole copy, checksums filled in.
+  BlockLayout to_layout() const;
+  // Both views show the same stored block (not merely an equal layout).
+  bool same_block(const LayoutView& o) const {
+    return shape_ == o.shape_ && checksums_ == o.checksums_;
+  }
+
+ private:
+  const BlockLayout* shape_ = nullptr;
+  const uint64_t* checksums_ = nullptr;  // null: the shape's own checksums
+};
+
 // Checks a layout a client sent with a put: 1..64 tensors with unique non-empty names, rank
 // 1..8, no zero or overflowing dims, raw codec, contiguous, raw_bytes and bytes equal to the
 // element count times the dtype size, and tensors inside [0, total_bytes) without overlap.

@@ -3,16 +3,22 @@
 namespace kvtier::wire_util {
 
 flatbuffers::Offset<wire::BlockLayout> to_wire(flatbuffers::FlatBufferBuilder& fbb,
-                                               const BlockLayout& layout) {
+                                               const LayoutView& layout) {
   std::vector<flatbuffers::Offset<wire::TensorDesc>> tensors;
-  tensors.reserve(layout.tensors.size());
-  for (const auto& t : layout.tensors) {
+  tensors.reserve(layout.tensors().size());
+  for (size_t i = 0; i < layout.tensors().size(); ++i) {
+    const TensorLayout& t = layout.tensors()[i];
     tensors.push_back(wire::CreateTensorDesc(
         fbb, fbb.CreateString(t.name), static_cast<uint8_t>(t.dtype), fbb.CreateVector(t.shape),
         t.strides.empty() ? 0 : fbb.CreateVector(t.strides), static_cast<uint8_t>(t.codec),
-        static_cast<uint8_t>(t.nf4_layout), t.offset, t.bytes, t.raw_bytes, t.checksum));
+        static_cast<uint8_t>(t.nf4_layout), t.offset, t.bytes, t.raw_bytes, layout.checksum(i)));
   }
-  return wire::CreateBlockLayout(fbb, fbb.CreateVector(tensors), layout.total_bytes);
+  return wire::CreateBlockLayout(fbb, fbb.CreateVector(tensors), layout.total_bytes());
+}
+
+flatbuffers::Offset<wire::BlockLayout> to_wire(flatbuffers::FlatBufferBuilder& fbb,
+                                               const BlockLayout& layout) {
+  return to_wire(fbb, LayoutView(layout));
 }
 
 BlockLayout from_wire(const wire::BlockLayout* l) {

@@ -24,6 +24,9 @@ inline BlockKey from_wire(const wire::Key128& k) {
 
 flatbuffers::Offset<wire::BlockLayout> to_wire(flatbuffers::FlatBufferBuilder& fbb,
                                                const BlockLayout& layout);
+// A tier's stored layout (shared shape + the block's checksums).
+flatbuffers::Offset<wire::BlockLayout> to_wire(flatbuffers::FlatBufferBuilder& fbb,
+                                               const LayoutView& layout);
 BlockLayout from_wire(const wire::BlockLayout* layout);
 std::vector<BlockKey> keys_from_wire(const flatbuffers::Vector<const wire::Key128*>* keys);
 flatbuffers::Offset<flatbuffers::Vector<const wire::Key128*>> keys_to_wire(

@@ -156,7 +156,7 @@ flatbuffers::Offset<wire::LeasedBlock> leased_block(flatbuffers::FlatBufferBuild
   auto key = wire_util::to_wire(g.key);
   if (g.code != Errc::kOk) return wire::CreateLeasedBlock(fbb, &key, static_cast<uint16_t>(g.code));
   // g.layout stays valid: this session holds the lease and only it can release it.
-  auto layout = wire_util::to_wire(fbb, *g.layout);
+  auto layout = wire_util::to_wire(fbb, g.layout);
   return wire::CreateLeasedBlock(fbb, &key, 0, g.lease_id, g.extent.arena, g.extent.offset, layout,
                                  static_cast<uint8_t>(g.tier), g.device);
 }

@@ -140,7 +140,7 @@ void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
   }
   Metrics* m = &metrics_;
   // StoreTier::write copies the bytes into its queue: the extent is freed right after this.
-  Status st = store->write(b.id, b.layout, bytes, rule->compress, [m](Status s) {
+  Status st = store->write(b.id, b.layout().to_layout(), bytes, rule->compress, [m](Status s) {
     bump(s.is_ok() ? m->demotions : m->demotion_failures);
   });
   if (st.code() == Errc::kLimit) bump(metrics_.demotions_dropped);
@@ -162,8 +162,9 @@ Status Engine::persist(uint32_t ns, const BlockKey& key, std::function<void(Stat
   HostTier& host = host_locked(ns);
   const BlockInfo* b = host.find(NsKey{ns, key});
   if (b == nullptr) return error(Errc::kNotFound, "block " + key.hex() + " left the host tier");
-  Status st = store->write(NsKey{ns, key}, b->layout, {host.data(b->extent), b->extent.bytes},
-                           ns_rules_.at(ns)->compress, std::move(done));
+  Status st = store->write(NsKey{ns, key}, b->layout().to_layout(),
+                           {host.data(b->extent), b->extent.bytes}, ns_rules_.at(ns)->compress,
+                           std::move(done));
   if (st.code() == Errc::kAlreadyExists)
     return error(Errc::kAlreadyExists, std::string("on the ") + store->name() + " tier already");
   return st;

@@ -87,9 +87,9 @@ struct LeaseGrant {
   Errc code = Errc::kOk;
   uint64_t lease_id = 0;
   Extent extent;
-  const BlockLayout* layout = nullptr;  // valid while the lease is held
-  TierKind tier = TierKind::kHost;      // kGpu: extent.arena is the device's pool id
-  int device = -1;                      // the GPU of a kGpu lease
+  LayoutView layout;                // valid while the lease is held
+  TierKind tier = TierKind::kHost;  // kGpu: extent.arena is the device's pool id
+  int device = -1;                  // the GPU of a kGpu lease
 };
 
 // Where a get wants its blocks: host memory (the host tier's format) or one GPU's memory.

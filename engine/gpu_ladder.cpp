@@ -23,7 +23,7 @@ LeaseGrant Engine::grant(Session& s, MemoryTier& tier, const BlockInfo& b) {
   g.key = b.id.key;
   g.lease_id = s.next_id++;
   g.extent = b.extent;
-  g.layout = &b.layout;
+  g.layout = b.layout();
   if (tier.kind() == TierKind::kGpu) {
     g.tier = TierKind::kGpu;
     g.device = static_cast<GpuTier&>(tier).device();
@@ -39,13 +39,14 @@ LeaseGrant Engine::grant(Session& s, MemoryTier& tier, const BlockInfo& b) {
 // copy of the NF4 bytes (docs/gpu.md).
 bool Engine::copy_down(GpuTier& tier, const BlockInfo& b) {
   const config::NamespaceRule& rule = *ns_rules_.at(b.id.ns);
+  const BlockLayout gpu = b.layout().to_layout();
   // The host tier's format: KV float tensors with rule.codec, fusion tensors with fusion_codec.
-  BlockLayout host = plan_stored_layout(b.layout, rule);
+  BlockLayout host = plan_stored_layout(gpu, rule);
   HostTier& to = host_locked(b.id.ns);  // the same domain's as the GPU pool's
   auto ext = to.reserve(host.total_bytes);
   if (!ext) return false;
-  Status st = demote_block(tier.pool(), b.layout, b.extent.offset, host, to.data(*ext),
-                           rule.nf4_double_quant);
+  Status st =
+      demote_block(tier.pool(), gpu, b.extent.offset, host, to.data(*ext), rule.nf4_double_quant);
   if (st) st = to.insert(b.id, *ext, std::move(host));
   if (!st) {
     to.unreserve(*ext);
@@ -58,7 +59,8 @@ LeaseGrant Engine::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& h
                                   int device) {
   const NsKey id{ns, host_grant.key};
   // The host lease pins the source block: its bytes and layout stay put while unlocked.
-  const BlockLayout gpu_layout = plan_gpu_layout(*host_grant.layout);
+  const BlockLayout host_layout = host_grant.layout.to_layout();
+  const BlockLayout gpu_layout = plan_gpu_layout(host_layout);
   GpuTier* tier = nullptr;
   HostTier* host = nullptr;
   Extent ext;
@@ -80,14 +82,14 @@ LeaseGrant Engine::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& h
     }
     ext = *r;
   }
-  Status st = promote_block(tier->pool(), *host_grant.layout, host->data(host_grant.extent),
-                            gpu_layout, ext.offset);
+  Status st = promote_block(tier->pool(), host_layout, host->data(host_grant.extent), gpu_layout,
+                            ext.offset);
   MutexLock lock(mu_);
   Session* s = session(sid);
   // Removed, or replaced by a fusion put, while the device worked: publishing the copy would
   // bring back (or shadow) what is gone.
   const BlockInfo* now = host->find(id);
-  if (st && (now == nullptr || &now->layout != host_grant.layout))
+  if (st && (now == nullptr || !now->layout().same_block(host_grant.layout)))
     st = error(Errc::kNotFound, "block left the host tier during its promotion");
   if (st) st = tier->insert(id, ext, gpu_layout);
   if (!st) tier->unreserve(ext);  // failed, or another session published it first

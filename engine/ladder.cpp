@@ -14,12 +14,6 @@ namespace {
 
 using StartFn = std::function<void(std::function<void(Status)>)>;
 
-bool has_fusion(const BlockLayout& layout) {
-  for (const auto& t : layout.tensors)
-    if (is_fusion_tensor(t.name)) return true;
-  return false;
-}
-
 }  // namespace
 
 awaitable<Engine::LookupResult> Engine::lookup(uint64_t sid, uint32_t ns,
@@ -54,7 +48,7 @@ awaitable<Result<LeaseGrant>> Engine::get_fusion(uint64_t sid, uint32_t ns, Bloc
   if (g.front().code != Errc::kOk)
     co_return error(g.front().code, "chunk " + key.hex() + " is not cached");
   // The lease pins the block: its layout stays valid until released.
-  if (!has_fusion(*g.front().layout)) {
+  if (!g.front().layout.has_fusion()) {
     release(sid, std::span(&g.front().lease_id, 1));
     co_return error(Errc::kNotFound, "chunk " + key.hex() + " has no fusion state");
   }
@@ -106,7 +100,7 @@ awaitable<Result<uint64_t>> Engine::begin_put(uint64_t sid, PutRequest req) {
     put.fusion = true;
     put.base_lease = g.front().lease_id;
     put.base_extent = g.front().extent;
-    put.base_layout = *g.front().layout;
+    put.base_layout = g.front().layout.to_layout();
     put.metadata = std::move(req.metadata);
     put.stored_layout =
         plan_fusion_layout(put.base_layout, put.client_layout, rule, put.metadata.size());

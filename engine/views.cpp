@@ -112,18 +112,13 @@ nlohmann::json Engine::list_json(const std::string& ns_filter, uint32_t limit,
     only = find_namespace(ns_filter);
     if (!only) return arr;
   }
-  auto fused = [](const BlockLayout& l) {
-    for (const auto& t : l.tensors)
-      if (is_fusion_tensor(t.name)) return true;
-    return false;
-  };
   auto visit_block = [&](const BlockInfo& b, const std::string& tier) {
     mu_.assert_held();  // the tiers' visit() below runs it
     if (only && b.id.ns != *only) return;
     if (limit && arr.size() >= limit) return;
-    if (fusion_only && !fused(b.layout)) return;
+    if (fusion_only && !b.layout().has_fusion()) return;
     auto tensors = nlohmann::json::array();
-    for (const auto& t : b.layout.tensors) {
+    for (const auto& t : b.layout().tensors()) {
       tensors.push_back({{"name", t.name},
                          {"dtype", dtype_name(t.dtype)},
                          {"shape", t.shape},
@@ -149,7 +144,7 @@ nlohmann::json Engine::list_json(const std::string& ns_filter, uint32_t limit,
     disk_->visit([&](const DiskEntry& e) {
       if (!ns_filter.empty() && e.ns != ns_filter) return;
       if (limit && arr.size() >= limit) return;
-      if (fusion_only && !fused(e.layout)) return;
+      if (fusion_only && !LayoutView(e.layout).has_fusion()) return;
       auto tensors = nlohmann::json::array();
       for (const auto& t : e.layout.tensors) {
         tensors.push_back({{"name", t.name},

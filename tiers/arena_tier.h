@@ -6,11 +6,14 @@
 // Not thread-safe (see tiers/tier.h): the engine serialises calls.
 #pragma once
 
+#include <boost/intrusive/unordered_set.hpp>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <unordered_map>
 
+#include "tiers/layout_table.h"
 #include "tiers/s3fifo.h"
 #include "tiers/space_allocator.h"
 #include "tiers/tier.h"
@@ -43,6 +46,18 @@ class ArenaTier : public MemoryTier {
   // Extent::arena of this tier's blocks.
   uint32_t arena_id() const { return arena_id_; }
 
+  // What this tier's bookkeeping holds in daemon memory (docs/internals.md, "Memory per
+  // block"): the figures block_memory_bench prints beside what it measures.
+  struct MemoryUsage {
+    uint64_t entries = 0;       // blocks indexed, plus doomed ones not yet freed
+    uint64_t entry_bytes = 0;   // sizeof one entry (one allocation per block)
+    uint64_t bucket_bytes = 0;  // the index's bucket array
+    uint64_t shapes = 0;        // distinct interned layouts
+    uint64_t shape_bytes = 0;   // their heap (LayoutTable::heap_bytes)
+    uint64_t ghosts = 0;        // keys in the S3-FIFO ghost queue (bounded by its length)
+  };
+  MemoryUsage memory() const;
+
  protected:
   ArenaTier(std::unique_ptr<SpaceAllocator> space, const ArenaOptions& options);
   SpaceAllocator& space() const { return *space_; }
@@ -52,10 +67,35 @@ class ArenaTier : public MemoryTier {
   virtual void on_capacity_evict(const BlockInfo& block) = 0;
 
  private:
-  struct Entry : S3FifoNode {
-    BlockInfo info;
+  // One allocation per block: its place in the S3-FIFO queues, its link in the index's bucket
+  // chain and its BlockInfo (docs/internals.md, "Memory per block").
+  struct Entry : S3FifoNode, boost::intrusive::unordered_set_base_hook<>, BlockInfo {
+    using BlockInfo::BlockInfo;
   };
+  struct EntryId {
+    using type = NsKey;
+    const NsKey& operator()(const Entry& e) const { return e.id; }
+  };
+  // NsKeyHash, finished so that its low bits (the bucket of a power-of-two table) are mixed.
+  struct IndexHash {
+    size_t operator()(const NsKey& k) const noexcept {
+      uint64_t h = NsKeyHash{}(k);
+      h ^= h >> 32;
+      h *= 0x9e3779b97f4a7c15ull;
+      return h ^ (h >> 29);
+    }
+  };
+  // Intrusive: the entries are the chain nodes, so the index adds one pointer per entry and
+  // one bucket pointer per slot of its table (at most one entry per bucket on average, grown
+  // by doubling).  It owns its entries: they are created in insert() and deleted when freed.
+  using Index = boost::intrusive::unordered_set<
+      Entry, boost::intrusive::key_of_value<EntryId>, boost::intrusive::hash<IndexHash>,
+      boost::intrusive::power_2_buckets<true>, boost::intrusive::constant_time_size<true>>;
+  static constexpr size_t kMinBuckets = 64;
+
+  std::unique_ptr<Entry> unindex(Entry& e);  // out of the index; the caller owns it now
   void free_entry(Entry& e);  // returns its bytes to the arena and updates the counters
+  void grow_index();          // twice the buckets, once the entries outnumber them
 
   // Constant after construction.
   const std::unique_ptr<SpaceAllocator> space_;
@@ -64,7 +104,9 @@ class ArenaTier : public MemoryTier {
   const uint32_t arena_id_;
 
   S3Fifo policy_;
-  std::unordered_map<NsKey, std::unique_ptr<Entry>, NsKeyHash> index_;
+  LayoutTable layouts_;  // the shapes of this tier's blocks, doomed ones included
+  std::unique_ptr<Index::bucket_type[]> buckets_;
+  Index index_;
   // Removed while leased: out of the index, freed at the last release.
   std::unordered_map<const BlockInfo*, std::unique_ptr<Entry>> doomed_;
   uint64_t used_bytes_ = 0;

@@ -2,19 +2,20 @@
 
 namespace kvtier {
 
-S3Fifo::S3Fifo(uint64_t capacity_bytes, double small_ratio, size_t ghost_entries)
+S3Fifo::S3Fifo(uint64_t capacity_bytes, double small_ratio, size_t ghost_entries, NodeTraits traits)
     : small_target_bytes_(static_cast<uint64_t>(capacity_bytes * small_ratio)),
-      ghost_capacity_(ghost_entries) {}
+      ghost_capacity_(ghost_entries),
+      traits_(traits) {}
 
 void S3Fifo::push(List& to, S3FifoNode& node) {
   node.in_main = (&to == &main_);
-  (node.in_main ? main_bytes_ : small_bytes_) += node.bytes;
+  (node.in_main ? main_bytes_ : small_bytes_) += traits_.bytes(node);
   to.push_back(node);
 }
 
 void S3Fifo::insert(S3FifoNode& node) {
   node.freq = 0;
-  auto it = ghost_set_.find(node.key);
+  auto it = ghost_set_.find(traits_.key(node));
   if (it != ghost_set_.end()) {
     ghost_set_.erase(it);  // its slot in ghost_fifo_ ages out on its own
     push(main_, node);
@@ -27,10 +28,10 @@ void S3Fifo::erase(S3FifoNode& node) {
   if (!node.is_linked()) return;
   if (node.in_main) {
     main_.erase(main_.iterator_to(node));
-    main_bytes_ -= node.bytes;
+    main_bytes_ -= traits_.bytes(node);
   } else {
     small_.erase(small_.iterator_to(node));
-    small_bytes_ -= node.bytes;
+    small_bytes_ -= traits_.bytes(node);
   }
 }
 
@@ -65,7 +66,7 @@ S3FifoNode* S3Fifo::evict(const std::function<bool(const S3FifoNode&)>& pinned) 
     List& q = from_small ? small_ : main_;
     S3FifoNode& n = q.front();
     q.pop_front();
-    (from_small ? small_bytes_ : main_bytes_) -= n.bytes;
+    (from_small ? small_bytes_ : main_bytes_) -= traits_.bytes(n);
     if (pinned(n)) {
       push(q, n);  // leased: rotate to the tail; not a victim now
       ++(from_small ? small_run : main_run);
@@ -78,7 +79,7 @@ S3FifoNode* S3Fifo::evict(const std::function<bool(const S3FifoNode&)>& pinned) 
         push(main_, n);  // hit at least once while in small: promote
         continue;
       }
-      remember_ghost(n.key);
+      remember_ghost(traits_.key(n));
       return &n;
     }
     if (n.freq > 0) {

@@ -22,18 +22,24 @@
 
 namespace kvtier {
 
+// What the policy keeps in each entry: its place in a queue and its frequency.  The entry's
+// key and size are the entry's own (NodeTraits reads them), not repeated here.
 struct S3FifoNode : boost::intrusive::list_base_hook<> {
-  NsKey key;
-  uint64_t bytes = 0;
   uint8_t freq = 0;  // 0..3, saturating
   bool in_main = false;
 };
 
 class S3Fifo {
  public:
+  // How the policy reads a linked node's key (remembered as a ghost when it leaves the small
+  // queue) and size in bytes, which must not change while it is linked.
+  struct NodeTraits {
+    const NsKey& (*key)(const S3FifoNode&);
+    uint64_t (*bytes)(const S3FifoNode&);
+  };
   // capacity_bytes: the tier's size; small_ratio: share of it for the small queue;
   // ghost_entries: keys remembered after leaving the small queue.
-  S3Fifo(uint64_t capacity_bytes, double small_ratio, size_t ghost_entries);
+  S3Fifo(uint64_t capacity_bytes, double small_ratio, size_t ghost_entries, NodeTraits traits);
 
   void insert(S3FifoNode& node);  // a new entry: small queue, or main if its key is a ghost
   void touch(S3FifoNode& node) {
@@ -51,6 +57,7 @@ class S3Fifo {
   uint64_t small_bytes() const { return small_bytes_; }
   uint64_t main_bytes() const { return main_bytes_; }
   bool is_ghost(const NsKey& key) const { return ghost_set_.count(key) > 0; }
+  size_t ghost_count() const { return ghost_fifo_.size(); }  // at most ghost_entries
 
  private:
   using List = boost::intrusive::list<S3FifoNode, boost::intrusive::constant_time_size<true>>;
@@ -59,6 +66,7 @@ class S3Fifo {
 
   const uint64_t small_target_bytes_;
   const size_t ghost_capacity_;
+  const NodeTraits traits_;
   List small_;
   List main_;
   uint64_t small_bytes_ = 0;

@@ -55,15 +55,48 @@ struct Extent {
 
 // A stored block as the tier sees it.  Pointers to BlockInfo stay valid until the block is
 // freed: while leases > 0 it is never freed, moved or evicted.
+//
+// Compact on purpose: a tier keeps one per block (docs/internals.md, "Memory per block").  The
+// layout is not copied into it: shape() is the tier's interned copy of the tensors
+// (tiers/layout_table.h, shared by every block of that shape and held while this block is),
+// and the block's own checksums sit beside it, inline for one or two tensors.
 struct BlockInfo {
+  // `shape`: the tier's interned shape of `layout`; the checksums are copied from `layout`.
+  BlockInfo(const NsKey& id, const Extent& extent, const BlockLayout& shape,
+            const BlockLayout& layout);
+  ~BlockInfo();
+  BlockInfo(const BlockInfo&) = delete;
+  BlockInfo& operator=(const BlockInfo&) = delete;
+
+  // Its stored layout: valid as long as the block (for a lease, while it is held).
+  LayoutView layout() const { return LayoutView(*shape_, checksums()); }
+  const BlockLayout& shape() const { return *shape_; }  // checksums 0
+
   NsKey id;
   Extent extent;
-  BlockLayout layout;
   uint32_t leases = 0;
+
+ private:
+  static constexpr size_t kInlineChecksums = 2;
+  const uint64_t* checksums() const {
+    return checksum_count_ <= kInlineChecksums ? inline_checksums_ : heap_checksums_;
+  }
+  uint16_t checksum_count_ = 0;  // beside leases and doomed: no padding of its own
+
+ public:
   bool doomed = false;  // removed while leased: freed at the last release
   uint64_t created_unix_ms = 0;
   uint64_t last_access_unix_ms = 0;
   uint64_t hits = 0;
+
+ private:
+  const BlockLayout* shape_;
+  // One per tensor: inline up to two (a KV block's one tensor, or k and v), else an array
+  // this BlockInfo allocates and frees (a union member cannot be a unique_ptr cheaply).
+  union {
+    uint64_t inline_checksums_[kInlineChecksums];
+    uint64_t* heap_checksums_;
+  };
 };
 
 struct TierUsage {

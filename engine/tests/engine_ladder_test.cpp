@@ -121,7 +121,7 @@ struct Rig {
     } else {
       p = engine->host().data(g.extent);
     }
-    return {p, p + g.layout->total_bytes};
+    return {p, p + g.layout.total_bytes()};
   }
 
   std::string tag;

@@ -11,10 +11,19 @@
 using namespace kvtier;
 
 namespace {
-std::vector<std::unique_ptr<S3FifoNode>> make_nodes(size_t n, uint64_t bytes) {
-  std::vector<std::unique_ptr<S3FifoNode>> v;
+// A tier's entry keeps its key and size itself; the policy reads them through NodeTraits.
+struct Node : S3FifoNode {
+  NsKey key;
+  uint64_t bytes = 0;
+};
+constexpr S3Fifo::NodeTraits kTraits{
+    [](const S3FifoNode& n) -> const NsKey& { return static_cast<const Node&>(n).key; },
+    [](const S3FifoNode& n) { return static_cast<const Node&>(n).bytes; }};
+
+std::vector<std::unique_ptr<Node>> make_nodes(size_t n, uint64_t bytes) {
+  std::vector<std::unique_ptr<Node>> v;
   for (size_t i = 0; i < n; ++i) {
-    auto node = std::make_unique<S3FifoNode>();
+    auto node = std::make_unique<Node>();
     node->key = NsKey{1, BlockKey{i, 0}};
     node->bytes = bytes;
     v.push_back(std::move(node));
@@ -26,7 +35,7 @@ auto never = [](const S3FifoNode&) { return false; };
 
 TEST_CASE("new entries leave through the small queue first, in FIFO order") {
   auto nodes = make_nodes(10, 10);
-  S3Fifo p(100, 0.1, 16);
+  S3Fifo p(100, 0.1, 16, kTraits);
   for (auto& n : nodes) p.insert(*n);
   CHECK(p.small_count() == 10);
   CHECK(p.evict(never) == nodes[0].get());
@@ -36,7 +45,7 @@ TEST_CASE("new entries leave through the small queue first, in FIFO order") {
 
 TEST_CASE("a hit in the small queue promotes to main; a ghost re-enters main") {
   auto nodes = make_nodes(3, 10);
-  S3Fifo p(100, 0.1, 16);
+  S3Fifo p(100, 0.1, 16, kTraits);
   for (auto& n : nodes) p.insert(*n);
   p.touch(*nodes[0]);
   CHECK(p.evict(never) == nodes[1].get());  // 0 was promoted, 1 is the victim
@@ -48,7 +57,7 @@ TEST_CASE("a hit in the small queue promotes to main; a ghost re-enters main") {
 
 TEST_CASE("pinned entries are never chosen; all pinned yields nullptr") {
   auto nodes = make_nodes(4, 10);
-  S3Fifo p(100, 0.1, 16);
+  S3Fifo p(100, 0.1, 16, kTraits);
   for (auto& n : nodes) p.insert(*n);
   std::unordered_set<const S3FifoNode*> pinned = {nodes[0].get(), nodes[1].get()};
   auto is_pinned = [&](const S3FifoNode& n) { return pinned.count(&n) > 0; };
@@ -60,7 +69,7 @@ TEST_CASE("pinned entries are never chosen; all pinned yields nullptr") {
 
 TEST_CASE("a small queue over its share but all pinned falls through to main") {
   auto nodes = make_nodes(2, 10);
-  S3Fifo p(100, 0.1, 16);  // small target: 10 bytes
+  S3Fifo p(100, 0.1, 16, kTraits);  // small target: 10 bytes
   p.insert(*nodes[0]);
   p.touch(*nodes[0]);
   p.insert(*nodes[1]);
@@ -75,8 +84,8 @@ TEST_CASE("a one-off scan does not flush the hot set (scan resistance)") {
   // cache of 20 entries.  Under S3-FIFO the hot entries survive; under LRU none would.
   const uint64_t cap = 20;
   auto hot = make_nodes(5, 1);
-  std::vector<std::unique_ptr<S3FifoNode>> scan;
-  S3Fifo p(cap, 0.1, 64);
+  std::vector<std::unique_ptr<Node>> scan;
+  S3Fifo p(cap, 0.1, 64, kTraits);
   size_t live = 0;
   std::unordered_set<S3FifoNode*> present;
   auto admit = [&](S3FifoNode& n) {
@@ -94,7 +103,7 @@ TEST_CASE("a one-off scan does not flush the hot set (scan resistance)") {
   for (int round = 0; round < 3; ++round)
     for (auto& h : hot) p.touch(*h);
   for (size_t i = 0; i < 200; ++i) {
-    auto n = std::make_unique<S3FifoNode>();
+    auto n = std::make_unique<Node>();
     n->key = NsKey{2, BlockKey{i, 1}};
     n->bytes = 1;
     admit(*n);

@@ -121,3 +121,63 @@ TEST_CASE("oversized block is refused") {
   auto tier = make_tier(16 << 20);
   CHECK(tier->reserve(32 << 20).status().code() == Errc::kNoSpace);
 }
+
+TEST_CASE("the index grows past its first buckets and finds every block; shapes are shared") {
+  auto tier = make_tier(16 << 20);
+  const uint64_t n = 5000;  // 256 B slots: well inside 16 MiB, no eviction
+  for (uint64_t i = 0; i < n; ++i) put(*tier, i, 64);
+  CHECK(tier->usage().evictions == 0);
+  for (uint64_t i = 0; i < n; ++i) REQUIRE(tier->find(key(i)) != nullptr);
+  CHECK(tier->find(key(n)) == nullptr);
+  ArenaTier::MemoryUsage m = tier->memory();
+  CHECK(m.entries == n);
+  CHECK(m.shapes == 1);  // one layout for every block
+  CHECK(m.bucket_bytes >= n * sizeof(void*));
+  CHECK(m.bucket_bytes <= 2 * n * sizeof(void*));
+  for (uint64_t i = 0; i < n; i += 2) REQUIRE(tier->remove(key(i)) == RemoveOutcome::kRemoved);
+  for (uint64_t i = 0; i < n; ++i) REQUIRE((tier->find(key(i)) != nullptr) == (i % 2 == 1));
+  auto c = tier->evict_matching([](const NsKey& id) { return id.key.lo % 4 == 1; });
+  CHECK(c.evicted == n / 4);
+  CHECK(tier->usage().blocks == n / 4);
+  CHECK(tier->memory().shapes == 1);
+  tier->evict_matching([](const NsKey&) { return true; });
+  CHECK(tier->memory().shapes == 0);  // the last block let go of it
+  CHECK(tier->usage().used_bytes == 0);
+}
+
+TEST_CASE("a leased block's layout and checksums outlive its removal") {
+  auto tier = make_tier(16 << 20);
+  BlockLayout l;
+  for (int i = 0; i < 3; ++i) {  // three tensors: checksums beyond the inline two
+    TensorLayout t;
+    t.name = i == 0 ? "k" : i == 1 ? "v" : "fusion/x";
+    t.dtype = DType::kU8;
+    t.shape = {64};
+    t.offset = uint64_t(i) * 64;
+    t.bytes = t.raw_bytes = 64;
+    t.checksum = 0xabc0 + uint64_t(i);
+    l.tensors.push_back(t);
+  }
+  l.total_bytes = 192;
+  auto ext = tier->reserve(192);
+  REQUIRE(ext.is_ok());
+  REQUIRE(tier->insert(key(1), *ext, l).is_ok());
+  CHECK(tier->usage().fusion_bytes == 64);
+  const BlockInfo* b = tier->acquire(key(1));
+  REQUIRE(b != nullptr);
+  const LayoutView view = b->layout();
+  CHECK(tier->remove(key(1)) == RemoveOutcome::kDeferred);
+  // Put again under the same key with another shape: the removed block keeps its own.
+  ext = tier->reserve(64);
+  REQUIRE(ext.is_ok());
+  REQUIRE(tier->insert(key(1), *ext, layout_of(64)).is_ok());
+  CHECK(tier->memory().shapes == 2);
+  REQUIRE(view.tensors().size() == 3);
+  CHECK(view.tensors()[2].name == "fusion/x");
+  for (size_t i = 0; i < 3; ++i) CHECK(view.checksum(i) == 0xabc0 + i);
+  CHECK(view.has_fusion());
+  CHECK_FALSE(tier->find(key(1))->layout().same_block(view));
+  tier->release(b);
+  CHECK(tier->memory().shapes == 1);
+  CHECK(tier->usage().fusion_bytes == 0);
+}
