@@ -58,7 +58,8 @@ std::pair<std::unique_ptr<DiskTier>, std::string> open_disk_tier(const config::C
   }
   auto disk = DiskTier::open(o, std::move(device));
   if (!disk) {
-    // The engine runs with what it has (a missing part degrades the engine, it never stops it): host tier only, and says why.
+    // The engine runs with what it has (a missing part degrades the engine, it never stops it):
+    // host tier only, and says why.
     spdlog::error("disk tier unavailable, serving without it: {}", disk.status().to_string());
     return {nullptr, "failed to open: " + disk.status().to_string()};
   }

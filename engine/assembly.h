@@ -24,8 +24,8 @@ std::pair<std::unique_ptr<DiskTier>, std::string> open_disk_tier(const config::C
 std::unique_ptr<SemanticIndex> open_index(const config::Config& config);
 
 // Never fails: what could not be opened is logged and reported in GpuSetup::status, and the
-// engine serves without it (a missing part never stops it).  Per device: the shared pool of the default
-// domain (gpu.size), then a pool per isolation domain with a gpu_size.  The host arenas of
+// engine serves without it (a missing part never stops it).  Per device: the shared pool of the
+// default domain (gpu.size), then a pool per isolation domain with a gpu_size.  The host arenas of
 // the domains that have pools (`hosts`, by domain) are registered with the backend so the
 // device reads and writes them in place.
 GpuSetup open_gpu_tier(const config::Config& config,

@@ -162,9 +162,9 @@ Status Engine::persist(uint32_t ns, const BlockKey& key, std::function<void(Stat
   HostTier& host = host_locked(ns);
   const BlockInfo* b = host.find(NsKey{ns, key});
   if (b == nullptr) return error(Errc::kNotFound, "block " + key.hex() + " left the host tier");
-  Status st = store->write(NsKey{ns, key}, b->layout().to_layout(),
-                           {host.data(b->extent), b->extent.bytes}, ns_rules_.at(ns)->compress,
-                           std::move(done));
+  Status st =
+      store->write(NsKey{ns, key}, b->layout().to_layout(), {host.data(b->extent), b->extent.bytes},
+                   ns_rules_.at(ns)->compress, std::move(done));
   if (st.code() == Errc::kAlreadyExists)
     return error(Errc::kAlreadyExists, std::string("on the ") + store->name() + " tier already");
   return st;
