@@ -317,6 +317,60 @@ void MetricsConfig::validate() const {
     fail("metrics.nf4_error_sample: must be in [0, 1], got " + std::to_string(nf4_error_sample));
 }
 
+void RemoteTierConfig::validate() const {
+  for (const std::string& seed : seeds) {
+    const size_t colon = seed.rfind(':');
+    uint32_t port = 0;
+    const bool numeric =
+        colon != std::string::npos && colon > 0 && colon + 1 < seed.size() &&
+        std::from_chars(seed.data() + colon + 1, seed.data() + seed.size(), port).ptr ==
+            seed.data() + seed.size();
+    if (!numeric || port < 1 || port > 65535)
+      fail("remote.seeds: '" + seed + "' is not \"host:port\" with a port in 1..65535");
+  }
+  if (connect_timeout_ms < 1 || connect_timeout_ms > 60000)
+    fail("remote.connect_timeout_ms: must be in 1..60000, got " +
+         std::to_string(connect_timeout_ms));
+  if (command_timeout_ms < 1 || command_timeout_ms > 60000)
+    fail("remote.command_timeout_ms: must be in 1..60000, got " +
+         std::to_string(command_timeout_ms));
+  if (lookup_timeout_ms < 1 || lookup_timeout_ms > 60000)
+    fail("remote.lookup_timeout_ms: must be in 1..60000, got " + std::to_string(lookup_timeout_ms));
+  if (threads < 1 || threads > 64)
+    fail("remote.threads: must be in 1..64, got " + std::to_string(threads));
+  if (connections_per_node < 1 || connections_per_node > 256)
+    fail("remote.connections_per_node: must be in 1..256, got " +
+         std::to_string(connections_per_node));
+  // Redis refuses bulk strings over proto-max-bulk-len (512 MB by default).
+  if (max_value_bytes < (64ull << 10) || max_value_bytes > (512ull << 20))
+    fail("remote.max_value_bytes: must be in 64KiB..512MiB, got " + human_size(max_value_bytes));
+  if (queue_bytes < (1ull << 20))
+    fail("remote.queue_bytes: must be at least 1MiB, got " + human_size(queue_bytes));
+  if (key_prefix.empty() || key_prefix.size() > 64 ||
+      key_prefix.find_first_of("{}") != std::string::npos)
+    fail("remote.key_prefix: must be 1..64 characters without '{' or '}', got '" + key_prefix +
+         "'");
+}
+
+void EventsConfig::validate() const {
+  auto endpoint_ok = [](const std::string& e) {
+    return e.empty() || e.starts_with("tcp://") || e.starts_with("ipc://") ||
+           e.starts_with("inproc://");
+  };
+  if (!endpoint_ok(endpoint))
+    fail("events.endpoint: '" + endpoint +
+         "' is not a ZeroMQ endpoint (tcp://host:port, ipc://path; \"\" = off)");
+  if (!endpoint_ok(replay_endpoint))
+    fail("events.replay_endpoint: '" + replay_endpoint + "' is not a ZeroMQ endpoint");
+  if (!replay_endpoint.empty() && endpoint.empty())
+    fail("events.replay_endpoint: needs events.endpoint");
+  if (buffer_batches < 1) fail("events.buffer_batches: must be at least 1");
+  if (max_batch_events < 1 || max_batch_events > 65536)
+    fail("events.max_batch_events: must be in 1..65536, got " + std::to_string(max_batch_events));
+  if (batch_ms > 10000)
+    fail("events.batch_ms: must be in 0..10000, got " + std::to_string(batch_ms));
+}
+
 void NamespaceRule::validate() const {
   check_ids(allow_uids, "namespace.allow_uids");
   check_ids(allow_gids, "namespace.allow_gids");
@@ -343,6 +397,8 @@ void Config::validate() const {
   index.validate();
   session.validate();
   metrics.validate();
+  remote.validate();
+  events.validate();
   std::map<std::string_view, size_t> seen;  // prefix -> index of its first rule
   for (size_t i = 0; i < namespaces.size(); ++i) {
     const std::string index = "namespace[" + std::to_string(i) + "]";
@@ -357,6 +413,8 @@ void Config::validate() const {
       fail(index + ".prefix: duplicate prefix '" + namespaces[i].prefix + "' (also namespace[" +
            std::to_string(it->second) + "])");
     }
+    if (namespaces[i].remote != RemotePolicy::kOff && !remote.enabled())
+      fail(index + ".remote: needs a remote tier ([remote] seeds) or remote = \"off\"");
   }
   if (session.staging_bytes > host.size_bytes) {
     fail("session.staging_bytes: " + human_size(session.staging_bytes) +

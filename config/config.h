@@ -127,6 +127,43 @@ struct MetricsConfig {
   void validate() const;
 };
 
+// The remote tier: a Redis Cluster shared by every host's kvtierd (docs/remote.md).
+struct RemoteTierConfig {
+  // "host:port" of any nodes of the cluster; empty (the default) = no remote tier.
+  std::vector<std::string> seeds;
+  std::string password;                // AUTH, when the cluster asks for one
+  uint32_t connect_timeout_ms = 500;   // per connection attempt
+  uint32_t command_timeout_ms = 2000;  // per pipelined batch on one node
+  uint32_t threads = 4;                // the tier's workers (each runs one batch at a time)
+  uint32_t connections_per_node = 4;
+  uint64_t max_value_bytes = 8ull << 20;  // larger blocks are stored as several parts
+  uint64_t queue_bytes = 256ull << 20;    // writes queued and not yet stored (over: dropped)
+  uint32_t lookup_timeout_ms = 50;        // a lookup's remote step gives up (a miss) after this
+  // The key prefix of every value in the cluster: several kvtier deployments can share one
+  // cluster under different prefixes.
+  std::string key_prefix = "kvtier";
+  bool enabled() const { return !seeds.empty(); }
+  void validate() const;
+};
+
+// KV events (docs/remote.md, "KV events"): blocks stored, removed and cleared, published in the
+// format of vLLM's KV events (msgpack KVEventBatch over ZeroMQ PUB).
+struct EventsConfig {
+  std::string endpoint;              // ZeroMQ PUB endpoint ("tcp://127.0.0.1:5557"); "" = off
+  std::string replay_endpoint;       // ZeroMQ ROUTER endpoint for replays; "" = no replay
+  uint64_t buffer_batches = 10000;   // batches kept for replay
+  uint32_t max_batch_events = 1024;  // events per batch (a batch leaves at most every batch_ms)
+  uint32_t batch_ms = 10;
+  void validate() const;
+};
+
+// What a namespace's blocks do on the remote tier.
+enum class RemotePolicy : uint8_t {
+  kOff = 0,           // never (default)
+  kWriteBack = 1,     // what the host tier evicts (after the disk tier's write-back, if any)
+  kWriteThrough = 2,  // every sealed block, as soon as it is sealed
+};
+
 // An "address:port" of MetricsConfig::listen, split.
 struct ListenAddress {
   std::string address;  // an IPv4 or IPv6 literal (without brackets)
@@ -168,6 +205,8 @@ struct NamespaceRule {
   Codec fusion_codec = Codec::kRaw;          // fusion tensors: "fp16" (lossless, default) or "nf4"
   DiskPolicy disk = DiskPolicy::kWriteBack;  // "off" | "writeback" | "persist"
   bool compress = true;                      // zstd on the disk tier where it pays
+  RemotePolicy remote = RemotePolicy::kOff;  // "off" | "writeback" | "writethrough"
+  uint32_t remote_ttl_s = 0;                 // expiry of its remote values; 0 = none
   void validate() const;
   bool allows(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) const;
 };
@@ -181,6 +220,8 @@ struct Config {
   IndexConfig index;
   SessionConfig session;
   MetricsConfig metrics;
+  RemoteTierConfig remote;
+  EventsConfig events;
   std::vector<NamespaceRule> namespaces;  // default: one rule, prefix "", any peer
   std::vector<ArenaConfig> arenas;        // isolation domains besides the default one
 

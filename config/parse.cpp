@@ -189,6 +189,16 @@ class Reader {
     return out;
   }
 
+  // An array of strings.
+  std::vector<std::string> strings(const toml::node& node, const std::string& key) const {
+    if (!node.is_array()) wrong_type(node, key, "an array of strings");
+    std::vector<std::string> out;
+    const toml::array& array = *node.as_array();
+    for (size_t i = 0; i < array.size(); ++i)
+      out.push_back(str(array[i], key + "[" + std::to_string(i) + "]"));
+    return out;
+  }
+
   // "0660" as a string, or a TOML octal integer (0o660); validate() checks the string.
   std::string mode(const toml::node& node, const std::string& key) const {
     if (node.is_string()) return node.as_string()->get();
@@ -317,6 +327,46 @@ void read_metrics(Reader& r, const toml::table& t, MetricsConfig& m) {
        {"nf4_error_sample", [&](auto& n, auto& k) { m.nf4_error_sample = r.number(n, k); }}});
 }
 
+void read_remote(Reader& r, const toml::table& t, RemoteTierConfig& c) {
+  r.read_table(t, "remote",
+               {{"seeds", [&](auto& n, auto& k) { c.seeds = r.strings(n, k); }},
+                {"password", [&](auto& n, auto& k) { c.password = r.str(n, k); }},
+                {"connect_timeout_ms",
+                 [&](auto& n, auto& k) { c.connect_timeout_ms = r.integer<uint32_t>(n, k); }},
+                {"command_timeout_ms",
+                 [&](auto& n, auto& k) { c.command_timeout_ms = r.integer<uint32_t>(n, k); }},
+                {"threads", [&](auto& n, auto& k) { c.threads = r.integer<uint32_t>(n, k); }},
+                {"connections_per_node",
+                 [&](auto& n, auto& k) { c.connections_per_node = r.integer<uint32_t>(n, k); }},
+                {"max_value_bytes", [&](auto& n, auto& k) { c.max_value_bytes = r.size(n, k); }},
+                {"queue_bytes", [&](auto& n, auto& k) { c.queue_bytes = r.size(n, k); }},
+                {"lookup_timeout_ms",
+                 [&](auto& n, auto& k) { c.lookup_timeout_ms = r.integer<uint32_t>(n, k); }},
+                {"key_prefix", [&](auto& n, auto& k) { c.key_prefix = r.str(n, k); }}});
+}
+
+void read_events(Reader& r, const toml::table& t, EventsConfig& e) {
+  r.read_table(
+      t, "events",
+      {{"endpoint", [&](auto& n, auto& k) { e.endpoint = r.str(n, k); }},
+       {"replay_endpoint", [&](auto& n, auto& k) { e.replay_endpoint = r.str(n, k); }},
+       {"buffer_batches", [&](auto& n, auto& k) { e.buffer_batches = r.integer<uint64_t>(n, k); }},
+       {"max_batch_events",
+        [&](auto& n, auto& k) { e.max_batch_events = r.integer<uint32_t>(n, k); }},
+       {"batch_ms", [&](auto& n, auto& k) { e.batch_ms = r.integer<uint32_t>(n, k); }}});
+}
+
+RemotePolicy remote_policy(Reader& r, const toml::node& n, const std::string& key) {
+  const std::string v = r.str(n, key);
+  if (v == "off") return RemotePolicy::kOff;
+  if (v == "writeback") return RemotePolicy::kWriteBack;
+  if (v == "writethrough") return RemotePolicy::kWriteThrough;
+  r.fail(key + ": unknown remote policy '" + v +
+             "' (expected \"off\", \"writeback\" or \"writethrough\")",
+         n.source());
+  return RemotePolicy::kOff;
+}
+
 // [[namespace]] entries replace the default catch-all rule; `namespace = []` leaves none.
 void read_namespaces(Reader& r, const toml::node& node, std::vector<NamespaceRule>& rules) {
   if (!node.is_array()) r.wrong_type(node, "namespace", "an array of tables ([[namespace]])");
@@ -336,7 +386,10 @@ void read_namespaces(Reader& r, const toml::node& node, std::vector<NamespaceRul
          {"nf4_double_quant", [&](auto& n, auto& k) { rule.nf4_double_quant = r.boolean(n, k); }},
          {"fusion_codec", [&](auto& n, auto& k) { rule.fusion_codec = r.codec(n, k); }},
          {"disk", [&](auto& n, auto& k) { rule.disk = disk_policy(r, n, k); }},
-         {"compress", [&](auto& n, auto& k) { rule.compress = r.boolean(n, k); }}});
+         {"compress", [&](auto& n, auto& k) { rule.compress = r.boolean(n, k); }},
+         {"remote", [&](auto& n, auto& k) { rule.remote = remote_policy(r, n, k); }},
+         {"remote_ttl_s",
+          [&](auto& n, auto& k) { rule.remote_ttl_s = r.integer<uint32_t>(n, k); }}});
   }
 }
 
@@ -399,6 +452,8 @@ Config parse(std::string_view toml_text, const std::string& origin) {
                 {"index", [&](auto& n, auto& k) { read_index(r, r.table(n, k), cfg.index); }},
                 {"session", [&](auto& n, auto& k) { read_session(r, r.table(n, k), cfg.session); }},
                 {"metrics", [&](auto& n, auto& k) { read_metrics(r, r.table(n, k), cfg.metrics); }},
+                {"remote", [&](auto& n, auto& k) { read_remote(r, r.table(n, k), cfg.remote); }},
+                {"events", [&](auto& n, auto& k) { read_events(r, r.table(n, k), cfg.events); }},
                 {"namespace", [&](auto& n, auto&) { read_namespaces(r, n, cfg.namespaces); }},
                 {"arena", [&](auto& n, auto&) { read_arenas(r, n, cfg.arenas); }}});
   try {

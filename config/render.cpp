@@ -47,6 +47,15 @@ std::string float_text(double v) {
   return s;
 }
 
+std::string string_list(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i != 0) out += ", ";
+    out += quote(items[i]);
+  }
+  return out + "]";
+}
+
 std::string id_list(const std::vector<uint32_t>& ids) {
   std::string out = "[";
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -119,6 +128,23 @@ std::string Config::to_toml() const {
   o << "\n[metrics]\n"
     << "listen = " << quote(metrics.listen) << "\n"
     << "nf4_error_sample = " << float_text(metrics.nf4_error_sample) << "\n";
+  o << "\n[remote]\n"
+    << "seeds = " << string_list(remote.seeds) << "\n"
+    << (remote.password.empty() ? "" : "# password = (set; not shown)\n")
+    << "connect_timeout_ms = " << remote.connect_timeout_ms << "\n"
+    << "command_timeout_ms = " << remote.command_timeout_ms << "\n"
+    << "threads = " << remote.threads << "\n"
+    << "connections_per_node = " << remote.connections_per_node << "\n"
+    << "max_value_bytes = " << toml_size(remote.max_value_bytes) << "\n"
+    << "queue_bytes = " << toml_size(remote.queue_bytes) << "\n"
+    << "lookup_timeout_ms = " << remote.lookup_timeout_ms << "\n"
+    << "key_prefix = " << quote(remote.key_prefix) << "\n";
+  o << "\n[events]\n"
+    << "endpoint = " << quote(events.endpoint) << "\n"
+    << "replay_endpoint = " << quote(events.replay_endpoint) << "\n"
+    << "buffer_batches = " << events.buffer_batches << "\n"
+    << "max_batch_events = " << events.max_batch_events << "\n"
+    << "batch_ms = " << events.batch_ms << "\n";
   for (const NamespaceRule& rule : namespaces) {
     o << "\n[[namespace]]\n"
       << "prefix = " << quote(rule.prefix) << "\n"
@@ -133,6 +159,12 @@ std::string Config::to_toml() const {
                                                    : "writeback")
       << "\n"
       << "compress = " << boolean(rule.compress) << "\n"
+      << "remote = "
+      << quote(rule.remote == RemotePolicy::kOff         ? "off"
+               : rule.remote == RemotePolicy::kWriteBack ? "writeback"
+                                                         : "writethrough")
+      << "\n"
+      << "remote_ttl_s = " << rule.remote_ttl_s << "\n"
       << "arena = " << quote(rule.arena) << "\n";
   }
   for (const ArenaConfig& a : arenas) {

@@ -364,6 +364,56 @@ TEST_CASE("[metrics]: off by default; listen and nf4_error_sample checked", "[co
   CHECK(v6->port == 1);
 }
 
+TEST_CASE("[remote], [events] and per-namespace remote policy", "[config]") {
+  const std::string small = "[host]\nsize = \"32MiB\"\n[session]\nstaging_bytes = \"1MiB\"\n";
+  const Config off = parse(small);
+  CHECK_FALSE(off.remote.enabled());
+  CHECK(off.events.endpoint.empty());
+  CHECK(off.namespaces.at(0).remote == RemotePolicy::kOff);
+
+  const Config on = parse(small +
+                          "[remote]\nseeds = [\"10.0.0.1:7000\", \"redis-b:7001\"]\n"
+                          "password = \"s3cret\"\nmax_value_bytes = \"1MiB\"\nthreads = 2\n"
+                          "[events]\nendpoint = \"tcp://127.0.0.1:5557\"\n"
+                          "replay_endpoint = \"tcp://127.0.0.1:5558\"\n"
+                          "[[namespace]]\nprefix = \"\"\nremote = \"writethrough\"\n"
+                          "remote_ttl_s = 3600\n"
+                          "[[namespace]]\nprefix = \"b/\"\nremote = \"writeback\"\n");
+  CHECK(on.remote.seeds == std::vector<std::string>{"10.0.0.1:7000", "redis-b:7001"});
+  CHECK(on.remote.max_value_bytes == (1u << 20));
+  CHECK(on.remote.threads == 2);
+  CHECK(on.events.replay_endpoint == "tcp://127.0.0.1:5558");
+  CHECK(on.namespaces.at(0).remote == RemotePolicy::kWriteThrough);
+  CHECK(on.namespaces.at(0).remote_ttl_s == 3600);
+  CHECK(on.namespaces.at(1).remote == RemotePolicy::kWriteBack);
+  // Round trip, the password left out of the effective settings.
+  const std::string text = on.to_toml();
+  CHECK(text.find("s3cret") == std::string::npos);
+  const Config back = parse(text);
+  CHECK(back.remote.seeds == on.remote.seeds);
+  CHECK(back.namespaces.at(0).remote == RemotePolicy::kWriteThrough);
+  CHECK(back.events.endpoint == on.events.endpoint);
+
+  REQUIRE_THROWS_WITH(parse(small + "[[namespace]]\nprefix = \"\"\nremote = \"writeback\"\n"),
+                      Contains("namespace[0].remote: needs a remote tier ([remote] seeds)"));
+  REQUIRE_THROWS_WITH(parse(small + "[remote]\nseeds = [\"10.0.0.1:7000\"]\n"
+                                    "[[namespace]]\nremote = \"always\"\n"),
+                      Contains("unknown remote policy 'always'"));
+  for (const char* bad : {"redis", ":7000", "redis:0", "redis:70000", "redis:7x"}) {
+    INFO(bad);
+    REQUIRE_THROWS_WITH(parse(small + "[remote]\nseeds = [\"" + bad + "\"]\n"),
+                        Contains(std::string("remote.seeds: '") + bad + "' is not \"host:port\""));
+  }
+  REQUIRE_THROWS_WITH(parse(small + "[remote]\nseeds = \"a:1\"\n"),
+                      Contains("remote.seeds: expected an array of strings"));
+  REQUIRE_THROWS_WITH(parse(small + "[remote]\nkey_prefix = \"a{b}\"\n"),
+                      Contains("remote.key_prefix"));
+  REQUIRE_THROWS_WITH(parse(small + "[events]\nendpoint = \"127.0.0.1:5557\"\n"),
+                      Contains("events.endpoint: '127.0.0.1:5557' is not a ZeroMQ endpoint"));
+  REQUIRE_THROWS_WITH(parse(small + "[events]\nreplay_endpoint = \"tcp://127.0.0.1:1\"\n"),
+                      Contains("events.replay_endpoint: needs events.endpoint"));
+}
+
 TEST_CASE("admin lists: default {0, euid} unless the file sets one", "[config]") {
   const char* small = "[host]\nsize = \"32MiB\"\n[session]\nstaging_bytes = \"1MiB\"\n";
   CHECK(parse(small).access.admin_uids == defaults().access.admin_uids);
