@@ -74,7 +74,8 @@ awaitable<void> Session::on_lookup(const wire::LookupReq& req, Reply& r) {
   if (!ns) co_return r.fail(ns.status());
   auto keys = request_keys(req.keys());
   if (!keys) co_return r.fail(keys.status());
-  auto found = co_await server_.engine().lookup(id_, *ns, std::move(*keys), req.with_fusion());
+  auto found = co_await server_.engine().lookup(id_, *ns, std::move(*keys), req.with_fusion(),
+                                                req.local_only());
   flatbuffers::Offset<wire::LeasedBlock> fusion;
   if (found.fusion) fusion = leased_block(r.fbb, *found.fusion);
   r.set(wire::Response::LookupResp, wire::CreateLookupResp(r.fbb, found.matched, fusion));

@@ -76,6 +76,26 @@ std::pair<std::unique_ptr<DiskTier>, std::string> open_disk_tier(const config::C
   return {std::move(disk).value(), "open"};
 }
 
+std::unique_ptr<RemoteTier> open_remote_tier(const config::Config& config) {
+  const config::RemoteTierConfig& c = config.remote;
+  if (!c.enabled()) return nullptr;
+  RemoteTier::Options o;
+  o.cluster.seeds = c.seeds;
+  o.cluster.password = c.password;
+  o.cluster.connect_timeout = std::chrono::milliseconds(c.connect_timeout_ms);
+  o.cluster.command_timeout = std::chrono::milliseconds(c.command_timeout_ms);
+  o.cluster.connections_per_node = c.connections_per_node;
+  o.key_prefix = c.key_prefix;
+  o.threads = c.threads;
+  o.max_value_bytes = c.max_value_bytes;
+  o.queue_bytes = c.queue_bytes;
+  std::string seeds;
+  for (const std::string& seed : c.seeds) seeds += (seeds.empty() ? "" : ", ") + seed;
+  spdlog::info("remote tier: Redis Cluster at {} (key prefix '{}', {} threads); connecting",
+               seeds, c.key_prefix, c.threads);
+  return std::make_unique<RemoteTier>(std::move(o));
+}
+
 std::unique_ptr<SemanticIndex> open_index(const config::Config& config) {
   if (!config.index.enabled) {
     spdlog::info("semantic index: disabled by configuration");
@@ -100,7 +120,8 @@ std::unique_ptr<Engine> Engine::open(const config::Config& config, Metrics& metr
   auto [disk, disk_status] = open_disk_tier(config, hooks);
   GpuSetup gpu = open_gpu_tier(config, hosts);
   return std::make_unique<Engine>(config, std::move(hosts), std::move(disk), std::move(disk_status),
-                                  open_index(config), metrics, std::move(gpu));
+                                  open_index(config), metrics, std::move(gpu),
+                                  open_remote_tier(config));
 }
 
 GpuSetup open_gpu_tier(const config::Config& config,

@@ -20,6 +20,10 @@ std::vector<std::unique_ptr<HostTier>> open_host_tiers(const config::Config& con
 std::pair<std::unique_ptr<DiskTier>, std::string> open_disk_tier(const config::Config& config,
                                                                  const EngineHooks& hooks);
 
+// The remote tier when [remote] seeds are set, else null.  Never fails: it connects in the
+// background and serves misses until the cluster answers.
+std::unique_ptr<RemoteTier> open_remote_tier(const config::Config& config);
+
 // The semantic index, or null (logged) when disabled or broken.
 std::unique_ptr<SemanticIndex> open_index(const config::Config& config);
 

@@ -8,6 +8,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -46,6 +47,37 @@ boost::asio::awaitable<T> await_callback(std::function<void(std::function<void(T
     co_await event->timer.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
   }
   co_return std::move(*event->value);
+}
+
+// await_callback() that gives up after `timeout`: returns `on_timeout` then, and a later
+// done(value) is dropped (it still runs: the event outlives the coroutine's wait).
+template <typename T>
+boost::asio::awaitable<T> await_callback_for(std::function<void(std::function<void(T)>)> start,
+                                             std::chrono::steady_clock::duration timeout,
+                                             T on_timeout) {
+  struct Event {
+    Event(const boost::asio::any_io_executor& ex, std::chrono::steady_clock::duration t)
+        : timer(ex, t) {}
+    boost::asio::steady_timer timer;
+    std::optional<T> value;  // set on the coroutine's executor only
+    bool waiting = true;     // false once the coroutine stopped waiting
+  };
+  auto ex = co_await boost::asio::this_coro::executor;
+  auto event = std::make_shared<Event>(ex, timeout);
+  start([event, ex](T value) mutable {
+    auto wake = std::move(event);
+    auto target = std::move(ex);
+    boost::asio::post(target, [wake = std::move(wake), value = std::move(value)]() mutable {
+      if (!wake->waiting) return;
+      wake->value = std::move(value);
+      wake->timer.cancel();
+    });
+  });
+  boost::system::error_code ec;
+  co_await event->timer.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+  event->waiting = false;
+  if (event->value) co_return std::move(*event->value);
+  co_return on_timeout;  // the timer expired (ec is not operation_aborted)
 }
 
 }  // namespace kvtier

@@ -41,16 +41,19 @@ void Promotion::complete(Status result) {
 
 Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTier>> hosts,
                std::unique_ptr<DiskTier> disk, std::string disk_status,
-               std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu)
+               std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu,
+               std::unique_ptr<RemoteTier> remote)
     : config_(config),
       metrics_(metrics),
       disk_(std::move(disk)),
       disk_status_(std::move(disk_status)),
+      remote_(std::move(remote)),
       index_(std::move(index)),
       nf4_errors_(config.metrics.nf4_error_sample),
       gpu_(std::move(gpu)),
       hosts_(std::move(hosts)) {
   if (disk_) stores_.push_back(disk_.get());
+  if (remote_) stores_.push_back(remote_.get());
   memory_ladder_.resize(hosts_.size());
   for (const auto& t : gpu_.tiers)
     if (t->domain() < memory_ladder_.size()) memory_ladder_[t->domain()].push_back(t.get());
@@ -127,12 +130,23 @@ bool Engine::held_locked(const NsKey& id) const {
   // A store's contains() is an index read (LMDB for the disk tier): no lock of ours needed,
   // but taken under mu_ so that a lookup sees one consistent ladder.
   for (StoreTier* s : stores_)
-    if (s->contains(id)) return true;
+    if (s->answers_locally() && s->contains(id)) return true;
   return false;
+}
+
+RemoteTier* Engine::remote_for(uint32_t ns) const {
+  if (!remote_) return nullptr;
+  MutexLock lock(mu_);
+  return ns_rules_.at(ns)->remote != config::RemotePolicy::kOff ? remote_.get() : nullptr;
 }
 
 void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
   const config::NamespaceRule* rule = ns_rules_.at(b.id.ns);
+  if (remote_ && rule->remote == config::RemotePolicy::kWriteBack) {
+    // Beside the disk tier's copy: the cluster's is the one other hosts can read.  The tier
+    // copies the bytes into its queue (a full queue drops the write, counted there).
+    (void)remote_->write(b.id, b.layout().to_layout(), bytes, rule->compress, nullptr);
+  }
   StoreTier* store = demotion_store(*rule);
   if (store == nullptr) {
     bump(metrics_.demotions_skipped);
@@ -170,8 +184,18 @@ Status Engine::persist(uint32_t ns, const BlockKey& key, std::function<void(Stat
   return st;
 }
 
+void Engine::write_through(uint32_t ns, const BlockKey& key) {
+  MutexLock lock(mu_);
+  const config::NamespaceRule* rule = ns_rules_.at(ns);
+  HostTier& host = host_locked(ns);
+  const BlockInfo* b = host.find(NsKey{ns, key});
+  if (b == nullptr) return;  // evicted already: its write-back (if any) went with it
+  // The tier copies the bytes into its queue before this returns (the lock keeps them put).
+  (void)remote_->write(NsKey{ns, key}, b->layout().to_layout(),
+                       {host.data(b->extent), b->extent.bytes}, rule->compress, nullptr);
+}
+
 Result<PromotionTicket> Engine::begin_promotion(uint32_t ns, const BlockKey& key) {
-  if (stores_.empty()) return error(Errc::kNotFound, "not cached");
   const NsKey id{ns, key};
   {
     MutexLock lock(mu_);
@@ -179,16 +203,16 @@ Result<PromotionTicket> Engine::begin_promotion(uint32_t ns, const BlockKey& key
       return PromotionTicket{it->second, false, {}, nullptr, {}};
   }
   // The stores are thread-safe themselves: their index reads take no lock of ours.
-  StoreTier* from = nullptr;
-  std::optional<StoredBlock> stored;
   for (StoreTier* s : stores_) {
-    stored = s->locate(id);
-    if (stored) {
-      from = s;
-      break;
-    }
+    if (!s->answers_locally()) continue;
+    if (auto stored = s->locate(id)) return claim_promotion(ns, key, s, std::move(*stored));
   }
-  if (!stored) return error(Errc::kNotFound, "not cached");
+  return error(Errc::kNotFound, "not cached");
+}
+
+Result<PromotionTicket> Engine::claim_promotion(uint32_t ns, const BlockKey& key, StoreTier* from,
+                                                StoredBlock stored) {
+  const NsKey id{ns, key};
   MutexLock lock(mu_);
   if (auto it = promotions_.find(id); it != promotions_.end())
     return PromotionTicket{it->second, false, {}, nullptr, {}};
@@ -199,9 +223,9 @@ Result<PromotionTicket> Engine::begin_promotion(uint32_t ns, const BlockKey& key
     done->complete({});
     return PromotionTicket{done, false, {}, nullptr, {}};
   }
-  auto ext = host.reserve(stored->payload_bytes);
+  auto ext = host.reserve(stored.payload_bytes);
   if (!ext) return ext.status();
-  PromotionTicket t{std::make_shared<Promotion>(), true, *ext, from, std::move(*stored)};
+  PromotionTicket t{std::make_shared<Promotion>(), true, *ext, from, std::move(stored)};
   promotions_.emplace(id, t.promotion);
   return t;
 }
@@ -308,6 +332,7 @@ uint32_t Engine::intern_locked(std::string_view ns, const config::NamespaceRule*
   ns_domains_.push_back(static_cast<uint32_t>(config_.domain_of(rule->arena)));  // validated
   ns_ids_.emplace(std::string(ns), id);
   if (disk_) disk_->name_namespace(id, ns);  // the disk tier's only id -> name (a leaf lock)
+  if (remote_) remote_->name_namespace(id, ns, rule->remote_ttl_s);  // a leaf lock too
   return id;
 }
 
@@ -508,7 +533,8 @@ Engine::RemoveCount Engine::remove_from_tiers(uint32_t ns, std::span<const Block
       removed |= o == RemoveOutcome::kRemoved;
       deferred |= o == RemoveOutcome::kDeferred;
     };
-    for (StoreTier* s : stores_) from(*s);
+    for (StoreTier* s : stores_)
+      if (s != remote_.get() || ns_rules_.at(ns)->remote != config::RemotePolicy::kOff) from(*s);
     for (MemoryTier* t : memory_tiers_locked(ns)) from(*t);
     if (deferred) {
       ++c.deferred;

@@ -40,6 +40,7 @@
 #include "tiers/gpu/device_backend.h"
 #include "tiers/gpu/gpu_tier.h"
 #include "tiers/host/host_tier.h"
+#include "tiers/remote/remote_tier.h"
 
 namespace kvtier {
 
@@ -130,7 +131,8 @@ class Engine {
   // says why).
   Engine(const config::Config& config, std::vector<std::unique_ptr<HostTier>> hosts,
          std::unique_ptr<DiskTier> disk, std::string disk_status,
-         std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu = {});
+         std::unique_ptr<SemanticIndex> index, Metrics& metrics, GpuSetup gpu = {},
+         std::unique_ptr<RemoteTier> remote = nullptr);
   ~Engine();
 
   // The default domain's host tier (the [host] arena).
@@ -176,13 +178,16 @@ class Engine {
   // is never held across a suspension (disk reads, persist waits). ---
 
   // The number of leading keys present in any tier and, with_fusion, a lease on the last
-  // matched chunk when it carries fusion state (one round trip for the common path).
+  // matched chunk when it carries fusion state (one round trip for the common path).  When the
+  // local tiers miss and the namespace uses the remote tier, the keys after the local prefix
+  // are probed there in one batch (at most remote.lookup_timeout_ms; unanswered = a miss),
+  // unless local_only.
   struct LookupResult {
     uint32_t matched = 0;
     std::optional<LeaseGrant> fusion;
   };
   boost::asio::awaitable<LookupResult> lookup(uint64_t sid, uint32_t ns, std::vector<BlockKey> keys,
-                                              bool with_fusion);
+                                              bool with_fusion, bool local_only = false);
 
   // Leases every key in the place asked for, walking the ladder: a hit in the wanted GPU, a
   // hit in the host tier, a copy down from another GPU, a promotion from the disk tier into
@@ -272,10 +277,18 @@ class Engine {
                                        Placement where);
   // A block only a store tier has, read into the host tier and leased (or kNotFound).
   boost::asio::awaitable<LeaseGrant> promote_from_store(uint64_t sid, uint32_t ns, BlockKey key);
-  // For a key lease_cached() missed: when a store holds it (the first in stores_ order),
-  // reserves host space and makes this request the leader of its promotion, or joins the
-  // promotion already in flight.  kNotFound when no store has it either.
+  // For a key lease_cached() missed: when a store that answers locally holds it (the first in
+  // stores_ order), reserves host space and makes this request the leader of its promotion, or
+  // joins the promotion already in flight.  kNotFound when no such store has it either.
   Result<PromotionTicket> begin_promotion(uint32_t ns, const BlockKey& key);
+  // The locked half of begin_promotion(), for a block `from` located (the remote tier's
+  // locate_async() runs before it, without the lock).
+  Result<PromotionTicket> claim_promotion(uint32_t ns, const BlockKey& key, StoreTier* from,
+                                          StoredBlock stored);
+  // The remote tier when the namespace uses it (rule remote != "off"), else null.
+  RemoteTier* remote_for(uint32_t ns) const;
+  // Namespaces with remote = "writethrough": queues the sealed host block for the cluster.
+  void write_through(uint32_t ns, const BlockKey& key);
   // The leader's end of a promotion: publishes the block read into ticket.extent (read ok)
   // or gives the space back, wakes the waiters, and leases the block to `sid` when published.
   LeaseGrant finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& key,
@@ -352,6 +365,8 @@ class Engine {
   // The store tiers below the host tier, searched in this order (the disk tier; the remote
   // tier next).  Constant after construction; each is thread-safe itself.
   std::vector<StoreTier*> stores_;
+  // The remote tier (thread-safe itself; may be null); in stores_ after the disk tier.
+  const std::unique_ptr<RemoteTier> remote_;
   const std::unique_ptr<SemanticIndex> index_;  // thread-safe itself; may be null
   // Thread-safe themselves: atomics, and the sampler's own lock (never taken with mu_ held).
   CodecCounters codec_;

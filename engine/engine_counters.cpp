@@ -48,6 +48,7 @@ void Engine::visit_counters(CounterVisitor& v) const {
     visit_tier_counters(s.pools[i], Labels(labels).first(arena.empty() ? 2 : 3), v);
   }
   if (disk_) disk_->visit_counters(v);
+  if (remote_) remote_->visit_counters(v);
   if (index_) index_->visit_counters(v);
   visit_session_counters(s, v);
   metrics_.visit_counters(v);

@@ -13,13 +13,32 @@ namespace kvtier {
 namespace {
 
 using StartFn = std::function<void(std::function<void(Status)>)>;
+using StartFn2 = std::function<void(std::function<void(std::vector<uint8_t>)>)>;
+using LocateFn = std::function<void(std::function<void(std::optional<StoredBlock>)>)>;
 
 }  // namespace
 
 awaitable<Engine::LookupResult> Engine::lookup(uint64_t sid, uint32_t ns,
-                                               std::vector<BlockKey> keys, bool with_fusion) {
+                                               std::vector<BlockKey> keys, bool with_fusion,
+                                               bool local_only) {
   LookupResult out;
   out.matched = prefix_cached(ns, keys);
+  RemoteTier* remote = local_only ? nullptr : remote_for(ns);
+  if (remote != nullptr && out.matched < keys.size()) {
+    // The keys after the local prefix, in one batch; what the cluster holds extends it.
+    std::span<const BlockKey> rest = std::span(keys).subspan(out.matched);
+    StartFn2 probe = [&](std::function<void(std::vector<uint8_t>)> done) {
+      remote->probe(ns, rest, std::move(done));
+    };
+    const auto timeout = std::chrono::milliseconds(config_.remote.lookup_timeout_ms);
+    std::vector<uint8_t> found =
+        co_await await_callback_for<std::vector<uint8_t>>(std::move(probe), timeout, {});
+    uint32_t more = 0;
+    while (more < found.size() && found[more]) ++more;
+    if (found.empty()) bump(metrics_.remote_lookup_timeouts);
+    bump(metrics_.remote_lookup_hits, more);
+    out.matched += more;
+  }
   if (with_fusion && out.matched > 0) {
     auto g = co_await get_fusion(sid, ns, keys[out.matched - 1]);
     if (g) out.fusion = *g;
@@ -60,6 +79,19 @@ awaitable<LeaseGrant> Engine::promote_from_store(uint64_t sid, uint32_t ns, Bloc
   miss.key = key;
   miss.code = Errc::kNotFound;
   auto ticket = begin_promotion(ns, key);
+  if (!ticket && ticket.status().code() == Errc::kNotFound) {
+    if (RemoteTier* remote = remote_for(ns)) {
+      // Not on this host: fetched from the cluster (without the lock), then promoted like a
+      // disk hit.
+      const NsKey id{ns, key};
+      LocateFn locate = [&](std::function<void(std::optional<StoredBlock>)> done) {
+        remote->locate_async(id, std::move(done));
+      };
+      std::optional<StoredBlock> stored =
+          co_await await_callback<std::optional<StoredBlock>>(std::move(locate));
+      if (stored) ticket = claim_promotion(ns, key, remote, std::move(*stored));
+    }
+  }
   if (!ticket) co_return miss;  // in no store either (or no host space): a miss
   if (!ticket->leader) {
     bump(metrics_.promotion_waits);
@@ -152,6 +184,8 @@ awaitable<Result<uint64_t>> Engine::seal(uint64_t sid, uint64_t put_id,
   }
   const uint64_t stored_bytes = stored.total_bytes;
   if (Status s = seal_put(sid, put_id, std::move(stored)); !s) co_return s;
+  if (remote_ && put->gpu_device < 0 && rule.remote == config::RemotePolicy::kWriteThrough)
+    write_through(put->ns, put->key);
   if (rule.disk == config::DiskPolicy::kPersist) {
     // Write-through: answer once the block is durable on the disk tier.
     StartFn start = [&](std::function<void(Status)> done) {

@@ -57,6 +57,10 @@ namespace kvtier {
     "gets that waited on a promotion already in flight")                                         \
   X(promotion_failures, "kvtier_promotion_failures_total",                                       \
     "promotions that failed (corrupt, I/O, no space)")                                           \
+  X(remote_lookup_hits, "kvtier_remote_lookup_hits_total",                                       \
+    "lookup keys found in the remote tier after the local prefix")                               \
+  X(remote_lookup_timeouts, "kvtier_remote_lookup_timeouts_total",                               \
+    "lookups whose remote step ran past remote.lookup_timeout_ms (counted as misses)")           \
   X(gpu_puts, "kvtier_gpu_puts_total", "puts sealed into a GPU tier")                            \
   X(gpu_put_fallbacks, "kvtier_gpu_put_fallbacks_total",                                         \
     "fp16 puts stored in the host tier: leased blocks fill the GPU")                             \

@@ -71,6 +71,7 @@ nlohmann::json Engine::stats_json() const {
     disk_->visit_counters(out);
     disk["backend"] = disk_->backend();
   }
+  if (remote_) j["tiers"]["remote"] = remote_->stats_json();
   if (index_) j["index"] = index_->stats();
   JsonCounterVisitor top(j);
   visit_session_counters(s, top);

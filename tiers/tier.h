@@ -21,6 +21,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "kvtier/keys.h"
 #include "common/layout.h"
@@ -40,7 +41,7 @@ struct NsKeyHash {
   }
 };
 
-enum class TierKind : uint8_t { kGpu = 0, kHost = 1, kDisk = 2 };
+enum class TierKind : uint8_t { kGpu = 0, kHost = 1, kDisk = 2, kRemote = 3 };
 
 // The namespace id a store tier passes for a block of a namespace this process has not named
 // (a disk entry written by an earlier run whose namespace nobody has asked for yet).
@@ -119,7 +120,9 @@ class Tier {
   virtual TierKind kind() const = 0;
   virtual const char* name() const = 0;
 
-  // Whether the tier holds the block (no side effects: lookups).
+  // Whether the tier holds the block (no side effects: lookups).  A store that cannot answer
+  // without I/O on the network (StoreTier::answers_locally() false) says false here and
+  // answers through StoreTier::probe().
   virtual bool contains(const NsKey& id) const = 0;
   // Removes a block; a leased one leaves the index now and is freed at its last release.
   virtual RemoveOutcome remove(const NsKey& id) = 0;
@@ -181,6 +184,24 @@ class StoreTier : public Tier {
                        std::span<const std::byte> payload, bool compress,
                        std::function<void(Status)> done) = 0;
   virtual std::optional<StoredBlock> locate(const NsKey& id) const = 0;
+  // Whether contains() and locate() answer from local state (the disk tier: its LMDB index).
+  // A remote store answers only through probe() and locate_async(), which do network I/O on
+  // its own threads; the engine never calls those with its lock held.
+  virtual bool answers_locally() const { return true; }
+  // Which of `keys` (of namespace ns) the store holds: found[i] 1 or 0.  done runs on one of
+  // the store's threads, or before probe() returns.  One batch: a remote store asks each node
+  // involved once.  The default answers from contains().
+  virtual void probe(uint32_t ns, std::span<const BlockKey> keys,
+                     std::function<void(std::vector<uint8_t> found)> done) {
+    std::vector<uint8_t> found(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) found[i] = contains(NsKey{ns, keys[i]}) ? 1 : 0;
+    done(std::move(found));
+  }
+  // locate(), asynchronously: done on one of the store's threads, or before it returns.
+  virtual void locate_async(const NsKey& id,
+                            std::function<void(std::optional<StoredBlock>)> done) {
+    done(locate(id));
+  }
   // Reads the copy locate() described (the same version: a copy stored since, with other
   // bytes, is not read) into dst (>= payload_bytes), verified; done on one of the store's
   // threads, or before read() returns when that copy is gone: ok, kNotFound (gone meanwhile),

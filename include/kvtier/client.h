@@ -154,6 +154,11 @@ struct GetOptions {
   int device = -1;  // the GPU; -1 = ClientOptions::device, else the daemon's first GPU tier
 };
 
+struct LookupOptions {
+  // This host's tiers only: the daemon does not ask the remote tier (docs/remote.md).
+  bool local_only = false;
+};
+
 struct ClientOptions {
   // Socket path; empty = $KVTIER_SOCKET, else the default (./var/kvtier.sock, then
   // /run/kvtier/kvtier.sock).
@@ -186,8 +191,11 @@ class Client {
   }
   ~Client();
 
-  // Number of leading keys cached (the longest cached prefix of a chain).
-  Result<uint32_t> lookup(std::string_view ns, std::span<const BlockKey> keys);
+  // Number of leading keys cached (the longest cached prefix of a chain).  A namespace that
+  // uses the remote tier is also looked up there after the local prefix (one batched round
+  // trip from the daemon), unless options.local_only.
+  Result<uint32_t> lookup(std::string_view ns, std::span<const BlockKey> keys,
+                          LookupOptions options = {});
   // Stores one block.  kAlreadyExists when the key is cached (blocks are immutable).
   Status put(std::string_view ns, const BlockKey& key, std::span<const TensorIn> tensors);
   // Leases a batch; keys that are not cached come back with found() == false.

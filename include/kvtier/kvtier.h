@@ -70,6 +70,11 @@ int kvtier_chain_keys(const char* ns, const uint32_t* tokens, size_t n_tokens, s
 
 int kvtier_lookup(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
                   uint32_t* matched);
+/* kvtier_lookup() with flags: KVTIER_LOOKUP_LOCAL_ONLY answers from this host's tiers only
+ * (the daemon does not ask the remote tier). */
+#define KVTIER_LOOKUP_LOCAL_ONLY 1u
+int kvtier_lookup_flags(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
+                        uint32_t flags, uint32_t* matched);
 int kvtier_put(kvtier_client* c, const char* ns, kvtier_key key, const kvtier_tensor_in* tensors,
                size_t n_tensors);
 int kvtier_get(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,

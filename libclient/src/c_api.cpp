@@ -96,6 +96,20 @@ int kvtier_lookup(kvtier_client* c, const char* ns, const kvtier_key* keys, size
   });
 }
 
+int kvtier_lookup_flags(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
+                        uint32_t flags, uint32_t* matched) {
+  return guarded([&] {
+    if (flags & ~KVTIER_LOOKUP_LOCAL_ONLY)
+      return fail(kvtier::error(kvtier::Errc::kInvalidArgument, "unknown lookup flags"));
+    kvtier::LookupOptions o;
+    o.local_only = (flags & KVTIER_LOOKUP_LOCAL_ONLY) != 0;
+    auto r = c->client->lookup(ns ? ns : "", keys_of(keys, n), o);
+    if (!r) return fail(r.status());
+    *matched = *r;
+    return ok();
+  });
+}
+
 int kvtier_put(kvtier_client* c, const char* ns, kvtier_key key, const kvtier_tensor_in* tensors,
                size_t n_tensors) {
   return guarded([&] {

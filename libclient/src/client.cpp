@@ -82,12 +82,13 @@ const std::string& Client::socket_path() const {
   return impl_->socket_path;
 }
 
-Result<uint32_t> Client::lookup(std::string_view ns, std::span<const BlockKey> keys) {
+Result<uint32_t> Client::lookup(std::string_view ns, std::span<const BlockKey> keys,
+                                LookupOptions options) {
   if (keys.empty()) return 0u;
   MutexLock lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb(64 + keys.size() * 16);
   auto req = wire::CreateLookupReq(fbb, fbb.CreateString(ns.data(), ns.size()),
-                                   wire_util::keys_to_wire(fbb, keys));
+                                   wire_util::keys_to_wire(fbb, keys), false, options.local_only);
   auto resp = impl_->call(fbb, wire::Request::LookupReq, req.Union());
   if (!resp) return resp.status();
   const auto* body = (*resp)->msg->body_as_LookupResp();

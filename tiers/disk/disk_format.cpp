@@ -45,12 +45,36 @@ class Reader {
     return out;
   }
   bool ok() const { return !bad_; }
+  size_t pos() const { return pos_; }
 
  private:
   std::string_view s_;
   size_t pos_ = 0;
   bool bad_ = false;
 };
+
+// The tensors of an encoded layout (after its total_bytes): count, then each tensor.
+void read_tensors(Reader& r, BlockLayout& layout) {
+  uint16_t n = r.le<uint16_t>();
+  layout.tensors.clear();
+  layout.tensors.reserve(std::min<uint16_t>(n, kMaxTensorsPerBlock));
+  for (uint16_t i = 0; i < n && r.ok(); ++i) {
+    TensorLayout t;
+    t.name = r.str(r.le<uint8_t>());
+    t.dtype = DType(r.le<uint8_t>());
+    t.codec = Codec(r.le<uint8_t>());
+    t.nf4_layout = Nf4Layout(r.le<uint8_t>());
+    uint8_t rank = r.le<uint8_t>();
+    for (uint8_t d = 0; d < rank && r.ok(); ++d) t.shape.push_back(r.le<uint64_t>());
+    uint8_t ns = r.le<uint8_t>();
+    for (uint8_t d = 0; d < ns && r.ok(); ++d) t.strides.push_back(r.le<int64_t>());
+    t.offset = r.le<uint64_t>();
+    t.bytes = r.le<uint64_t>();
+    t.raw_bytes = r.le<uint64_t>();
+    t.checksum = r.le<uint64_t>();
+    layout.tensors.push_back(std::move(t));
+  }
+}
 
 constexpr char kRegionMagic[8] = {'K', 'V', 'T', 'R', 'E', 'G', 'N', '1'};
 constexpr size_t kEntryFixedBytes = 58;
@@ -87,21 +111,10 @@ uint32_t decode_region_key(std::string_view k) {
   return v;
 }
 
-std::string encode_entry(const DiskEntry& e) {
-  std::string s;
-  s.reserve(kEntryFixedBytes + 64 * e.layout.tensors.size());
-  put_le<uint8_t>(s, 1);
-  put_le<uint8_t>(s, e.compression);
-  put_le<uint16_t>(s, 0);
-  put_le<uint32_t>(s, e.region);
-  put_le<uint64_t>(s, e.offset);
-  put_le<uint64_t>(s, e.disk_bytes);
-  put_le<uint64_t>(s, e.payload_bytes);
-  put_le<uint64_t>(s, e.checksum);
-  put_le<uint64_t>(s, e.last_access_unix_ms);
-  put_le<uint64_t>(s, e.layout.total_bytes);
-  put_le<uint16_t>(s, uint16_t(e.layout.tensors.size()));
-  for (const TensorLayout& t : e.layout.tensors) {
+void encode_layout(std::string& s, const BlockLayout& layout) {
+  put_le<uint64_t>(s, layout.total_bytes);
+  put_le<uint16_t>(s, uint16_t(layout.tensors.size()));
+  for (const TensorLayout& t : layout.tensors) {
     put_le<uint8_t>(s, uint8_t(std::min<size_t>(t.name.size(), 255)));
     s.append(t.name.substr(0, 255));
     put_le<uint8_t>(s, uint8_t(t.dtype));
@@ -116,6 +129,29 @@ std::string encode_entry(const DiskEntry& e) {
     put_le<uint64_t>(s, t.raw_bytes);
     put_le<uint64_t>(s, t.checksum);
   }
+}
+
+Result<size_t> decode_layout(std::string_view v, BlockLayout& out) {
+  Reader r(v);
+  out.total_bytes = r.le<uint64_t>();
+  read_tensors(r, out);
+  if (!r.ok()) return error(Errc::kCorrupt, "truncated layout");
+  return r.pos();
+}
+
+std::string encode_entry(const DiskEntry& e) {
+  std::string s;
+  s.reserve(kEntryFixedBytes + 64 * e.layout.tensors.size());
+  put_le<uint8_t>(s, 1);
+  put_le<uint8_t>(s, e.compression);
+  put_le<uint16_t>(s, 0);
+  put_le<uint32_t>(s, e.region);
+  put_le<uint64_t>(s, e.offset);
+  put_le<uint64_t>(s, e.disk_bytes);
+  put_le<uint64_t>(s, e.payload_bytes);
+  put_le<uint64_t>(s, e.checksum);
+  put_le<uint64_t>(s, e.last_access_unix_ms);
+  encode_layout(s, e.layout);
   return s;
 }
 
@@ -150,25 +186,7 @@ Status decode_entry(std::string_view k, std::string_view v, DiskEntry& out) {
   out.ns = std::string(k.substr(16));
   if (Status s = decode_entry_fixed(v, out); !s) return s;
   Reader r(v.substr(kEntryFixedBytes - 2));
-  uint16_t n = r.le<uint16_t>();
-  out.layout.tensors.clear();
-  out.layout.tensors.reserve(n);
-  for (uint16_t i = 0; i < n && r.ok(); ++i) {
-    TensorLayout t;
-    t.name = r.str(r.le<uint8_t>());
-    t.dtype = DType(r.le<uint8_t>());
-    t.codec = Codec(r.le<uint8_t>());
-    t.nf4_layout = Nf4Layout(r.le<uint8_t>());
-    uint8_t rank = r.le<uint8_t>();
-    for (uint8_t d = 0; d < rank && r.ok(); ++d) t.shape.push_back(r.le<uint64_t>());
-    uint8_t ns = r.le<uint8_t>();
-    for (uint8_t d = 0; d < ns && r.ok(); ++d) t.strides.push_back(r.le<int64_t>());
-    t.offset = r.le<uint64_t>();
-    t.bytes = r.le<uint64_t>();
-    t.raw_bytes = r.le<uint64_t>();
-    t.checksum = r.le<uint64_t>();
-    out.layout.tensors.push_back(std::move(t));
-  }
+  read_tensors(r, out.layout);
   if (!r.ok()) return error(Errc::kCorrupt, "disk index: truncated layout");
   return {};
 }

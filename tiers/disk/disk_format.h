@@ -33,6 +33,11 @@ std::string encode_region_offset(uint32_t region, uint64_t offset);
 uint32_t decode_region_key(std::string_view k);  // first 4 bytes of a by_region/regions key
 std::string encode_region_id(uint32_t region);
 
+// A block layout (the tail of a "blocks" value; the remote tier's value header repeats it):
+// total_bytes, tensor count, then each tensor (docs/disk.md).  decode_layout returns the
+// bytes it read; it checks only that they are there (check_stored_layout() checks sense).
+void encode_layout(std::string& out, const BlockLayout& layout);
+Result<size_t> decode_layout(std::string_view in, BlockLayout& out);
 // "blocks" value; decode_entry fills ns/key from the LMDB key.
 std::string encode_entry(const DiskEntry& e);
 Status decode_entry(std::string_view k, std::string_view v, DiskEntry& out);

@@ -395,15 +395,19 @@ defers the daemon-side release until the last of them is gone (it returns False 
       .def(
           "lookup",
           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys,
-             bool with_fusion) -> py::object {
+             bool with_fusion, bool local_only) -> py::object {
             auto c = self.get();
-            if (!with_fusion) return py::cast(unwrap(nogil([&] { return c->lookup(ns, keys); })));
+            if (!with_fusion)
+              return py::cast(
+                  unwrap(nogil([&] { return c->lookup(ns, keys, LookupOptions{local_only}); })));
             auto r = unwrap(nogil([&] { return c->lookup_with_fusion(ns, keys); }));
             return py::make_tuple(r.matched, wrap_lease(c, std::move(r.fusion), true));
           },
           py::arg("namespace"), py::arg("keys"), py::arg("with_fusion") = false,
+          py::arg("local_only") = false,
           "Number of leading keys cached.  with_fusion=True: (matched, lease) where lease is a "
-          "kvtier.Lease over the last matched chunk when it has fusion state, else None.")
+          "kvtier.Lease over the last matched chunk when it has fusion state, else None.  "
+          "local_only=True: this host's tiers only (the remote tier is not asked).")
       .def(
           "get_fusion",
           [](PyClient& self, const std::string& ns, const BlockKey& key) {
