@@ -1,0 +1,1 @@
+#include "tiers/remote/redis_cluster.h"
