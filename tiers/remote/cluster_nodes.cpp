@@ -100,16 +100,20 @@ std::vector<uint32_t> Cluster::Impl::refresh_candidates() {
     if (n != kNoNode) serves[n] = true;
   // 0: serves slots and answered last time; 1: never tried (seeds); 2: the rest; 3: failed
   // last time (a hung node would cost a whole timeout).
-  const auto rank = [&](uint32_t n) {
+  std::vector<int> rank(nodes_.size());
+  for (uint32_t n = 0; n < nodes_.size(); ++n) {
     const Node& node = *nodes_[n];
-    if (serves[n] && node.reachable) return 0;
-    if (!node.reachable && node.errors == 0) return 1;
-    return node.reachable ? 2 : 3;
-  };
+    if (serves[n] && node.reachable)
+      rank[n] = 0;
+    else if (!node.reachable && node.errors == 0)
+      rank[n] = 1;
+    else
+      rank[n] = node.reachable ? 2 : 3;
+  }
   std::vector<uint32_t> order(nodes_.size());
   for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),
-                   [&](uint32_t a, uint32_t b) { return rank(a) < rank(b); });
+                   [&](uint32_t a, uint32_t b) { return rank[a] < rank[b]; });
   return order;
 }
 
