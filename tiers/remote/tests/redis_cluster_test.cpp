@@ -272,8 +272,9 @@ TEST_CASE("A node that answers nothing times out within command_timeout", "[redi
   const std::string paused = rc.master_of_slot(Cluster::slot_of(slow_tag));
   const std::string other =
       tag_where("other", [&](uint16_t s) { return rc.master_of_slot(s) != paused; });
-  const std::vector<Command> batch = {cmd({"SET", other + "k", "fine"}),
-                                      cmd({"SET", slow_tag + "k", "late"})};
+  const std::string fast_key = other + "k", slow_key = slow_tag + "k";
+  const std::vector<Command> batch = {cmd({"SET", fast_key, "fine"}),
+                                      cmd({"SET", slow_key, "late"})};
   REQUIRE(c->execute(batch)[1].is_ok());  // pools a connection to each
 
   // Well under cluster-node-timeout (1000 ms): the cluster never marks it failing.
@@ -291,7 +292,7 @@ TEST_CASE("A node that answers nothing times out within command_timeout", "[redi
   CHECK(took < 900ms);
   CHECK(c->counters().timeouts >= 1);
   // The timed-out connection was dropped; a new one works.
-  const Result<Reply> later = one(*c, {"GET", slow_tag + "k"});
+  const Result<Reply> later = one(*c, {"GET", slow_key});
   REQUIRE(later.is_ok());
   CHECK(later->str() == "late");
 }
