@@ -59,7 +59,13 @@ Result<std::vector<SlotRange>> parse_cluster_slots(const redisReply& reply,
   const auto bad = [](const std::string& why) {
     return error(Errc::kProtocol, "CLUSTER SLOTS: " + why);
   };
-  if (reply.type == REDIS_REPLY_ERROR) return bad(std::string(reply.str, reply.len));
+  if (reply.type == REDIS_REPLY_ERROR) {
+    const std::string text(reply.str, reply.len);
+    // No password, or the wrong one: not a node to try again without new configuration.
+    if (text.starts_with("NOAUTH") || text.starts_with("WRONGPASS"))
+      return error(Errc::kPermissionDenied, "CLUSTER SLOTS: " + text);
+    return bad(text);
+  }
   if (reply.type != REDIS_REPLY_ARRAY) return bad("not an array");
   std::vector<SlotRange> out;
   for (size_t i = 0; i < reply.elements; ++i) {
