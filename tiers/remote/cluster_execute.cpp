@@ -50,6 +50,7 @@ class Cluster::Impl::Batch {
       : impl_(impl),
         commands_(commands),
         deadline_(Clock::now() + impl.config.command_timeout),
+        refresh_deadline_(deadline_ + impl.config.command_timeout),
         out_(commands.size(), Result<Reply>(error(Errc::kInternal, "not run"))) {
     for (uint32_t i = 0; i < commands.size(); ++i) {
       if (commands[i].key_arg < commands[i].argv.size())
@@ -72,7 +73,7 @@ class Cluster::Impl::Batch {
       for (Group& g : groups) receive(g);
       reroute_unsent();
     }
-    if (moved_seen_ || refresh_wanted_) (void)impl_.refresh(moved_seen_);
+    if (moved_seen_ || refresh_wanted_) (void)impl_.refresh(moved_seen_, refresh_deadline_);
     return std::move(out_);
   }
 
@@ -200,7 +201,7 @@ class Cluster::Impl::Batch {
   // map names one (a failover); the others fail with the connection's error.
   void reroute_unsent() {
     if (unsent_.empty()) return;
-    (void)impl_.refresh(false);
+    (void)impl_.refresh(false, refresh_deadline_);
     refresh_wanted_ = false;
     for (Unsent& u : unsent_) {
       const uint32_t owner =
@@ -219,6 +220,9 @@ class Cluster::Impl::Batch {
   Impl& impl_;
   const std::span<const Command> commands_;
   const Clock::time_point deadline_;
+  // Map reloads (after a refused connection, at the end) share one more command_timeout: a
+  // batch returns within twice command_timeout whatever the nodes do.
+  const Clock::time_point refresh_deadline_;
   std::vector<Result<Reply>> out_;
   std::vector<Attempt> pending_;  // for the next round
   std::vector<Unsent> unsent_;    // this round's

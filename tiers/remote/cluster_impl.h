@@ -74,10 +74,11 @@ struct Cluster::Impl {
 
   // Reloads the slot map from the first node that answers CLUSTER SLOTS, trying nodes that
   // serve slots and answered last time first, then the seeds, then the rest; each attempt
-  // bounded by the timeouts.  `force` = false skips the reload when one finished less than
-  // kMinRefreshInterval ago or another thread is reloading.  Returns the last failure when
-  // no node answered.
-  Status refresh(bool force) EXCLUDES(refresh_mu_, mu_);
+  // bounded by the timeouts.  `force` = false skips the reload when one started less than
+  // kMinRefreshInterval ago; any call skips it while another thread reloads.  Nothing is tried
+  // after `deadline` (a node that does not answer costs the time left).  Returns the last failure
+  // when no node answered.
+  Status refresh(bool force, Clock::time_point deadline) EXCLUDES(refresh_mu_, mu_);
 
   // The node called `address`, added to the table when new.
   uint32_t intern(const std::string& address) REQUIRES(mu_);

@@ -117,7 +117,7 @@ std::vector<uint32_t> Cluster::Impl::refresh_candidates() {
   return order;
 }
 
-Status Cluster::Impl::refresh(bool force) {
+Status Cluster::Impl::refresh(bool force, Clock::time_point deadline) {
   if (!refresh_mu_.try_lock()) return Status::ok();  // another thread is reloading it
   {
     MutexLock l(mu_);
@@ -127,8 +127,6 @@ Status Cluster::Impl::refresh(bool force) {
     }
     last_refresh_ = Clock::now();
   }
-  // One reload is bounded like one command: a timed-out node costs the rest of the budget.
-  const Clock::time_point deadline = Clock::now() + config.command_timeout;
   Status last = error(Errc::kUnavailable, "no known node of the cluster");
   bool denied = false;
   for (const uint32_t n : refresh_candidates()) {

@@ -65,7 +65,8 @@ Result<std::unique_ptr<Cluster>> Cluster::connect(ClusterConfig config) {
     for (const std::string& seed : impl->config.seeds) impl->intern(seed);
   }
   SigpipeBlock no_sigpipe;
-  if (Status s = impl->refresh(true); !s.is_ok()) return s;
+  if (Status s = impl->refresh(true, Clock::now() + impl->config.command_timeout); !s.is_ok())
+    return s;
   return std::unique_ptr<Cluster>(new Cluster(std::move(impl)));
 }
 
