@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 dir=${1:-build-tsa}
 CC=clang-14 CXX=clang++-14 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DKVTIER_CUDA=OFF \
   -DKVTIER_BENCH=OFF -DCMAKE_CXX_FLAGS="-O0 -g0 -Wthread-safety -Werror=thread-safety" >/dev/null
-cmake --build "$dir" -j"$(nproc)" --target kvtierd kvtierd_test kvtier kvtierctl
+cmake --build "$dir" -j"$(nproc)" --target kvtierd kvtierd_test kvtier kvtierctl kvtier_remote_cluster
 echo "thread safety analysis: clean"
