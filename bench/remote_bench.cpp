@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  testing::RedisCluster cluster(3, 0);
+  testing::RedisCluster cluster(testing::RedisClusterOptions{3, 0});
   testing::Daemon a(host(cluster)), b(host(cluster));
   auto ca = std::move(Client::connect(a.socket()).value());
   auto cb = std::move(Client::connect(b.socket()).value());
@@ -131,7 +131,8 @@ int main(int argc, char** argv) {
   for (const std::string& vk : value_keys) {
     const std::string node = cluster.master_of_slot(redis::Cluster::slot_of(vk));
     const size_t colon = node.rfind(':');
-    redisContext* c = redisConnect(node.substr(0, colon).c_str(), std::stoi(node.substr(colon + 1)));
+    redisContext* c =
+        redisConnect(node.substr(0, colon).c_str(), std::stoi(node.substr(colon + 1)));
     const uint64_t t0 = now_ns();
     auto* r = static_cast<redisReply*>(redisCommand(c, "GET %b", vk.data(), vk.size()));
     do_not_optimize(read_sum(r->str, r->len));
@@ -163,7 +164,8 @@ int main(int argc, char** argv) {
   {
     const std::string node = cluster.seeds().front();
     const size_t colon = node.rfind(':');
-    redisContext* c = redisConnect(node.substr(0, colon).c_str(), std::stoi(node.substr(colon + 1)));
+    redisContext* c =
+        redisConnect(node.substr(0, colon).c_str(), std::stoi(node.substr(colon + 1)));
     std::vector<std::string> names;
     for (int j = 0; j < 32; ++j) names.push_back("{bench}" + std::to_string(j));
     for (int i = 0; i < iters; ++i) {
@@ -199,10 +201,11 @@ int main(int argc, char** argv) {
   row("remote get + lease, 2 MiB block", "", rg, "hiredis GET of the same value", bg);
   row("remote lookup, 32-key chain", "", lk, "32 EXISTS, one pipelined trip", pp);
   row("lookup miss, remote probe", "", mr, "the same lookup, local_only", ml);
-  std::printf("\nthroughput: remote get %.2f GB/s of block bytes (p50), bare GET %.2f GB/s of "
-              "value bytes (p50): %.2fx of bare GET\n",
-              block_bytes / (rg.p50_us * 1e3), value_bytes / (bg.p50_us * 1e3),
-              (block_bytes / rg.p50_us) / (value_bytes / bg.p50_us));
+  std::printf(
+      "\nthroughput: remote get %.2f GB/s of block bytes (p50), bare GET %.2f GB/s of "
+      "value bytes (p50): %.2fx of bare GET\n",
+      block_bytes / (rg.p50_us * 1e3), value_bytes / (bg.p50_us * 1e3),
+      (block_bytes / rg.p50_us) / (value_bytes / bg.p50_us));
   std::printf("a remote miss adds %.1f us (p50) to a local lookup\n", mr.p50_us - ml.p50_us);
   return 0;
 }

@@ -140,6 +140,7 @@ void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
        << u64(t, "evictions") << std::setw(8) << comp << "\n";
   };
   for (const auto& [name, t] : j.at("tiers").items()) {
+    if (name == "remote") continue;  // shared by every host: its own line below
     if (name != "gpu") {
       row(name, t);
       if (name != "host" || !j.contains("arenas")) continue;
@@ -184,6 +185,25 @@ void print_stats(std::ostream& os, const nlohmann::json& j, bool tty) {
                   (unsigned long long)u64(c, "gpu_demotions"),
                   (unsigned long long)u64(c, "gpu_demotions_dropped"),
                   (unsigned long long)u64(c, "gpu_copy_downs"));
+    os << line;
+  }
+  if (j["tiers"].contains("remote")) {
+    const auto& r = j["tiers"]["remote"];
+    size_t up = 0, nodes = 0;
+    for (const auto& n : r.value("nodes", nlohmann::json::array())) {
+      ++nodes;
+      up += n.value("up", false) ? 1 : 0;
+    }
+    std::snprintf(
+        line, sizeof(line),
+        "remote: %s, %zu of %zu nodes up  hits %llu  misses %llu (%s read)  "
+        "writes %llu (%s, %llu skipped, %llu dropped, %llu failed)  corrupt dropped %llu\n",
+        u64(r, "connected") ? "connected" : "not connected", up, nodes,
+        (unsigned long long)u64(r, "hits"), (unsigned long long)u64(r, "misses"),
+        human_bytes(u64(r, "read_bytes")).c_str(), (unsigned long long)u64(r, "writes"),
+        human_bytes(u64(r, "write_bytes")).c_str(), (unsigned long long)u64(r, "writes_skipped"),
+        (unsigned long long)u64(r, "writes_dropped"), (unsigned long long)u64(r, "write_errors"),
+        (unsigned long long)u64(r, "corrupt_dropped"));
     os << line;
   }
   if (j.contains("index")) print_index(os, j.at("index"), bold, reset);

@@ -54,7 +54,13 @@ void on_health(Server& s, const wire::RequestMsg&, Reply& r) {
         {"disk", s.engine().disk()
                      ? nlohmann::json{{"backend", s.engine().disk()->backend()},
                                       {"dir", s.config().disk_dir().string()}}
-                     : nlohmann::json{{"backend", "none"}, {"reason", s.engine().disk_status()}}}}},
+                     : nlohmann::json{{"backend", "none"}, {"reason", s.engine().disk_status()}}},
+        {"remote", s.engine().remote()
+                       ? nlohmann::json{{"backend", "redis-cluster"},
+                                        {"status", s.engine().remote()->connected()
+                                                       ? "connected"
+                                                       : "not connected (retrying)"}}
+                       : nlohmann::json{{"backend", "none"}, {"reason", "no [remote] seeds"}}}}},
       {"nf4",
        {{"cpu_path", nf4::active_cpu_path()},
         {"cuda", nf4::cuda::available() ? "available" : "unavailable (no driver or device)"}}},

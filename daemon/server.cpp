@@ -78,7 +78,10 @@ Server::Server(config::Config config, ServerHooks hooks)
   bind_socket();
 }
 
-Server::~Server() = default;
+Server::~Server() {
+  // The stores' last callbacks post to the io_contexts: run them out while those still exist.
+  if (engine_) engine_->quiesce_stores();
+}
 
 std::string Server::metrics_text() const {
   PrometheusText out;

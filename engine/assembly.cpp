@@ -91,8 +91,8 @@ std::unique_ptr<RemoteTier> open_remote_tier(const config::Config& config) {
   o.queue_bytes = c.queue_bytes;
   std::string seeds;
   for (const std::string& seed : c.seeds) seeds += (seeds.empty() ? "" : ", ") + seed;
-  spdlog::info("remote tier: Redis Cluster at {} (key prefix '{}', {} threads); connecting",
-               seeds, c.key_prefix, c.threads);
+  spdlog::info("remote tier: Redis Cluster at {} (key prefix '{}', {} threads); connecting", seeds,
+               c.key_prefix, c.threads);
   return std::make_unique<RemoteTier>(std::move(o));
 }
 

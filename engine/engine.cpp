@@ -81,10 +81,15 @@ Engine::~Engine() {
     for (auto& [id, s] : sessions_) ids.push_back(id);
   }
   for (uint64_t id : ids) close_session(id);
-  for (StoreTier* s : stores_) s->flush();  // queued demotions land before the host tier goes
+  quiesce_stores();  // queued demotions land before the host tier goes
   // The backend unregisters the host arena when it goes: GPU tiers, backend, then host tier.
   gpu_.tiers.clear();
   gpu_.backend.reset();
+}
+
+void Engine::quiesce_stores() {
+  for (StoreTier* s : stores_) s->flush();
+  if (remote_) remote_->stop();
 }
 
 HostTier& Engine::host_locked(uint32_t ns) const {

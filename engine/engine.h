@@ -153,6 +153,11 @@ class Engine {
   // Thread-safe on its own (tiers/disk/disk_tier.h); null when there is no disk tier.
   DiskTier* disk() { return disk_.get(); }
   const std::string& disk_status() const { return disk_status_; }
+  // Waits for every store's queued writes and stops the remote tier's workers: after it no
+  // store callback runs (the daemon calls it while its io_contexts still exist).  Idempotent.
+  void quiesce_stores();
+  // The remote tier, or null without [remote] seeds.  Thread-safe itself.
+  RemoteTier* remote() const { return remote_.get(); }
   // The GPU tiers (constant after construction; each tier is guarded by mu_, its pool is
   // thread-safe).  Null/empty without a GPU tier.
   gpu::DeviceBackend* gpu_backend() const { return gpu_.backend.get(); }

@@ -198,8 +198,7 @@ class StoreTier : public Tier {
     done(std::move(found));
   }
   // locate(), asynchronously: done on one of the store's threads, or before it returns.
-  virtual void locate_async(const NsKey& id,
-                            std::function<void(std::optional<StoredBlock>)> done) {
+  virtual void locate_async(const NsKey& id, std::function<void(std::optional<StoredBlock>)> done) {
     done(locate(id));
   }
   // Reads the copy locate() described (the same version: a copy stored since, with other

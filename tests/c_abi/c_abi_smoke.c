@@ -37,6 +37,11 @@ int main(void) {
   uint32_t matched = 0;
   CHECK(kvtier_lookup(c, "c-abi/nf4", keys, n, &matched) == KVTIER_OK);
   CHECK(matched == 4);
+  matched = 0;
+  CHECK(kvtier_lookup_flags(c, "c-abi/nf4", keys, n, KVTIER_LOOKUP_LOCAL_ONLY, &matched) ==
+        KVTIER_OK);
+  CHECK(matched == 4);
+  CHECK(kvtier_lookup_flags(c, "c-abi/nf4", keys, n, 0x80u, &matched) == 1); /* kInvalidArgument */
 
   kvtier_lease* lease = NULL;
   CHECK(kvtier_get(c, "c-abi/nf4", keys, 2, &lease) == KVTIER_OK);

@@ -243,6 +243,8 @@ def test_stats_remove_and_admin_calls(client, ns):
     assert client.lookup(ns, keys) == 4
     assert client.remove(ns, keys[2:3])["removed"] == 1
     assert client.lookup(ns, keys) == 2  # the longest cached prefix stops at the hole
+    assert client.lookup(ns, keys, local_only=True) == 2  # no remote tier: the same answer
+    assert client.health()["tiers"]["remote"]["backend"] == "none"
     assert sorted(b["key"] for b in client.ls(ns)) == sorted(k.hex() for k in keys[:2] + keys[3:])
     assert client.evict(ns, keys[:1])["evicted"] == 1
     assert client.lookup(ns, keys) == 0

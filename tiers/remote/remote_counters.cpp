@@ -16,8 +16,8 @@ void RemoteTier::visit_counters(CounterVisitor& v) const {
   counter("kvtier_remote_misses_total",
           "blocks looked for in the cluster and not found (or unreachable, or dropped)", "misses",
           n_.misses);
-  counter("kvtier_remote_read_bytes_total", "bytes of blocks read from the cluster into the host tier",
-          "read_bytes", n_.read_bytes);
+  counter("kvtier_remote_read_bytes_total",
+          "bytes of blocks read from the cluster into the host tier", "read_bytes", n_.read_bytes);
   counter("kvtier_remote_writes_total", "blocks stored in the cluster", "writes", n_.writes);
   counter("kvtier_remote_written_bytes_total", "bytes of blocks stored, before compression",
           "write_bytes", n_.write_bytes);
@@ -83,7 +83,9 @@ void RemoteTier::visit_counters(CounterVisitor& v) const {
     const Label op[] = {{"op", l.op}};
     v.histogram({"kvtier_remote_duration_seconds",
                  "time of one remote operation on a worker thread, by operation",
-                 l.op == "probe" ? "probe_latency" : l.op == "fetch" ? "fetch_latency" : "write_latency"},
+                 l.op == "probe"   ? "probe_latency"
+                 : l.op == "fetch" ? "fetch_latency"
+                                   : "write_latency"},
                 op, s.data());
   }
 }

@@ -68,8 +68,8 @@ Result<size_t> decode_header(std::string_view v, ValueHeader& out) {
   if (v.size() < kFixedBytes + 8) return error(Errc::kCorrupt, "remote value: short header");
   if (get_le<uint32_t>(v, 0) != kValueMagic) return error(Errc::kCorrupt, "remote value: magic");
   if (get_le<uint16_t>(v, 4) != kFormatVersion)
-    return error(Errc::kCorrupt, "remote value: unknown format version " +
-                                     std::to_string(get_le<uint16_t>(v, 4)));
+    return error(Errc::kCorrupt,
+                 "remote value: unknown format version " + std::to_string(get_le<uint16_t>(v, 4)));
   const size_t header_bytes = get_le<uint16_t>(v, 6);
   if (header_bytes < kFixedBytes + 8 || header_bytes > v.size())
     return error(Errc::kCorrupt, "remote value: header size");
@@ -89,7 +89,8 @@ Result<size_t> decode_header(std::string_view v, ValueHeader& out) {
   if (kFixedBytes + ns_len > header_bytes - 8)
     return error(Errc::kCorrupt, "remote value: namespace overruns the header");
   out.ns.assign(v.substr(kFixedBytes, ns_len));
-  const std::string_view layout = v.substr(kFixedBytes + ns_len, header_bytes - 8 - kFixedBytes - ns_len);
+  const std::string_view layout =
+      v.substr(kFixedBytes + ns_len, header_bytes - 8 - kFixedBytes - ns_len);
   auto used = decode_layout(layout, out.layout);
   if (!used) return error(Errc::kCorrupt, "remote value: " + used.status().message());
   if (*used != layout.size()) return error(Errc::kCorrupt, "remote value: bytes after the layout");

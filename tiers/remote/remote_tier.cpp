@@ -56,8 +56,21 @@ RemoteTier::RemoteTier(Options options) : opt_(std::move(options)), pool_(opt_.t
 }
 
 RemoteTier::~RemoteTier() {
+  stop();
+}
+
+void RemoteTier::stop() {
   flush();
+  stopped_ = true;
   pool_.join();
+}
+
+void RemoteTier::submit(std::function<void()> job, const std::function<void()>& refuse) {
+  if (stopped_) {
+    refuse();
+    return;
+  }
+  boost::asio::post(pool_, std::move(job));
 }
 
 void RemoteTier::name_namespace(uint32_t id, std::string_view name, uint32_t ttl_s) {
@@ -169,7 +182,8 @@ std::shared_ptr<RemoteTier::Fetched> RemoteTier::fetch(const NsKey& id, const st
     XXH3_64bits_update(&state, piece.data(), piece.size());
     stored += piece.size();
   }
-  if (stored != f->header.stored_bytes || XXH3_64bits_digest(&state) != f->header.payload_checksum) {
+  if (stored != f->header.stored_bytes ||
+      XXH3_64bits_digest(&state) != f->header.payload_checksum) {
     drop_bad(*c, key0, error(Errc::kCorrupt, "payload checksum"));
     return nullptr;
   }
@@ -184,34 +198,38 @@ void RemoteTier::probe(uint32_t ns, std::span<const BlockKey> keys,
     return;
   }
   std::vector<BlockKey> ks(keys.begin(), keys.end());
-  boost::asio::post(pool_, [this, name = std::move(*name), ks = std::move(ks),
-                            done = std::move(done)]() mutable {
-    const auto t0 = Clock::now();
-    std::vector<uint8_t> found(ks.size(), 0);
-    bump(n_.probes);
-    bump(n_.probe_keys, ks.size());
-    if (auto c = cluster()) {
-      std::vector<std::string> names;
-      names.reserve(ks.size());
-      for (const BlockKey& k : ks) names.push_back(remote::value_key(opt_.key_prefix, name, k));
-      std::vector<redis::Command> cmds;
-      cmds.reserve(ks.size());
-      for (const std::string& n : names) cmds.push_back({{"EXISTS", n}, 1});
-      auto rs = c->execute(cmds);
-      for (size_t i = 0; i < rs.size(); ++i) {
-        if (!rs[i] || rs[i]->kind() != redis::Reply::Kind::kInteger) {
+  auto shared_done = std::make_shared<std::function<void(std::vector<uint8_t>)>>(std::move(done));
+  const size_t n = keys.size();
+  submit(
+      [this, name = std::move(*name), ks = std::move(ks), shared_done]() mutable {
+        auto& done = *shared_done;
+        const auto t0 = Clock::now();
+        std::vector<uint8_t> found(ks.size(), 0);
+        bump(n_.probes);
+        bump(n_.probe_keys, ks.size());
+        if (auto c = cluster()) {
+          std::vector<std::string> names;
+          names.reserve(ks.size());
+          for (const BlockKey& k : ks) names.push_back(remote::value_key(opt_.key_prefix, name, k));
+          std::vector<redis::Command> cmds;
+          cmds.reserve(ks.size());
+          for (const std::string& n : names) cmds.push_back({{"EXISTS", n}, 1});
+          auto rs = c->execute(cmds);
+          for (size_t i = 0; i < rs.size(); ++i) {
+            if (!rs[i] || rs[i]->kind() != redis::Reply::Kind::kInteger) {
+              bump(n_.probe_errors);
+              continue;
+            }
+            found[i] = rs[i]->integer() > 0 ? 1 : 0;
+            bump(n_.probe_hits, found[i]);
+          }
+        } else {
           bump(n_.probe_errors);
-          continue;
         }
-        found[i] = rs[i]->integer() > 0 ? 1 : 0;
-        bump(n_.probe_hits, found[i]);
-      }
-    } else {
-      bump(n_.probe_errors);
-    }
-    probe_latency_.observe_ns(since_ns(t0));
-    done(std::move(found));
-  });
+        probe_latency_.observe_ns(since_ns(t0));
+        done(std::move(found));
+      },
+      [&] { (*shared_done)(std::vector<uint8_t>(n, 0)); });
 }
 
 void RemoteTier::locate_async(const NsKey& id,
@@ -221,36 +239,42 @@ void RemoteTier::locate_async(const NsKey& id,
     done(std::nullopt);
     return;
   }
-  boost::asio::post(pool_, [this, id, name = std::move(*name), done = std::move(done)] {
-    const auto t0 = Clock::now();
-    bump(n_.fetches);
-    auto f = fetch(id, name);
-    fetch_latency_.observe_ns(since_ns(t0));
-    if (!f) {
-      bump(n_.misses);
-      done(std::nullopt);
-      return;
-    }
-    bump(n_.hits);
-    StoredBlock b{id, f->header.layout, f->header.layout.total_bytes, f->header.payload_checksum};
-    {
-      MutexLock lock(mu_);
-      // Bounded: a fetch whose read() never comes (its promotion found no host space) is
-      // pushed out by later ones.
-      if (auto it = fetched_.find(id); it != fetched_.end()) {
-        fetched_bytes_ -= it->second->header.stored_bytes;
-        fetched_.erase(it);
-      }
-      while (!fetched_.empty() &&
-             fetched_bytes_ + f->header.stored_bytes > opt_.fetch_cache_bytes) {
-        fetched_bytes_ -= fetched_.begin()->second->header.stored_bytes;
-        fetched_.erase(fetched_.begin());
-      }
-      fetched_bytes_ += f->header.stored_bytes;
-      fetched_.emplace(id, std::move(f));
-    }
-    done(std::move(b));
-  });
+  auto shared_done =
+      std::make_shared<std::function<void(std::optional<StoredBlock>)>>(std::move(done));
+  submit(
+      [this, id, name = std::move(*name), shared_done] {
+        auto& done = *shared_done;
+        const auto t0 = Clock::now();
+        bump(n_.fetches);
+        auto f = fetch(id, name);
+        fetch_latency_.observe_ns(since_ns(t0));
+        if (!f) {
+          bump(n_.misses);
+          done(std::nullopt);
+          return;
+        }
+        bump(n_.hits);
+        StoredBlock b{id, f->header.layout, f->header.layout.total_bytes,
+                      f->header.payload_checksum};
+        {
+          MutexLock lock(mu_);
+          // Bounded: a fetch whose read() never comes (its promotion found no host space) is
+          // pushed out by later ones.
+          if (auto it = fetched_.find(id); it != fetched_.end()) {
+            fetched_bytes_ -= it->second->header.stored_bytes;
+            fetched_.erase(it);
+          }
+          while (!fetched_.empty() &&
+                 fetched_bytes_ + f->header.stored_bytes > opt_.fetch_cache_bytes) {
+            fetched_bytes_ -= fetched_.begin()->second->header.stored_bytes;
+            fetched_.erase(fetched_.begin());
+          }
+          fetched_bytes_ += f->header.stored_bytes;
+          fetched_.emplace(id, std::move(f));
+        }
+        done(std::move(b));
+      },
+      [&] { (*shared_done)(std::nullopt); });
 }
 
 void RemoteTier::read(const StoredBlock& block, std::span<std::byte> dst,
@@ -259,57 +283,62 @@ void RemoteTier::read(const StoredBlock& block, std::span<std::byte> dst,
     done(error(Errc::kInvalidArgument, "destination smaller than the block"));
     return;
   }
-  boost::asio::post(pool_, [this, block, dst, done = std::move(done)] {
-    std::shared_ptr<Fetched> f;
-    {
-      MutexLock lock(mu_);
-      if (auto it = fetched_.find(block.id); it != fetched_.end()) {
-        f = std::move(it->second);
-        fetched_bytes_ -= f->header.stored_bytes;
-        fetched_.erase(it);
-      }
-    }
-    if (!f) {
-      auto name = ns_name(block.id.ns);
-      if (name) f = fetch(block.id, *name);
-    }
-    if (!f || f->header.payload_checksum != block.version) {
-      done(error(Errc::kNotFound, "the remote copy is gone or changed"));
-      return;
-    }
-    const BlockLayout& layout = f->header.layout;
-    std::span<std::byte> out = dst.first(layout.total_bytes);
-    const std::vector<std::string_view> pieces = f->pieces();
-    Status st;
-    if (f->header.compression == remote::Compression::kNone) {
-      size_t at = 0;
-      for (std::string_view p : pieces) {
-        std::memcpy(out.data() + at, p.data(), p.size());
-        at += p.size();
-      }
-    } else if (pieces.size() == 1) {
-      st = decompress_planes2(std::as_bytes(std::span(pieces[0].data(), pieces[0].size())), out);
-    } else {
-      std::vector<std::byte> joined;
-      joined.reserve(f->header.stored_bytes);
-      for (std::string_view p : pieces) {
-        auto b = std::as_bytes(std::span(p.data(), p.size()));
-        joined.insert(joined.end(), b.begin(), b.end());
-      }
-      st = decompress_planes2(joined, out);
-    }
-    if (st) st = remote::verify_tensors(layout, out);
-    if (!st) {
-      if (auto c = cluster()) {
-        auto name = ns_name(block.id.ns);
-        if (name) drop_bad(*c, remote::value_key(opt_.key_prefix, *name, block.id.key), st);
-      }
-      done(error(Errc::kCorrupt, st.message()));
-      return;
-    }
-    bump(n_.read_bytes, layout.total_bytes);
-    done({});
-  });
+  auto shared_done = std::make_shared<std::function<void(Status)>>(std::move(done));
+  submit(
+      [this, block, dst, shared_done] {
+        auto& done = *shared_done;
+        std::shared_ptr<Fetched> f;
+        {
+          MutexLock lock(mu_);
+          if (auto it = fetched_.find(block.id); it != fetched_.end()) {
+            f = std::move(it->second);
+            fetched_bytes_ -= f->header.stored_bytes;
+            fetched_.erase(it);
+          }
+        }
+        if (!f) {
+          auto name = ns_name(block.id.ns);
+          if (name) f = fetch(block.id, *name);
+        }
+        if (!f || f->header.payload_checksum != block.version) {
+          done(error(Errc::kNotFound, "the remote copy is gone or changed"));
+          return;
+        }
+        const BlockLayout& layout = f->header.layout;
+        std::span<std::byte> out = dst.first(layout.total_bytes);
+        const std::vector<std::string_view> pieces = f->pieces();
+        Status st;
+        if (f->header.compression == remote::Compression::kNone) {
+          size_t at = 0;
+          for (std::string_view p : pieces) {
+            std::memcpy(out.data() + at, p.data(), p.size());
+            at += p.size();
+          }
+        } else if (pieces.size() == 1) {
+          st =
+              decompress_planes2(std::as_bytes(std::span(pieces[0].data(), pieces[0].size())), out);
+        } else {
+          std::vector<std::byte> joined;
+          joined.reserve(f->header.stored_bytes);
+          for (std::string_view p : pieces) {
+            auto b = std::as_bytes(std::span(p.data(), p.size()));
+            joined.insert(joined.end(), b.begin(), b.end());
+          }
+          st = decompress_planes2(joined, out);
+        }
+        if (st) st = remote::verify_tensors(layout, out);
+        if (!st) {
+          if (auto c = cluster()) {
+            auto name = ns_name(block.id.ns);
+            if (name) drop_bad(*c, remote::value_key(opt_.key_prefix, *name, block.id.key), st);
+          }
+          done(error(Errc::kCorrupt, st.message()));
+          return;
+        }
+        bump(n_.read_bytes, layout.total_bytes);
+        done({});
+      },
+      [&] { (*shared_done)(error(Errc::kUnavailable, "remote tier stopped")); });
 }
 
 Status RemoteTier::write(const NsKey& id, const BlockLayout& layout,
@@ -317,6 +346,7 @@ Status RemoteTier::write(const NsKey& id, const BlockLayout& layout,
                          std::function<void(Status)> done) {
   auto name = ns_name(id.ns);
   if (!name) return error(Errc::kInvalidArgument, "namespace unknown to the remote tier");
+  if (stopped_) return error(Errc::kUnavailable, "remote tier stopped");
   if (queued_bytes_.load() + payload.size() > opt_.queue_bytes) {
     bump(n_.writes_dropped);
     return error(Errc::kLimit, "remote write queue full");
@@ -329,17 +359,17 @@ Status RemoteTier::write(const NsKey& id, const BlockLayout& layout,
   }
   queued_bytes_ += payload.size();
   auto bytes = std::make_shared<std::vector<std::byte>>(payload.begin(), payload.end());
-  boost::asio::post(pool_, [this, id, layout, name = std::move(*name), bytes, compress,
-                            done = std::move(done)] {
-    const auto t0 = Clock::now();
-    Status st = store(id, name, layout, *bytes, compress);
-    write_latency_.observe_ns(since_ns(t0));
-    queued_bytes_ -= bytes->size();
-    if (done) done(st);
-    MutexLock lock(mu_);
-    writing_.erase(id);
-    if (--in_flight_ == 0) idle_.notify_all();
-  });
+  boost::asio::post(
+      pool_, [this, id, layout, name = std::move(*name), bytes, compress, done = std::move(done)] {
+        const auto t0 = Clock::now();
+        Status st = store(id, name, layout, *bytes, compress);
+        write_latency_.observe_ns(since_ns(t0));
+        queued_bytes_ -= bytes->size();
+        if (done) done(st);
+        MutexLock lock(mu_);
+        writing_.erase(id);
+        if (--in_flight_ == 0) idle_.notify_all();
+      });
   return {};
 }
 
@@ -374,7 +404,8 @@ Status RemoteTier::store(const NsKey& id, const std::string& ns, const BlockLayo
   // Part 0 holds the header and as much payload as fits; parts 1..n the rest.
   std::string header = remote::encode_header(h);
   const uint64_t first = std::min<uint64_t>(
-      stored.size(), opt_.max_value_bytes > header.size() ? opt_.max_value_bytes - header.size() : 0);
+      stored.size(),
+      opt_.max_value_bytes > header.size() ? opt_.max_value_bytes - header.size() : 0);
   const uint64_t per_part = opt_.max_value_bytes - remote::kPartHeaderBytes;
   const uint64_t rest = stored.size() - first;
   h.parts = 1 + static_cast<uint32_t>((rest + per_part - 1) / per_part);
@@ -393,7 +424,8 @@ Status RemoteTier::store(const NsKey& id, const std::string& ns, const BlockLayo
     values[p].append(reinterpret_cast<const char*>(stored.data()) + at, n);
     at += n;
   }
-  for (uint32_t p = 0; p < h.parts; ++p) keys[p] = remote::value_key(opt_.key_prefix, ns, id.key, p);
+  for (uint32_t p = 0; p < h.parts; ++p)
+    keys[p] = remote::value_key(opt_.key_prefix, ns, id.key, p);
   const uint32_t ttl = ns_ttl(id.ns);
   const std::string ttl_text = std::to_string(ttl);
   // The parts first, part 0 (the header) last: a reader that finds the header finds the parts.
@@ -423,7 +455,9 @@ Status RemoteTier::store(const NsKey& id, const std::string& ns, const BlockLayo
 RemoveOutcome RemoteTier::remove(const NsKey& id) {
   auto name = ns_name(id.ns);
   if (!name) return RemoveOutcome::kNotFound;
-  boost::asio::post(pool_, [this, name = std::move(*name), key = id.key] { remove_now(name, key); });
+  if (!stopped_)
+    boost::asio::post(pool_,
+                      [this, name = std::move(*name), key = id.key] { remove_now(name, key); });
   return RemoveOutcome::kNotFound;  // asynchronous: the engine counts what the local tiers held
 }
 
@@ -443,7 +477,8 @@ void RemoteTier::remove_now(const std::string& ns, const BlockKey& key) {
       remote::decode_header(r.front()->str(), h))
     parts = h.parts;
   std::vector<std::string> keys;
-  for (uint32_t p = 0; p < parts; ++p) keys.push_back(remote::value_key(opt_.key_prefix, ns, key, p));
+  for (uint32_t p = 0; p < parts; ++p)
+    keys.push_back(remote::value_key(opt_.key_prefix, ns, key, p));
   std::vector<redis::Command> unlinks;
   for (const std::string& k : keys) unlinks.push_back({{"UNLINK", k}, 1});
   for (auto& u : c->execute(unlinks))

@@ -77,11 +77,14 @@ class RemoteTier final : public StoreTier {
   bool answers_locally() const override { return false; }
   void probe(uint32_t ns, std::span<const BlockKey> keys,
              std::function<void(std::vector<uint8_t> found)> done) override;
-  void locate_async(const NsKey& id,
-                    std::function<void(std::optional<StoredBlock>)> done) override;
+  void locate_async(const NsKey& id, std::function<void(std::optional<StoredBlock>)> done) override;
   void read(const StoredBlock& block, std::span<std::byte> dst,
             std::function<void(Status)> done) override;
   void flush() override;
+
+  // Finishes the queued work and stops the workers; later calls are answered at once (misses,
+  // refused writes).  For shutdown: after it, no callback of this tier runs any more.
+  void stop();
 
   void visit_counters(CounterVisitor& v) const;
   nlohmann::json stats_json() const;  // counters, nodes and their state
@@ -91,9 +94,9 @@ class RemoteTier final : public StoreTier {
   struct Fetched;
   struct Counters {
     std::atomic<uint64_t> writes{0}, write_bytes{0}, write_errors{0}, writes_dropped{0},
-        writes_skipped{0}, probes{0}, probe_keys{0}, probe_hits{0}, probe_errors{0},
-        fetches{0}, hits{0}, misses{0}, read_bytes{0}, fetch_errors{0}, corrupt_dropped{0},
-        removes{0}, remove_errors{0}, connects{0}, connect_failures{0};
+        writes_skipped{0}, probes{0}, probe_keys{0}, probe_hits{0}, probe_errors{0}, fetches{0},
+        hits{0}, misses{0}, read_bytes{0}, fetch_errors{0}, corrupt_dropped{0}, removes{0},
+        remove_errors{0}, connects{0}, connect_failures{0};
   };
 
   // The cluster, connecting first when there is none (rate-limited); null when unreachable.
@@ -112,6 +115,9 @@ class RemoteTier final : public StoreTier {
   mutable Counters n_;
   LatencyHistogram probe_latency_, fetch_latency_, write_latency_;
   std::atomic<uint64_t> queued_bytes_{0};
+  std::atomic<bool> stopped_{false};
+  // Runs `job` on a worker, or `refuse` at once after stop().
+  void submit(std::function<void()> job, const std::function<void()>& refuse);
 
   mutable Mutex mu_;  // a leaf lock: nothing is called with it held but the maps' own code
   std::shared_ptr<redis::Cluster> cluster_ GUARDED_BY(mu_);
