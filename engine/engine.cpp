@@ -139,6 +139,12 @@ bool Engine::held_locked(const NsKey& id) const {
   return false;
 }
 
+bool Engine::store_writing(const NsKey& id) const {
+  for (StoreTier* s : stores_)
+    if (s->answers_locally() && s->writing(id)) return true;
+  return false;
+}
+
 RemoteTier* Engine::remote_for(uint32_t ns) const {
   if (!remote_) return nullptr;
   MutexLock lock(mu_);

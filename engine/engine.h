@@ -290,6 +290,8 @@ class Engine {
   // locate_async() runs before it, without the lock).
   Result<PromotionTicket> claim_promotion(uint32_t ns, const BlockKey& key, StoreTier* from,
                                           StoredBlock stored);
+  // Whether a store that answers locally is writing the block (a demotion not landed yet).
+  bool store_writing(const NsKey& id) const;
   // The remote tier when the namespace uses it (rule remote != "off"), else null.
   RemoteTier* remote_for(uint32_t ns) const;
   // Namespaces with remote = "writethrough": queues the sealed host block for the cluster.

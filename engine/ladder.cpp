@@ -13,6 +13,8 @@ namespace kvtier {
 namespace {
 
 using StartFn = std::function<void(std::function<void(Status)>)>;
+// How long a get waits for a demotion still queued for the disk tier (ms).
+constexpr int kDemotionWaitMs = 5000;
 using StartFn2 = std::function<void(std::function<void(std::vector<uint8_t>)>)>;
 using LocateFn = std::function<void(std::function<void(std::optional<StoredBlock>)>)>;
 
@@ -79,6 +81,16 @@ awaitable<LeaseGrant> Engine::promote_from_store(uint64_t sid, uint32_t ns, Bloc
   miss.key = key;
   miss.code = Errc::kNotFound;
   auto ticket = begin_promotion(ns, key);
+  // Evicted from the host tier a moment ago and still queued for the disk: wait for the write
+  // to land (bounded) rather than report a block the ladder holds as missing.
+  for (int waited_ms = 0; !ticket && ticket.status().code() == Errc::kNotFound &&
+                          waited_ms < kDemotionWaitMs && store_writing(NsKey{ns, key});
+       ++waited_ms) {
+    boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor,
+                                    std::chrono::milliseconds(1));
+    co_await timer.async_wait(boost::asio::use_awaitable);
+    ticket = begin_promotion(ns, key);
+  }
   if (!ticket && ticket.status().code() == Errc::kNotFound) {
     if (RemoteTier* remote = remote_for(ns)) {
       // Not on this host: fetched from the cluster (without the lock), then promoted like a

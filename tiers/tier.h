@@ -184,6 +184,9 @@ class StoreTier : public Tier {
                        std::span<const std::byte> payload, bool compress,
                        std::function<void(Status)> done) = 0;
   virtual std::optional<StoredBlock> locate(const NsKey& id) const = 0;
+  // Whether the store accepted a write of the block that has not landed yet: locate() finds
+  // it once the write does (unless the write fails).
+  virtual bool writing(const NsKey&) const { return false; }
   // Whether contains() and locate() answer from local state (the disk tier: its LMDB index).
   // A remote store answers only through probe() and locate_async(), which do network I/O on
   // its own threads; the engine never calls those with its lock held.

@@ -3,6 +3,9 @@
 // on an in-memory disk device and the GPU emulation, injected through Engine::open's hooks.
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <thread>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -244,6 +247,39 @@ TEST_CASE("engine: a disk that fails every read turns promotions into misses, ne
   auto later = run(r.engine->get(r.sid, ns, {key(29)}));
   REQUIRE(later[0].code == Errc::kOk);
   CHECK(r.bytes_of(later[0]) == pattern(key(29), kBlock));
+}
+
+TEST_CASE("engine: a get of a block whose demotion is still queued waits for it, never misses") {
+  // Every disk write takes 20 ms: demotions sit in the disk tier's queue while the gets come.
+  auto plan = std::make_shared<FaultPlan>();
+  auto mem = make_memory_disk();
+  EngineHooks hooks;
+  hooks.disk_device = [mem, plan](const DiskOptions&) -> Result<std::unique_ptr<Device>> {
+    return make_fault_device(make_memory_device(mem), plan);
+  };
+  FaultRule slow;
+  slow.op = FaultRule::Op::kWrite;
+  slow.match = [](uint32_t, uint64_t, size_t) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return false;  // never fires: only slows the write down
+  };
+  plan->add(slow);
+  Rig r({}, std::move(hooks));
+  const uint32_t ns = r.ns("m");
+  constexpr int kBlocks = 30;  // 30 MiB through a 16 MiB host tier
+  for (int i = 0; i < kBlocks; ++i) REQUIRE(r.put(ns, key(i)).is_ok());
+  int queued = 0;
+  for (int i = 0; i < kBlocks; ++i) queued += r.engine->disk()->writing(NsKey{ns, key(i)});
+  CHECK(queued > 0);  // the case under test happens
+  CHECK(run(r.engine->lookup(r.sid, ns, {key(0), key(1)}, false)).matched == 2);
+  for (int i = 0; i < kBlocks; ++i) {
+    INFO("block " << i);
+    auto g = run(r.engine->get(r.sid, ns, {key(i)}));
+    REQUIRE(g[0].code == Errc::kOk);
+    CHECK(r.bytes_of(g[0]) == pattern(key(i), kBlock));
+    r.engine->release(r.sid, std::span(&g[0].lease_id, 1));
+  }
+  plan->clear();
 }
 
 TEST_CASE("engine: admin eviction and remove go down the whole ladder by namespace id") {

@@ -155,6 +155,14 @@ Status DiskTier::write(std::string_view ns, const BlockKey& key, const BlockLayo
   return {};
 }
 
+bool DiskTier::writing(const NsKey& id) const {
+  auto name = name_of(id.ns);
+  if (!name) return false;
+  const std::string bkey = encode_block_key(*name, id.key);
+  MutexLock lock(impl_->mu_);
+  return impl_->pending_.count(bkey) > 0;
+}
+
 AlignedBuffer DiskTier::Impl::take_buffer(size_t bytes) {
   const size_t want = align_up(std::max<size_t>(bytes, 1), kDiskAlign);
   {

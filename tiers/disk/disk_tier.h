@@ -87,7 +87,9 @@ class DiskTier final : public StoreTier {
   TierKind kind() const override { return TierKind::kDisk; }
   const char* name() const override { return "disk"; }
   bool durable() const override { return true; }
-  bool contains(const NsKey& id) const override { return find(id).has_value(); }
+  // Held, or queued for writing (a lookup counts a block being demoted as cached).
+  bool contains(const NsKey& id) const override { return find(id).has_value() || writing(id); }
+  bool writing(const NsKey& id) const override;
   Status write(const NsKey& id, const BlockLayout& layout, std::span<const std::byte> payload,
                bool compress, std::function<void(Status)> done) override;
   std::optional<StoredBlock> locate(const NsKey& id) const override;
