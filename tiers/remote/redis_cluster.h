@@ -51,10 +51,10 @@ class Reply {
   explicit Reply(redisReply* r);  // takes ownership
   Kind kind() const;
   bool is_nil() const { return kind() == Kind::kNil; }
-  std::string_view str() const;  // kString, kStatus, kError
-  long long integer() const;     // kInteger
-  size_t size() const;           // kArray: elements
-  Reply element(size_t i) const; // kArray: a view sharing this reply's ownership
+  std::string_view str() const;   // kString, kStatus, kError
+  long long integer() const;      // kInteger
+  size_t size() const;            // kArray: elements
+  Reply element(size_t i) const;  // kArray: a view sharing this reply's ownership
 
  private:
   std::shared_ptr<redisReply> root_;
@@ -64,7 +64,7 @@ class Reply {
 struct NodeState {
   std::string address;  // host:port
   bool reachable = false;
-  uint32_t slots = 0;  // slots this node serves as master in the current map
+  uint32_t slots = 0;   // slots this node serves as master in the current map
   uint64_t errors = 0;  // connection failures and timeouts
 };
 
