@@ -146,7 +146,7 @@ struct RemoteTierConfig {
   void validate() const;
 };
 
-// KV events (docs/events.md): blocks stored, removed and cleared, published in the
+// KV events (docs/remote.md, "KV events"): blocks stored, removed and cleared, published in the
 // format of vLLM's KV events (msgpack KVEventBatch over ZeroMQ PUB).
 struct EventsConfig {
   std::string endpoint;              // ZeroMQ PUB endpoint ("tcp://127.0.0.1:5557"); "" = off
