@@ -117,8 +117,8 @@ int tail_events(const EventsOptions& o, std::ostream& out) {
     idle_since = std::chrono::steady_clock::now();
     std::vector<zmq::message_t> frames;
     (void)zmq::recv_multipart(sub, std::back_inserter(frames));
-    auto seq = frames.size() == 3 ? kvtier::events::decode_seq(frames[1].to_string_view())
-                                  : std::nullopt;
+    auto seq =
+        frames.size() == 3 ? kvtier::events::decode_seq(frames[1].to_string_view()) : std::nullopt;
     if (!seq) {
       std::cerr << "kvtierctl events: malformed message of " << frames.size() << " frames\n";
       return 1;

@@ -83,7 +83,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"gpu", "host", "disk", "all"}));
   auto* compact = app.add_subcommand("compact", "rewrite sparse disk regions and free them");
   auto* verify = app.add_subcommand("verify", "read and check every disk tier payload");
-  auto* events = app.add_subcommand("events", "tail the KV events (vLLM's format) kvtierd publishes");
+  auto* events =
+      app.add_subcommand("events", "tail the KV events (vLLM's format) kvtierd publishes");
   kvtierctl::EventsOptions ev;
   int64_t ev_from = -1;
   events->add_option("--endpoint", ev.endpoint,

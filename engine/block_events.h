@@ -26,7 +26,7 @@ inline const char* medium_name(Medium m) {
   return kNames[static_cast<uint8_t>(m) & 3];
 }
 inline Medium medium_of(TierKind kind) {
-  return kind == TierKind::kGpu ? Medium::kGpu
+  return kind == TierKind::kGpu    ? Medium::kGpu
          : kind == TierKind::kDisk ? Medium::kDisk
                                    : Medium::kCpu;
 }

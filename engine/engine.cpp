@@ -144,12 +144,12 @@ void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
   BlockEventSink* events = events_.load(std::memory_order_acquire);
   std::string name = events ? ns_names_.at(b.id.ns) : std::string();
   // StoreTier::write copies the bytes into its queue: the extent is freed right after this.
-  Status st = store->write(b.id, b.layout().to_layout(), bytes, rule->compress,
-                           [m, events, name, key = b.id.key, medium = medium_of(store->kind())](
-                               Status s) {
-                             bump(s.is_ok() ? m->demotions : m->demotion_failures);
-                             if (s && events) events->stored(name, std::span(&key, 1), medium);
-                           });
+  Status st =
+      store->write(b.id, b.layout().to_layout(), bytes, rule->compress,
+                   [m, events, name, key = b.id.key, medium = medium_of(store->kind())](Status s) {
+                     bump(s.is_ok() ? m->demotions : m->demotion_failures);
+                     if (s && events) events->stored(name, std::span(&key, 1), medium);
+                   });
   if (st.code() == Errc::kLimit) bump(metrics_.demotions_dropped);
   // kAlreadyExists: a persist block, durable already.  Anything else refused the write.
   if (st.code() == Errc::kAlreadyExists) bump(metrics_.demotions);
@@ -589,8 +589,8 @@ Engine::EvictCount Engine::evict(std::optional<std::string> ns, std::span<const 
       if (wanted_kind)
         add(t->kind() == TierKind::kHost ? c.host : c.gpu, evict_tracked(*t, match, gone));
     }
-  report_evicted(gone, all && host && disk && gpu && c.host.skipped_leased == 0 &&
-                           c.gpu.skipped_leased == 0);
+  report_evicted(
+      gone, all && host && disk && gpu && c.host.skipped_leased == 0 && c.gpu.skipped_leased == 0);
   return c;
 }
 

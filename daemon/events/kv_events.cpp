@@ -122,8 +122,7 @@ std::optional<Medium> medium_of_name(std::string_view s) {
 // a map or from vLLM's older positional array.
 bool decode_event(const Obj& o, KvEvent& e) {
   std::string_view tag;
-  const Obj *hashes = nullptr, *parent = nullptr, *size = nullptr, *medium = nullptr,
-            *ns = nullptr;
+  const Obj *hashes = nullptr, *parent = nullptr, *size = nullptr, *medium = nullptr, *ns = nullptr;
   if (o.type == msgpack::type::MAP) {
     const Obj* t = field(o, "type");
     if (t == nullptr) return false;

@@ -29,9 +29,9 @@ const char* event_type_name(EventType t);  // vLLM's tag: "BlockStored", ...
 
 struct KvEvent {
   EventType type = EventType::kStored;
-  Medium medium = Medium::kCpu;  // not for kCleared
-  std::string ns;                // "kvtier_namespace"; empty for kCleared
-  std::vector<BlockKey> keys;    // "block_hashes"
+  Medium medium = Medium::kCpu;    // not for kCleared
+  std::string ns;                  // "kvtier_namespace"; empty for kCleared
+  std::vector<BlockKey> keys;      // "block_hashes"
   std::optional<BlockKey> parent;  // kStored: "parent_block_hash"
   uint32_t block_size = 0;         // kStored: tokens per block; 0 = not known to kvtier
 };

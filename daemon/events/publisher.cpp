@@ -41,8 +41,8 @@ Publisher::Publisher(const config::EventsConfig& config)
   // Linger so that the last batches leave at shutdown; a slow subscriber costs at most this.
   pub_.set(zmq::sockopt::linger, 1000);
   if (!config.replay_endpoint.empty()) {
-    replay_ = bind_socket(ctx_, zmq::socket_type::router, config.replay_endpoint,
-                          "replay_endpoint", replay_endpoint_);
+    replay_ = bind_socket(ctx_, zmq::socket_type::router, config.replay_endpoint, "replay_endpoint",
+                          replay_endpoint_);
     replay_.set(zmq::sockopt::linger, 0);
     replay_.set(zmq::sockopt::sndhwm, 0);  // a replay is bounded by buffer_batches already
   }
@@ -112,7 +112,9 @@ void Publisher::removed(std::string_view ns, std::span<const BlockKey> keys, Med
   }
 }
 
-void Publisher::cleared() { push(KvEvent{EventType::kCleared, Medium::kCpu, {}, {}, {}, 0}); }
+void Publisher::cleared() {
+  push(KvEvent{EventType::kCleared, Medium::kCpu, {}, {}, {}, 0});
+}
 
 void Publisher::run() {
   for (;;) {
@@ -232,9 +234,9 @@ void Publisher::serve_replays() {
 
 void Publisher::visit_counters(CounterVisitor& v) const {
   auto load = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
-  v.counter({"kvtier_events_published_total", "KV events published (vLLM KVEventBatch)",
-             "published"},
-            {}, load(events_published_));
+  v.counter(
+      {"kvtier_events_published_total", "KV events published (vLLM KVEventBatch)", "published"}, {},
+      load(events_published_));
   v.counter({"kvtier_events_batches_total", "KV event batches published", "batches"}, {},
             load(batches_published_));
   v.counter({"kvtier_events_dropped_total",
@@ -247,8 +249,7 @@ void Publisher::visit_counters(CounterVisitor& v) const {
             {}, load(batches_replayed_));
   v.gauge({"kvtier_events_queued", "KV events waiting to be published", "queued"}, {},
           load(queued_));
-  v.gauge({"kvtier_events_next_sequence", "the sequence number of the next batch",
-           "next_sequence"},
+  v.gauge({"kvtier_events_next_sequence", "the sequence number of the next batch", "next_sequence"},
           {}, load(sequence_));
 }
 

@@ -77,7 +77,7 @@ class Publisher final : public BlockEventSink {
   mutable Mutex mu_;
   std::deque<KvEvent> queue_ GUARDED_BY(mu_);
   Clock::time_point first_queued_ GUARDED_BY(mu_);  // when queue_ last became non-empty
-  bool lost_ GUARDED_BY(mu_) = false;                // events dropped, no AllBlocksCleared yet
+  bool lost_ GUARDED_BY(mu_) = false;               // events dropped, no AllBlocksCleared yet
   bool stop_ GUARDED_BY(mu_) = false;
 
   // Counters (read by visit_counters from any thread).

@@ -137,7 +137,9 @@ struct Rig {
   uint64_t sid = 0;
 };
 
-BlockKey key(uint64_t i) { return BlockKey{i, 0xe7e7}; }
+BlockKey key(uint64_t i) {
+  return BlockKey{i, 0xe7e7};
+}
 
 }  // namespace
 

@@ -202,11 +202,11 @@ TEST_CASE("kvtierctl stats prints no index table without the index") {
 }
 
 TEST_CASE("kvtierctl events replays and prints the daemon's KV events") {
-  const auto base = std::filesystem::temp_directory_path() /
-                    ("kvtier-ev-" + std::to_string(::getpid()));
+  const auto base =
+      std::filesystem::temp_directory_path() / ("kvtier-ev-" + std::to_string(::getpid()));
   kvtier::testing::DaemonOptions o;
-  o.extra_toml = "[events]\nendpoint = \"ipc://" + base.string() + ".pub\"\nreplay_endpoint = \"ipc://" +
-                 base.string() + ".replay\"\nbatch_ms = 1\n";
+  o.extra_toml = "[events]\nendpoint = \"ipc://" + base.string() +
+                 ".pub\"\nreplay_endpoint = \"ipc://" + base.string() + ".replay\"\nbatch_ms = 1\n";
   Daemon d(o);
   const std::string s = "-s " + d.socket() + " ";
   auto c = Client::connect(d.socket()).value();

@@ -16,8 +16,12 @@ namespace {
 // Every sample by family name (the publisher's have no labels).
 struct CountingVisitor final : CounterVisitor {
   std::map<std::string, double> values;
-  void counter(const Metric& m, Labels, Number v) override { values[std::string(m.name)] = v.value(); }
-  void gauge(const Metric& m, Labels, Number v) override { values[std::string(m.name)] = v.value(); }
+  void counter(const Metric& m, Labels, Number v) override {
+    values[std::string(m.name)] = v.value();
+  }
+  void gauge(const Metric& m, Labels, Number v) override {
+    values[std::string(m.name)] = v.value();
+  }
   void histogram(const Metric&, Labels, const HistogramData&) override {}
 };
 
@@ -77,7 +81,7 @@ TEST_CASE("publisher: batches by size and time, numbers them, and replays from a
 
   const BlockKey a{1, 2}, b{3, 4}, c{5, 6};
   p.stored("ns", std::span(&a, 1), Medium::kCpu);
-  p.stored("ns", std::span(&b, 1), Medium::kGpu);  // a full batch of 2
+  p.stored("ns", std::span(&b, 1), Medium::kGpu);    // a full batch of 2
   p.removed("ns", std::span(&c, 1), Medium::kDisk);  // alone: leaves after batch_ms
   auto r1 = receive(sub, 2000);
   auto r2 = receive(sub, 2000);
