@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
+#include <zmq_addon.hpp>
 
 #include <chrono>
 #include <iostream>
@@ -74,9 +75,12 @@ int tail_events(const EventsOptions& o, std::ostream& out) {
   uint64_t printed = 0;
   auto done = [&] { return o.count != 0 && printed >= o.count; };
   if (o.from) {
-    zmq::socket_t req(ctx, zmq::socket_type::req);
+    // A DEALER framed as a REQ socket (empty delimiter first): a REQ socket takes only one
+    // message per request, and a replay is one message per batch.
+    zmq::socket_t req(ctx, zmq::socket_type::dealer);
     req.set(zmq::sockopt::linger, 0);
     req.connect(connect_endpoint(o.replay_endpoint));
+    req.send(zmq::const_buffer("", 0), zmq::send_flags::sndmore);
     req.send(zmq::buffer(kvtier::events::encode_seq(*o.from)));
     for (;;) {
       if (!poll_in(req, 5000)) {
@@ -86,14 +90,14 @@ int tail_events(const EventsOptions& o, std::ostream& out) {
       }
       std::vector<zmq::message_t> frames;
       (void)zmq::recv_multipart(req, std::back_inserter(frames));
-      auto seq = frames.size() == 2 ? kvtier::events::decode_seq(frames[0].to_string_view())
+      auto seq = frames.size() == 3 ? kvtier::events::decode_seq(frames[1].to_string_view())
                                     : std::nullopt;
       if (!seq) {
         std::cerr << "kvtierctl events: malformed replay message\n";
         return 1;
       }
       if (*seq == -1) break;
-      auto b = kvtier::events::decode_batch(frames[1].to_string_view());
+      auto b = kvtier::events::decode_batch(frames[2].to_string_view());
       if (!b) {
         std::cerr << "kvtierctl events: batch " << *seq << ": " << b.status().message() << "\n";
         return 1;

@@ -17,6 +17,7 @@
 #include <utility>
 
 #include <zmq.hpp>
+#include <zmq_addon.hpp>
 
 #include "common/mutex.h"
 #include "config/config.h"

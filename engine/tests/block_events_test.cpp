@@ -83,19 +83,20 @@ bool has(const std::vector<Event>& events, char type, Medium medium, const Block
 }
 
 struct Rig {
-  Rig() {
+  // gpu: an emulated GPU tier, where fp16 puts land; without it they land in the host tier.
+  explicit Rig(bool gpu) {
     spdlog::set_level(spdlog::level::warn);
     static std::atomic<int> n{0};
     const std::string tag = std::to_string(::getpid()) + "-" + std::to_string(n++);
     dir = std::filesystem::temp_directory_path() / ("kvtier-events-" + tag);
     std::filesystem::create_directories(dir);
-    config = config::parse("[daemon]\nstate_dir = \"" + dir.string() +
-                           "\"\nshm_prefix = \"kvtier-events-" + tag +
-                           "\"\n[host]\nsize = \"16MiB\"\n"
-                           "[disk]\nsize = \"64MiB\"\nregion_bytes = \"8MiB\"\n"
-                           "[gpu]\nbackend = \"emulation\"\nsize = \"4MiB\"\n"
-                           "[index]\nenabled = false\n[session]\nstaging_bytes = \"4MiB\"\n"
-                           "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\n");
+    config = config::parse(
+        "[daemon]\nstate_dir = \"" + dir.string() + "\"\nshm_prefix = \"kvtier-events-" + tag +
+        "\"\n[host]\nsize = \"16MiB\"\n"
+        "[disk]\nsize = \"64MiB\"\nregion_bytes = \"8MiB\"\n" +
+        (gpu ? "[gpu]\nbackend = \"emulation\"\nsize = \"4MiB\"\n" : "[gpu]\nbackend = \"off\"\n") +
+        std::string("[index]\nenabled = false\n[session]\nstaging_bytes = \"4MiB\"\n"
+                    "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\n"));
     EngineHooks hooks;
     auto mem = make_memory_disk();
     hooks.disk_device = [mem](const DiskOptions&) -> Result<std::unique_ptr<Device>> {
@@ -110,14 +111,15 @@ struct Rig {
     std::filesystem::remove_all(dir);
   }
 
-  Result<uint64_t> put(uint32_t ns, const BlockKey& key, int device = -1) {
+  // fp16 (a GPU put when there is a GPU tier), or f32 (always the host tier).
+  Result<uint64_t> put(uint32_t ns, const BlockKey& key, int device = -1, bool f32 = false) {
     Engine::PutRequest req;
     req.ns = ns;
     req.key = key;
     TensorLayout t;
     t.name = "kv";
-    t.dtype = DType::kF16;
-    t.shape = {kBlock / 2 / 64, 64};
+    t.dtype = f32 ? DType::kF32 : DType::kF16;
+    t.shape = {kBlock / (f32 ? 4 : 2) / 64, 64};
     t.bytes = t.raw_bytes = kBlock;
     req.client_layout.tensors.push_back(t);
     req.client_layout.total_bytes = kBlock;
@@ -125,7 +127,8 @@ struct Rig {
     auto id = run(engine->begin_put(sid, std::move(req)));
     if (!id) return id.status();
     std::vector<std::byte> bytes(kBlock, std::byte{0});
-    for (uint64_t i = 1; i < kBlock; i += 2) bytes[i] = std::byte{0x3c};  // 1.0 in fp16
+    if (!f32)
+      for (uint64_t i = 1; i < kBlock; i += 2) bytes[i] = std::byte{0x3c};  // 1.0 in fp16
     return run(engine->seal(sid, *id, bytes));
   }
 
@@ -144,7 +147,7 @@ BlockKey key(uint64_t i) {
 }  // namespace
 
 TEST_CASE("block events: put, eviction to disk, promotion back, remove") {
-  Rig r;
+  Rig r(false);
   const uint32_t ns = r.engine->resolve_namespace("m/a", {}).value();
   REQUIRE(r.put(ns, key(0)));
   auto ev = r.sink.take();
@@ -179,11 +182,11 @@ TEST_CASE("block events: put, eviction to disk, promotion back, remove") {
 }
 
 TEST_CASE("block events: GPU puts, admin eviction by namespace, and evict --all") {
-  Rig r;
+  Rig r(true);
   const uint32_t a = r.engine->resolve_namespace("m/a", {}).value();
   const uint32_t b = r.engine->resolve_namespace("m/b", {}).value();
   REQUIRE(r.put(a, key(1), 0));  // fp16 asked for on GPU 0: the emulated pool
-  REQUIRE(r.put(b, key(2)));
+  REQUIRE(r.put(b, key(2), -1, true));
   auto ev = r.sink.take();
   CHECK(has(ev, 's', Medium::kGpu, key(1)));
   CHECK(has(ev, 's', Medium::kCpu, key(2)));
@@ -198,7 +201,7 @@ TEST_CASE("block events: GPU puts, admin eviction by namespace, and evict --all"
   CHECK(ev[0].keys == std::vector<BlockKey>{key(2)});
 
   // Everything from every tier, nothing leased: AllBlocksCleared.
-  REQUIRE(r.put(b, key(3)));
+  REQUIRE(r.put(b, key(3), -1, true));
   (void)r.sink.take();
   r.engine->evict(std::nullopt, {}, true, true, true, true);
   ev = r.sink.take();
@@ -206,8 +209,8 @@ TEST_CASE("block events: GPU puts, admin eviction by namespace, and evict --all"
   CHECK(ev.back().type == 'c');
 
   // A leased block survives evict --all: the others are reported one by one instead.
-  REQUIRE(r.put(b, key(4)));
-  REQUIRE(r.put(b, key(5)));
+  REQUIRE(r.put(b, key(4), -1, true));
+  REQUIRE(r.put(b, key(5), -1, true));
   auto g = run(r.engine->get(r.sid, b, {key(4)}));
   REQUIRE(g[0].code == Errc::kOk);
   (void)r.sink.take();

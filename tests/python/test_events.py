@@ -43,13 +43,16 @@ class Subscriber:
         return int.from_bytes(seq, "big", signed=True), msgpack.unpackb(payload, raw=False)
 
     def replay(self, start):
-        req = self.ctx.socket(zmq.REQ)
+        # A DEALER framed like a REQ socket (empty delimiter first): a REQ socket takes one
+        # message per request, and a replay is one message per batch.
+        req = self.ctx.socket(zmq.DEALER)
         req.connect(self.replay_endpoint)
-        req.send(start.to_bytes(8, "big"))
+        req.send_multipart([b"", start.to_bytes(8, "big")])
         out = []
         while True:
             assert req.poll(5000), "no answer from the replay socket"
-            seq, payload = req.recv_multipart()
+            empty, seq, payload = req.recv_multipart()
+            assert empty == b""
             seq = int.from_bytes(seq, "big", signed=True)
             if seq == END_SEQ:
                 assert payload == b""

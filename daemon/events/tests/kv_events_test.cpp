@@ -37,8 +37,8 @@ std::string bin(const Obj& o) {
   return std::string(o.via.bin.ptr, o.via.bin.size);
 }
 
-const BlockKey kA{0x1122334455667788ull, 0x0102030405060708ull};
-const BlockKey kB{0xffull, 0xa0ull};
+const BlockKey kA{.lo = 0x0102030405060708ull, .hi = 0x1122334455667788ull};
+const BlockKey kB{.lo = 0xa0ull, .hi = 0xffull};
 
 }  // namespace
 

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <zmq.hpp>
+#include <zmq_addon.hpp>
 
 #include <map>
 
@@ -74,7 +75,7 @@ zmq::socket_t subscribe(zmq::context_t& ctx, Publisher& p, int64_t& last_seq) {
 }  // namespace
 
 TEST_CASE("publisher: batches by size and time, numbers them, and replays from a sequence") {
-  Publisher p(options(2, 20));
+  Publisher p(options(2, 500));  // batches by size; by time only the last one
   zmq::context_t ctx;
   int64_t seq0 = -1;
   zmq::socket_t sub = subscribe(ctx, p, seq0);
@@ -98,9 +99,11 @@ TEST_CASE("publisher: batches by size and time, numbers them, and replays from a
   CHECK(r2->batch.events[0].ns == "ns");
   CHECK(r2->batch.data_parallel_rank == 0);
 
-  // A REQ client asks for everything from seq0 + 1: two batches, then the end marker.
-  zmq::socket_t req(ctx, zmq::socket_type::req);
+  // A DEALER asks for everything from seq0 + 1 (empty delimiter, then the sequence, as a REQ
+  // socket frames it): two batches, then the end marker.
+  zmq::socket_t req(ctx, zmq::socket_type::dealer);
   req.connect(p.replay_endpoint());
+  req.send(zmq::const_buffer("", 0), zmq::send_flags::sndmore);
   req.send(zmq::buffer(encode_seq(seq0 + 1)));
   std::vector<int64_t> seqs;
   for (;;) {
@@ -108,14 +111,15 @@ TEST_CASE("publisher: batches by size and time, numbers them, and replays from a
     REQUIRE(zmq::poll(&item, 1, std::chrono::milliseconds(2000)) == 1);
     std::vector<zmq::message_t> frames;
     REQUIRE(zmq::recv_multipart(req, std::back_inserter(frames)));
-    REQUIRE(frames.size() == 2);
-    auto seq = decode_seq(frames[0].to_string_view());
+    REQUIRE(frames.size() == 3);
+    CHECK(frames[0].size() == 0);
+    auto seq = decode_seq(frames[1].to_string_view());
     REQUIRE(seq);
     if (*seq == -1) {
-      CHECK(frames[1].size() == 0);
+      CHECK(frames[2].size() == 0);
       break;
     }
-    REQUIRE(decode_batch(frames[1].to_string_view()));
+    REQUIRE(decode_batch(frames[2].to_string_view()));
     seqs.push_back(*seq);
   }
   CHECK(seqs == std::vector<int64_t>{seq0 + 1, seq0 + 2});
