@@ -209,7 +209,10 @@ TEST_CASE("kvtierctl events replays and prints the daemon's KV events") {
                  ".pub\"\nreplay_endpoint = \"ipc://" + base.string() + ".replay\"\nbatch_ms = 1\n";
   Daemon d(o);
   const std::string s = "-s " + d.socket() + " ";
-  auto c = Client::connect(d.socket()).value();
+  auto connected = Client::connect(d.socket());
+  INFO(connected.status().to_string());
+  REQUIRE(connected);
+  auto& c = *connected;
   auto keys = chain_keys("ev/model", std::vector<uint32_t>(32, 5), 16);
   for (const auto& k : keys) {
     kvtier::testing::KvBlock b(k, 16);
