@@ -172,6 +172,10 @@ void Publisher::publish(KvEventBatch& b) {
   std::string payload = encode_batch(b);
   const int64_t seq = next_seq_++;
   const std::string seq_frame = encode_seq(seq);
+  // Counted before sending: a subscriber that has the batch finds it counted.
+  events_published_.fetch_add(b.events.size(), std::memory_order_relaxed);
+  batches_published_.fetch_add(1, std::memory_order_relaxed);
+  sequence_.store(static_cast<uint64_t>(seq) + 1, std::memory_order_relaxed);
   try {
     // vLLM's topic is "" by default; a PUB socket never blocks (past its HWM it drops).
     pub_.send(zmq::const_buffer("", 0), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
@@ -180,9 +184,6 @@ void Publisher::publish(KvEventBatch& b) {
   } catch (const zmq::error_t& e) {
     spdlog::warn("events: publishing batch {}: {}", seq, e.what());
   }
-  events_published_.fetch_add(b.events.size(), std::memory_order_relaxed);
-  batches_published_.fetch_add(1, std::memory_order_relaxed);
-  sequence_.store(static_cast<uint64_t>(seq) + 1, std::memory_order_relaxed);
   if (buffer_batches_ == 0) return;
   ring_.emplace_back(seq, std::move(payload));
   while (ring_.size() > buffer_batches_) ring_.pop_front();
