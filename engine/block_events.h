@@ -25,11 +25,14 @@ inline const char* medium_name(Medium m) {
   constexpr const char* kNames[] = {"GPU", "CPU", "DISK", "REMOTE"};
   return kNames[static_cast<uint8_t>(m) & 3];
 }
+// Medium's values are TierKind's (GPU 0, host 1, disk 2, and the remote tier's 3), so a tier
+// kind added with the next number needs no change here.
 inline Medium medium_of(TierKind kind) {
-  return kind == TierKind::kGpu    ? Medium::kGpu
-         : kind == TierKind::kDisk ? Medium::kDisk
-                                   : Medium::kCpu;
+  return static_cast<Medium>(static_cast<uint8_t>(kind));
 }
+static_assert(static_cast<uint8_t>(TierKind::kGpu) == static_cast<uint8_t>(Medium::kGpu) &&
+              static_cast<uint8_t>(TierKind::kHost) == static_cast<uint8_t>(Medium::kCpu) &&
+              static_cast<uint8_t>(TierKind::kDisk) == static_cast<uint8_t>(Medium::kDisk));
 
 // Called by the engine, often with its mutex held, and by the disk tier's threads: every
 // method is thread-safe, never blocks on I/O and never calls back into the engine (an

@@ -224,9 +224,10 @@ void Publisher::serve_replays() {
           send(encode_seq(seq), payload);
           ++n;
         }
-      send(encode_seq(-1), {});  // the end of the replay
+      // Counted before the end marker: a client that has it finds its replay counted.
       replays_served_.fetch_add(1, std::memory_order_relaxed);
       batches_replayed_.fetch_add(n, std::memory_order_relaxed);
+      send(encode_seq(-1), {});  // the end of the replay
     } catch (const zmq::error_t& e) {
       spdlog::warn("events: replay: {}", e.what());
     }
