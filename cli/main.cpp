@@ -10,6 +10,9 @@
 #include <iostream>
 #include <optional>
 
+#include <toml++/toml.h>
+
+#include "cli/events.h"
 #include "cli/render.h"
 #include "kvtier/client.h"
 
@@ -80,7 +83,19 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"gpu", "host", "disk", "all"}));
   auto* compact = app.add_subcommand("compact", "rewrite sparse disk regions and free them");
   auto* verify = app.add_subcommand("verify", "read and check every disk tier payload");
-  for (auto* sub : {stats, health, clients, config, ls, evict, compact, verify, search})
+  auto* events =
+      app.add_subcommand("events", "tail the KV events (vLLM's format) kvtierd publishes");
+  kvtierctl::EventsOptions ev;
+  int64_t ev_from = -1;
+  events->add_option("--endpoint", ev.endpoint,
+                     "PUB endpoint (default: the daemon's [events] endpoint)");
+  events->add_option("--replay-endpoint", ev.replay_endpoint,
+                     "ROUTER endpoint (default: the daemon's [events] replay_endpoint)");
+  events->add_option("--from", ev_from, "replay the buffered batches from this sequence first")
+      ->check(CLI::NonNegativeNumber);
+  events->add_option("--count", ev.count, "exit after this many events");
+  events->add_option("--idle-ms", ev.idle_ms, "exit after this many ms without a batch");
+  for (auto* sub : {stats, health, clients, config, ls, evict, compact, verify, search, events})
     sub->add_flag("--json", json, "print the daemon's JSON instead of a table");
 
   CLI11_PARSE(app, argc, argv);
@@ -105,6 +120,12 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (*events && ev_from >= 0) ev.from = ev_from;
+  if (*events && !ev.endpoint.empty() && (!ev.from || !ev.replay_endpoint.empty())) {
+    ev.json = json;
+    return kvtierctl::tail_events(ev, std::cout);
+  }
+
   kvtier::ClientOptions opts;
   opts.socket = socket;
   opts.name = "kvtierctl";
@@ -112,6 +133,30 @@ int main(int argc, char** argv) {
   if (!client) return report(client.status());
   auto& c = **client;
   const bool tty = ::isatty(STDOUT_FILENO);
+
+  if (*events) {  // the endpoints the daemon binds, from its effective settings
+    auto cfg = c.config_json();
+    if (!cfg) return report(cfg.status());
+    auto j = nlohmann::json::parse(*cfg, nullptr, false);
+    toml::table t;
+    try {  // toml++ reports a parse error by throwing
+      t = toml::parse(j.is_discarded() ? "" : j.value("toml", ""));
+    } catch (const toml::parse_error& e) {
+      std::cerr << "kvtierctl events: cannot read the daemon's settings: " << e.description()
+                << "\n";
+      return 1;
+    }
+    if (ev.endpoint.empty()) ev.endpoint = t["events"]["endpoint"].value_or(std::string());
+    if (ev.replay_endpoint.empty())
+      ev.replay_endpoint = t["events"]["replay_endpoint"].value_or(std::string());
+    if (ev.endpoint.empty() || (ev.from && ev.replay_endpoint.empty())) {
+      std::cerr << "kvtierctl events: the daemon publishes no KV events"
+                << (ev.endpoint.empty() ? "" : " replay") << " ([events] in its config)\n";
+      return 1;
+    }
+    ev.json = json;
+    return kvtierctl::tail_events(ev, std::cout);
+  }
 
   kvtier::Result<std::string> doc = std::string();
   if (*stats) doc = c.stats_json();

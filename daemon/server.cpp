@@ -71,7 +71,10 @@ Server::Server(config::Config config, ServerHooks hooks)
   if (ec)
     throw std::runtime_error("cannot create state directory " + config_.daemon.state_dir.string() +
                              ": " + ec.message());
+  if (!config_.events.endpoint.empty())
+    events_ = std::make_unique<events::Publisher>(config_.events);
   engine_ = Engine::open(config_, metrics_, hooks_.engine);
+  if (events_) announce_blocks();
   // Before the socket: a port in use fails the start before any client can connect.
   if (auto listen = config::parse_listen(config_.metrics.listen))  // validated: empty = off
     metrics_http_ = std::make_unique<MetricsHttp>(*listen, [this] { return metrics_text(); });
@@ -81,6 +84,26 @@ Server::Server(config::Config config, ServerHooks hooks)
 Server::~Server() {
   // The stores' last callbacks post to the io_contexts: run them out while those still exist.
   if (engine_) engine_->quiesce_stores();
+}
+
+void Server::announce_blocks() {
+  // Sequence numbers start again at 0 with this process: subscribers forget what an earlier
+  // kvtierd told them, then learn what the disk tier recovered.
+  events_->cleared();
+  engine_->set_event_sink(events_.get());
+  if (DiskTier* disk = engine_->disk()) {
+    std::string ns;
+    std::vector<BlockKey> keys;
+    disk->visit([&](const DiskEntry& e) {
+      if (e.ns != ns || keys.size() >= events::Publisher::kMaxKeysPerEvent) {
+        if (!keys.empty()) events_->stored(ns, keys, Medium::kDisk);
+        keys.clear();
+        ns = e.ns;
+      }
+      keys.push_back(e.key);
+    });
+    if (!keys.empty()) events_->stored(ns, keys, Medium::kDisk);
+  }
 }
 
 std::string Server::metrics_text() const {

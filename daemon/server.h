@@ -19,6 +19,7 @@
 #include "kvtier/keys.h"
 #include "config/config.h"
 #include "engine/engine.h"
+#include "daemon/events/publisher.h"
 #include "daemon/instance_lock.h"
 #include "daemon/metrics_http.h"
 #include "engine/metrics.h"
@@ -66,6 +67,9 @@ class Server {
   // process (instance locks) before any shared-memory name, socket file or disk tier file is
   // touched; throws naming the key and the holder's pid.
   void claim_names();
+  // KV events: hands the publisher to the engine and announces the blocks the disk tier
+  // recovered (docs/events.md, "Start").
+  void announce_blocks();
   void bind_socket();
   void schedule_reader_check();  // mdb_reader_check every disk.reader_check_s
   void schedule_index_save();    // every index.save_interval_s
@@ -85,6 +89,9 @@ class Server {
   InstanceLock socket_lock_;
   std::vector<InstanceLock> dir_locks_;  // daemon.state_dir, and disk.dir when outside it
   Metrics metrics_;
+  // KV events when [events] endpoint is set (else null): declared before engine_, which
+  // reports to it, so that it outlives the engine (and publishes its last events).
+  std::unique_ptr<events::Publisher> events_;
   std::unique_ptr<Engine> engine_;
   // One io_context per io thread, each run by exactly one thread; connections are dealt out
   // round-robin and stay on theirs, so a request never hops threads (a cross-vCPU wake costs

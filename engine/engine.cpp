@@ -62,12 +62,14 @@ Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTie
   for (const auto& h : hosts_)
     h->set_evict_listener([this](const BlockInfo& b, std::span<const std::byte> bytes) {
       mu_.assert_held();
+      event_removed(b.id, TierKind::kHost);
       demote(b, bytes);
     });
   for (const auto& t : gpu_.tiers) {
     GpuTier* tier = t.get();
     tier->set_evict_listener([this, tier](const BlockInfo& b) {
       mu_.assert_held();
+      event_removed(b.id, TierKind::kGpu);
       if (host_locked(b.id.ns).find(b.id) != nullptr) return;  // the host tier has it already
       bump(copy_down(*tier, b) ? metrics_.gpu_demotions : metrics_.gpu_demotions_dropped);
     });
@@ -164,10 +166,15 @@ void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
     return;
   }
   Metrics* m = &metrics_;
+  BlockEventSink* events = events_.load(std::memory_order_acquire);
+  std::string name = events ? ns_names_.at(b.id.ns) : std::string();
   // StoreTier::write copies the bytes into its queue: the extent is freed right after this.
-  Status st = store->write(b.id, b.layout().to_layout(), bytes, rule->compress, [m](Status s) {
-    bump(s.is_ok() ? m->demotions : m->demotion_failures);
-  });
+  Status st =
+      store->write(b.id, b.layout().to_layout(), bytes, rule->compress,
+                   [m, events, name, key = b.id.key, medium = medium_of(store->kind())](Status s) {
+                     bump(s.is_ok() ? m->demotions : m->demotion_failures);
+                     if (s && events) events->stored(name, std::span(&key, 1), medium);
+                   });
   if (st.code() == Errc::kLimit) bump(metrics_.demotions_dropped);
   // kAlreadyExists: a persist block, durable already.  Anything else refused the write.
   if (st.code() == Errc::kAlreadyExists) bump(metrics_.demotions);
@@ -187,6 +194,12 @@ Status Engine::persist(uint32_t ns, const BlockKey& key, std::function<void(Stat
   HostTier& host = host_locked(ns);
   const BlockInfo* b = host.find(NsKey{ns, key});
   if (b == nullptr) return error(Errc::kNotFound, "block " + key.hex() + " left the host tier");
+  if (BlockEventSink* events = events_.load(std::memory_order_acquire))
+    done = [events, name = ns_names_.at(ns), key, medium = medium_of(store->kind()),
+            done = std::move(done)](Status s) {
+      if (s) events->stored(name, std::span(&key, 1), medium);
+      done(std::move(s));
+    };
   Status st =
       store->write(NsKey{ns, key}, b->layout().to_layout(), {host.data(b->extent), b->extent.bytes},
                    ns_rules_.at(ns)->compress, std::move(done));
@@ -253,6 +266,7 @@ LeaseGrant Engine::finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& k
     if (read.is_ok()) {
       Status st = host.insert(id, t.extent, t.block.layout);
       if (!st) host.unreserve(t.extent);  // put by a client meanwhile: lease that one
+      if (st) event_stored(id, TierKind::kHost);
       bump(metrics_.promotions);
     } else {
       host.unreserve(t.extent);
@@ -436,6 +450,7 @@ Status Engine::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout
       tier->unreserve(put.extent);
       return st;
     }
+    event_stored(NsKey{put.ns, put.key}, TierKind::kGpu);
     bump(metrics_.puts);
     bump(metrics_.gpu_puts);
     bump(metrics_.put_bytes, raw);
@@ -446,8 +461,11 @@ Status Engine::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout
     // The new block (chunk + fusion) replaces the old one: readers holding leases on the old
     // one keep it until they release (deferred free); the disk and GPU copies lack the fusion
     // state.
-    for (const auto& t : gpu_.tiers) (void)t->remove(NsKey{put.ns, put.key});
-    (void)host.remove(NsKey{put.ns, put.key});
+    for (const auto& t : gpu_.tiers)
+      if (t->remove(NsKey{put.ns, put.key}) != RemoveOutcome::kNotFound)
+        event_removed(NsKey{put.ns, put.key}, TierKind::kGpu);
+    if (host.remove(NsKey{put.ns, put.key}) != RemoveOutcome::kNotFound)
+      event_removed(NsKey{put.ns, put.key}, TierKind::kHost);
     if (disk_) (void)disk_->remove(NsKey{put.ns, put.key});
     drop_lease(*s, put.base_lease);
   }
@@ -456,6 +474,7 @@ Status Engine::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout
     host.unreserve(put.extent);  // another connection sealed the same key first
     return st;
   }
+  event_stored(NsKey{put.ns, put.key}, TierKind::kHost);
   bump(metrics_.puts);
   bump(metrics_.put_bytes, raw);
   return {};
@@ -544,9 +563,13 @@ Engine::RemoveCount Engine::remove_from_tiers(uint32_t ns, std::span<const Block
       removed |= o == RemoveOutcome::kRemoved;
       deferred |= o == RemoveOutcome::kDeferred;
     };
-    for (StoreTier* s : stores_)
+    for (StoreTier* s : stores_)  // the disk tier reports its own removals
       if (s != remote_.get() || ns_rules_.at(ns)->remote != config::RemotePolicy::kOff) from(*s);
-    for (MemoryTier* t : memory_tiers_locked(ns)) from(*t);
+    for (MemoryTier* t : memory_tiers_locked(ns)) {
+      const bool had = t->contains(NsKey{ns, k});
+      from(*t);
+      if (had) event_removed(NsKey{ns, k}, t->kind());
+    }
     if (deferred) {
       ++c.deferred;
     } else if (removed) {
@@ -596,11 +619,15 @@ Engine::EvictCount Engine::evict(std::optional<std::string> ns, std::span<const 
     for (StoreTier* s : stores_)
       if (s->kind() == TierKind::kDisk) c.disk += s->evict_matching(match).evicted;
   MutexLock lock(mu_);
+  EvictedKeys gone;  // for KV events
   for (const auto& ladder : memory_ladder_)
     for (MemoryTier* t : ladder) {
       const bool wanted_kind = t->kind() == TierKind::kHost ? host : gpu;
-      if (wanted_kind) add(t->kind() == TierKind::kHost ? c.host : c.gpu, t->evict_matching(match));
+      if (wanted_kind)
+        add(t->kind() == TierKind::kHost ? c.host : c.gpu, evict_tracked(*t, match, gone));
     }
+  report_evicted(
+      gone, all && host && disk && gpu && c.host.skipped_leased == 0 && c.gpu.skipped_leased == 0);
   return c;
 }
 

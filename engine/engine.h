@@ -32,6 +32,7 @@
 #include "common/layout.h"
 #include "kvtier/status.h"
 #include "config/config.h"
+#include "engine/block_events.h"
 #include "engine/codec_counters.h"
 #include "engine/metrics.h"
 #include "engine/peer.h"
@@ -271,6 +272,10 @@ class Engine {
   uint64_t session_count() const;
   uint64_t leases_of(uint64_t sid) const;
 
+  // KV events (engine/block_events.h, docs/events.md): every block stored in or removed from a
+  // tier is reported to `sink`.  Set once, before the engine serves; the sink outlives it.
+  void set_event_sink(BlockEventSink* sink);
+
  private:
   // The ladder's steps (engine/engine.cpp, engine/gpu_ladder.cpp).
   uint32_t prefix_cached(uint32_t ns, std::span<const BlockKey> keys) const;
@@ -353,6 +358,16 @@ class Engine {
   // Records a lease of `b` in `tier` for the session.
   LeaseGrant grant(Session& s, MemoryTier& tier, const BlockInfo& b) REQUIRES(mu_);
 
+  // KV events (engine/engine_events.cpp): one block became findable in, or left, a tier; an
+  // admin eviction's blocks (evict_tracked collects them, report_evicted reports them, or
+  // "cleared" when `everything` went).  No-ops without a sink.
+  void event_stored(const NsKey& id, TierKind tier) REQUIRES(mu_);
+  void event_removed(const NsKey& id, TierKind tier) REQUIRES(mu_);
+  using EvictedKeys = std::vector<std::pair<TierKind, std::vector<NsKey>>>;
+  Tier::EvictCount evict_tracked(MemoryTier& t, const std::function<bool(const NsKey&)>& match,
+                                 EvictedKeys& gone) REQUIRES(mu_);
+  void report_evicted(const EvictedKeys& gone, bool everything) REQUIRES(mu_);
+
   // What the counters read under mu_ (one hold), visited after it is released.
   struct CounterSnapshot {
     std::vector<TierUsage> hosts;  // by domain
@@ -396,6 +411,8 @@ class Engine {
   std::unordered_map<uint64_t, Session> sessions_ GUARDED_BY(mu_);
   uint64_t next_session_ GUARDED_BY(mu_) = 1;
   std::unordered_map<NsKey, std::shared_ptr<Promotion>, NsKeyHash> promotions_ GUARDED_BY(mu_);
+  // Set once before serving (set_event_sink); null: no KV events.
+  std::atomic<BlockEventSink*> events_{nullptr};
 };
 
 }  // namespace kvtier

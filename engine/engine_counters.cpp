@@ -55,6 +55,8 @@ void Engine::visit_counters(CounterVisitor& v) const {
   metrics_.visit_latency(v);
   codec_.visit_counters(v);
   nf4_errors_.visit_counters(v);
+  if (const BlockEventSink* events = events_.load(std::memory_order_acquire))
+    events->visit_counters(v);
 }
 
 }  // namespace kvtier

@@ -52,6 +52,7 @@ bool Engine::copy_down(GpuTier& tier, const BlockInfo& b) {
     to.unreserve(*ext);
     return false;
   }
+  event_stored(b.id, TierKind::kHost);
   return true;
 }
 
@@ -94,6 +95,7 @@ LeaseGrant Engine::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& h
   if (st) st = tier->insert(id, ext, gpu_layout);
   if (!st) tier->unreserve(ext);  // failed, or another session published it first
   if (st) {
+    event_stored(id, TierKind::kGpu);
     bump(metrics_.gpu_promotions);
     bump(metrics_.gpu_promotion_bytes, gpu_layout.total_bytes);
   }

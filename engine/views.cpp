@@ -83,6 +83,10 @@ nlohmann::json Engine::stats_json() const {
   codec_.visit_counters(codec);
   JsonCounterVisitor nf4(j["nf4_error"], {"namespace"});
   nf4_errors_.visit_counters(nf4);
+  if (const BlockEventSink* events = events_.load(std::memory_order_acquire)) {
+    JsonCounterVisitor out(j["events"]);
+    events->visit_counters(out);
+  }
   return j;
 }
 

@@ -11,6 +11,8 @@ pkgs=(
   liburing-dev libzstd-dev liblmdb-dev libxxhash-dev
   libfaiss-dev libopenblas-dev liblapack-dev
   libhiredis-dev redis-server
+  # KV events: ZeroMQ, msgpack-c; the Python subscriber of tests/python/test_events.py
+  libzmq3-dev cppzmq-dev libmsgpack-dev python3-zmq python3-msgpack
   clang-format clang-14 libclang-rt-14-dev
   # GET /metrics is checked by promtool and by prometheus_client's parser (tests/integration)
   prometheus python3-prometheus-client

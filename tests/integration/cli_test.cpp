@@ -2,9 +2,11 @@
 #include <catch2/catch.hpp>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <sstream>
 
 #include "kvtier/client.h"
@@ -197,4 +199,54 @@ TEST_CASE("kvtierctl stats prints no index table without the index") {
   CHECK(!nlohmann::json::parse(ctl("-s " + d.socket() + " stats --json").out).contains("index"));
   CHECK_THAT(stats.out, Catch::Contains("searches: index off"));
   CHECK_THAT(stats.out, !Catch::Contains("semantic index") && !Catch::Contains("MODALITY"));
+}
+
+TEST_CASE("kvtierctl events replays and prints the daemon's KV events") {
+  const auto base =
+      std::filesystem::temp_directory_path() / ("kvtier-ev-" + std::to_string(::getpid()));
+  kvtier::testing::DaemonOptions o;
+  o.extra_toml = "[events]\nendpoint = \"ipc://" + base.string() +
+                 ".pub\"\nreplay_endpoint = \"ipc://" + base.string() + ".replay\"\nbatch_ms = 1\n";
+  Daemon d(o);
+  const std::string s = "-s " + d.socket() + " ";
+  auto connected = Client::connect(d.socket());
+  INFO(connected.status().to_string());
+  REQUIRE(connected);
+  auto& c = *connected;
+  auto keys = chain_keys("ev/model", std::vector<uint32_t>(32, 5), 16);
+  for (const auto& k : keys) {
+    kvtier::testing::KvBlock b(k, 16);
+    REQUIRE(c->put("ev/model", k, b.tensors).is_ok());
+  }
+  REQUIRE(c->remove("ev/model", std::span(keys).first(1)));
+  REQUIRE(ctl(s + "evict --all").code == 0);
+  ::usleep(200 * 1000);  // batch_ms: every event has been published
+
+  // At start AllBlocksCleared (seq 0), then what this test did, replayed from 0.
+  Run r = ctl(s + "events --json --from 0 --count 5");
+  REQUIRE(r.code == 0);
+  std::vector<nlohmann::json> ev;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) ev.push_back(nlohmann::json::parse(line));
+  REQUIRE(ev.size() == 5);
+  CHECK(ev[0]["type"] == "AllBlocksCleared");
+  CHECK(ev[0]["seq"] == 0);
+  for (int i : {1, 2}) {
+    CHECK(ev[i]["type"] == "BlockStored");
+    CHECK(ev[i]["medium"] == "CPU");
+    CHECK(ev[i]["namespace"] == "ev/model");
+    CHECK(ev[i]["block_hashes"] == nlohmann::json::array({keys[i - 1].hex()}));
+  }
+  CHECK(ev[3]["type"] == "BlockRemoved");
+  CHECK(ev[3]["block_hashes"] == nlohmann::json::array({keys[0].hex()}));
+  CHECK(ev[4]["type"] == "AllBlocksCleared");
+
+  Run text = ctl(s + "events --from 0 --count 2");
+  REQUIRE(text.code == 0);
+  CHECK(text.out.rfind("0 AllBlocksCleared\n", 0) == 0);
+  CHECK(text.out.find("BlockStored CPU ev/model " + keys[0].hex()) != std::string::npos);
+
+  auto stats = nlohmann::json::parse(ctl(s + "stats --json").out);
+  CHECK(stats["events"]["published"] == 5);
+  CHECK(stats["events"]["replays"] == 2);
 }

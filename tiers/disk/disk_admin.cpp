@@ -91,9 +91,44 @@ Status DiskTier::Impl::recover() {
   return {};
 }
 
+void DiskTier::Impl::report_removed(const std::vector<std::string>& bkeys) {
+  std::function<void(std::string_view, std::span<const BlockKey>)> fn;
+  {
+    MutexLock lock(mu_);
+    fn = on_removed_;
+  }
+  if (!fn || bkeys.empty()) return;
+  // One call per run of keys of one namespace (a reclaimed region holds runs of them).
+  auto be64 = [](std::string_view b) {
+    uint64_t v = 0;
+    for (size_t i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(b[i]);
+    return v;
+  };
+  std::vector<BlockKey> run;
+  std::string_view run_ns;
+  for (const std::string& k : bkeys) {
+    if (k.size() < 16) continue;
+    const std::string_view ns = std::string_view(k).substr(16);
+    if (!run.empty() && ns != run_ns) {
+      fn(run_ns, run);
+      run.clear();
+    }
+    run_ns = ns;
+    run.push_back(BlockKey{be64(std::string_view(k).substr(8, 8)), be64(k)});
+  }
+  if (!run.empty()) fn(run_ns, run);
+}
+
+void DiskTier::set_removed_listener(
+    std::function<void(std::string_view ns, std::span<const BlockKey>)> fn) {
+  MutexLock lock(impl_->mu_);
+  impl_->on_removed_ = std::move(fn);
+}
+
 uint64_t DiskTier::Impl::drop(const std::vector<Loc>& locs) {
   if (locs.empty()) return 0;
   std::vector<DiskEntry> gone;
+  std::vector<std::string> bkeys;  // of `gone`
   {
     auto txn = index->begin_write();
     if (!txn) return 0;
@@ -105,9 +140,11 @@ uint64_t DiskTier::Impl::drop(const std::vector<Loc>& locs) {
       txn->del_block(l.bkey);
       txn->del_by_region(l.region, l.offset);
       gone.push_back(e);
+      bkeys.push_back(l.bkey);
     }
     if (gone.empty() || !txn->commit()) return 0;
   }
+  report_removed(bkeys);
   MutexLock lock(mu_);
   for (const DiskEntry& e : gone)
     if (auto it = regions_.find(e.region); it != regions_.end()) {

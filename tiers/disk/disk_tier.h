@@ -139,6 +139,10 @@ class DiskTier final : public StoreTier {
   // Rewrites the live entries of regions less than half full into new regions, then frees them.
   Result<CompactReport> compact(const std::function<void(Progress)>& progress = {});
   void check_readers();  // mdb_reader_check; call on a timer
+  // Called with the blocks that leave the index however they go (remove, eviction, a region
+  // reclaimed to make room, a corrupt entry dropped), by namespace name, on the thread that
+  // dropped them and with no lock of the tier held; it must not call back into the tier.
+  void set_removed_listener(std::function<void(std::string_view ns, std::span<const BlockKey>)> fn);
 
   struct Impl;
 

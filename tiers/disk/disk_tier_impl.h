@@ -84,6 +84,11 @@ struct DiskTier::Impl {
   DiskUsage c_ GUARDED_BY(mu_);                                        // counters
   uint64_t inflight_reads_ GUARDED_BY(mu_) = 0;
   bool stop_ GUARDED_BY(mu_) = false;
+  // DiskTier::set_removed_listener's function, called with no lock held (report_removed).
+  std::function<void(std::string_view ns, std::span<const BlockKey> keys)> on_removed_
+      GUARDED_BY(mu_);
+  // Tells the listener that these "blocks" keys (encode_block_key) left the index.
+  void report_removed(const std::vector<std::string>& bkeys);
   bool writer_done_ GUARDED_BY(mu_) = false;
   std::deque<std::function<void()>> work_ GUARDED_BY(mu_);  // worker pool tasks
   // Payload buffers of finished jobs, reused by write() (large allocations are fresh mmaps

@@ -165,6 +165,7 @@ bool DiskTier::Impl::reclaim(uint32_t region) {
     });
   }
   Status s;
+  std::vector<std::string> gone;  // the "blocks" keys this reclaim drops
   {
     auto txn = index->begin_write();
     if (!txn) s = txn.status();
@@ -172,8 +173,10 @@ bool DiskTier::Impl::reclaim(uint32_t region) {
       for (auto& [off, bkey] : txn->region_blocks(region)) {
         DiskEntry e;
         auto v = txn->get_block(bkey);
-        if (v && decode_entry_fixed(*v, e) && e.region == region && e.offset == off)
+        if (v && decode_entry_fixed(*v, e) && e.region == region && e.offset == off) {
           txn->del_block(bkey);
+          gone.push_back(bkey);
+        }
         txn->del_by_region(region, off);
       }
       txn->del_region(region);
@@ -190,6 +193,8 @@ bool DiskTier::Impl::reclaim(uint32_t region) {
   regions_.erase(region);
   ++c_.regions_reclaimed;
   cv_.notify_all();
+  lock.unlock();
+  report_removed(gone);
   return true;
 }
 
