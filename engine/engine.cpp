@@ -158,7 +158,8 @@ void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
   if (remote_ && rule->remote == config::RemotePolicy::kWriteBack) {
     // Beside the disk tier's copy: the cluster's is the one other hosts can read.  The tier
     // copies the bytes into its queue (a full queue drops the write, counted there).
-    (void)remote_->write(b.id, b.layout().to_layout(), bytes, rule->compress, nullptr);
+    (void)remote_->write(b.id, b.layout().to_layout(), bytes, rule->compress,
+                         remote_stored_event(b.id));
   }
   StoreTier* store = demotion_store(*rule);
   if (store == nullptr) {
@@ -216,7 +217,8 @@ void Engine::write_through(uint32_t ns, const BlockKey& key) {
   if (b == nullptr) return;  // evicted already: its write-back (if any) went with it
   // The tier copies the bytes into its queue before this returns (the lock keeps them put).
   (void)remote_->write(NsKey{ns, key}, b->layout().to_layout(),
-                       {host.data(b->extent), b->extent.bytes}, rule->compress, nullptr);
+                       {host.data(b->extent), b->extent.bytes}, rule->compress,
+                       remote_stored_event(NsKey{ns, key}));
 }
 
 Result<PromotionTicket> Engine::begin_promotion(uint32_t ns, const BlockKey& key) {
@@ -563,8 +565,14 @@ Engine::RemoveCount Engine::remove_from_tiers(uint32_t ns, std::span<const Block
       removed |= o == RemoveOutcome::kRemoved;
       deferred |= o == RemoveOutcome::kDeferred;
     };
-    for (StoreTier* s : stores_)  // the disk tier reports its own removals
-      if (s != remote_.get() || ns_rules_.at(ns)->remote != config::RemotePolicy::kOff) from(*s);
+    for (StoreTier* s : stores_) {  // the disk tier reports its own removals
+      if (s != remote_.get()) {
+        from(*s);
+      } else if (ns_rules_.at(ns)->remote != config::RemotePolicy::kOff) {
+        from(*s);  // the delete is queued: reported as it is issued
+        event_removed(NsKey{ns, k}, TierKind::kRemote);
+      }
+    }
     for (MemoryTier* t : memory_tiers_locked(ns)) {
       const bool had = t->contains(NsKey{ns, k});
       from(*t);

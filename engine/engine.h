@@ -363,6 +363,9 @@ class Engine {
   // "cleared" when `everything` went).  No-ops without a sink.
   void event_stored(const NsKey& id, TierKind tier) REQUIRES(mu_);
   void event_removed(const NsKey& id, TierKind tier) REQUIRES(mu_);
+  // The done callback of a remote write: a stored event on REMOTE when it lands (null without
+  // a sink).  Runs on the remote tier's worker, without mu_.
+  std::function<void(Status)> remote_stored_event(const NsKey& id) REQUIRES(mu_);
   using EvictedKeys = std::vector<std::pair<TierKind, std::vector<NsKey>>>;
   Tier::EvictCount evict_tracked(MemoryTier& t, const std::function<bool(const NsKey&)>& match,
                                  EvictedKeys& gone) REQUIRES(mu_);

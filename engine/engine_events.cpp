@@ -29,6 +29,14 @@ void Engine::event_removed(const NsKey& id, TierKind tier) {
     sink->removed(ns_names_.at(id.ns), std::span(&id.key, 1), medium_of(tier));
 }
 
+std::function<void(Status)> Engine::remote_stored_event(const NsKey& id) {
+  BlockEventSink* sink = events_.load(std::memory_order_acquire);
+  if (sink == nullptr) return nullptr;
+  return [sink, name = ns_names_.at(id.ns), key = id.key](Status s) {
+    if (s) sink->stored(name, std::span(&key, 1), Medium::kRemote);
+  };
+}
+
 Tier::EvictCount Engine::evict_tracked(MemoryTier& t,
                                        const std::function<bool(const NsKey&)>& match,
                                        EvictedKeys& gone) {
