@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The engine venv (PyPI torch, vLLM's CPU build, transformers; reused while its lock is
+# unchanged) must exist before CMake configures, which registers tests/engines against it.
+scripts/engine-venv.sh
 scripts/build.sh build
 (cd build && ctest --output-on-failure -j2 --timeout 300)
 if [ "${KVTIER_SKIP_SANITIZERS:-0}" != 1 ]; then
