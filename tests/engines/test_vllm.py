@@ -130,7 +130,6 @@ def test_two_engines_share_a_prefix(setup, smollm2):
 
             # Another tenant's salt: no hit, nothing loaded.
             before = _counters(d.socket)
-            before = after
             r = b.generate([{"token_ids": P["p2"], "cache_salt": "tenant-b"}],
                            max_tokens=MAX_TOKENS)["outputs"][0]
             after = _counters(d.socket)

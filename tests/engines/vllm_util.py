@@ -40,6 +40,9 @@ class Engine:
         for line in self.proc.stdout:
             if line.startswith("RESULT "):
                 return json.loads(line[len("RESULT "):])
+            if self.log is not subprocess.DEVNULL:  # vLLM logs to stdout
+                self.log.write(line.encode())
+                self.log.flush()
         raise RuntimeError("vLLM engine exited (rc %s); see its log" % self.proc.wait())
 
     def generate(self, prompts, max_tokens=8, logprobs=None):
