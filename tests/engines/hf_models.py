@@ -70,14 +70,17 @@ def generate(model, input_ids, cache=None, n=0, new_tokens=8):
     """Greedy continuation from a cache holding the first `n` tokens: (new token ids, the
     first step's logits).  Pure state-space models take their cache as `cache_params` and only
     the tokens it has not seen; the others the whole prompt as `past_key_values`."""
+    # An explicit mask: generate() would otherwise mask every token equal to pad_token_id.
     kw = dict(max_new_tokens=new_tokens, do_sample=False, output_logits=True,
               return_dict_in_generate=True, pad_token_id=0)
     with torch.no_grad():
         if "cache_params" in inspect.signature(model.forward).parameters:
-            out = model.generate(input_ids[:, n:], cache_params=cache, **kw)
+            rest = input_ids[:, n:]
+            out = model.generate(rest, attention_mask=torch.ones_like(rest), cache_params=cache, **kw)
             tokens = out.sequences[0, input_ids.shape[1] - n:]
         else:
-            out = model.generate(input_ids, past_key_values=cache, **kw)
+            out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                 past_key_values=cache, **kw)
             tokens = out.sequences[0, input_ids.shape[1]:]
     return tokens.tolist(), out.logits[0][0]
 

@@ -35,8 +35,8 @@ def run(daemon):
             a, b = M.prompts()
             cache = DynamicCache(config=model.config)
             with torch.no_grad():
-                seq = model.generate(a, past_key_values=cache, max_new_tokens=4, do_sample=False,
-                                     pad_token_id=0)
+                seq = model.generate(a, attention_mask=torch.ones_like(a), past_key_values=cache,
+                                     max_new_tokens=4, do_sample=False, pad_token_id=0)
             written = hf.save(client, ns, seq, cache)
             again = hf.save(client, ns, seq, cache)
             ref_tokens, ref_logits = M.generate(model, b)
