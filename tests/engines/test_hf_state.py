@@ -166,6 +166,25 @@ def test_save_of_a_state_cache_writes_only_where_its_state_is(client):
     assert client.lookup(ns, kvtier.chain_keys(ns, a[0], 16)) == 3
 
 
+def test_blocks_without_state_end_the_usable_prefix(client):
+    """A writer that keeps state only at some blocks (vLLM's align mode, docs/protocol.md) may
+    store KV-only blocks: a state model resumes at the last block that has a state."""
+    from kvtier import hf_cache
+    model = M.build("bamba")
+    ns = hf.namespace(model, salt="align", chunk_tokens=16)
+    a, _ = M.prompts(seed=6, len_a=60)
+    cache, n = hf.prefill(client, ns, a[:, :33], model)  # chunks 0 and 1, with state
+    with torch.no_grad():
+        model(a[:, 32:48], position_ids=torch.arange(32, 48)[None], past_key_values=cache)
+    kv_only = hf_cache.block_tensors(cache, 32, 48, 48, with_state=False)
+    assert sorted(kv_only) == ["k", "kv.layers", "v"]
+    client.put(ns, kvtier.chain_keys(ns, a[0], 16)[2], kv_only)
+    assert client.lookup(ns, kvtier.chain_keys(ns, a[0], 16)) == 3
+    cache, n = hf.load_prefix(client, ns, a, model)
+    assert n == 32 and cache.get_seq_length() == 32
+    assert M.generate(model, a, cache, n)[0] == M.generate(model, a)[0]
+
+
 def test_mamba1_is_refused():
     """transformers' Mamba (v1) forward restarts its SSM scan from zero on a multi-token
     input, so a cached state could not be continued: refused, not served wrong."""

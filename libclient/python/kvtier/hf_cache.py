@@ -45,6 +45,8 @@ _VOLATILE = {"transformers_version", "_name_or_path", "architectures", "use_cach
 # when the cache holds a state (transformers 5.19 MambaMixer/JambaMambaMixer): a prefix state
 # cannot be continued by more than one token, so they are refused.
 _NO_MULTI_TOKEN_RESUME = {"mamba", "falcon_mamba", "jamba"}
+# transformers' layer types whose cache layer holds a conv and/or recurrent state.
+_STATE_LAYER_TYPES = {"linear_attention", "conv", "hybrid", "hybrid_sliding"}
 _STATE_NAME = re.compile(r"^(conv|recurrent)\.(\d+)(?:\.(float32|float16|bfloat16|float64))?$")
 _GROUP = re.compile(r"^(?:g(\d+)/)?(.+)$")
 
@@ -267,6 +269,12 @@ def _check_model(model):
                          "zero); use a Mamba2-family model" % model.config.model_type)
 
 
+def _has_state_layers(model):
+    """Whether the model keeps a state (Mamba, linear attention) in some layer."""
+    types = getattr(model.config.get_text_config(decoder=True), "layer_types", None) or ()
+    return any(t in _STATE_LAYER_TYPES for t in types)
+
+
 def _groups(block):
     """{group: {name: kvtier.Tensor}} of a leased block."""
     out = {}
@@ -363,6 +371,11 @@ def load_prefix(client, namespace, input_ids, model, *, max_tokens=None, chunk_t
             found = 0
             while found < n and lease[found].found:  # evicted since lookup: the prefix ends
                 found += 1
+            if _has_state_layers(model):
+                # A state model resumes only where a block carries the state: kvtier.hf
+                # stores it in every block, a writer like vLLM's align mode only in some.
+                while found > 0 and not any(n.endswith("state.layers") for n in lease[found - 1]):
+                    found -= 1
             if found == 0:
                 return Prefix(None, 0)
             return Prefix(_restore(lease, found, chunk, model), found * chunk)
