@@ -185,6 +185,23 @@ def test_blocks_without_state_end_the_usable_prefix(client):
     assert M.generate(model, a, cache, n)[0] == M.generate(model, a)[0]
 
 
+def test_state_every_other_block(client):
+    """state_every=2: one forward per two chunks, state in blocks 1 and 3 only; a prompt
+    sharing 3 blocks resumes at block 1's state (32 tokens)."""
+    model = M.build("bamba")
+    ns = hf.namespace(model, salt="every2", chunk_tokens=16)
+    a, b = M.prompts(seed=7)
+    cache, n = hf.prefill(client, ns, a, model, state_every=2)
+    assert n == 64
+    with client.get(ns, kvtier.chain_keys(ns, a[0], 16)) as lease:
+        assert ["state.layers" in blk for blk in lease] == [False, True, False, True]
+        assert all("k" in blk for blk in lease)
+    assert M.generate(model, a, cache, n)[0] == M.generate(model, a)[0]
+    cache, n = hf.load_prefix(client, ns, b, model)
+    assert client.lookup(ns, kvtier.chain_keys(ns, b[0], 16)) == 3 and n == 32
+    assert M.generate(model, b, cache, n)[0] == M.generate(model, b)[0]
+
+
 def test_mamba1_is_refused():
     """transformers' Mamba (v1) forward restarts its SSM scan from zero on a multi-token
     input, so a cached state could not be continued: refused, not served wrong."""

@@ -330,9 +330,11 @@ def _restore(lease, nblocks, chunk, model):
                     layer.keys, layer.values = k, v
                 else:  # a sliding window keeps only its last tokens: let it choose
                     layer.update(k, v)
+    # The state at the prefix's end: the last block's (earlier blocks may have none).
+    for g, tensors in last.items():
         if "state.layers" in tensors:
-            layers = torch.from_dlpack(last[g]["state.layers"]).tolist()
-            for name, t in last[g].items():
+            layers = torch.from_dlpack(tensors["state.layers"]).tolist()
+            for name, t in tensors.items():
                 if name == "state.layers" or not _STATE_NAME.match(name):
                     continue
                 kind, s, values = _stored_state(name, t, scratch)
@@ -443,26 +445,47 @@ def _forward_kwargs(model):
     return cache_kw, "position_ids" in params, "logits_to_keep" in params
 
 
-def prefill(client, namespace, input_ids, model, *, chunk_tokens=None, state_codec="raw"):
+def _segments(first, end, every, boundary_chunk):
+    """Forward spans [i, j) of chunk indices: ending at multiples of `every` (a block there
+    carries the state) and at `end`; `boundary_chunk` (the chunk that ends the prompt, or
+    None) alone in its span, so that the cache can step back over just that chunk."""
+    spans = []
+    i = first
+    while i < end:
+        j = min(end, (i // every + 1) * every)
+        if boundary_chunk is not None and i < boundary_chunk < j:
+            j = boundary_chunk
+        spans.append((i, j))
+        i = j
+    return spans
+
+
+def prefill(client, namespace, input_ids, model, *, chunk_tokens=None, state_codec="raw",
+            state_every=1):
     """Prefix(cache, num_tokens) like load_prefix, after computing and storing every complete
-    chunk of `input_ids` that was not cached: the model runs one forward per chunk (the state
-    at each chunk's end is what a state model's block needs).  The cache ends at the last chunk
-    boundary before the final token, so `generate` has at least one token to process; when the
-    prompt ends on a chunk boundary its last chunk is computed again there."""
+    chunk of `input_ids` that was not cached.  A state model's block needs the state at its
+    chunk's end, and a forward yields the state only at its last token, so the model runs one
+    forward per chunk; with `state_every` = k, one per k chunks, and only every k-th block
+    (and the prompt's last whole chunk) carries state: a prefix then resumes at a multiple of
+    k chunks.  The cache ends at the last chunk boundary before the final token, so
+    `generate` has at least one token to process; when the prompt ends on a chunk boundary
+    its last chunk is computed again there."""
     _check_model(model)
+    if state_every < 1:
+        raise ValueError("state_every must be >= 1")
     chunk = chunk_tokens_of(namespace, chunk_tokens)
     ids = _token_ids(input_ids)
     keys = chain_keys(namespace, ids, chunk)
     cache, n = load_prefix(client, namespace, ids, model, chunk_tokens=chunk)
+    try:
+        cached = client.lookup(namespace, keys) if keys else 0
+    except Error:
+        cached = len(keys)  # kvtier is down: compute what generate needs, store nothing
     end = len(keys)
-    if end * chunk == len(ids):
-        # The last chunk ends the prompt, so the returned cache stops before it; it needs
-        # computing only to be stored.
-        try:
-            if client.lookup(namespace, keys) == end:
-                end -= 1
-        except Error:
-            end -= 1
+    boundary = end - 1 if end * chunk == len(ids) else None
+    if boundary is not None and cached == end:
+        end -= 1  # the chunk that ends the prompt is stored: generate computes it
+        boundary = None
     if n >= end * chunk:
         return Prefix(cache, n)
     if cache is None:
@@ -472,9 +495,9 @@ def prefill(client, namespace, input_ids, model, *, chunk_tokens=None, state_cod
     storing = True
     snapshot = None
     with torch.no_grad():
-        for i in range(n // chunk, end):
-            lo, hi = i * chunk, (i + 1) * chunk
-            if hi == len(ids):
+        for i, j in _segments(n // chunk, end, state_every, boundary):
+            lo, hi = i * chunk, j * chunk
+            if i == boundary:
                 snapshot = _snapshot(cache)
             kwargs = {cache_kw: cache, "use_cache": True}
             if positions:
@@ -482,9 +505,13 @@ def prefill(client, namespace, input_ids, model, *, chunk_tokens=None, state_cod
             if logits_to_keep:
                 kwargs["logits_to_keep"] = 1
             model(input_ids=ids[lo:hi][None].to(device), **kwargs)
-            if storing:
-                tensors = block_tensors(cache, lo, hi, hi, state_codec=state_codec)
-                storing = _put(client, namespace, keys[i], tensors)
+            for b in range(max(i, cached), j):
+                if not storing:
+                    break
+                with_state = b == j - 1 and (j % state_every == 0 or j >= len(keys) - 1)
+                tensors = block_tensors(cache, b * chunk, (b + 1) * chunk, hi,
+                                        with_state=with_state, state_codec=state_codec)
+                storing = _put(client, namespace, keys[b], tensors)
     if snapshot is not None:
         _rewind(cache, snapshot)
         if end == 1:  # stepped back to the empty cache
