@@ -76,7 +76,8 @@ def generate(model, input_ids, cache=None, n=0, new_tokens=8):
     with torch.no_grad():
         if "cache_params" in inspect.signature(model.forward).parameters:
             rest = input_ids[:, n:]
-            out = model.generate(rest, attention_mask=torch.ones_like(rest), cache_params=cache, **kw)
+            out = model.generate(rest, attention_mask=torch.ones_like(rest), cache_params=cache,
+                                 **kw)
             tokens = out.sequences[0, input_ids.shape[1] - n:]
         else:
             out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
@@ -112,7 +113,8 @@ def read(socket, kinds, salt):
             cache, n = hf.load_prefix(client, ns, b, model)
             tokens, logits = generate(model, b, cache, n)
             control, _ = hf.load_prefix(client, ns, b, model)
-            what = "state" if any(hasattr(layer, "conv_states") for layer in control.layers) else "kv"
+            stateful = any(hasattr(layer, "conv_states") for layer in control.layers)
+            what = "state" if stateful else "kv"
             _, control_logits = generate(model, b, zero_prefix(control, what), n)
             result[kind] = {"namespace": ns, "n": n, "tokens": tokens, "logits": logits.tolist(),
                             "control_logits": control_logits.tolist(), "control": what}

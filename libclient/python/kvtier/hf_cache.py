@@ -64,14 +64,17 @@ def _canonical(obj):
 
 
 def _weights_fingerprint(model, h):
-    """Feeds every parameter's name, shape, dtype and first 16 values into `h`: two models
-    with one config but different weights (a fine-tune, another seed) differ here.  Reads 16
+    """Feeds every parameter's name, shape, dtype and 16 values of its first row into `h`:
+    two models with one config but different weights (a fine-tune, another seed) differ.  Reads 16
     values per parameter, so it costs one small copy per parameter even for a large model."""
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         h.update(("%s %s %s\n" % (name, tuple(p.shape), p.dtype)).encode())
         if p.device.type == "meta":
             continue
-        head = p.detach().reshape(-1)[:16].to("cpu").contiguous()
+        head = p.detach()
+        while head.dim() > 1:  # the first row: no copy of a large or strided tensor
+            head = head[0]
+        head = head.reshape(-1)[:16].to("cpu").contiguous()
         h.update(head.view(torch.uint8).numpy().tobytes())
 
 
@@ -203,9 +206,10 @@ def block_tensors(cache, lo, hi, consumed, *, batch_index=0, with_state=True,
                                  % (consumed, hi))
             tensors = {}
             for s in idx:
-                for kind, store, ok in (("conv", layer.conv_states, layer.is_conv_states_initialized),
-                                        ("recurrent", layer.recurrent_states,
-                                         layer.is_recurrent_states_initialized)):
+                for kind, store, ok in (
+                        ("conv", layer.conv_states, layer.is_conv_states_initialized),
+                        ("recurrent", layer.recurrent_states,
+                         layer.is_recurrent_states_initialized)):
                     if ok[s]:
                         name, t = _state_tensor(kind, s, store[s][batch_index], state_codec)
                         tensors[name] = t
@@ -226,6 +230,10 @@ def has_state(cache):
     return any(_state_indices(layer) for layer in cache.layers)
 
 
+def _clones(states):
+    return {k: None if v is None else v.clone() for k, v in states.items()}
+
+
 def _snapshot(cache):
     """What forwarding one more chunk changes: attention layers get new K/V tensors (torch.cat,
     so the old ones stay valid), state layers overwrite their buffers in place (so copy)."""
@@ -236,9 +244,7 @@ def _snapshot(cache):
             s["kv"] = (layer.keys, layer.values, layer.is_initialized,
                        getattr(layer, "cumulative_length", None))
         if isinstance(layer, LinearAttentionCacheLayerMixin):
-            s["state"] = ({k: None if v is None else v.clone() for k, v in layer.conv_states.items()},
-                          {k: None if v is None else v.clone()
-                           for k, v in layer.recurrent_states.items()},
+            s["state"] = (_clones(layer.conv_states), _clones(layer.recurrent_states),
                           dict(layer.has_previous_state))
         snap.append(s)
     return snap
@@ -284,12 +290,12 @@ def _groups(block):
     return out
 
 
-def _to_torch(t, scratch, dtype=None):
+def _to_torch(t, scratch):
     """A leased tensor as torch: raw -> a zero-copy view (read-only memory: copy before use),
     NF4 -> decoded into `scratch` (a dict of reusable buffers)."""
     if t.codec == "raw":
         return torch.from_dlpack(t)
-    dt = dtype if dtype is not None else getattr(torch, t.dtype)
+    dt = getattr(torch, t.dtype)
     key = (tuple(t.shape), dt)
     if key not in scratch:
         scratch[key] = torch.empty(t.shape, dtype=dt)
@@ -325,7 +331,8 @@ def _restore(lease, nblocks, chunk, model):
             for row, i in enumerate(layers):
                 k, v = full["k"][row:row + 1], full["v"][row:row + 1]
                 layer = cache.layers[i]
-                if isinstance(layer, DynamicLayer) and not isinstance(layer, DynamicSlidingWindowLayer):
+                sliding = isinstance(layer, DynamicSlidingWindowLayer)
+                if isinstance(layer, DynamicLayer) and not sliding:
                     layer.lazy_initialization(k, v)  # then adopt the tensors: no second copy
                     layer.keys, layer.values = k, v
                 else:  # a sliding window keeps only its last tokens: let it choose
