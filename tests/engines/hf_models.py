@@ -27,6 +27,9 @@ def _config(kind):
     if kind == "qwen2":
         return T.Qwen2Config(intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, **common)
+    if kind == "mistral":  # sliding-window attention, a window shorter than the prompts
+        return T.MistralConfig(intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, sliding_window=32, **common)
     if kind == "mamba2":  # pure state-space model
         common.pop("max_position_embeddings")
         return T.Mamba2Config(num_hidden_layers=2, state_size=16, expand=2, head_dim=16,
@@ -39,7 +42,7 @@ def _config(kind):
     raise ValueError(kind)
 
 
-KINDS = ("llama", "qwen2", "mamba2", "bamba")
+KINDS = ("llama", "qwen2", "mamba2", "bamba", "mistral")
 
 
 def build(kind, seed=0, gain=2.0):

@@ -131,3 +131,26 @@ def test_legacy_functions_accept_a_transformers_cache(client, request):
     assert hit.num_tokens == 32
     for (k, v), layer in zip(hit.past_key_values, cache.layers):
         assert torch.equal(k, layer.keys[:, :, :32]) and torch.equal(v, layer.values[:, :, :32])
+
+
+def test_sliding_window_layers(client):
+    """Mistral with a 32-token window: a cache that dropped its oldest tokens cannot store
+    them (save refuses), prefill stores every chunk as it goes, and the restored layers keep
+    only their window."""
+    model = M.build("mistral")
+    ns = hf.namespace(model, salt=SALT, chunk_tokens=16)
+    a, b = M.prompts()
+    full = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(a, past_key_values=full)
+    with pytest.raises(ValueError, match="sliding window"):
+        hf.save(client, ns, a, full)
+    cache, n = hf.prefill(client, ns, a, model)
+    assert n == 64 and client.lookup(ns, kvtier.chain_keys(ns, a[0], 16)) == 4
+    cache, n = hf.load_prefix(client, ns, b, model)
+    assert n == 48
+    held = [(layer.keys.shape[2], layer.cumulative_length) for layer in cache.layers]
+    assert held == [(31, 48)] * 2  # window - 1 tokens held, 48 seen
+    tokens, logits = M.generate(model, b, cache, n)
+    ref_tokens, ref_logits = M.generate(model, b)
+    assert tokens == ref_tokens and (logits - ref_logits).abs().max().item() < 1e-4
