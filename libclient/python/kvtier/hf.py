@@ -1,12 +1,20 @@
 """Hugging Face-style KV through kvtier: save a prompt's KV chunk by chunk under its chain
 keys, and rebuild it for the longest cached prefix in another process.
 
-KV format: `past_key_values` as a tuple of per-layer (K, V), each [batch, heads, seq,
-head_dim] (the "legacy" cache of transformers).  A transformers `DynamicCache` is accepted
-through its `to_legacy_cache()` (transformers is not in Debian 12: that path is untested);
-`DynamicCache.from_legacy_cache(kv)` turns the rebuilt tuple back into one.
+Two faces (docs/python.md):
 
-Block format (one block per chunk of `chunk_tokens` tokens, all layers):
+- transformers' Cache objects (transformers >= 5, kvtier/hf_cache.py), attention and state
+  (Mamba) layers alike:
+      ns = hf.namespace(model, salt="tenant")                # model, dtype, chunk size, tenant
+      cache, n = hf.load_prefix(client, ns, input_ids, model)   # (None, 0) on a miss
+      out = model.generate(input_ids, past_key_values=cache)
+      hf.save(client, ns, out[0, :-1], out_cache)             # attention models
+      cache, n = hf.prefill(client, ns, input_ids, model)     # computes and stores per chunk
+- the legacy tuple of per-layer (K, V), each [batch, heads, seq, head_dim] (any torch, no
+  transformers needed): save_prefix(...), and load_prefix(..., chunk_tokens) with an int
+  fourth argument.
+
+Legacy block format (one block per chunk of `chunk_tokens` tokens, all layers):
     "k.{layer}", "v.{layer}": [heads, chunk_tokens, head_dim], the model's dtype or `dtype`
 In an NF4 namespace keys are quantized per channel ("column" blocks of 64 tokens of one
 head and channel; keep chunk_tokens a multiple of 64), values per token.
@@ -20,9 +28,32 @@ from . import AlreadyExists, chain_keys
 CachedPrefix = namedtuple("CachedPrefix", "num_tokens past_key_values")
 
 
+def namespace(model, salt="", codec_prefix="", chunk_tokens=64, weights=True):
+    """The namespace of a transformers model's blocks (see hf_cache.namespace)."""
+    from . import hf_cache
+    return hf_cache.namespace(model, salt=salt, codec_prefix=codec_prefix,
+                              chunk_tokens=chunk_tokens, weights=weights)
+
+
+def save(client, namespace, input_ids, cache, **kwargs):
+    """Store the complete chunks of `input_ids` not cached yet from a transformers Cache
+    (see hf_cache.save); returns the number of blocks written."""
+    from . import hf_cache
+    return hf_cache.save(client, namespace, input_ids, cache, **kwargs)
+
+
+def prefill(client, namespace, input_ids, model, **kwargs):
+    """Load the cached prefix, then compute and store the other complete chunks one forward
+    per chunk; returns Prefix(cache, num_tokens) ready for generate (see hf_cache.prefill)."""
+    from . import hf_cache
+    return hf_cache.prefill(client, namespace, input_ids, model, **kwargs)
+
+
 def _legacy(past_key_values):
-    if hasattr(past_key_values, "to_legacy_cache"):  # transformers DynamicCache
+    if hasattr(past_key_values, "to_legacy_cache"):  # transformers < 5 DynamicCache
         return past_key_values.to_legacy_cache()
+    if hasattr(past_key_values, "layers"):  # transformers >= 5: one object per layer
+        return tuple((layer.keys, layer.values) for layer in past_key_values.layers)
     return tuple(past_key_values)
 
 
@@ -65,9 +96,14 @@ def save_prefix(client, namespace, token_ids, past_key_values, chunk_tokens, *, 
     return written
 
 
-def load_prefix(client, namespace, token_ids, chunk_tokens, *, max_tokens=None, dtype=None,
-                device=None):
-    """Rebuild the KV of the longest cached prefix of `token_ids`.
+def load_prefix(client, namespace, token_ids, chunk_tokens_or_model, *, max_tokens=None,
+                dtype=None, device=None, chunk_tokens=None):
+    """With a transformers model as fourth argument: Prefix(cache, num_tokens), a DynamicCache
+    of the longest cached prefix of `token_ids` for model.generate(..., past_key_values=cache),
+    (None, 0) on a miss (see hf_cache.load_prefix; `dtype` and `device` do not apply).
+
+    With an int `chunk_tokens` (the legacy tuple form): rebuild the KV of the longest cached
+    prefix of `token_ids`.
 
     Looks the chain up (one round trip), leases the cached blocks, and assembles per layer
     K and V of shape [1, heads, n * chunk_tokens, head_dim] in fresh tensors (raw blocks:
@@ -75,6 +111,11 @@ def load_prefix(client, namespace, token_ids, chunk_tokens, *, max_tokens=None, 
     returning, so the result is ordinary writable memory.  `max_tokens` caps the prefix (pass
     len(prompt) - 1 so that at least one token is left to prefill).  Returns
     CachedPrefix(num_tokens, past_key_values), past_key_values None on a miss."""
+    if not isinstance(chunk_tokens_or_model, int):
+        from . import hf_cache
+        return hf_cache.load_prefix(client, namespace, token_ids, chunk_tokens_or_model,
+                                    max_tokens=max_tokens, chunk_tokens=chunk_tokens)
+    chunk_tokens = chunk_tokens_or_model
     keys = chain_keys(namespace, token_ids, chunk_tokens)
     if max_tokens is not None:
         keys = keys[:max(0, max_tokens) // chunk_tokens]
