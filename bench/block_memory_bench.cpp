@@ -14,7 +14,7 @@
 //   anon RSS  /proc/self/statm resident - shared: the process's private pages.  This is the
 //             daemon memory of the goal; the arena is shared memory and is not in it
 //   shm RSS   statm shared: pages of the host arena the blocks touched (reported apart)
-//   arena     the arena's own bytes per block (extent, 256 B alignment, allocator header)
+//   arena     the arena's own bytes per block (extent, 64 B alignment, allocator header)
 // and the ratio of max(heap, anon RSS) to the goal: a k+v block within 200 B.  Beside them,
 // what the host tier says it holds (ArenaTier::memory(): entry, buckets, interned layouts,
 // ghost keys), so the measured bytes can be told apart.
@@ -173,7 +173,7 @@ std::string config_text(const std::filesystem::path& dir, const std::string& tag
 int measure(const Kind& kind, const std::vector<uint64_t>& checkpoints) {
   spdlog::set_level(spdlog::level::warn);
   const uint64_t most = checkpoints.back();
-  // 512 B of arena per block is room to spare (one 256 B slot each, plus the allocator's).
+  // 512 B of arena per block is room to spare (one 64-256 B slot each, plus the allocator's).
   const uint64_t host_mib = std::max<uint64_t>(64, (most + kWarmup) * 512 / (1 << 20) + 64);
   const std::string tag = std::to_string(::getpid());
   const auto dir = std::filesystem::temp_directory_path() / ("kvtier-membench-" + tag);
@@ -297,7 +297,7 @@ int main(int argc, char** argv) {
       "\nPer block, from the baseline.  heap = mallinfo2 uordblks + hblkhd; anon RSS = statm "
       "resident - shared (the daemon's private memory: the goal); shm RSS = host-arena pages "
       "touched (shared memory, reported apart); arena = arena bytes the allocator counts as used "
-      "(extent + header; the 256 B alignment gap between slots shows in shm RSS).  accounted = "
+      "(extent + header; the 64 B alignment gap between slots shows in shm RSS).  accounted = "
       "what the host tier says it holds (ArenaTier::memory): entry = sizeof one block's entry "
       "(its glibc malloc chunk), buckets = the index's bucket array, shapes = distinct interned "
       "layouts and their heap; ghosts = S3-FIFO ghost keys (bounded; none without "

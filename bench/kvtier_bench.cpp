@@ -45,6 +45,10 @@
 namespace kvtier::bench {
 namespace {
 
+// The lookup rows measure the daemon's answer (socket or request channel); lookups from the
+// shared index are lookup_bench's.
+const LookupOptions kDaemonLookup{false, LookupSource::kDaemon};
+
 constexpr uint64_t KiB = 1024, MiB = 1024 * KiB, GiB = 1024 * MiB;
 constexpr size_t kChain = 16;  // keys per "scheduler" lookup
 constexpr size_t kLookupBytes = 64;
@@ -271,8 +275,17 @@ struct KvSize {
   double copy_gbps = 0;       // memcpy out of a held lease into a private buffer
   double full_gbps = 0;       // get + read-sum + release, bytes / mean time
   Latency full;
+  // Per release mode (kReleaseModes order), unpinned: get + read-sum + release, and get +
+  // release alone.
+  Latency full_by_mode[3], get_release_by_mode[3];
   uint64_t evictions = 0;
 };
+
+constexpr ReleaseMode kReleaseModes[] = {ReleaseMode::kRoundTrip, ReleaseMode::kPosted,
+                                         ReleaseMode::kDeferred};
+const char* mode_name(int m) {
+  return m == 0 ? "round-trip" : m == 1 ? "posted" : "deferred";
+}
 
 template <typename T>
 T must(Result<T> r, const char* what) {
@@ -314,8 +327,10 @@ void drop_mapping(const LeasedBlock& b) {
 
 class KvBench {
  public:
-  KvBench(testing::Daemon& daemon, Client& client, int run)
-      : daemon_(daemon), client_(client), run_(run) {}
+  // `client` releases with a round trip (every row but the release-mode ones); `by_mode` has
+  // one client per kReleaseModes entry.
+  KvBench(testing::Daemon& daemon, Client& client, std::vector<Client*> by_mode, int run)
+      : daemon_(daemon), client_(client), by_mode_(std::move(by_mode)), run_(run) {}
 
   KvSize measure(const Plan& plan, bool full) {
     KvSize res;
@@ -356,12 +371,12 @@ class KvBench {
         set_process_affinity(daemon_.pid(), single_cpu(cpus->peer));
       }
       res.lat.lookup1[pinned] = time_loop(plan.lookups, 200, [&](int i) {
-        if (must(client_.lookup(ns, {&keys[size_t(i) % n], 1}), "lookup") != 1)
+        if (must(client_.lookup(ns, {&keys[size_t(i) % n], 1}, kDaemonLookup), "lookup") != 1)
           throw std::runtime_error("lookup missed a stored key (evicted?)");
       });
       res.lat.chain[pinned] = time_loop(plan.lookups, 200, [&](int i) {
         std::span<const BlockKey> chain(&keys[size_t(i) % windows], res.lat.chain_len);
-        if (must(client_.lookup(ns, chain), "lookup") != res.lat.chain_len)
+        if (must(client_.lookup(ns, chain, kDaemonLookup), "lookup") != res.lat.chain_len)
           throw std::runtime_error("chain lookup missed a stored key (evicted?)");
       });
       res.lat.get_release[pinned] = time_loop(plan.gets, 50, [&](int i) {
@@ -435,6 +450,27 @@ class KvBench {
     }
     res.read_cold_gbps = gbps(plan.bytes * uint64_t(plan.reads), cold_ns);
     res.copy_gbps = gbps(plan.bytes * uint64_t(plan.reads), copy_ns);
+
+    // The release modes, each on its own connection (mapped by an untimed pass first).
+    for (int mode = 0; mode < 3; ++mode) {
+      Client& c = *by_mode_[size_t(mode)];
+      auto get = [&](size_t i) {
+        auto lease = must(c.get(ns, {&keys[i % m], 1}), "get");
+        if (lease.found() != 1) throw std::runtime_error("get missed a stored key");
+        return lease;
+      };
+      for (size_t i = 0; i < m; ++i) sink += sum_block(get(i).block(0));
+      res.full_by_mode[mode] = time_loop(plan.reads, 20, [&](int i) {
+        auto lease = get(size_t(i));
+        sink += sum_block(lease.block(0));
+        must(lease.release(), "release");
+      });
+      res.get_release_by_mode[mode] = time_loop(plan.gets, 50, [&](int i) {
+        auto lease = get(size_t(i));
+        must(lease.release(), "release");
+      });
+      must(c.flush_releases(), "flush");
+    }
     do_not_optimize(sink);
   }
 
@@ -445,6 +481,7 @@ class KvBench {
 
   testing::Daemon& daemon_;
   Client& client_;
+  std::vector<Client*> by_mode_;
   int run_;
 };
 
@@ -521,8 +558,16 @@ int run(bool quick, bool use_redis, uint32_t busy_poll_us) {
     ClientOptions co;
     co.socket = daemon.socket();
     co.busy_poll_us = busy_poll_us;
+    co.release_mode = ReleaseMode::kRoundTrip;
     auto client = must(Client::connect(co), "connect");
-    KvBench b(daemon, *client, c);
+    std::vector<std::unique_ptr<Client>> mode_clients;
+    std::vector<Client*> by_mode;
+    for (ReleaseMode m : kReleaseModes) {
+      co.release_mode = m;
+      mode_clients.push_back(must(Client::connect(co), "connect"));
+      by_mode.push_back(mode_clients.back().get());
+    }
+    KvBench b(daemon, *client, by_mode, c);
     try {
       for (size_t i = 0; i < plans.size(); ++i)
         kv[c].push_back(c == 0 || i == io1_plan ? b.measure(plans[i], c == 0) : KvSize{});
@@ -609,6 +654,29 @@ int run(bool quick, bool use_redis, uint32_t busy_poll_us) {
                     bw(redis[i]->get_gbps) + " GET", ratio(rf), "-", "-"});
     rows.push_back({"  same, latency", sz, lat(k.full), lat(redis[i]->get) + " GET",
                     ratio(k.full.p50_us / redis[i]->get.p50_us), "-", "-"});
+  }
+  // Release modes (docs/protocol.md, "Releases without a round trip"): Redis GET p50 over
+  // kvtier p50, so higher is better here.  Goals: 64 KiB get + read + release >= 5x faster
+  // than GET; 2 MiB get + release >= 100x.
+  for (size_t i = 0; i < plans.size(); ++i) {
+    if (!redis[i]) continue;
+    const KvSize& k = kv[0][i];
+    const std::string sz = size_name(plans[i].bytes);
+    for (int mode = 0; mode < 3; ++mode) {
+      const bool deferred = kReleaseModes[mode] == ReleaseMode::kDeferred;
+      const Latency& f = k.full_by_mode[mode];
+      const double rf = redis[i]->get.p50_us / f.p50_us;
+      const bool goal_f = deferred && plans[i].bytes == 64 * 1024;
+      rows.push_back({std::string("get+read-sum+release, ") + mode_name(mode) + " release", sz,
+                      lat(f), lat(redis[i]->get) + " GET", fmt("%.1fx faster", rf),
+                      goal_f ? ">= 5x faster" : "-", goal_f ? (rf >= 5 ? "yes" : "NO") : "-"});
+      const Latency& g = k.get_release_by_mode[mode];
+      const double rg = redis[i]->get.p50_us / g.p50_us;
+      const bool goal_g = deferred && plans[i].bytes == 2 * MiB;
+      rows.push_back({std::string("get+release, ") + mode_name(mode) + " release", sz, lat(g),
+                      lat(redis[i]->get) + " GET", fmt("%.1fx faster", rg),
+                      goal_g ? ">= 100x faster" : "-", goal_g ? (rg >= 100 ? "yes" : "NO") : "-"});
+    }
   }
   std::printf("\n");
   print_table(rows);

@@ -13,6 +13,7 @@
 #include <toml++/toml.h>
 
 #include "cli/events.h"
+#include "cli/pin.h"
 #include "cli/render.h"
 #include "kvtier/client.h"
 
@@ -59,6 +60,10 @@ int main(int argc, char** argv) {
   ls->add_option("--limit", ls_limit, "at most this many blocks (0 = all)");
   bool ls_fusion = false;
   ls->add_flag("--fusion", ls_fusion, "only chunks that carry fusion state");
+  bool ls_pinned = false;
+  ls->add_flag("--pinned", ls_pinned, "only pinned blocks");
+  kvtierctl::PinArgs pin_args;
+  const kvtierctl::PinCommands pins = kvtierctl::add_pin_commands(app, pin_args);
   auto* search = app.add_subcommand("search", "find cached chunks by embedding similarity");
   std::string se_ns;
   std::vector<std::string> se_queries, se_thresholds, se_weights;
@@ -95,7 +100,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   events->add_option("--count", ev.count, "exit after this many events");
   events->add_option("--idle-ms", ev.idle_ms, "exit after this many ms without a batch");
-  for (auto* sub : {stats, health, clients, config, ls, evict, compact, verify, search, events})
+  for (auto* sub : {stats, health, clients, config, ls, evict, compact, verify, search, events,
+                    pins.pin, pins.unpin})
     sub->add_flag("--json", json, "print the daemon's JSON instead of a table");
 
   CLI11_PARSE(app, argc, argv);
@@ -118,6 +124,12 @@ int main(int argc, char** argv) {
       std::cerr << "kvtierctl evict: --key needs --namespace\n";
       return 2;
     }
+  }
+
+  std::optional<std::vector<kvtier::BlockKey>> pin_keys;
+  if (*pins.pin || *pins.unpin) {
+    pin_keys = kvtierctl::parse_keys(pin_args.keys);
+    if (!pin_keys) return 2;
   }
 
   if (*events && ev_from >= 0) ev.from = ev_from;
@@ -163,7 +175,12 @@ int main(int argc, char** argv) {
   if (*health) doc = c.health_json();
   if (*clients) doc = c.clients_json();
   if (*config) doc = c.config_json();
-  if (*ls) doc = c.list_json(ls_ns, ls_limit, ls_fusion);
+  if (*ls) doc = c.list_json(ls_ns, ls_limit, ls_fusion, ls_pinned);
+  if (*pins.pin || *pins.unpin) {
+    kvtier::Status st =
+        kvtierctl::run_pin(c, pin_args, *pin_keys, bool(*pins.unpin), json, std::cout);
+    return st ? 0 : report(st);
+  }
   if (*search) {
     auto queries = kvtierctl::parse_queries(se_queries, se_thresholds, se_weights);
     if (!queries) {

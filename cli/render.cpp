@@ -242,13 +242,14 @@ void print_clients(std::ostream& os, const nlohmann::json& j) {
 
 void print_list(std::ostream& os, const nlohmann::json& j) {
   os << std::left << std::setw(34) << "KEY" << std::setw(6) << "TIER" << std::right << std::setw(11)
-     << "BYTES" << std::setw(7) << "LEASES" << std::setw(7) << "HITS"
+     << "BYTES" << std::setw(7) << "LEASES" << std::setw(7) << "HITS" << std::setw(5) << "PIN"
      << "  " << std::left << "NAMESPACE / TENSORS"
      << "\n";
   for (const auto& b : j) {
     os << std::left << std::setw(34) << b.value("key", "") << std::setw(6) << b.value("tier", "")
        << std::right << std::setw(11) << human_bytes(u64(b, "bytes")) << std::setw(7)
-       << u64(b, "leases") << std::setw(7) << u64(b, "hits") << "  " << b.value("namespace", "");
+       << u64(b, "leases") << std::setw(7) << u64(b, "hits") << std::setw(5)
+       << (b.value("pinned", false) ? "yes" : "-") << "  " << b.value("namespace", "");
     for (const auto& t : b.at("tensors")) {
       os << " " << t.value("name", "") << ":" << t.value("dtype", "") << "[";
       bool first = true;

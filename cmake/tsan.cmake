@@ -63,7 +63,8 @@ function(kvtier_tsan_tests)
   add_executable(tsan_integration_test
     ${t}/integration/put_get_test.cpp ${t}/integration/channel_test.cpp
     ${t}/integration/disk_test.cpp ${t}/integration/semantic_test.cpp
-    ${t}/integration/gpu_tier_test.cpp
+    ${t}/integration/gpu_tier_test.cpp ${t}/integration/lookup_index_test.cpp
+    ${t}/integration/release_test.cpp
     ${t}/testing/daemon.cpp ${t}/testing/device_read.cpp ${t}/testing/child_process.cpp)
   target_include_directories(tsan_integration_test PRIVATE ${PROJECT_SOURCE_DIR})
   target_link_libraries(tsan_integration_test PRIVATE Catch2::Catch2WithMain kvtier kvtier_common
@@ -104,10 +105,21 @@ function(kvtier_tsan_tests)
   kvtier_tsan_test(gpu_demotion tsan_integration_test "gpu: eviction demotes to host NF4*")
   kvtier_tsan_test(gpu_processes tsan_integration_test "gpu: several processes share a pool*")
   kvtier_tsan_test(gpu_dead_client tsan_integration_test "gpu: a dead client's GPU leases*")
+  kvtier_tsan_test(gpu_device_puts tsan_integration_test "gpu: a device put batch lands*")
+  kvtier_tsan_test(gpu_promotion_batch tsan_integration_test "gpu: a GPU get promotes its host blocks in one batch*")
   # The disk tier on its own: writer, committer, workers, reads against region reclaim, the
   # fault paths.  Not the 4 KiB-32 MiB round trip (70 s under TSan, the same threads).
   kvtier_tsan_test(disk_tier disk_tier_test "~round trip on every backend*")
   # The engine in-process: the whole ladder with the disk tier's threads and GPU emulation.
+  # The shared lookup index: its seqlock writer against reader threads (unit), and reader
+  # processes against a daemon that puts, evicts and removes (the daemon's writers: io threads).
+  kvtier_tsan_test(lookup_index lookup_index_test "lookup index: concurrent writer*")
+  kvtier_tsan_test(lookup_index_churn tsan_integration_test "lookup index: reader processes*")
+  # Deferred releases: carried on the next request or sent one-way from Lease::release() while
+  # another thread may be in a call (the client's release_mu against mu), through the socket
+  # and the channel.
+  kvtier_tsan_test(releases tsan_integration_test
+                   "deferred releases*,a client that dies with deferred releases*")
   kvtier_tsan_test(engine_ladder engine_test "engine:*")
   # The semantic index: searches during adds, the background rebuild, save while rebuilding.
   kvtier_tsan_test(index_rebuild index_test

@@ -15,7 +15,13 @@ namespace kvtier {
 constexpr size_t kMaxTensorsPerBlock = 64;
 constexpr size_t kMaxTensorRank = 8;
 constexpr size_t kMaxTensorNameBytes = 255;
-constexpr size_t kTensorAlignment = 64;  // stored tensors start on this boundary
+constexpr size_t kTensorAlignment = 64;  // stored raw tensors start on this boundary
+// Stored NF4 tensors start on this boundary (the codec's sections are 16-byte aligned, as the
+// CUDA kernels need); a smaller gap per tensor than kTensorAlignment (docs/nf4.md, capacity).
+constexpr size_t kNf4TensorAlignment = 16;
+inline uint64_t stored_alignment(Codec codec) {
+  return codec == Codec::kNf4 ? kNf4TensorAlignment : kTensorAlignment;
+}
 // Fusion state rides in its chunk's block as tensors named "fusion/<name>", plus its opaque
 // metadata as the u8 tensor "fusion/.metadata".  Client tensor names may not use the prefix.
 constexpr std::string_view kFusionPrefix = "fusion/";

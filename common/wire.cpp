@@ -31,8 +31,8 @@ BlockLayout from_wire(const wire::BlockLayout* l) {
     TensorLayout tl;
     tl.name = str(t->name());
     tl.dtype = static_cast<DType>(t->dtype());
-    if (t->shape()) tl.shape.assign(t->shape()->begin(), t->shape()->end());
-    if (t->strides()) tl.strides.assign(t->strides()->begin(), t->strides()->end());
+    tl.shape = scalars(t->shape());
+    tl.strides = scalars(t->strides());
     tl.codec = static_cast<Codec>(t->codec());
     tl.nf4_layout = static_cast<Nf4Layout>(t->nf4_layout());
     tl.offset = t->offset();
@@ -48,7 +48,13 @@ std::vector<BlockKey> keys_from_wire(const flatbuffers::Vector<const wire::Key12
   std::vector<BlockKey> out;
   if (keys == nullptr) return out;
   out.reserve(keys->size());
-  for (const auto* k : *keys) out.push_back(from_wire(*k));
+  // Copied out bytewise, as scalars() does: a struct vector may sit misaligned.
+  const uint8_t* p = keys->Data();
+  for (size_t i = 0; i < keys->size(); ++i) {
+    wire::Key128 k;
+    std::memcpy(&k, p + i * sizeof k, sizeof k);
+    out.push_back(from_wire(k));
+  }
   return out;
 }
 

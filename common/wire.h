@@ -4,7 +4,9 @@
 
 #include <flatbuffers/flatbuffers.h>
 
+#include <cstring>
 #include <span>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,19 @@ namespace kvtier::wire_util {
 inline wire::Key128 to_wire(const BlockKey& k) {
   return wire::Key128(k.lo, k.hi);
 }
+// The elements of a verified vector of scalars, copied bytewise.  The FlatBuffers verifier
+// checks only that a vector's length field is 4-byte aligned, so 8-byte elements of a hostile
+// message may sit misaligned: never read them in place (found by fuzz/fuzz_session.cpp).
+template <typename T>
+std::vector<T> scalars(const flatbuffers::Vector<T>* v) {
+  static_assert(std::is_arithmetic_v<T> && FLATBUFFERS_LITTLEENDIAN);
+  std::vector<T> out;
+  if (v == nullptr || v->size() == 0) return out;
+  out.resize(v->size());
+  std::memcpy(out.data(), v->Data(), out.size() * sizeof(T));
+  return out;
+}
+
 inline BlockKey from_wire(const wire::Key128& k) {
   return BlockKey{k.lo(), k.hi()};
 }

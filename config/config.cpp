@@ -174,6 +174,15 @@ void DaemonConfig::validate() const {
     fail("daemon.max_message_bytes: must be in 4KiB..1GiB, got " + human_size(max_message_bytes));
   }
   if (max_connections < 1) fail("daemon.max_connections: must be at least 1");
+  auto pow2 = [](uint64_t v) { return v >= 64 && (v & (v - 1)) == 0 && v <= (1ull << 30); };
+  if (!pow2(lookup_index_slots)) {
+    fail("daemon.lookup_index_slots: must be a power of two in 64..2^30, got " +
+         std::to_string(lookup_index_slots));
+  }
+  if (!pow2(lookup_index_max_slots) || lookup_index_max_slots < lookup_index_slots) {
+    fail("daemon.lookup_index_max_slots: must be a power of two in lookup_index_slots..2^30, got " +
+         std::to_string(lookup_index_max_slots));
+  }
   static constexpr std::string_view kLevels[] = {"trace", "debug", "info", "warn", "error"};
   if (std::find(std::begin(kLevels), std::end(kLevels), log_level) == std::end(kLevels)) {
     fail("daemon.log_level: '" + log_level + "' is not one of trace, debug, info, warn, error");
@@ -285,6 +294,10 @@ void SessionConfig::validate() const {
   if (staging_bytes < kMiB) {
     fail("session.staging_bytes: must be at least 1MiB, got " + human_size(staging_bytes));
   }
+  if (device_staging_bytes < kMiB) {
+    fail("session.device_staging_bytes: must be at least 1MiB, got " +
+         human_size(device_staging_bytes));
+  }
   if (max_leases < 1) fail("session.max_leases: must be at least 1");
   if (max_pending_puts < 1) fail("session.max_pending_puts: must be at least 1");
 }
@@ -374,9 +387,9 @@ void EventsConfig::validate() const {
 void NamespaceRule::validate() const {
   check_ids(allow_uids, "namespace.allow_uids");
   check_ids(allow_gids, "namespace.allow_gids");
-  if (nf4_double_quant && codec != Codec::kNf4) {
-    fail("namespace.nf4_double_quant: needs codec = \"nf4\" (prefix '" + prefix + "' uses \"" +
-         codec_toml_name(codec) + "\")");
+  if (nf4_outlier_channels > kMaxNf4OutlierChannels) {
+    fail("namespace.nf4_outlier_channels: must be in 0.." + std::to_string(kMaxNf4OutlierChannels) +
+         ", got " + std::to_string(nf4_outlier_channels));
   }
 }
 
@@ -438,6 +451,17 @@ void Config::validate() const {
     if (domain_of(namespaces[i].arena) < 0)
       fail("namespace[" + std::to_string(i) + "].arena: no [[arena]] named '" +
            namespaces[i].arena + "'");
+    // Pins may not hold more than the arena they pin in (the quota keeps them from starving
+    // the cache; "auto" is a quarter of it).
+    const uint64_t pin = namespaces[i].pin_bytes;
+    const uint64_t arena = arena_bytes_of(namespaces[i]);
+    if (pin != NamespaceRule::kPinBytesAuto && pin > arena) {
+      fail("namespace[" + std::to_string(i) + "].pin_bytes: " + human_size(pin) +
+           " is larger than its arena (" +
+           (namespaces[i].arena.empty() ? std::string("host.size")
+                                        : "arena '" + namespaces[i].arena + "'") +
+           " = " + human_size(arena) + ")");
+    }
   }
   // Last: the host tier check reads /dev/shm, the others need nothing but the values.
   host.validate("/dev/shm", arena_bytes);
@@ -448,6 +472,17 @@ int Config::domain_of(std::string_view arena) const {
   for (size_t i = 0; i < arenas.size(); ++i)
     if (arenas[i].name == arena) return static_cast<int>(i + 1);
   return -1;
+}
+
+uint64_t Config::arena_bytes_of(const NamespaceRule& rule) const {
+  const int d = domain_of(rule.arena);
+  if (d <= 0) return host.size_bytes;
+  return arenas[static_cast<size_t>(d) - 1].size_bytes;
+}
+
+uint64_t Config::pin_quota(const NamespaceRule& rule) const {
+  if (rule.pin_bytes != NamespaceRule::kPinBytesAuto) return rule.pin_bytes;
+  return arena_bytes_of(rule) / 4;
 }
 
 std::filesystem::path Config::disk_dir() const {

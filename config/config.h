@@ -36,6 +36,11 @@ struct DaemonConfig {
   uint32_t busy_poll_us = 0;  // io threads poll this long after their last handler, 0..100000
   // Polling clients may open a shared-memory request channel (needs busy_poll_us > 0).
   bool request_channel = true;
+  // Publish a read-only lookup index per isolation domain in shared memory, from which
+  // clients answer lookups without a round trip (docs/protocol.md, "Lookup index").
+  bool lookup_index = true;
+  uint64_t lookup_index_slots = 1ull << 16;      // initial entries (32 bytes each), power of 2
+  uint64_t lookup_index_max_slots = 1ull << 22;  // it grows to this many, power of 2
   uint32_t max_connections = 1024;
   uint32_t drain_timeout_ms = 5000;  // SIGTERM: time given to in-flight requests
   std::string log_level = "info";    // trace|debug|info|warn|error
@@ -174,8 +179,11 @@ std::optional<ListenAddress> parse_listen(std::string_view text);
 
 struct SessionConfig {
   uint64_t staging_bytes = 64ull << 20;  // per-connection staging area (largest single put)
-  uint32_t max_leases = 65536;           // per connection
-  uint32_t max_pending_puts = 256;       // per connection, begun but not sealed
+  // Per connection and device, in GPU memory, made when the client first puts from device
+  // memory (docs/gpu.md, "Device puts"); the largest device put.
+  uint64_t device_staging_bytes = 64ull << 20;
+  uint32_t max_leases = 65536;      // per connection
+  uint32_t max_pending_puts = 256;  // per connection, begun but not sealed
   void validate() const;
 };
 
@@ -201,12 +209,25 @@ struct NamespaceRule {
   std::vector<uid_t> allow_uids;  // empty uid and gid lists = any connected peer
   std::vector<gid_t> allow_gids;
   Codec codec = Codec::kNf4;  // cold-tier format: "nf4" (default) or "fp16" (raw, lossless)
-  bool nf4_double_quant = false;
+  // NF4 options (docs/nf4.md).  Double quant stores each 64-value block's scale in 7 bits:
+  // 4.11 instead of 4.5 bits per value.  Outlier channels: the N columns (channels) of largest
+  // magnitude of each key tensor ("k", "k.*", last path component) are stored exactly, at
+  // rows x 2 bytes each; at most cols / 16 per tensor.  Both apply to whatever this rule
+  // stores as NF4 (codec, fusion_codec); set explicitly with neither being "nf4", they are
+  // config errors.
+  bool nf4_double_quant = true;
+  uint32_t nf4_outlier_channels = 0;  // 0..kMaxNf4OutlierChannels
+  static constexpr uint32_t kMaxNf4OutlierChannels = 64;
   Codec fusion_codec = Codec::kRaw;          // fusion tensors: "fp16" (lossless, default) or "nf4"
   DiskPolicy disk = DiskPolicy::kWriteBack;  // "off" | "writeback" | "persist"
   bool compress = true;                      // zstd on the disk tier where it pays
   RemotePolicy remote = RemotePolicy::kOff;  // "off" | "writeback" | "writethrough"
   uint32_t remote_ttl_s = 0;                 // expiry of its remote values; 0 = none
+  // Pins (docs/operations.md, "Pins"): the most stored bytes each namespace of this rule may
+  // keep pinned, per tier it pins in.  kPinBytesAuto: a quarter of the rule's host arena
+  // (Config::pin_quota); 0: pins are refused.
+  static constexpr uint64_t kPinBytesAuto = UINT64_MAX;
+  uint64_t pin_bytes = kPinBytesAuto;
   void validate() const;
   bool allows(uid_t uid, gid_t gid, const std::vector<gid_t>& groups) const;
 };
@@ -233,6 +254,10 @@ struct Config {
   // The domain index of an arena name: 0 for "" (the default), i + 1 for arenas[i]; -1 when
   // no such arena is configured.
   int domain_of(std::string_view arena) const;
+  // The host arena bytes of a rule's isolation domain (host.size or its [[arena]] size).
+  uint64_t arena_bytes_of(const NamespaceRule& rule) const;
+  // A namespace's pin quota in bytes: rule.pin_bytes, or a quarter of its arena when "auto".
+  uint64_t pin_quota(const NamespaceRule& rule) const;
   // The effective settings as TOML (`kvtierctl config`).
   std::string to_toml() const;
 };

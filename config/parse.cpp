@@ -233,6 +233,11 @@ void read_daemon(Reader& r, const toml::table& t, DaemonConfig& d) {
        {"max_message_bytes", [&](auto& n, auto& k) { d.max_message_bytes = r.size(n, k); }},
        {"busy_poll_us", [&](auto& n, auto& k) { d.busy_poll_us = r.integer<uint32_t>(n, k); }},
        {"request_channel", [&](auto& n, auto& k) { d.request_channel = r.boolean(n, k); }},
+       {"lookup_index", [&](auto& n, auto& k) { d.lookup_index = r.boolean(n, k); }},
+       {"lookup_index_slots",
+        [&](auto& n, auto& k) { d.lookup_index_slots = r.integer<uint64_t>(n, k); }},
+       {"lookup_index_max_slots",
+        [&](auto& n, auto& k) { d.lookup_index_max_slots = r.integer<uint64_t>(n, k); }},
        {"max_connections",
         [&](auto& n, auto& k) { d.max_connections = r.integer<uint32_t>(n, k); }},
        {"drain_timeout_ms",
@@ -313,11 +318,13 @@ DiskPolicy disk_policy(Reader& r, const toml::node& n, const std::string& key) {
 }
 
 void read_session(Reader& r, const toml::table& t, SessionConfig& s) {
-  r.read_table(t, "session",
-               {{"staging_bytes", [&](auto& n, auto& k) { s.staging_bytes = r.size(n, k); }},
-                {"max_leases", [&](auto& n, auto& k) { s.max_leases = r.integer<uint32_t>(n, k); }},
-                {"max_pending_puts",
-                 [&](auto& n, auto& k) { s.max_pending_puts = r.integer<uint32_t>(n, k); }}});
+  r.read_table(
+      t, "session",
+      {{"staging_bytes", [&](auto& n, auto& k) { s.staging_bytes = r.size(n, k); }},
+       {"device_staging_bytes", [&](auto& n, auto& k) { s.device_staging_bytes = r.size(n, k); }},
+       {"max_leases", [&](auto& n, auto& k) { s.max_leases = r.integer<uint32_t>(n, k); }},
+       {"max_pending_puts",
+        [&](auto& n, auto& k) { s.max_pending_puts = r.integer<uint32_t>(n, k); }}});
 }
 
 void read_metrics(Reader& r, const toml::table& t, MetricsConfig& m) {
@@ -384,12 +391,31 @@ void read_namespaces(Reader& r, const toml::node& node, std::vector<NamespaceRul
          {"allow_gids", [&](auto& n, auto& k) { rule.allow_gids = r.ids(n, k); }},
          {"codec", [&](auto& n, auto& k) { rule.codec = r.codec(n, k); }},
          {"nf4_double_quant", [&](auto& n, auto& k) { rule.nf4_double_quant = r.boolean(n, k); }},
+         {"nf4_outlier_channels",
+          [&](auto& n, auto& k) { rule.nf4_outlier_channels = r.integer<uint32_t>(n, k); }},
          {"fusion_codec", [&](auto& n, auto& k) { rule.fusion_codec = r.codec(n, k); }},
          {"disk", [&](auto& n, auto& k) { rule.disk = disk_policy(r, n, k); }},
          {"compress", [&](auto& n, auto& k) { rule.compress = r.boolean(n, k); }},
          {"remote", [&](auto& n, auto& k) { rule.remote = remote_policy(r, n, k); }},
-         {"remote_ttl_s",
-          [&](auto& n, auto& k) { rule.remote_ttl_s = r.integer<uint32_t>(n, k); }}});
+         {"remote_ttl_s", [&](auto& n, auto& k) { rule.remote_ttl_s = r.integer<uint32_t>(n, k); }},
+         {"pin_bytes", [&](auto& n, auto& k) {
+            // "auto" (the default): a quarter of the rule's arena; else a size (0: no pins).
+            const auto* s = n.as_string();
+            rule.pin_bytes =
+                s != nullptr && s->get() == "auto" ? NamespaceRule::kPinBytesAuto : r.size(n, k);
+          }}});
+    // NF4 options set in a rule that stores nothing as NF4 are mistakes (the defaults are not).
+    const bool stores_nf4 = rule.codec == Codec::kNf4 || rule.fusion_codec == Codec::kNf4;
+    for (const char* key : {"nf4_double_quant", "nf4_outlier_channels"}) {
+      const toml::node* n = t.get(key);
+      const bool on = std::string_view(key) == "nf4_double_quant" ? rule.nf4_double_quant
+                                                                  : rule.nf4_outlier_channels > 0;
+      if (n != nullptr && on && !stores_nf4) {
+        r.fail(section + "." + key + ": needs codec = \"nf4\" (prefix '" + rule.prefix +
+                   "' uses \"" + codec_toml_name(rule.codec) + "\")",
+               n->source());
+      }
+    }
   }
 }
 

@@ -83,6 +83,9 @@ std::string Config::to_toml() const {
     << "max_message_bytes = " << toml_size(daemon.max_message_bytes) << "\n"
     << "busy_poll_us = " << daemon.busy_poll_us << "\n"
     << "request_channel = " << (daemon.request_channel ? "true" : "false") << "\n"
+    << "lookup_index = " << (daemon.lookup_index ? "true" : "false") << "\n"
+    << "lookup_index_slots = " << daemon.lookup_index_slots << "\n"
+    << "lookup_index_max_slots = " << daemon.lookup_index_max_slots << "\n"
     << "max_connections = " << daemon.max_connections << "\n"
     << "drain_timeout_ms = " << daemon.drain_timeout_ms << "\n"
     << "log_level = " << quote(daemon.log_level) << "\n";
@@ -123,6 +126,7 @@ std::string Config::to_toml() const {
     << "save_interval_s = " << index.save_interval_s << "\n";
   o << "\n[session]\n"
     << "staging_bytes = " << toml_size(session.staging_bytes) << "\n"
+    << "device_staging_bytes = " << toml_size(session.device_staging_bytes) << "\n"
     << "max_leases = " << session.max_leases << "\n"
     << "max_pending_puts = " << session.max_pending_puts << "\n";
   o << "\n[metrics]\n"
@@ -151,8 +155,13 @@ std::string Config::to_toml() const {
       << "allow_uids = " << id_list(rule.allow_uids) << "\n"
       << "allow_gids = " << id_list(rule.allow_gids) << "\n"
       << "codec = " << quote(codec_toml_name(rule.codec)) << "\n"
-      << "nf4_double_quant = " << boolean(rule.nf4_double_quant) << "\n"
-      << "fusion_codec = " << quote(codec_toml_name(rule.fusion_codec)) << "\n"
+      << "fusion_codec = " << quote(codec_toml_name(rule.fusion_codec)) << "\n";
+    // The NF4 options only where something is stored as NF4: parse refuses them elsewhere.
+    if (rule.codec == Codec::kNf4 || rule.fusion_codec == Codec::kNf4) {
+      o << "nf4_double_quant = " << boolean(rule.nf4_double_quant) << "\n"
+        << "nf4_outlier_channels = " << rule.nf4_outlier_channels << "\n";
+    }
+    o
       << "disk = "
       << quote(rule.disk == DiskPolicy::kOff       ? "off"
                : rule.disk == DiskPolicy::kPersist ? "persist"
@@ -165,6 +174,10 @@ std::string Config::to_toml() const {
                                                          : "writethrough")
       << "\n"
       << "remote_ttl_s = " << rule.remote_ttl_s << "\n"
+      << "pin_bytes = "
+      << (rule.pin_bytes == NamespaceRule::kPinBytesAuto ? quote("auto")
+                                                         : toml_size(rule.pin_bytes))
+      << "\n"
       << "arena = " << quote(rule.arena) << "\n";
   }
   for (const ArenaConfig& a : arenas) {

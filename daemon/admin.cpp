@@ -82,8 +82,8 @@ void on_list(Server& s, const wire::RequestMsg& msg, Reply& r) {
     if (Status st = check_name("namespace", req->namespace_()->string_view(), kMaxNamespaceBytes);
         !st)
       return r.fail(st);
-  text(r,
-       s.engine().list_json(wire_util::str(req->namespace_()), req->limit(), req->fusion_only()));
+  text(r, s.engine().list_json(wire_util::str(req->namespace_()), req->limit(), req->fusion_only(),
+                               req->pinned_only()));
 }
 
 void on_evict(Server& s, const wire::RequestMsg& msg, Reply& r) {

@@ -12,6 +12,7 @@ namespace kvtier {
 
 namespace {
 constexpr size_t kMaxKeysPerRequest = 1 << 16;
+}  // namespace
 
 Result<std::vector<BlockKey>> request_keys(const flatbuffers::Vector<const wire::Key128*>* keys) {
   if (keys == nullptr || keys->size() == 0) return error(Errc::kInvalidArgument, "no keys given");
@@ -19,7 +20,6 @@ Result<std::vector<BlockKey>> request_keys(const flatbuffers::Vector<const wire:
     return error(Errc::kLimit, "more than 65536 keys in one request");
   return wire_util::keys_from_wire(keys);
 }
-}  // namespace
 
 void Session::on_hello(const wire::HelloReq& req, Reply& r) {
   if (req.protocol() != kProtocolVersion) {
@@ -45,7 +45,8 @@ void Session::on_hello(const wire::HelloReq& req, Reply& r) {
         wire::CreateHelloResp(fbb, kProtocolVersion, &inst, id_, fbb.CreateVector(arenas),
                               server_.config().session.staging_bytes,
                               server_.config().daemon.max_message_bytes, fbb.CreateVector(pools),
-                              fbb.CreateString(backend ? backend->name() : "")));
+                              fbb.CreateString(backend ? backend->name() : ""),
+                              /*carried_releases=*/true));
 }
 
 void Session::on_map_arena(const wire::MapArenaReq& req, Reply& r) {
@@ -130,14 +131,7 @@ awaitable<void> Session::on_put_begin(const wire::PutBeginReq& req, Reply& r) {
 }
 
 awaitable<void> Session::on_seal(const wire::SealReq& req, Reply& r) {
-  auto it = staged_.find(req.put_id());
-  if (it == staged_.end())
-    co_return r.fail(error(Errc::kNotFound, "no pending put " + std::to_string(req.put_id())));
-  const Staged staged = it->second;
-  staged_.erase(it);
-  auto stored = co_await server_.engine().seal(id_, req.put_id(),
-                                               {staging_->data(staged.offset), staged.bytes});
-  staging_->free(staged.offset);
+  auto stored = co_await seal_staged(req.put_id());
   if (!stored) co_return r.fail(stored.status());
   r.set(wire::Response::SealResp, wire::CreateSealResp(r.fbb, *stored));
 }
@@ -146,7 +140,7 @@ void Session::on_abort(const wire::AbortReq& req, Reply& r) {
   auto it = staged_.find(req.put_id());
   if (it == staged_.end())
     return r.fail(error(Errc::kNotFound, "no pending put " + std::to_string(req.put_id())));
-  staging_->free(it->second.offset);
+  free_staged(it->second);
   staged_.erase(it);
   if (Status s = server_.engine().abort_put(id_, req.put_id()); !s) return r.fail(s);
   r.set(wire::Response::AbortResp, wire::CreateAbortResp(r.fbb));
@@ -185,7 +179,7 @@ awaitable<void> Session::on_get(const wire::GetReq& req, Reply& r) {
 void Session::on_release(const wire::ReleaseReq& req, Reply& r) {
   uint32_t n = 0;
   if (req.lease_ids() != nullptr) {
-    std::vector<uint64_t> ids(req.lease_ids()->begin(), req.lease_ids()->end());
+    std::vector<uint64_t> ids = wire_util::scalars(req.lease_ids());
     n = server_.engine().release(id_, ids);
   }
   r.set(wire::Response::ReleaseResp, wire::CreateReleaseResp(r.fbb, n));

@@ -13,8 +13,9 @@ flatbuffers::Offset<wire::GpuPoolInfo> gpu_pool_info(flatbuffers::FlatBufferBuil
   if (handle != nullptr && handle->type == gpu::HandleType::kCudaIpc)
     ipc = fbb.CreateVector(reinterpret_cast<const uint8_t*>(handle->ipc_handle.data()),
                            handle->ipc_handle.size());
+  auto uuid = fbb.CreateVector(tier.uuid().data(), tier.uuid().size());
   return wire::CreateGpuPoolInfo(fbb, tier.arena_id(), tier.device(), tier.pool().size(),
-                                 static_cast<uint8_t>(tier.pool().handle_type()), ipc);
+                                 static_cast<uint8_t>(tier.pool().handle_type()), ipc, uuid);
 }
 
 Status check_gpu_device(const Engine& engine, int device) {

@@ -64,7 +64,8 @@ Server::Server(config::Config config, ServerHooks hooks)
       signals_(io_, SIGTERM, SIGINT),
       drain_timer_(io_),
       reader_timer_(io_),
-      index_timer_(io_) {
+      index_timer_(io_),
+      pin_timer_(io_) {
   claim_names();
   std::error_code ec;
   std::filesystem::create_directories(config_.daemon.state_dir, ec);
@@ -74,6 +75,7 @@ Server::Server(config::Config config, ServerHooks hooks)
   if (!config_.events.endpoint.empty())
     events_ = std::make_unique<events::Publisher>(config_.events);
   engine_ = Engine::open(config_, metrics_, hooks_.engine);
+  engine_->open_lookup_index(instance_);  // before any client: docs/protocol.md "Lookup index"
   if (events_) announce_blocks();
   // Before the socket: a port in use fails the start before any client can connect.
   if (auto listen = config::parse_listen(config_.metrics.listen))  // validated: empty = off
@@ -84,6 +86,8 @@ Server::Server(config::Config config, ServerHooks hooks)
 Server::~Server() {
   // The stores' last callbacks post to the io_contexts: run them out while those still exist.
   if (engine_) engine_->quiesce_stores();
+  // Clients still mapping an index stop answering from it (they ask the daemon, which is gone).
+  if (engine_) engine_->retire_lookup_index();
 }
 
 void Server::announce_blocks() {
@@ -296,6 +300,7 @@ void Server::begin_drain(const char* why) {
   acceptor_.close(ec);
   reader_timer_.cancel();
   index_timer_.cancel();
+  pin_timer_.cancel();
   MutexLock lock(sessions_mu_);
   if (sessions_.empty()) {
     stop_all();
@@ -343,7 +348,36 @@ void Server::run_io(asio::io_context& io) {
   }
 }
 
+void Server::schedule_pin_sweep() {
+  pin_timer_.expires_after(std::chrono::seconds(1));
+  pin_timer_.async_wait([this](boost::system::error_code ec) {
+    if (ec || draining_) return;
+    engine_->expire_pins(Engine::pin_clock_ms());
+    schedule_pin_sweep();
+  });
+}
+
+void Server::restore_pins() {
+  // The disk tier recovered its index when it opened; the pinned blocks are read back from it
+  // here, before the accept loop runs, so the first client already sees them pinned.  Clients
+  // that connect meanwhile wait in the listen backlog.
+  bool done = false;
+  asio::co_spawn(io_, engine_->restore_pins(), [&done](std::exception_ptr e, uint32_t) {
+    done = true;
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      spdlog::error("pins: restore failed: {}", x.what());
+    }
+  });
+  while (!done && io_.run_one() > 0) {
+  }
+  io_.restart();
+}
+
 int Server::run() {
+  restore_pins();
   asio::co_spawn(io_, accept_loop(), [](std::exception_ptr e) {
     if (!e) return;
     try {
@@ -354,6 +388,7 @@ int Server::run() {
   });
   schedule_reader_check();
   schedule_index_save();
+  schedule_pin_sweep();
   signals_.async_wait([this](boost::system::error_code ec, int sig) {
     if (!ec) begin_drain(sig == SIGTERM ? "SIGTERM" : "SIGINT");
   });

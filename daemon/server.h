@@ -73,6 +73,9 @@ class Server {
   void bind_socket();
   void schedule_reader_check();  // mdb_reader_check every disk.reader_check_s
   void schedule_index_save();    // every index.save_interval_s
+  void schedule_pin_sweep();     // drops expired pins every second (docs/operations.md "Pins")
+  // Re-pins the durable namespaces' recorded pins on io_[0] before the daemon serves.
+  void restore_pins();
   // Runs one io_context until it stops; with daemon.busy_poll_us it polls for that long after
   // its last handler before sleeping in epoll_wait (docs/operations.md, "Busy polling").
   void run_io(boost::asio::io_context& io);
@@ -106,6 +109,7 @@ class Server {
   boost::asio::steady_timer drain_timer_;
   boost::asio::steady_timer reader_timer_;
   boost::asio::steady_timer index_timer_;
+  boost::asio::steady_timer pin_timer_;
   // The periodic index save runs here, not on io_[0]: writing a 100k-vector index takes tens
   // of ms (1M: ~0.5 GB), which stalled every session on that thread.
   boost::asio::thread_pool index_saver_{1};

@@ -166,9 +166,17 @@ awaitable<void> Session::serve() {
 awaitable<bool> Session::answer(std::span<const std::byte> body) {
   Reply r;
   uint64_t request_id = 0;
+  bool oneway = false;
   if (const wire::RequestMsg* msg = wire_util::verify_request(body)) {
     request_id = msg->id();
     if (!channel_reply_) socket_seq_ = std::max(socket_seq_, request_id);
+    // Releases that rode on this request: given back first (the body may need the room).
+    if (const auto* rel = msg->releases(); rel != nullptr && rel->size() > 0) {
+      std::vector<uint64_t> ids = wire_util::scalars(rel);
+      server_.engine().release(id_, ids);
+      bump(server_.metrics().carried_releases, ids.size());
+    }
+    oneway = msg->oneway() && !channel_reply_;
     try {
       co_await handle(*msg, r);
     } catch (const std::exception& e) {
@@ -180,6 +188,18 @@ awaitable<bool> Session::answer(std::span<const std::byte> body) {
   } else {
     bump(server_.metrics().protocol_errors);
     r.fail(error(Errc::kProtocol, "message body failed schema verification"));
+  }
+  if (oneway) {
+    // Nobody waits for this reply: counted, a failure logged, nothing sent.
+    bump(server_.metrics().requests);
+    bump(server_.metrics().oneway_requests);
+    if (!r.status.is_ok()) {
+      bump(server_.metrics().errors);
+      spdlog::info("session {}: one-way request {} failed: {}", id_, request_id,
+                   r.status.to_string());
+    }
+    for (int fd : r.fds) ::close(fd);
+    co_return true;
   }
   co_return co_await send(request_id, r);
 }
@@ -318,6 +338,18 @@ awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {
     case R::AbortReq:
       on_abort(*msg.body_as_AbortReq(), r);
       co_return;
+    case R::PutBatchReq: {
+      const auto start = std::chrono::steady_clock::now();
+      co_await on_put_batch(*msg.body_as_PutBatchReq(), r);
+      server_.metrics().observe(Metrics::Timed::kPutBatch, since_ns(start));
+      co_return;
+    }
+    case R::SealBatchReq: {
+      const auto start = std::chrono::steady_clock::now();
+      co_await on_seal_batch(*msg.body_as_SealBatchReq(), r);
+      server_.metrics().observe(Metrics::Timed::kSealBatch, since_ns(start));
+      co_return;
+    }
     case R::GetReq: {
       const auto start = std::chrono::steady_clock::now();
       co_await on_get(*msg.body_as_GetReq(), r);
@@ -332,6 +364,18 @@ awaitable<void> Session::handle(const wire::RequestMsg& msg, Reply& r) {
       co_return;
     case R::OpenChannelReq:
       on_open_channel(r);
+      co_return;
+    case R::ResolveReq:
+      on_resolve(*msg.body_as_ResolveReq(), r);
+      co_return;
+    case R::MapIndexReq:
+      on_map_index(*msg.body_as_MapIndexReq(), r);
+      co_return;
+    case R::PinReq:
+      co_await on_pin(*msg.body_as_PinReq(), r);
+      co_return;
+    case R::UnpinReq:
+      on_unpin(*msg.body_as_UnpinReq(), r);
       co_return;
     case R::CompactReq:
     case R::VerifyReq:

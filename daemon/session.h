@@ -12,6 +12,7 @@
 #include <flatbuffers/flatbuffers.h>
 
 #include <array>
+#include <map>
 #include <memory>
 #include <optional>
 #include <unordered_map>
@@ -24,6 +25,7 @@
 #include "engine/engine.h"
 #include "daemon/peer.h"
 #include "daemon/staging.h"
+#include "tiers/gpu/pool_allocator.h"
 
 namespace kvtier {
 
@@ -32,6 +34,8 @@ class Server;
 // A LeasedBlock for a reply (the block's layout stays valid while the lease is held).
 flatbuffers::Offset<wire::LeasedBlock> leased_block(flatbuffers::FlatBufferBuilder& fbb,
                                                     const LeaseGrant& g);
+// A request's keys: kInvalidArgument when there are none, kLimit past 65536.
+Result<std::vector<BlockKey>> request_keys(const flatbuffers::Vector<const wire::Key128*>* keys);
 // ok when `device` (-1: any) has a GPU tier; else an error naming the devices that do.
 Status check_gpu_device(const Engine& engine, int device);
 // A GPU tier's pool for HelloResp / MapGpuPoolResp (without the descriptor).
@@ -84,6 +88,11 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<void> on_lookup(const wire::LookupReq& req, Reply& r);
   boost::asio::awaitable<void> on_put_begin(const wire::PutBeginReq& req, Reply& r);
   boost::asio::awaitable<void> on_seal(const wire::SealReq& req, Reply& r);
+  // Batched puts, from host or device staging (handlers_put.cpp).
+  boost::asio::awaitable<void> on_put_batch(const wire::PutBatchReq& req, Reply& r);
+  boost::asio::awaitable<void> on_seal_batch(const wire::SealBatchReq& req, Reply& r);
+  // Seals pending put `put_id` from wherever it was staged, and frees its staging range.
+  boost::asio::awaitable<Result<uint64_t>> seal_staged(uint64_t put_id);
   void on_abort(const wire::AbortReq& req, Reply& r);
   boost::asio::awaitable<void> on_get(const wire::GetReq& req, Reply& r);
   boost::asio::awaitable<void> on_get_fusion(const wire::GetFusionReq& req, Reply& r);
@@ -93,6 +102,12 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_remove(const wire::RemoveReq& req, Reply& r);
   void on_admin(const wire::RequestMsg& msg, Reply& r);
   void on_open_channel(Reply& r);
+  // The shared lookup index (handlers_index.cpp).
+  void on_resolve(const wire::ResolveReq& req, Reply& r);
+  void on_map_index(const wire::MapIndexReq& req, Reply& r);
+  // Pins (handlers_pin.cpp).
+  boost::asio::awaitable<void> on_pin(const wire::PinReq& req, Reply& r);
+  void on_unpin(const wire::UnpinReq& req, Reply& r);
   // The request channel (session_channel.cpp).  kRequest: a request body copied into cbuf_;
   // kSocket: the client's next request comes on the socket.
   enum class Taken { kNone, kRequest, kSocket };
@@ -121,8 +136,19 @@ class Session : public std::enable_shared_from_this<Session> {
   struct Staged {
     uint64_t offset = 0;
     uint64_t bytes = 0;
+    int device = -1;  // -1: the host staging; else the device staging of that device
   };
   std::unordered_map<uint64_t, Staged> staged_;
+  void free_staged(const Staged& s);
+  // Device staging (docs/gpu.md, "Device puts"): per device, made at the connection's first
+  // put from that device's memory and exported writable to this client alone.
+  struct DeviceStaging {
+    explicit DeviceStaging(std::unique_ptr<gpu::DevicePool> p)
+        : pool(std::move(p)), space(pool->size()) {}
+    std::unique_ptr<gpu::DevicePool> pool;
+    gpu::PoolAllocator space;
+  };
+  std::map<int, std::unique_ptr<DeviceStaging>> device_staging_;
   bool staging_sent_ = false;
   bool reading_ = true;
   // What has been read and not yet handled: frames are read with as few recv calls as the

@@ -143,7 +143,10 @@ GpuSetup open_gpu_tier(const config::Config& config,
   if (c.backend == config::GpuBackend::kEmulation) {
     if (devices.empty()) devices = {0};
     const int count = *std::max_element(devices.begin(), devices.end()) + 1;
-    g.backend = gpu::make_emulation_backend(count, device_bytes);
+    // Room for the device staging of 16 connections besides the pools (a memfd costs nothing
+    // until written).
+    g.backend =
+        gpu::make_emulation_backend(count, device_bytes + 16 * config.session.device_staging_bytes);
   } else {
     auto b = gpu::make_cuda_backend();
     if (!b) {
@@ -181,6 +184,7 @@ GpuSetup open_gpu_tier(const config::Config& config,
     }
     GpuTier::Options o;
     o.device = d;
+    o.uuid = info->uuid;
     o.small_ratio = c.small_queue_ratio;
     if (g.backend->kind() == gpu::BackendKind::kEmulation) {
       o.handle = gpu::HandleType::kMemfd;

@@ -16,10 +16,6 @@ bool is_float(DType t) {
   return t == DType::kF16 || t == DType::kBF16 || t == DType::kF32;
 }
 
-nf4::Params nf4_params(const TensorLayout& t, bool double_quant) {
-  return nf4::Params{t.dtype, t.nf4_layout, double_quant, t.rows(), t.cols()};
-}
-
 // A source element as float (any alignment).
 float source_value(DType t, const std::byte* p) {
   if (t == DType::kF32) {
@@ -43,41 +39,62 @@ float source_value(DType t, const std::byte* p) {
 
 }  // namespace
 
+Nf4Options nf4_options(const config::NamespaceRule& rule) {
+  return Nf4Options{rule.nf4_double_quant, rule.nf4_outlier_channels};
+}
+
+bool is_key_tensor(std::string_view name) {
+  const size_t slash = name.rfind('/');
+  if (slash != std::string_view::npos) name.remove_prefix(slash + 1);
+  return name == "k" || name.starts_with("k.");
+}
+
+nf4::Params nf4_params(const TensorLayout& t, const Nf4Options& opts) {
+  nf4::Params p{t.dtype, t.nf4_layout, opts.double_quant, t.rows(), t.cols()};
+  if (opts.outlier_channels > 0 && is_key_tensor(t.name) && t.cols() >= 16) {
+    // The N largest channels, whatever their ratio to the median (a count, not a threshold).
+    p.keep_outlier_channels = true;
+    p.outlier_ratio = 0.0f;
+    p.max_outlier_channels = opts.outlier_channels;
+  }
+  return p;
+}
+
 BlockLayout plan_stored_layout(const BlockLayout& client, const config::NamespaceRule& rule) {
   BlockLayout out;
   uint64_t off = 0;
   for (const auto& t : client.tensors) {
     TensorLayout s = t;
-    s.offset = off;
     s.checksum = 0;
     // NF4 namespaces store float tensors as NF4; integer tensors (token ids, masks) stay raw.
     // Fusion tensors (a GPU block's copy down carries them) follow fusion_codec.
     const Codec codec = is_fusion_tensor(t.name) ? rule.fusion_codec : rule.codec;
     if (codec == Codec::kNf4 && is_float(t.dtype) && t.name != kFusionMetadata) {
       s.codec = Codec::kNf4;
-      s.bytes = nf4::encoded_size(nf4_params(t, rule.nf4_double_quant));
+      s.bytes = nf4::encoded_size(nf4_params(t, nf4_options(rule)));
     } else {
       s.codec = Codec::kRaw;
       s.nf4_layout = Nf4Layout::kRowBlocks;
       s.bytes = t.raw_bytes;
     }
-    off = align_up(off + s.bytes, kTensorAlignment);
+    s.offset = align_up(off, stored_alignment(s.codec));
+    off = s.offset + s.bytes;
     out.tensors.push_back(std::move(s));
   }
-  out.total_bytes = std::max<uint64_t>(off, 1);
+  out.total_bytes = std::max<uint64_t>(align_up(off, kNf4TensorAlignment), 1);
   return out;
 }
 
 Status encode_block(const BlockLayout& client, const std::byte* staging, BlockLayout& stored,
-                    std::byte* dest, bool double_quant, CodecCounters* counters) {
+                    std::byte* dest, const Nf4Options& opts, CodecCounters* counters) {
   const auto start = std::chrono::steady_clock::now();
   for (size_t i = 0; i < client.tensors.size(); ++i) {
     const TensorLayout& in = client.tensors[i];
     TensorLayout& out = stored.tensors[i];
     std::byte* dst = dest + out.offset;
     if (out.codec == Codec::kNf4) {
-      Status st = nf4::encode(nf4_params(in, double_quant), {staging + in.offset, in.raw_bytes},
-                              {dst, out.bytes});
+      Status st =
+          nf4::encode(nf4_params(in, opts), {staging + in.offset, in.raw_bytes}, {dst, out.bytes});
       if (!st) {
         if (counters) counters->failed();
         return error(st.code(), "tensor '" + in.name + "': " + st.message());
@@ -129,16 +146,16 @@ BlockLayout plan_fusion_layout(const BlockLayout& base, const BlockLayout& fusio
   for (const auto& t : base.tensors) {
     if (is_fusion_tensor(t.name)) continue;  // the previous fusion state is replaced
     TensorLayout s = t;
-    s.offset = off;
-    off = align_up(off + s.bytes, kTensorAlignment);
+    s.offset = align_up(off, stored_alignment(s.codec));
+    off = s.offset + s.bytes;
     out.tensors.push_back(std::move(s));
   }
   config::NamespaceRule fusion_rule = rule;
   fusion_rule.codec = rule.fusion_codec;
   for (auto t : plan_stored_layout(fusion_client, fusion_rule).tensors) {
     t.name = std::string(kFusionPrefix) + t.name;
-    t.offset = off;
-    off = align_up(off + t.bytes, kTensorAlignment);
+    t.offset = align_up(off, stored_alignment(t.codec));
+    off = t.offset + t.bytes;
     out.tensors.push_back(std::move(t));
   }
   if (metadata_bytes > 0) {
@@ -147,12 +164,12 @@ BlockLayout plan_fusion_layout(const BlockLayout& base, const BlockLayout& fusio
     m.dtype = DType::kU8;
     m.shape = {metadata_bytes};
     m.codec = Codec::kRaw;
-    m.offset = off;
+    m.offset = align_up(off, kTensorAlignment);
     m.bytes = m.raw_bytes = metadata_bytes;
-    off = align_up(off + m.bytes, kTensorAlignment);
+    off = m.offset + m.bytes;
     out.tensors.push_back(std::move(m));
   }
-  out.total_bytes = std::max<uint64_t>(off, 1);
+  out.total_bytes = std::max<uint64_t>(align_up(off, kNf4TensorAlignment), 1);
   return out;
 }
 
@@ -172,8 +189,8 @@ Status encode_fusion_block(const BlockLayout& base, const std::byte* base_bytes,
   const size_t first_fusion = i;
   for (size_t j = 0; j < fusion_client.tensors.size(); ++j)
     fusion_stored.tensors.push_back(stored.tensors[first_fusion + j]);
-  Status st = encode_block(fusion_client, staging, fusion_stored, dest,
-                           rule.fusion_codec == Codec::kNf4 && rule.nf4_double_quant, counters);
+  Status st =
+      encode_block(fusion_client, staging, fusion_stored, dest, nf4_options(rule), counters);
   if (!st) return st;
   for (size_t j = 0; j < fusion_client.tensors.size(); ++j)
     stored.tensors[first_fusion + j].checksum = fusion_stored.tensors[j].checksum;

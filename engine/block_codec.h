@@ -4,13 +4,29 @@
 
 #include <cstddef>
 #include <span>
+#include <string_view>
 
 #include "common/layout.h"
 #include "kvtier/status.h"
 #include "config/config.h"
 #include "engine/codec_counters.h"
+#include "kernels/nf4.h"
 
 namespace kvtier {
+
+// How a namespace rule stores its NF4 tensors (docs/nf4.md).
+struct Nf4Options {
+  bool double_quant = true;
+  uint32_t outlier_channels = 0;  // per key tensor; see is_key_tensor()
+};
+Nf4Options nf4_options(const config::NamespaceRule& rule);
+
+// Key tensors, the ones outlier channels apply to: the last '/'-separated part of the name
+// is "k" or starts with "k." (kvtier.hf "k", vLLM and legacy "k.{layer}", "g1/k").
+bool is_key_tensor(std::string_view name);
+
+// The codec parameters of tensor t (its dtype, shape and nf4_layout) under `opts`.
+nf4::Params nf4_params(const TensorLayout& t, const Nf4Options& opts);
 
 // Float tensors of an NF4 namespace are stored NF4 (blocks along the axis the client asked for
 // in nf4_layout); everything else is stored as given.  Fusion tensors ("fusion/...", in the
@@ -22,7 +38,7 @@ BlockLayout plan_stored_layout(const BlockLayout& client, const config::Namespac
 // Staging is client-writable memory: it is read once per tensor and checksummed after the copy.
 // `counters` (optional) counts the tensors, bytes and time, or the failure.
 Status encode_block(const BlockLayout& client, const std::byte* staging, BlockLayout& stored,
-                    std::byte* dest, bool double_quant, CodecCounters* counters = nullptr);
+                    std::byte* dest, const Nf4Options& opts, CodecCounters* counters = nullptr);
 
 // The error of a block's NF4 tensors: each is decoded from `dest` (laid out as `stored`) and
 // compared with its source in `staging` (laid out as `client`); tensors stored raw are left

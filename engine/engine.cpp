@@ -59,19 +59,24 @@ Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTie
     if (t->domain() < memory_ladder_.size()) memory_ladder_[t->domain()].push_back(t.get());
   for (size_t d = 0; d < hosts_.size(); ++d) memory_ladder_[d].push_back(hosts_[d].get());
   // Run inside Tier::reserve(), which is only called with mu_ held.
+  // The tier still indexes the victim while its listener runs: the lookup index entry is
+  // refreshed last, without that tier.
   for (const auto& h : hosts_)
-    h->set_evict_listener([this](const BlockInfo& b, std::span<const std::byte> bytes) {
-      mu_.assert_held();
-      event_removed(b.id, TierKind::kHost);
-      demote(b, bytes);
-    });
+    h->set_evict_listener(
+        [this, tier = h.get()](const BlockInfo& b, std::span<const std::byte> bytes) {
+          mu_.assert_held();
+          event_removed(b.id, TierKind::kHost);
+          demote(b, bytes);
+          index_refresh_locked(b.id, tier);
+        });
   for (const auto& t : gpu_.tiers) {
     GpuTier* tier = t.get();
     tier->set_evict_listener([this, tier](const BlockInfo& b) {
       mu_.assert_held();
       event_removed(b.id, TierKind::kGpu);
-      if (host_locked(b.id.ns).find(b.id) != nullptr) return;  // the host tier has it already
-      bump(copy_down(*tier, b) ? metrics_.gpu_demotions : metrics_.gpu_demotions_dropped);
+      if (host_locked(b.id.ns).find(b.id) == nullptr)  // else the host tier has it already
+        bump(copy_down(*tier, b) ? metrics_.gpu_demotions : metrics_.gpu_demotions_dropped);
+      index_refresh_locked(b.id, tier);
     });
   }
 }
@@ -169,13 +174,17 @@ void Engine::demote(const BlockInfo& b, std::span<const std::byte> bytes) {
   Metrics* m = &metrics_;
   BlockEventSink* events = events_.load(std::memory_order_acquire);
   std::string name = events ? ns_names_.at(b.id.ns) : std::string();
+  const uint32_t domain = ns_domains_.at(b.id.ns);
   // StoreTier::write copies the bytes into its queue: the extent is freed right after this.
-  Status st =
-      store->write(b.id, b.layout().to_layout(), bytes, rule->compress,
-                   [m, events, name, key = b.id.key, medium = medium_of(store->kind())](Status s) {
-                     bump(s.is_ok() ? m->demotions : m->demotion_failures);
-                     if (s && events) events->stored(name, std::span(&key, 1), medium);
-                   });
+  Status st = store->write(b.id, b.layout().to_layout(), bytes, rule->compress,
+                           [this, m, events, name, domain, id = b.id, store,
+                            medium = medium_of(store->kind())](Status s) {
+                             bump(s.is_ok() ? m->demotions : m->demotion_failures);
+                             if (s && events) events->stored(name, std::span(&id.key, 1), medium);
+                             if (!s && !store->contains(id)) index_disk(domain, id, false);
+                           });
+  // Queued (a lookup counts a block being written as cached) or on the disk already.
+  if (st || st.code() == Errc::kAlreadyExists) index_disk(domain, b.id, true);
   if (st.code() == Errc::kLimit) bump(metrics_.demotions_dropped);
   // kAlreadyExists: a persist block, durable already.  Anything else refused the write.
   if (st.code() == Errc::kAlreadyExists) bump(metrics_.demotions);
@@ -201,9 +210,16 @@ Status Engine::persist(uint32_t ns, const BlockKey& key, std::function<void(Stat
       if (s) events->stored(name, std::span(&key, 1), medium);
       done(std::move(s));
     };
+  if (!lookup_index_.empty())
+    done = [this, domain = ns_domains_.at(ns), id = NsKey{ns, key}, store,
+            done = std::move(done)](Status s) {
+      if (!s && !store->contains(id)) index_disk(domain, id, false);
+      done(std::move(s));
+    };
   Status st =
       store->write(NsKey{ns, key}, b->layout().to_layout(), {host.data(b->extent), b->extent.bytes},
                    ns_rules_.at(ns)->compress, std::move(done));
+  if (st || st.code() == Errc::kAlreadyExists) index_disk(ns_domains_.at(ns), NsKey{ns, key}, true);
   if (st.code() == Errc::kAlreadyExists)
     return error(Errc::kAlreadyExists, std::string("on the ") + store->name() + " tier already");
   return st;
@@ -358,6 +374,10 @@ uint32_t Engine::intern_locked(std::string_view ns, const config::NamespaceRule*
   ns_rules_.push_back(rule);
   ns_domains_.push_back(static_cast<uint32_t>(config_.domain_of(rule->arena)));  // validated
   ns_ids_.emplace(std::string(ns), id);
+  if (!lookup_index_.empty()) {
+    MutexLock names(index_names_mu_);  // a leaf lock (engine_index.cpp)
+    index_names_.emplace(std::string(ns), std::make_pair(id, ns_domains_.back()));
+  }
   if (disk_) disk_->name_namespace(id, ns);  // the disk tier's only id -> name (a leaf lock)
   if (remote_) remote_->name_namespace(id, ns, rule->remote_ttl_s);  // a leaf lock too
   return id;
@@ -399,6 +419,9 @@ Result<uint64_t> Engine::reserve_put(uint64_t sid, PendingPut put) {
   if (s->puts.size() >= config_.session.max_pending_puts)
     return error(Errc::kLimit, "too many unsealed puts on this connection (limit " +
                                    std::to_string(config_.session.max_pending_puts) + ")");
+  // An expired pin must not keep its block from being evicted for this put (the daemon's
+  // sweep rewrites the pin file; an expired entry in it is skipped at start anyway).
+  expire_pins_locked(pin_clock_ms());
   const NsKey block{put.ns, put.key};
   HostTier& host = host_locked(put.ns);
   if (!put.fusion && (host.find(block) != nullptr || gpu_holder(block) != nullptr))
@@ -463,6 +486,12 @@ Status Engine::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout
     // The new block (chunk + fusion) replaces the old one: readers holding leases on the old
     // one keep it until they release (deferred free); the disk and GPU copies lack the fusion
     // state.
+    // A pinned chunk stays pinned: the pin moves to the new host block.
+    std::optional<Pin> pinned;
+    if (auto it = pins_.find(NsKey{put.ns, put.key}); it != pins_.end()) {
+      pinned = it->second;
+      drop_pin_locked(NsKey{put.ns, put.key});
+    }
     for (const auto& t : gpu_.tiers)
       if (t->remove(NsKey{put.ns, put.key}) != RemoveOutcome::kNotFound)
         event_removed(NsKey{put.ns, put.key}, TierKind::kGpu);
@@ -470,6 +499,20 @@ Status Engine::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout
       event_removed(NsKey{put.ns, put.key}, TierKind::kHost);
     if (disk_) (void)disk_->remove(NsKey{put.ns, put.key});
     drop_lease(*s, put.base_lease);
+    Status st = host.insert(NsKey{put.ns, put.key}, put.extent, std::move(stored_layout));
+    if (!st) {
+      host.unreserve(put.extent);
+      return st;
+    }
+    if (pinned) {
+      const BlockInfo* b = host.acquire(NsKey{put.ns, put.key});
+      pins_[NsKey{put.ns, put.key}] = Pin{&host, b, pinned->expires_unix_ms, -1};
+      pinned_bytes_[put.ns] += b->extent.bytes;
+    }
+    event_stored(NsKey{put.ns, put.key}, TierKind::kHost);
+    bump(metrics_.puts);
+    bump(metrics_.put_bytes, raw);
+    return {};
   }
   Status st = host.insert(NsKey{put.ns, put.key}, put.extent, std::move(stored_layout));
   if (!st) {
@@ -573,6 +616,11 @@ Engine::RemoveCount Engine::remove_from_tiers(uint32_t ns, std::span<const Block
         event_removed(NsKey{ns, k}, TierKind::kRemote);
       }
     }
+    // An explicit remove takes a pinned block too: the pin goes first (its lease).
+    if (drop_pin_locked(NsKey{ns, k})) {
+      bump(metrics_.unpins);
+      c.durable_unpinned |= durable_pins_locked(ns);
+    }
     for (MemoryTier* t : memory_tiers_locked(ns)) {
       const bool had = t->contains(NsKey{ns, k});
       from(*t);
@@ -590,6 +638,7 @@ Engine::RemoveCount Engine::remove_from_tiers(uint32_t ns, std::span<const Block
 
 Engine::RemoveCount Engine::remove(uint32_t ns, std::span<const BlockKey> keys) {
   RemoveCount c = remove_from_tiers(ns, keys);
+  if (c.durable_unpinned) save_pins();
   // A removed chunk's embedding entries go with it (the index is never called under mu_).
   if (index_) {
     const std::string name = namespace_name(ns);

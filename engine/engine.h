@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/counters.h"
+#include "common/lookup_index.h"
 #include "common/mutex.h"
 #include "kvtier/keys.h"
 #include "common/layout.h"
@@ -164,8 +165,8 @@ class Engine {
   gpu::DeviceBackend* gpu_backend() const { return gpu_.backend.get(); }
   const std::vector<std::unique_ptr<GpuTier>>& gpu_tiers() const { return gpu_.tiers; }
   const std::string& gpu_status() const { return gpu_.status; }
-  // The GPU tier of `device` (-1: the first) holding isolation domain `domain`'s blocks, or
-  // null (a domain without gpu_size has none).
+  // The GPU tier of `device` (-1: the first; other negatives: none) holding isolation domain
+  // `domain`'s blocks, or null (a domain without gpu_size has none).
   GpuTier* gpu_tier(int device, uint32_t domain = 0) const;
   const std::string& namespace_name(uint32_t ns) const;
   const config::Config& config() const { return config_; }
@@ -226,6 +227,17 @@ class Engine {
   // Returns the stored bytes.  Any failure aborts the put.
   boost::asio::awaitable<Result<uint64_t>> seal(uint64_t sid, uint64_t put_id,
                                                 std::span<const std::byte> staged);
+  // seal() of a put the client staged in device memory: `bytes` at `offset` of `staging` (a
+  // connection's device staging, docs/gpu.md "Device puts").  A block for a GPU tier is
+  // copied device to device into its reserved extent (its tensors carry checksum 0: the
+  // device does not hash them); any other is read back to the host and sealed as seal() does.
+  boost::asio::awaitable<Result<uint64_t>> seal_from_device(uint64_t sid, uint64_t put_id,
+                                                            gpu::DevicePool& staging,
+                                                            uint64_t offset, uint64_t bytes);
+  // A connection's device staging on `device` (the daemon's numbering), exported writable to
+  // that connection only: a pool of the backend of the GPU tiers, created on demand.
+  // kInvalidArgument when no GPU tier serves that device.
+  Result<std::unique_ptr<gpu::DevicePool>> create_device_staging(int device, uint64_t bytes);
   Status abort_put(uint64_t sid, uint64_t put_id);
 
   // In any tier.
@@ -242,6 +254,7 @@ class Engine {
   struct RemoveCount {
     uint32_t removed = 0;
     uint32_t deferred = 0;
+    bool durable_unpinned = false;  // a durable namespace's pin went with a removed block
   };
   // From every tier, and the chunks' embedding entries from the semantic index.
   RemoveCount remove(uint32_t ns, std::span<const BlockKey> keys);
@@ -255,6 +268,42 @@ class Engine {
   EvictCount evict(std::optional<std::string> ns, std::span<const BlockKey> keys, bool all,
                    bool host, bool disk, bool gpu = false);
 
+  // --- Pins (engine/engine_pins.cpp, docs/operations.md "Pins").  A pin keeps a cached block
+  // in one memory tier (the host tier, or a GPU tier) from capacity eviction and demotion
+  // until unpin(), remove(), or its TTL ends.  Pins belong to the engine, not to a session:
+  // they outlive the connection that made them. ---
+
+  struct PinResult {
+    uint32_t pinned = 0;        // keys pinned by the request (refreshed ones included)
+    uint32_t refreshed = 0;     // of them, keys pinned already (their TTL restarts)
+    uint64_t pinned_bytes = 0;  // the namespace's pinned bytes after the request
+    uint64_t quota_bytes = 0;   // its quota (config::Config::pin_quota)
+  };
+  // Pins `keys` (all or nothing) in the host tier, or in a GPU tier (where.gpu).  A key only
+  // a lower tier holds (the disk tier, the remote tier, another GPU) is promoted into that
+  // tier first, as get() does.  ttl_ms 0: no expiry.  kNotFound when a key is not cached
+  // anywhere; kNoSpace when the namespace's pin quota ([[namespace]] pin_bytes) would be
+  // exceeded or a GPU tier has no room for a key; nothing of the request is pinned then.
+  // `sid` is the session whose lease limit the promotion counts against for a moment.
+  // save: rewrite the pin file when the namespace is durable (restore_pins() does it once).
+  boost::asio::awaitable<Result<PinResult>> pin(uint64_t sid, uint32_t ns,
+                                                std::vector<BlockKey> keys, uint64_t ttl_ms,
+                                                Placement where = {}, bool save = true);
+  // Drops the pins of `keys` (keys not pinned are skipped); returns how many were pinned.
+  uint32_t unpin(uint32_t ns, std::span<const BlockKey> keys);
+  // Drops the pins whose TTL ended by `now_unix_ms` (the daemon's sweep timer; puts also
+  // check before they reserve).  Returns how many.
+  uint32_t expire_pins(uint64_t now_unix_ms);
+  // Whether the block is pinned (in any tier) now.
+  bool is_pinned(uint32_t ns, const BlockKey& key) const;
+  // The pins' clock: unix ms (a TTL means the same after a restart).
+  static uint64_t pin_clock_ms();
+  // Re-pins what the pin file (<state_dir>/pins.json, docs/protocol.md "Pin file") recorded
+  // for durable namespaces, once the disk tier has recovered their blocks: at start, before
+  // the daemon serves.  Pins whose block is gone, corrupt or expired are dropped (logged).
+  // Returns how many were restored.
+  boost::asio::awaitable<uint32_t> restore_pins();
+
   // Every part's counters and gauges through one visitor (engine/engine_counters.cpp): each
   // host arena and GPU pool (tiers/tier_counters.h), the disk tier, the semantic index, the
   // sessions, the daemon's counters and request latencies (Metrics), the codec and the NF4
@@ -267,14 +316,29 @@ class Engine {
   nlohmann::json clients_json() const;
   // fusion_only: just the chunks that carry fusion state (host tier; the disk keeps the
   // layout too).
-  nlohmann::json list_json(const std::string& ns_filter, uint32_t limit,
-                           bool fusion_only = false) const;
+  // pinned_only: just the pinned blocks.  Each entry says whether it is pinned ("pinned", and
+  // "pin_expires_unix_ms", 0 = no expiry).
+  nlohmann::json list_json(const std::string& ns_filter, uint32_t limit, bool fusion_only = false,
+                           bool pinned_only = false) const;
   uint64_t session_count() const;
   uint64_t leases_of(uint64_t sid) const;
 
   // KV events (engine/block_events.h, docs/events.md): every block stored in or removed from a
   // tier is reported to `sink`.  Set once, before the engine serves; the sink outlives it.
   void set_event_sink(BlockEventSink* sink);
+
+  // The shared lookup index (engine/engine_index.cpp, docs/protocol.md "Lookup index"): with
+  // daemon.lookup_index, one LookupIndex per isolation domain listing the blocks of its
+  // namespaces that the GPU, host and disk tiers hold (the remote tier is not listed).  Opened
+  // once, before the engine serves; the blocks the disk tier recovered are listed then (their
+  // namespaces interned).  Throws std::runtime_error when a memfd cannot be created.
+  void open_lookup_index(const BlockKey& instance);
+  // The index of `domain`, or null (lookup_index off, or no such domain).  Thread-safe itself.
+  LookupIndex* lookup_index(uint32_t domain) const;
+  // The daemon stops: every index is marked stopped, so clients stop answering from it.
+  void retire_lookup_index();
+  // The daemon's liveness page, handed with each index (null when lookup_index is off).
+  const DaemonLiveness* liveness() const { return liveness_.get(); }
 
  private:
   // The ladder's steps (engine/engine.cpp, engine/gpu_ladder.cpp).
@@ -305,10 +369,12 @@ class Engine {
   // or gives the space back, wakes the waiters, and leases the block to `sid` when published.
   LeaseGrant finish_promotion(uint64_t sid, uint32_t ns, const BlockKey& key,
                               const PromotionTicket& ticket, Status read);
-  // Turns a host lease into a lease on the same block in `device`'s GPU tier: reserves pool
-  // space, dequantizes/copies the block into it without the lock, publishes it, and drops
-  // the host lease.  When the GPU tier has no room the host grant comes back unchanged.
-  LeaseGrant promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& host_grant, int device);
+  // Turns each host lease of `grants` into a lease on the same block in `device`'s GPU tier,
+  // in place, as one batch: reserves pool space for all (one hold of mu_), dequantizes/copies
+  // them without the lock (promote_blocks: on CUDA one synchronisation for the batch),
+  // publishes them (one more hold), and drops the host leases.  A block the GPU tier has no
+  // room for keeps its host grant.
+  void promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> grants, int device);
   // Namespaces with disk = "persist": queues the sealed block for the durable store (the disk
   // tier); done(status) runs once it is durable.  Returns ok when done will be called.
   Status persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done);
@@ -363,6 +429,16 @@ class Engine {
   // "cleared" when `everything` went).  No-ops without a sink.
   void event_stored(const NsKey& id, TierKind tier) REQUIRES(mu_);
   void event_removed(const NsKey& id, TierKind tier) REQUIRES(mu_);
+  // The lookup index's entry of a block: its GPU and host bits from the memory tiers now,
+  // leaving out `leaving` (a tier evicting the block, which still indexes it).
+  void index_refresh_locked(const NsKey& id, const MemoryTier* leaving = nullptr) REQUIRES(mu_);
+  // Sets or clears a block's disk bit (no lock of ours: the index has its own).  `domain`:
+  // the namespace's isolation domain.
+  void index_disk(uint32_t domain, const NsKey& id, bool on) const;
+  // The disk tier's removals (a reclaimed region, a remove, an admin eviction): clears their
+  // disk bits and reports them to the event sink.  Runs on any thread, mu_ held or not.
+  void on_disk_removed(std::string_view ns, std::span<const BlockKey> keys);
+  void install_disk_listener();
   // The done callback of a remote write: a stored event on REMOTE when it lands (null without
   // a sink).  Runs on the remote tier's worker, without mu_.
   std::function<void(Status)> remote_stored_event(const NsKey& id) REQUIRES(mu_);
@@ -371,20 +447,58 @@ class Engine {
                                  EvictedKeys& gone) REQUIRES(mu_);
   void report_evicted(const EvictedKeys& gone, bool everything) REQUIRES(mu_);
 
+  // Pins (engine_pins.cpp).  One per block; `block` is held in `tier` by one lease of the
+  // pin's own (ArenaTier skips leased blocks when it evicts), released when the pin goes.
+  struct Pin {
+    MemoryTier* tier = nullptr;
+    const BlockInfo* block = nullptr;
+    uint64_t expires_unix_ms = 0;  // 0: no expiry
+    int device = -1;               // >= 0: pinned in that GPU tier
+  };
+  // Drops a block's pin (its lease in the tier); false when it was not pinned.
+  bool drop_pin_locked(const NsKey& id) REQUIRES(mu_);
+  struct PinExpiry {
+    uint32_t expired = 0;
+    bool durable = false;  // a durable namespace's pin expired: the pin file is stale
+  };
+  PinExpiry expire_pins_locked(uint64_t now_unix_ms) REQUIRES(mu_);
+  // pin()'s locked half: turns the request's leases (`grants`, all of this session) into pins
+  // when every key can be pinned, then drops the leases.
+  Result<PinResult> pin_leased(uint64_t sid, uint32_t ns, std::span<const LeaseGrant> grants,
+                               uint64_t ttl_ms, Placement where);
+  // Whether a namespace's pins are recorded in the pin file (disk = "persist").
+  bool durable_pins_locked(uint32_t ns) const REQUIRES(mu_);
+  // Rewrites the pin file with the durable namespaces' pins (a snapshot under mu_, written
+  // without it; pins_file_mu_ orders the writers).  Logs a failure: pins still hold in memory.
+  void save_pins() EXCLUDES(mu_, pins_file_mu_);
+
   // What the counters read under mu_ (one hold), visited after it is released.
   struct CounterSnapshot {
     std::vector<TierUsage> hosts;  // by domain
     std::vector<TierUsage> pools;  // in gpu_.tiers order
     uint64_t sessions = 0, leases = 0, pending_puts = 0, leased_bytes = 0;
+    uint64_t pinned_blocks = 0, pinned_bytes = 0;
   };
   CounterSnapshot counter_snapshot() const;
   // The labels of a host arena or GPU pool of `domain`: arena="<name>" unless the default one.
   std::string_view domain_label(uint32_t domain) const;
   static void visit_session_counters(const CounterSnapshot& s, CounterVisitor& v);
+  // Domain d's shared lookup index (engine_counters.cpp); nothing without one.
+  void visit_lookup_index_counters(uint32_t d, CounterVisitor& v) const;
 
   // Constant after construction.
   const config::Config config_;
   Metrics& metrics_;
+  // The lookup index per isolation domain (open_lookup_index(), before serving; then constant;
+  // each index is thread-safe).  Declared before the stores so that it outlives their
+  // callbacks.
+  std::vector<std::unique_ptr<LookupIndex>> lookup_index_;
+  std::unique_ptr<DaemonLiveness> liveness_;  // with lookup_index_, then constant
+  // Namespace name -> (id, domain), for the disk tier's removal reports (which come by name,
+  // sometimes with mu_ held): a leaf lock.
+  mutable Mutex index_names_mu_;
+  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> index_names_
+      GUARDED_BY(index_names_mu_);
   const std::unique_ptr<DiskTier> disk_;  // thread-safe itself; may be null
   const std::string disk_status_;
   // The store tiers below the host tier, searched in this order (the disk tier; the remote
@@ -414,6 +528,12 @@ class Engine {
   std::unordered_map<uint64_t, Session> sessions_ GUARDED_BY(mu_);
   uint64_t next_session_ GUARDED_BY(mu_) = 1;
   std::unordered_map<NsKey, std::shared_ptr<Promotion>, NsKeyHash> promotions_ GUARDED_BY(mu_);
+  std::unordered_map<NsKey, Pin, NsKeyHash> pins_ GUARDED_BY(mu_);
+  std::unordered_map<uint32_t, uint64_t> pinned_bytes_ GUARDED_BY(mu_);  // by namespace id
+  uint64_t next_pin_expiry_ GUARDED_BY(mu_) = UINT64_MAX;  // the earliest expires_unix_ms
+  // Taken before mu_ (never with it held): one pin file writer at a time, each writing the
+  // pins as they are when it takes its snapshot, so the last writer leaves the newest state.
+  Mutex pins_file_mu_;
   // Set once before serving (set_event_sink); null: no KV events.
   std::atomic<BlockEventSink*> events_{nullptr};
 };

@@ -17,6 +17,8 @@ Engine::CounterSnapshot Engine::counter_snapshot() const {
     s.pending_puts += session.puts.size();
     s.leased_bytes += session.leased_bytes;
   }
+  s.pinned_blocks = pins_.size();
+  for (const auto& [ns, bytes] : pinned_bytes_) s.pinned_bytes += bytes;
   return s;
 }
 
@@ -31,6 +33,30 @@ void Engine::visit_session_counters(const CounterSnapshot& s, CounterVisitor& v)
           s.pending_puts);
   v.gauge({"kvtier_leased_bytes", "bytes of the blocks leased by clients", "leased_bytes"}, {},
           s.leased_bytes);
+  v.gauge({"kvtier_pinned_blocks", "blocks pinned (kvtierctl pin), every tier", "pinned_blocks"},
+          {}, s.pinned_blocks);
+  v.gauge({"kvtier_pinned_bytes", "stored bytes of the pinned blocks", "pinned_bytes"}, {},
+          s.pinned_bytes);
+}
+
+void Engine::visit_lookup_index_counters(uint32_t d, CounterVisitor& v) const {
+  const LookupIndex::Stats st = lookup_index_[d]->stats();
+  const std::string_view arena = domain_label(d);
+  const Label label[] = {{"arena", arena}};
+  const Labels labels = Labels(label).first(arena.empty() ? 0 : 1);
+  v.gauge({"kvtier_lookup_index_entries", "blocks listed in the shared lookup index",
+           "lookup_index_entries"},
+          labels, st.live);
+  v.gauge({"kvtier_lookup_index_slots", "slots of the shared lookup index (32 bytes each)",
+           "lookup_index_slots"},
+          labels, st.slots);
+  v.gauge({"kvtier_lookup_index_generation",
+           "memfds the lookup index has published (it grows into a new one)",
+           "lookup_index_generation"},
+          labels, st.generation);
+  v.counter({"kvtier_lookup_index_dropped_total",
+             "blocks left out of a lookup index at lookup_index_max_slots", "lookup_index_dropped"},
+            labels, st.dropped);
 }
 
 void Engine::visit_counters(CounterVisitor& v) const {
@@ -47,6 +73,7 @@ void Engine::visit_counters(CounterVisitor& v) const {
     const Label labels[] = {{"tier", "gpu"}, {"device", device}, {"arena", arena}};
     visit_tier_counters(s.pools[i], Labels(labels).first(arena.empty() ? 2 : 3), v);
   }
+  for (uint32_t d = 0; d < lookup_index_.size(); ++d) visit_lookup_index_counters(d, v);
   if (disk_) disk_->visit_counters(v);
   if (remote_) remote_->visit_counters(v);
   if (index_) index_->visit_counters(v);

@@ -9,22 +9,17 @@ namespace kvtier {
 
 void Engine::set_event_sink(BlockEventSink* sink) {
   events_.store(sink, std::memory_order_release);
-  if (disk_ == nullptr) return;
-  if (sink == nullptr) {
-    disk_->set_removed_listener({});
-    return;
-  }
-  disk_->set_removed_listener([sink](std::string_view ns, std::span<const BlockKey> keys) {
-    sink->removed(ns, keys, Medium::kDisk);
-  });
+  install_disk_listener();  // engine_index.cpp: the disk tier's removals feed both
 }
 
 void Engine::event_stored(const NsKey& id, TierKind tier) {
+  if (tier == TierKind::kHost || tier == TierKind::kGpu) index_refresh_locked(id);
   if (BlockEventSink* sink = events_.load(std::memory_order_acquire))
     sink->stored(ns_names_.at(id.ns), std::span(&id.key, 1), medium_of(tier));
 }
 
 void Engine::event_removed(const NsKey& id, TierKind tier) {
+  if (tier == TierKind::kHost || tier == TierKind::kGpu) index_refresh_locked(id);
   if (BlockEventSink* sink = events_.load(std::memory_order_acquire))
     sink->removed(ns_names_.at(id.ns), std::span(&id.key, 1), medium_of(tier));
 }
@@ -40,7 +35,8 @@ std::function<void(Status)> Engine::remote_stored_event(const NsKey& id) {
 Tier::EvictCount Engine::evict_tracked(MemoryTier& t,
                                        const std::function<bool(const NsKey&)>& match,
                                        EvictedKeys& gone) {
-  if (events_.load(std::memory_order_acquire) == nullptr) return t.evict_matching(match);
+  if (events_.load(std::memory_order_acquire) == nullptr && lookup_index_.empty())
+    return t.evict_matching(match);
   // evict_matching() skips leased blocks after matching them: what matched and is no longer
   // in the tier is what it evicted.
   std::vector<NsKey> matched;
@@ -57,6 +53,8 @@ Tier::EvictCount Engine::evict_tracked(MemoryTier& t,
 }
 
 void Engine::report_evicted(const EvictedKeys& gone, bool everything) {
+  for (const auto& [kind, ids] : gone)
+    for (const NsKey& id : ids) index_refresh_locked(id);
   BlockEventSink* sink = events_.load(std::memory_order_acquire);
   if (sink == nullptr) return;
   if (everything) {

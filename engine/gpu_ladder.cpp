@@ -8,7 +8,7 @@ namespace kvtier {
 
 GpuTier* Engine::gpu_tier(int device, uint32_t domain) const {
   for (const auto& t : gpu_.tiers)
-    if ((device < 0 || t->device() == device) && t->domain() == domain) return t.get();
+    if ((device == -1 || t->device() == device) && t->domain() == domain) return t.get();
   return nullptr;
 }
 
@@ -46,7 +46,7 @@ bool Engine::copy_down(GpuTier& tier, const BlockInfo& b) {
   auto ext = to.reserve(host.total_bytes);
   if (!ext) return false;
   Status st =
-      demote_block(tier.pool(), gpu, b.extent.offset, host, to.data(*ext), rule.nf4_double_quant);
+      demote_block(tier.pool(), gpu, b.extent.offset, host, to.data(*ext), nf4_options(rule));
   if (st) st = to.insert(b.id, *ext, std::move(host));
   if (!st) {
     to.unreserve(*ext);
@@ -56,56 +56,92 @@ bool Engine::copy_down(GpuTier& tier, const BlockInfo& b) {
   return true;
 }
 
-LeaseGrant Engine::promote_to_gpu(uint64_t sid, uint32_t ns, const LeaseGrant& host_grant,
-                                  int device) {
-  const NsKey id{ns, host_grant.key};
-  // The host lease pins the source block: its bytes and layout stay put while unlocked.
-  const BlockLayout host_layout = host_grant.layout.to_layout();
-  const BlockLayout gpu_layout = plan_gpu_layout(host_layout);
+void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> grants, int device) {
+  struct Job {
+    size_t grant = 0;
+    BlockLayout host_layout, gpu_layout;
+    Extent ext;
+  };
+  std::vector<Job> jobs;
   GpuTier* tier = nullptr;
   HostTier* host = nullptr;
-  Extent ext;
   {
     MutexLock lock(mu_);
     // The namespace's own domain's pool: an isolation domain's blocks never enter another's.
     tier = gpu_tier(device, ns_domains_.at(ns));
     host = &host_locked(ns);
     Session* s = session(sid);
-    if (tier == nullptr || s == nullptr) return host_grant;
-    if (const BlockInfo* b = tier->acquire(id)) {  // promoted meanwhile by someone else
-      drop_lease(*s, host_grant.lease_id);
-      return grant(*s, *tier, *b);
+    if (tier == nullptr || s == nullptr) return;
+    for (size_t i = 0; i < grants.size(); ++i) {
+      LeaseGrant& g = grants[i];
+      if (g.code != Errc::kOk || g.tier != TierKind::kHost) continue;
+      const NsKey id{ns, g.key};
+      if (const BlockInfo* b = tier->acquire(id)) {  // promoted meanwhile by someone else
+        drop_lease(*s, g.lease_id);
+        g = grant(*s, *tier, *b);
+        continue;
+      }
+      // The host lease pins the source block: its bytes and layout stay put while unlocked.
+      Job job;
+      job.grant = i;
+      job.host_layout = g.layout.to_layout();
+      job.gpu_layout = plan_gpu_layout(job.host_layout);
+      auto r = tier->reserve(job.gpu_layout.total_bytes);
+      if (!r) {
+        bump(metrics_.gpu_promotion_fallbacks);
+        continue;
+      }
+      job.ext = *r;
+      jobs.push_back(std::move(job));
     }
-    auto r = tier->reserve(gpu_layout.total_bytes);
-    if (!r) {
-      bump(metrics_.gpu_promotion_fallbacks);
-      return host_grant;
-    }
-    ext = *r;
   }
-  Status st = promote_block(tier->pool(), host_layout, host->data(host_grant.extent), gpu_layout,
-                            ext.offset);
+  if (jobs.empty()) return;
+  bump(metrics_.gpu_promotion_batches);
+  std::vector<GpuPromotion> batch;
+  batch.reserve(jobs.size());
+  for (const Job& j : jobs)
+    batch.push_back(
+        {&j.host_layout, host->data(grants[j.grant].extent), &j.gpu_layout, j.ext.offset});
+  std::vector<Status> done = promote_blocks(tier->pool(), batch);
   MutexLock lock(mu_);
   Session* s = session(sid);
-  // Removed, or replaced by a fusion put, while the device worked: publishing the copy would
-  // bring back (or shadow) what is gone.
-  const BlockInfo* now = host->find(id);
-  if (st && (now == nullptr || !now->layout().same_block(host_grant.layout)))
-    st = error(Errc::kNotFound, "block left the host tier during its promotion");
-  if (st) st = tier->insert(id, ext, gpu_layout);
-  if (!st) tier->unreserve(ext);  // failed, or another session published it first
-  if (st) {
-    event_stored(id, TierKind::kGpu);
-    bump(metrics_.gpu_promotions);
-    bump(metrics_.gpu_promotion_bytes, gpu_layout.total_bytes);
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    const Job& j = jobs[k];
+    LeaseGrant& g = grants[j.grant];
+    const NsKey id{ns, g.key};
+    Status st = done[k];
+    // Removed, or replaced by a fusion put, while the device worked: publishing the copy would
+    // bring back (or shadow) what is gone.
+    const BlockInfo* now = host->find(id);
+    if (st && (now == nullptr || !now->layout().same_block(g.layout)))
+      st = error(Errc::kNotFound, "block left the host tier during its promotion");
+    if (st) st = tier->insert(id, j.ext, j.gpu_layout);
+    if (!st) tier->unreserve(j.ext);  // failed, or another session published it first
+    if (st) {
+      event_stored(id, TierKind::kGpu);
+      bump(metrics_.gpu_promotions);
+      bump(metrics_.gpu_promotion_bytes, j.gpu_layout.total_bytes);
+    }
+    const BlockInfo* b = s ? tier->acquire(id) : nullptr;
+    if (b == nullptr) {
+      if (!st) bump(metrics_.gpu_promotion_fallbacks);
+      continue;  // the session still holds the host lease
+    }
+    drop_lease(*s, g.lease_id);
+    g = grant(*s, *tier, *b);
   }
-  const BlockInfo* b = s ? tier->acquire(id) : nullptr;
-  if (b == nullptr) {
-    if (!st) bump(metrics_.gpu_promotion_fallbacks);
-    return host_grant;  // the session still holds the host lease
-  }
-  drop_lease(*s, host_grant.lease_id);
-  return grant(*s, *tier, *b);
+}
+
+Result<std::unique_ptr<gpu::DevicePool>> Engine::create_device_staging(int device, uint64_t bytes) {
+  const GpuTier* tier = device < 0 ? nullptr : gpu_tier(device);
+  if (tier == nullptr || !gpu_.backend)
+    return error(Errc::kInvalidArgument,
+                 "no GPU tier on device " + std::to_string(device) + " to stage a device put on");
+  auto pool = gpu_.backend->create_pool(device, bytes, tier->pool().handle_type());
+  if (!pool)
+    return error(pool.status().code(), "device staging on gpu " + std::to_string(device) + ": " +
+                                           pool.status().message());
+  return pool;
 }
 
 }  // namespace kvtier

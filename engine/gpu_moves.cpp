@@ -1,5 +1,8 @@
 #include "engine/gpu_moves.h"
 
+#include <string>
+#include <vector>
+
 #include "kernels/nf4.h"
 
 namespace kvtier {
@@ -40,8 +43,14 @@ Status seal_to_gpu(gpu::DevicePool& pool, const BlockLayout& client, const std::
   return {};
 }
 
-Status promote_block(gpu::DevicePool& pool, const BlockLayout& host, const std::byte* host_bytes,
-                     const BlockLayout& gpu, uint64_t offset) {
+namespace {
+
+// Checks a host block against its GPU layout and copies what needs no kernel (raw tensors,
+// NF4 with outlier channels decoded on the CPU); the NF4 tensors the device decodes are added
+// to `ops`.
+Status plan_promotion(gpu::DevicePool& pool, const BlockLayout& host, const std::byte* host_bytes,
+                      const BlockLayout& gpu, uint64_t offset, std::vector<gpu::DequantizeOp>& ops,
+                      std::vector<std::string>& names) {
   if (host.tensors.size() != gpu.tensors.size())
     return error(Errc::kInvalidArgument, "block to gpu: layouts of different tensor counts");
   for (size_t i = 0; i < host.tensors.size(); ++i) {
@@ -53,6 +62,7 @@ Status promote_block(gpu::DevicePool& pool, const BlockLayout& host, const std::
     if (h.offset > host.total_bytes || h.bytes > host.total_bytes - h.offset)
       return error(Errc::kCorrupt, "tensor '" + h.name + "' extends past its block");
     std::span<const std::byte> src(host_bytes + h.offset, h.bytes);
+    bool outliers = false;
     if (h.codec == Codec::kNf4) {
       auto hdr = nf4::parse_header(src);
       if (!hdr) return error(Errc::kCorrupt, "tensor '" + h.name + "': " + hdr.status().message());
@@ -65,28 +75,77 @@ Status promote_block(gpu::DevicePool& pool, const BlockLayout& host, const std::
                                          std::to_string(hdr->params.cols) +
                                          " values, its layout says " + std::to_string(g.bytes) +
                                          " bytes");
+      outliers = hdr->params.keep_outlier_channels;
     } else if (h.bytes != g.bytes) {
       return error(Errc::kCorrupt, "tensor '" + h.name + "': " + std::to_string(h.bytes) +
                                        " stored bytes for a place of " + std::to_string(g.bytes));
     }
-    Status st = h.codec == Codec::kNf4 ? pool.dequantize_into(src, g.dtype, offset + g.offset)
-                                       : pool.write(offset + g.offset, src);
+    Status st;
+    if (h.codec == Codec::kNf4 && outliers) {
+      // The device kernels have no outlier channels (nf4_outlier_channels namespaces): decode
+      // on the CPU, then copy the fp16/bf16 result.
+      std::vector<std::byte> decoded(g.bytes);
+      st = nf4::decode(src, g.dtype, decoded);
+      if (st) st = pool.write(offset + g.offset, decoded);
+    } else if (h.codec == Codec::kNf4) {
+      ops.push_back({src, g.dtype, offset + g.offset});
+      names.push_back(h.name);
+    } else {
+      st = pool.write(offset + g.offset, src);
+    }
     if (!st) return error(st.code(), "tensor '" + h.name + "' to gpu: " + st.message());
   }
   return {};
 }
 
+}  // namespace
+
+Status promote_block(gpu::DevicePool& pool, const BlockLayout& host, const std::byte* host_bytes,
+                     const BlockLayout& gpu, uint64_t offset) {
+  const GpuPromotion one{&host, host_bytes, &gpu, offset};
+  return promote_blocks(pool, std::span(&one, 1)).front();
+}
+
+std::vector<Status> promote_blocks(gpu::DevicePool& pool, std::span<const GpuPromotion> blocks) {
+  std::vector<Status> out(blocks.size());
+  std::vector<gpu::DequantizeOp> ops;
+  std::vector<std::string> names;
+  std::vector<size_t> owner;  // the block of each op
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    const size_t before = ops.size();
+    out[b] = plan_promotion(pool, *blocks[b].host, blocks[b].host_bytes, *blocks[b].gpu,
+                            blocks[b].offset, ops, names);
+    if (!out[b]) {  // nothing of a block that failed goes to the device
+      ops.resize(before);
+      names.resize(before);
+    }
+    owner.resize(ops.size(), b);
+  }
+  const std::vector<Status> done = pool.dequantize_batch(ops);
+  for (size_t i = 0; i < ops.size(); ++i)
+    if (!done[i] && out[owner[i]])
+      out[owner[i]] =
+          error(done[i].code(), "tensor '" + names[i] + "' to gpu: " + done[i].message());
+  return out;
+}
+
 Status demote_block(gpu::DevicePool& pool, const BlockLayout& gpu, uint64_t offset,
-                    BlockLayout& host, std::byte* dest, bool double_quant) {
+                    BlockLayout& host, std::byte* dest, const Nf4Options& opts) {
   for (size_t i = 0; i < gpu.tensors.size(); ++i) {
     const TensorLayout& g = gpu.tensors[i];
     TensorLayout& h = host.tensors[i];
     std::span<std::byte> dst(dest + h.offset, h.bytes);
-    Status st = h.codec == Codec::kNf4
-                    ? pool.quantize_from(
-                          nf4::Params{g.dtype, g.nf4_layout, double_quant, g.rows(), g.cols()},
-                          offset + g.offset, dst)
-                    : pool.read(offset + g.offset, dst);
+    const nf4::Params p = nf4_params(g, opts);
+    Status st;
+    if (h.codec != Codec::kNf4) {
+      st = pool.read(offset + g.offset, dst);
+    } else if (p.keep_outlier_channels) {
+      std::vector<std::byte> raw(g.bytes);
+      st = pool.read(offset + g.offset, raw);
+      if (st) st = nf4::encode(p, raw, dst);
+    } else {
+      st = pool.quantize_from(p, offset + g.offset, dst);
+    }
     if (!st) return error(st.code(), "tensor '" + g.name + "' from gpu: " + st.message());
     h.checksum = checksum64(dst.data(), dst.size());
   }

@@ -5,10 +5,13 @@
 #pragma once
 
 #include <cstddef>
+#include <span>
+#include <vector>
 
 #include "common/layout.h"
 #include "kvtier/status.h"
 #include "config/config.h"
+#include "engine/block_codec.h"
 #include "tiers/gpu/device_backend.h"
 
 namespace kvtier {
@@ -29,8 +32,21 @@ Status seal_to_gpu(gpu::DevicePool& pool, const BlockLayout& client, const std::
 Status promote_block(gpu::DevicePool& pool, const BlockLayout& host, const std::byte* host_bytes,
                      const BlockLayout& gpu, uint64_t offset);
 
-// Pool block at `offset` -> `dest` laid out as `host` (checksums filled in).
+// Many promote_block()s, one Status each: every block is checked first, and the NF4 tensors
+// of all of them go to the device in one DevicePool::dequantize_batch (on CUDA: every kernel
+// queued, one synchronisation).
+struct GpuPromotion {
+  const BlockLayout* host = nullptr;
+  const std::byte* host_bytes = nullptr;
+  const BlockLayout* gpu = nullptr;
+  uint64_t offset = 0;
+};
+std::vector<Status> promote_blocks(gpu::DevicePool& pool, std::span<const GpuPromotion> blocks);
+
+// Pool block at `offset` -> `dest` laid out as `host` (checksums filled in), NF4 tensors
+// encoded with the namespace's options.  Key tensors with outlier channels are read back and
+// encoded on the CPU (the device kernels have none); the rest are quantized on the device.
 Status demote_block(gpu::DevicePool& pool, const BlockLayout& gpu, uint64_t offset,
-                    BlockLayout& host, std::byte* dest, bool double_quant);
+                    BlockLayout& host, std::byte* dest, const Nf4Options& opts);
 
 }  // namespace kvtier

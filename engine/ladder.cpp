@@ -56,10 +56,7 @@ awaitable<std::vector<LeaseGrant>> Engine::get(uint64_t sid, uint32_t ns,
     for (auto& g : grants)
       if (g.code == Errc::kNotFound) g = co_await promote_from_store(sid, ns, g.key);
   // A GPU get: host hits go on to the device (kept as host leases when it has no room).
-  if (where.gpu)
-    for (auto& g : grants)
-      if (g.code == Errc::kOk && g.tier == TierKind::kHost)
-        g = promote_to_gpu(sid, ns, g, where.device);
+  if (where.gpu) promote_to_gpu(sid, ns, grants, where.device);
   co_return grants;
 }
 
@@ -183,7 +180,7 @@ awaitable<Result<uint64_t>> Engine::seal(uint64_t sid, uint64_t put_id,
                                                   put->client_layout, staged.data(), put->metadata,
                                                   rule, stored, host.data(put->extent), &codec_)
                             : encode_block(put->client_layout, staged.data(), stored,
-                                           host.data(put->extent), rule.nf4_double_quant, &codec_);
+                                           host.data(put->extent), nf4_options(rule), &codec_);
   if (!st) {
     (void)abort_put(sid, put_id);
     co_return st;
@@ -213,6 +210,41 @@ awaitable<Result<uint64_t>> Engine::seal(uint64_t sid, uint64_t put_id,
     }
     bump(metrics_.persisted);
   }
+  co_return stored_bytes;
+}
+
+awaitable<Result<uint64_t>> Engine::seal_from_device(uint64_t sid, uint64_t put_id,
+                                                     gpu::DevicePool& staging, uint64_t offset,
+                                                     uint64_t bytes) {
+  auto put = pending(sid, put_id);
+  if (!put) co_return put.status();
+  if (bytes != put->client_layout.total_bytes) {
+    (void)abort_put(sid, put_id);
+    co_return error(Errc::kInvalidArgument, "staged bytes do not match the put's layout");
+  }
+  if (put->gpu_device < 0) {
+    // The host tier's format (NF4, fusion, a persist namespace, a full GPU): read the staged
+    // bytes back and seal them as a host-staged put.
+    std::vector<std::byte> host(bytes);
+    if (Status st = staging.read(offset, host); !st) {
+      (void)abort_put(sid, put_id);
+      co_return error(st.code(), "device staging to host: " + st.message());
+    }
+    const std::span<const std::byte> view(host);  // named: GCC 12 and co_await temporaries
+    co_return co_await seal(sid, put_id, view);
+  }
+  // The reserved extent is this session's alone until seal or abort: copy without the lock.
+  BlockLayout stored = put->stored_layout;
+  for (auto& t : stored.tensors) t.checksum = 0;
+  GpuTier* tier = gpu_tier_for(put->ns, put->gpu_device);
+  if (Status st = tier->pool().copy_from(staging, offset, put->extent.offset, bytes); !st) {
+    (void)abort_put(sid, put_id);
+    co_return error(st.code(), "device staging to gpu: " + st.message());
+  }
+  const uint64_t stored_bytes = stored.total_bytes;
+  if (Status s = seal_put(sid, put_id, std::move(stored)); !s) co_return s;
+  bump(metrics_.gpu_device_puts);
+  bump(metrics_.gpu_device_put_bytes, bytes);
   co_return stored_bytes;
 }
 

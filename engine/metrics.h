@@ -28,7 +28,14 @@ namespace kvtier {
     "malformed, oversized or wrong-version messages")                                            \
   X(permission_denied, "kvtier_permission_denied_total",                                         \
     "requests refused by namespace or admin access rules")                                       \
-  X(lookups, "kvtier_lookups_total", "lookup requests")                                          \
+  X(lookups, "kvtier_lookups_total",                                                             \
+    "lookup requests answered by the daemon (lookups from the shared index are not seen)")       \
+  X(resolves, "kvtier_resolves_total", "namespaces resolved for the shared lookup index")        \
+  X(index_maps, "kvtier_lookup_index_maps_total", "lookup index descriptors handed to clients")  \
+  X(carried_releases, "kvtier_carried_releases_total",                                           \
+    "leases released by ids carried on another request (RequestMsg.releases)")                   \
+  X(oneway_requests, "kvtier_oneway_requests_total",                                             \
+    "one-way requests handled without a reply (posted releases)")                                \
   X(lookup_keys, "kvtier_lookup_keys_total", "keys asked in lookups")                            \
   X(lookup_hits, "kvtier_lookup_hits_total", "keys found by lookups (the matched prefix)")       \
   X(puts, "kvtier_puts_total", "puts sealed")                                                    \
@@ -62,9 +69,15 @@ namespace kvtier {
   X(remote_lookup_timeouts, "kvtier_remote_lookup_timeouts_total",                               \
     "lookups whose remote step ran past remote.lookup_timeout_ms (counted as misses)")           \
   X(gpu_puts, "kvtier_gpu_puts_total", "puts sealed into a GPU tier")                            \
+  X(gpu_device_puts, "kvtier_gpu_device_puts_total",                                             \
+    "puts sealed from a connection's device staging (device-to-device)")                         \
+  X(gpu_device_put_bytes, "kvtier_gpu_device_put_bytes_total",                                   \
+    "bytes of puts sealed from device staging")                                                  \
   X(gpu_put_fallbacks, "kvtier_gpu_put_fallbacks_total",                                         \
     "fp16 puts stored in the host tier: leased blocks fill the GPU")                             \
   X(gpu_get_hits, "kvtier_gpu_get_hits_total", "blocks leased from a GPU tier")                  \
+  X(gpu_promotion_batches, "kvtier_gpu_promotion_batches_total",                                 \
+    "batches of promotions: a GPU get's host blocks go to the device together")                  \
   X(gpu_promotions, "kvtier_gpu_promotions_total",                                               \
     "blocks promoted from the host tier into a GPU tier")                                        \
   X(gpu_promotion_bytes, "kvtier_gpu_promotion_bytes_total",                                     \
@@ -77,7 +90,12 @@ namespace kvtier {
   X(gpu_copy_downs, "kvtier_gpu_copy_downs_total",                                               \
     "host gets of GPU-only blocks copied down into the host tier")                               \
   X(searches, "kvtier_searches_total", "semantic searches")                                      \
-  X(search_hits, "kvtier_search_hits_total", "semantic searches that found at least one chunk")
+  X(search_hits, "kvtier_search_hits_total", "semantic searches that found at least one chunk")  \
+  X(pins, "kvtier_pins_total", "keys pinned (refreshed pins included)")                          \
+  X(pin_refusals, "kvtier_pin_refusals_total",                                                   \
+    "pin requests refused (not cached, quota, no room in the tier asked for)")                   \
+  X(unpins, "kvtier_unpins_total", "pins dropped by unpin or with a removed block")              \
+  X(pins_expired, "kvtier_pins_expired_total", "pins whose TTL ended")
 
 struct Metrics {
 #define KVTIER_METRIC_FIELD(key, name, help) std::atomic<uint64_t> key{0};
@@ -87,9 +105,19 @@ struct Metrics {
   // The requests whose handling time is measured where the daemon dispatches them
   // (daemon/session.cpp, Session::handle): from the decoded request to the reply built, not
   // the socket or channel transfer around it.  A client's put is one kPutBegin and one kSeal.
-  enum class Timed : uint8_t { kLookup, kGet, kGetFusion, kPutBegin, kSeal, kSearch, kCount };
+  enum class Timed : uint8_t {
+    kLookup,
+    kGet,
+    kGetFusion,
+    kPutBegin,
+    kSeal,
+    kSearch,
+    kPutBatch,
+    kSealBatch,
+    kCount
+  };
   static constexpr std::array<std::string_view, size_t(Timed::kCount)> kTimedNames = {
-      "lookup", "get", "get_fusion", "put_begin", "seal", "search"};
+      "lookup", "get", "get_fusion", "put_begin", "seal", "search", "put_batch", "seal_batch"};
   std::array<LatencyHistogram, size_t(Timed::kCount)> latency;
   void observe(Timed request, uint64_t ns) {
     latency[size_t(request)].observe_ns(ns);

@@ -1,6 +1,7 @@
 // JSON views of the cache for stats, `kvtierctl clients` and `kvtierctl ls`.
 #include "common/counters_json.h"
 #include "engine/engine.h"
+#include "tiers/gpu/device_identity.h"
 #include "tiers/tier_counters.h"
 
 namespace kvtier {
@@ -15,6 +16,7 @@ nlohmann::json Engine::gpu_json() const {
     for (const auto& d : p.devices) {
       devices.push_back(
           {{"index", d.index},
+           {"uuid", gpu::uuid_string(d.uuid)},
            {"name", d.name},
            {"total_bytes", d.total_bytes},
            {"compute_capability", std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor)},
@@ -62,6 +64,7 @@ nlohmann::json Engine::stats_json() const {
                         {"shm", "/dev/shm/" + hosts_[d]->arena().name()}};
     JsonCounterVisitor out(a);
     visit_tier_counters(s.hosts[d], {}, out);
+    if (d < lookup_index_.size()) visit_lookup_index_counters(d, out);
     arenas.push_back(std::move(a));
   }
   j["arenas"] = std::move(arenas);
@@ -108,8 +111,8 @@ nlohmann::json Engine::clients_json() const {
   return arr;
 }
 
-nlohmann::json Engine::list_json(const std::string& ns_filter, uint32_t limit,
-                                 bool fusion_only) const {
+nlohmann::json Engine::list_json(const std::string& ns_filter, uint32_t limit, bool fusion_only,
+                                 bool pinned_only) const {
   auto arr = nlohmann::json::array();
   MutexLock lock(mu_);
   std::optional<uint32_t> only;
@@ -122,6 +125,9 @@ nlohmann::json Engine::list_json(const std::string& ns_filter, uint32_t limit,
     if (only && b.id.ns != *only) return;
     if (limit && arr.size() >= limit) return;
     if (fusion_only && !b.layout().has_fusion()) return;
+    auto pin = pins_.find(b.id);
+    const bool pinned = pin != pins_.end() && pin->second.block == &b;
+    if (pinned_only && !pinned) return;
     auto tensors = nlohmann::json::array();
     for (const auto& t : b.layout().tensors()) {
       tensors.push_back({{"name", t.name},
@@ -138,14 +144,16 @@ nlohmann::json Engine::list_json(const std::string& ns_filter, uint32_t limit,
                    {"hits", b.hits},
                    {"created_unix_ms", b.created_unix_ms},
                    {"last_access_unix_ms", b.last_access_unix_ms},
+                   {"pinned", pinned},
                    {"tensors", tensors}});
+    if (pinned) arr.back()["pin_expires_unix_ms"] = pin->second.expires_unix_ms;
   };
   for (const auto& t : gpu_.tiers) {
     const std::string name = "gpu" + std::to_string(t->device());
     t->visit([&](const BlockInfo& b) { visit_block(b, name); });
   }
   for (const auto& h : hosts_) h->visit([&](const BlockInfo& b) { visit_block(b, "host"); });
-  if (disk_) {
+  if (disk_ && !pinned_only) {  // pins hold memory tiers only
     disk_->visit([&](const DiskEntry& e) {
       if (!ns_filter.empty() && e.ns != ns_filter) return;
       if (limit && arr.size() >= limit) return;
@@ -165,6 +173,7 @@ nlohmann::json Engine::list_json(const std::string& ns_filter, uint32_t limit,
                      {"leases", 0},
                      {"hits", 0},
                      {"last_access_unix_ms", e.last_access_unix_ms},
+                     {"pinned", false},
                      {"tensors", tensors}});
     });
   }

@@ -127,6 +127,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   p.layout = in.ConsumeBool() ? Nf4Layout::kColumnBlocks : Nf4Layout::kRowBlocks;
   p.double_quant = in.ConsumeBool();
   p.keep_outlier_channels = in.ConsumeBool();
+  if (in.ConsumeBool()) p.version = nf4::kVersion1;  // still decoded: both formats
   p.rows = in.ConsumeIntegralInRange<uint64_t>(1, 130);
   p.cols = in.ConsumeIntegralInRange<uint64_t>(1, 130);
   // Up to 4096 values: partial and whole blocks and 64-row column groups, at a few thousand

@@ -212,7 +212,8 @@ class Gen {
         break;
       }
       case R::ListReq:
-        body = wire::CreateListReq(fbb, str(ns()), static_cast<uint32_t>(below(20)), chance(30))
+        body = wire::CreateListReq(fbb, str(ns()), static_cast<uint32_t>(below(20)), chance(30),
+                                   chance(30))
                    .Union();
         break;
       case R::ClientsReq:
@@ -283,8 +284,62 @@ class Gen {
       case R::OpenChannelReq:
         body = wire::CreateOpenChannelReq(fbb).Union();
         break;
+      case R::ResolveReq:
+        body = wire::CreateResolveReq(fbb, str(ns())).Union();
+        break;
+      case R::MapIndexReq:
+        body = wire::CreateMapIndexReq(fbb, static_cast<uint32_t>(chance(90) ? below(3) : next()))
+                   .Union();
+        break;
+      case R::PinReq: {
+        auto n = str(ns());
+        auto k = key_vec();
+        body = wire::CreatePinReq(fbb, n, k, chance(50) ? 0 : below(5000),
+                                  static_cast<uint8_t>(chance(80) ? 1 : below(3)),
+                                  static_cast<int32_t>(chance(80) ? -1 : below(3)))
+                   .Union();
+        break;
+      }
+      case R::UnpinReq: {
+        auto n = str(ns());
+        auto k = key_vec();
+        body = wire::CreateUnpinReq(fbb, n, k).Union();
+        break;
+      }
+      case R::PutBatchReq: {
+        auto n = str(ns());
+        std::vector<flatbuffers::Offset<wire::PutItem>> items(chance(3) ? below(300) : below(5));
+        for (auto& item : items) {
+          auto l = present() ? layout(fbb) : 0;
+          auto k = key();
+          wire::PutItemBuilder b(fbb);
+          if (present()) b.add_key(&k);
+          if (l.o) b.add_layout(l);
+          item = b.Finish();
+        }
+        auto v = present() ? fbb.CreateVector(items) : 0;
+        body = wire::CreatePutBatchReq(
+                   fbb, n, v,
+                   static_cast<int32_t>(chance(70) ? -1 : static_cast<int64_t>(below(4)) - 2),
+                   static_cast<uint8_t>(chance(70) ? 0 : below(3)))
+                   .Union();
+        break;
+      }
+      case R::SealBatchReq: {
+        std::vector<uint64_t> ids(chance(3) ? below(500) : below(5));
+        for (auto& x : ids) x = id();
+        body = wire::CreateSealBatchReq(fbb, present() ? fbb.CreateVector(ids) : 0).Union();
+        break;
+      }
     }
-    return body_of(fbb, wire::CreateRequestMsg(fbb, msg_id, type, body));
+    // Now and then releases carried on the request, and a one-way request (no reply).
+    flatbuffers::Offset<flatbuffers::Vector<uint64_t>> releases;
+    if (chance(10)) {
+      std::vector<uint64_t> ids(below(5));
+      for (auto& x : ids) x = id();
+      releases = fbb.CreateVector(ids);
+    }
+    return body_of(fbb, wire::CreateRequestMsg(fbb, msg_id, type, body, releases, chance(5)));
   }
 
   // A request of a random type; now and then a type with no body, or one the schema lacks.

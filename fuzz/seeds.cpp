@@ -127,10 +127,57 @@ void session_seeds() {
     c.add(R::GetReq, wire::CreateGetReq(c.fbb, c.fbb.CreateString("ns"), c.keys({1, 2, 3})));
     std::vector<uint64_t> leases = {3, 4};  // put and lease ids share one counter per session
     c.add(R::ReleaseReq, wire::CreateReleaseReq(c.fbb, c.fbb.CreateVector(leases)));
+    {  // releases carried on a lookup, then a one-way release (no reply)
+      std::vector<uint64_t> carried = {1, 2};
+      auto body = wire::CreateLookupReq(c.fbb, c.fbb.CreateString("ns"), c.keys({1}));
+      auto msg = wire::CreateRequestMsg(c.fbb, ++c.id, R::LookupReq, body.Union(),
+                                        c.fbb.CreateVector(carried));
+      c.raw(fuzz::frame_of(fuzz::body_of(c.fbb, msg)));
+      c.fbb.Clear();
+      std::vector<uint64_t> posted = {5};
+      auto rel = wire::CreateReleaseReq(c.fbb, c.fbb.CreateVector(posted));
+      auto one = wire::CreateRequestMsg(c.fbb, ++c.id, R::ReleaseReq, rel.Union(), 0, true);
+      c.raw(fuzz::frame_of(fuzz::body_of(c.fbb, one)));
+      c.fbb.Clear();
+    }
     c.add(R::MapArenaReq, wire::CreateMapArenaReq(c.fbb, 0));
     c.add(R::RemoveReq, wire::CreateRemoveReq(c.fbb, c.fbb.CreateString("ns"), c.keys({2})));
     c.add(R::LookupReq, wire::CreateLookupReq(c.fbb, c.fbb.CreateString("ns"), c.keys({1, 2})));
     write("session", "conv-put-get", c.stream.data(), c.stream.size());
+  }
+  {  // batched puts: host staging (a cached key, two new), a seal batch with an unknown id, a
+     // device put without a GPU tier, a get
+    Conversation c;
+    c.put("ns", 1, 64, 1);
+    std::vector<flatbuffers::Offset<wire::PutItem>> items;
+    for (uint64_t key : {1, 2, 3}) {
+      wire::Key128 k(key, 0);
+      items.push_back(wire::CreatePutItem(c.fbb, &k, c.layout(32, {"k", "v"}, 1)));
+    }
+    c.add(R::PutBatchReq, wire::CreatePutBatchReq(c.fbb, c.fbb.CreateString("ns"),
+                                                  c.fbb.CreateVector(items), -1, 0));
+    const std::vector<uint64_t> ids = {2, 3, 77};
+    c.add(R::SealBatchReq, wire::CreateSealBatchReq(c.fbb, c.fbb.CreateVector(ids)));
+    std::vector<flatbuffers::Offset<wire::PutItem>> dev;
+    wire::Key128 k4(4, 0);
+    dev.push_back(wire::CreatePutItem(c.fbb, &k4, c.layout(16, {"k"}, 1)));
+    c.add(R::PutBatchReq,
+          wire::CreatePutBatchReq(c.fbb, c.fbb.CreateString("ns"), c.fbb.CreateVector(dev), 0, 1));
+    c.add(R::GetReq, wire::CreateGetReq(c.fbb, c.fbb.CreateString("ns"), c.keys({1, 2, 3})));
+    write("session", "conv-put-batch", c.stream.data(), c.stream.size());
+  }
+  {  // pins: pin (with a TTL, twice: a refresh), a missing key, the GPU tier, ls, unpin, remove
+    Conversation c;
+    c.put("ns", 1, 64, 1);
+    c.put("ns", 2, 64, 2);
+    c.add(R::PinReq, wire::CreatePinReq(c.fbb, c.fbb.CreateString("ns"), c.keys({1}), 0));
+    c.add(R::PinReq, wire::CreatePinReq(c.fbb, c.fbb.CreateString("ns"), c.keys({1, 2}), 50));
+    c.add(R::PinReq, wire::CreatePinReq(c.fbb, c.fbb.CreateString("ns"), c.keys({1, 3}), 0));
+    c.add(R::PinReq, wire::CreatePinReq(c.fbb, c.fbb.CreateString("ns"), c.keys({2}), 0, 0, -1));
+    c.add(R::ListReq, wire::CreateListReq(c.fbb, c.fbb.CreateString("ns"), 0, false, true));
+    c.add(R::UnpinReq, wire::CreateUnpinReq(c.fbb, c.fbb.CreateString("ns"), c.keys({1, 3})));
+    c.add(R::RemoveReq, wire::CreateRemoveReq(c.fbb, c.fbb.CreateString("ns"), c.keys({2})));
+    write("session", "conv-pins", c.stream.data(), c.stream.size());
   }
   {  // the other namespace rules: raw fp16, double quant, persist (no disk: fails), another domain
     Conversation c;
@@ -221,6 +268,8 @@ void session_seeds() {
     c.add(R::CompactReq, wire::CreateCompactReq(c.fbb));
     c.add(R::VerifyReq, wire::CreateVerifyReq(c.fbb));
     c.add(R::OpenChannelReq, wire::CreateOpenChannelReq(c.fbb));
+    c.add(R::ResolveReq, wire::CreateResolveReq(c.fbb, c.fbb.CreateString("fuzz/ns")));
+    c.add(R::MapIndexReq, wire::CreateMapIndexReq(c.fbb, 0));
     write("session", "conv-admin", c.stream.data(), c.stream.size());
   }
   {  // bad frames: a response kind, a doorbell with a body, a length past the limit

@@ -87,7 +87,7 @@ Status encode_impl(const Impl& impl, const Params& p, std::span<const std::byte>
   auto* codes = reinterpret_cast<uint8_t*>(out + h.codes_offset);
   if (!p.double_quant && impl.absmax_quantize != nullptr) {
     // Every byte before the codes is written: header last, scales, then the zero padding.
-    std::memset(out, 0, kHeaderSize);
+    std::memset(out, 0, header_size(p.version));
     std::unique_ptr<float[]> absmax(new float[h.num_blocks]);
     if (!impl.absmax_quantize(s, src.data(), absmax.get(), codes)) {
       return error(Errc::kInvalidArgument, "nf4: input contains NaN or Inf");
@@ -106,7 +106,11 @@ Status encode_impl(const Impl& impl, const Params& p, std::span<const std::byte>
   for (float& a : scales) {
     if (a < KVTIER_NF4_MIN_SCALE) a = 0.0f;  // stored as a zero block
   }
-  if (p.double_quant) {
+  if (p.double_quant && p.version != kVersion1) {
+    std::vector<float> group_max(h.num_groups);
+    double_quantize_log(scales, group_max, reinterpret_cast<uint8_t*>(out + h.q8_offset));
+    std::memcpy(out + h.scales_offset, group_max.data(), group_max.size() * 4);
+  } else if (p.double_quant) {
     std::vector<float> steps(h.num_groups);
     auto* q8 = reinterpret_cast<int8_t*>(out + h.q8_offset);
     if (!double_quantize(scales, &h.dq_offset, steps, {q8, h.num_blocks})) {
@@ -152,8 +156,11 @@ Status validate(const Params& p) {
   }
   if (p.rows == 0 || p.cols == 0) return error(Errc::kInvalidArgument, "nf4: empty tensor");
   if (p.rows > kMaxElements / p.cols) return error(Errc::kInvalidArgument, "nf4: too large");
-  if (p.keep_outlier_channels && !(p.outlier_ratio > 0.0f && std::isfinite(p.outlier_ratio))) {
-    return error(Errc::kInvalidArgument, "nf4: outlier_ratio must be positive and finite");
+  if (p.version != kVersion1 && p.version != kVersion) {
+    return error(Errc::kInvalidArgument, "nf4: unknown format version");
+  }
+  if (p.keep_outlier_channels && !(p.outlier_ratio >= 0.0f && std::isfinite(p.outlier_ratio))) {
+    return error(Errc::kInvalidArgument, "nf4: outlier_ratio must be finite and not negative");
   }
   return Status::ok();
 }
@@ -170,9 +177,12 @@ Header plan(const Params& p, uint32_t num_outliers) {
                      ? (n + kBlockSize - 1) / kBlockSize
                      : (p.rows + kBlockSize - 1) / kBlockSize * p.cols;
   h.num_groups = p.double_quant ? (h.num_blocks + kDqGroupSize - 1) / kDqGroupSize : 0;
-  h.scales_offset = kHeaderSize;
+  h.scales_offset = header_size(p.version);
   h.q8_offset = h.scales_offset + 4 * (p.double_quant ? h.num_groups : h.num_blocks);
-  uint64_t q8_end = h.q8_offset + (p.double_quant ? h.num_blocks : 0);
+  const uint64_t q8_bytes = !p.double_quant          ? 0
+                            : p.version == kVersion1 ? h.num_blocks
+                                                     : (7 * h.num_blocks + 7) / 8;
+  uint64_t q8_end = h.q8_offset + q8_bytes;
   h.codes_offset = (q8_end + 15) & ~uint64_t{15};
   h.total_size = h.codes_offset + (n + 1) / 2;
   if (p.keep_outlier_channels) {
@@ -195,48 +205,82 @@ Shape shape_of(const Params& p) {
 }
 
 void write_header(const Header& h, std::byte* dst) {
-  std::memset(dst, 0, kHeaderSize);
+  const Params& p = h.params;
+  const uint8_t flags =
+      (p.double_quant ? kFlagDoubleQuant : 0) | (p.keep_outlier_channels ? kFlagOutliers : 0);
+  std::memset(dst, 0, header_size(p.version));
   put<uint32_t>(dst, 0, kMagic);
-  put<uint16_t>(dst, 4, kVersion);
-  put<uint16_t>(dst, 6, kHeaderSize);
-  put<uint8_t>(dst, 8, static_cast<uint8_t>(h.params.dtype));
-  put<uint8_t>(dst, 9, static_cast<uint8_t>(h.params.layout));
-  put<uint8_t>(dst, 10,
-               (h.params.double_quant ? kFlagDoubleQuant : 0) |
-                   (h.params.keep_outlier_channels ? kFlagOutliers : 0));
+  put<uint16_t>(dst, 4, p.version);
+  if (p.version != kVersion1) {
+    put<uint8_t>(dst, 6, static_cast<uint8_t>(p.dtype));
+    put<uint8_t>(dst, 7, static_cast<uint8_t>(p.layout));
+    put<uint8_t>(dst, 8, flags);
+    put<uint32_t>(dst, 12, h.num_outliers);
+    put<uint64_t>(dst, 16, p.rows);
+    put<uint64_t>(dst, 24, p.cols);
+    return;
+  }
+  put<uint16_t>(dst, 6, kHeaderSizeV1);
+  put<uint8_t>(dst, 8, static_cast<uint8_t>(p.dtype));
+  put<uint8_t>(dst, 9, static_cast<uint8_t>(p.layout));
+  put<uint8_t>(dst, 10, flags);
   put<uint8_t>(dst, 11, kBlockSize);
-  put<uint16_t>(dst, 12, h.params.double_quant ? kDqGroupSize : 0);
-  put<uint64_t>(dst, 16, h.params.rows);
-  put<uint64_t>(dst, 24, h.params.cols);
+  put<uint16_t>(dst, 12, p.double_quant ? kDqGroupSize : 0);
+  put<uint64_t>(dst, 16, p.rows);
+  put<uint64_t>(dst, 24, p.cols);
   put<uint64_t>(dst, 32, h.num_blocks);
   put<float>(dst, 40, h.dq_offset);
   put<uint32_t>(dst, 44, h.num_outliers);
   put<uint64_t>(dst, 48, h.total_size);
 }
 
-Result<Header> parse_header(std::span<const std::byte> encoded) {
-  auto corrupt = [](const char* what) {
-    return error(Errc::kCorrupt, std::string("nf4: ") + what);
-  };
-  if (encoded.size() < kHeaderSize) return corrupt("shorter than the header");
-  const std::byte* b = encoded.data();
-  if (get<uint32_t>(b, 0) != kMagic) return corrupt("bad magic");
-  if (get<uint16_t>(b, 4) != kVersion) {
-    return corrupt(("unsupported version " + std::to_string(get<uint16_t>(b, 4))).c_str());
-  }
-  if (get<uint16_t>(b, 6) != kHeaderSize || get<uint8_t>(b, 11) != kBlockSize) {
+namespace {
+
+Status corrupt(const std::string& what) {
+  return error(Errc::kCorrupt, "nf4: " + what);
+}
+
+// The v1 fields beyond dtype, layout, flags, rows and cols; kCorrupt when they disagree.
+Status check_v1_fields(const std::byte* b, const Header& h) {
+  const Params& p = h.params;
+  if (get<uint16_t>(b, 6) != kHeaderSizeV1 || get<uint8_t>(b, 11) != kBlockSize) {
     return corrupt("bad header or block size");
   }
-  uint8_t flags = get<uint8_t>(b, 10);
+  if (get<uint16_t>(b, 14) != 0 || get<uint64_t>(b, 56) != 0) {
+    return corrupt("reserved bytes not zero");
+  }
+  if (get<uint16_t>(b, 12) != (p.double_quant ? kDqGroupSize : 0)) return corrupt("bad group size");
+  if (get<uint64_t>(b, 32) != h.num_blocks) return corrupt("block count does not match shape");
+  if (get<uint64_t>(b, 48) != h.total_size) return corrupt("size does not match shape");
+  if (!std::isfinite(h.dq_offset) || (!p.double_quant && h.dq_offset != 0.0f)) {
+    return corrupt("bad double-quant offset");
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<Header> parse_header(std::span<const std::byte> encoded) {
+  if (encoded.size() < 8) return corrupt("shorter than the header");
+  const std::byte* b = encoded.data();
+  if (get<uint32_t>(b, 0) != kMagic) return corrupt("bad magic");
+  const auto version = get<uint16_t>(b, 4);
+  if (version != kVersion1 && version != kVersion) {
+    return corrupt("unsupported version " + std::to_string(version));
+  }
+  const bool v1 = version == kVersion1;
+  if (encoded.size() < header_size(version)) return corrupt("shorter than the header");
+  const uint8_t flags = get<uint8_t>(b, v1 ? 10 : 8);
   if ((flags & ~(kFlagDoubleQuant | kFlagOutliers)) != 0) return corrupt("unknown flags");
-  const uint32_t num_outliers = get<uint32_t>(b, 44);
-  if (get<uint16_t>(b, 14) != 0 || get<uint64_t>(b, 56) != 0 ||
-      ((flags & kFlagOutliers) == 0 && num_outliers != 0)) {
+  const uint32_t num_outliers = get<uint32_t>(b, v1 ? 44 : 12);
+  if ((flags & kFlagOutliers) == 0 && num_outliers != 0) return corrupt("reserved bytes not zero");
+  if (!v1 && (get<uint8_t>(b, 9) != 0 || get<uint16_t>(b, 10) != 0)) {
     return corrupt("reserved bytes not zero");
   }
   Params p;
-  p.dtype = static_cast<DType>(get<uint8_t>(b, 8));
-  p.layout = static_cast<Nf4Layout>(get<uint8_t>(b, 9));
+  p.version = version;
+  p.dtype = static_cast<DType>(get<uint8_t>(b, v1 ? 8 : 6));
+  p.layout = static_cast<Nf4Layout>(get<uint8_t>(b, v1 ? 9 : 7));
   p.double_quant = (flags & kFlagDoubleQuant) != 0;
   p.keep_outlier_channels = (flags & kFlagOutliers) != 0;
   p.rows = get<uint64_t>(b, 16);
@@ -244,16 +288,27 @@ Result<Header> parse_header(std::span<const std::byte> encoded) {
   if (!validate(p)) return corrupt("bad dtype, layout or shape");
   if (num_outliers > max_outliers(p)) return corrupt("too many outlier channels");
   Header h = plan(p, num_outliers);
-  h.dq_offset = get<float>(b, 40);
-  if (get<uint16_t>(b, 12) != (p.double_quant ? kDqGroupSize : 0)) return corrupt("bad group size");
-  if (get<uint64_t>(b, 32) != h.num_blocks) return corrupt("block count does not match shape");
-  if (get<uint64_t>(b, 48) != h.total_size) return corrupt("size does not match shape");
-  if (encoded.size() < h.total_size) return corrupt("truncated");
-  if (!std::isfinite(h.dq_offset) || (!p.double_quant && h.dq_offset != 0.0f)) {
-    return corrupt("bad double-quant offset");
+  if (v1) {
+    h.dq_offset = get<float>(b, 40);
+    if (Status st = check_v1_fields(b, h); !st) return st;
   }
+  if (encoded.size() < h.total_size) return corrupt("truncated");
   if (Status st = check_outlier_cols(h, encoded); !st) return st;
   return h;
+}
+
+void double_quantize_log(std::span<float> absmax, std::span<float> group_max, uint8_t* q7) {
+  for (size_t g = 0; g < group_max.size(); ++g) {
+    const size_t begin = g * kDqGroupSize, end = std::min(absmax.size(), begin + kDqGroupSize);
+    float m = 0;
+    for (size_t i = begin; i < end; ++i) m = std::max(m, absmax[i]);
+    group_max[g] = m;
+    for (size_t i = begin; i < end; ++i) {
+      const uint32_t q = dev::dq7_code(absmax[i], m);
+      dev::put_q7(q7, i, q);
+      absmax[i] = dev::dq7_scale(q, m);
+    }
+  }
 }
 
 bool double_quantize(std::span<float> absmax, float* offset, std::span<float> steps,
@@ -292,6 +347,17 @@ Result<std::vector<float>> read_scales(const Header& h, std::span<const std::byt
     std::memcpy(scales.data(), b + h.scales_offset, h.num_blocks * 4);
     for (float a : scales) {
       if (bad(a)) return error(Errc::kCorrupt, "nf4: negative or non-finite absmax");
+    }
+    return scales;
+  }
+  if (h.params.version != kVersion1) {
+    const auto* q7 = reinterpret_cast<const uint8_t*>(b + h.q8_offset);
+    for (uint64_t g = 0; g < h.num_groups; ++g) {
+      const float m = get<float>(b, h.scales_offset + 4 * g);
+      if (bad(m)) return error(Errc::kCorrupt, "nf4: negative or non-finite group maximum");
+      const uint64_t end = std::min<uint64_t>(h.num_blocks, (g + 1) * kDqGroupSize);
+      for (uint64_t i = g * kDqGroupSize; i < end; ++i)
+        scales[i] = dev::dq7_scale(dev::get_q7(q7, i), m);
     }
     return scales;
   }

@@ -207,7 +207,8 @@ KVTIER_AVX2 void quantize_rows(const Shape& s, const void* src, const float* sca
     float inv = dev::inverse_scale(scales[full]);
     for (uint64_t k = full * 64; k < s.n; k += 2) {
       uint32_t hi = dev::encode_value(dev::load_elem(src, k, T), inv);
-      uint32_t lo = k + 1 < s.n ? dev::encode_value(dev::load_elem(src, k + 1, T), inv) : 0;
+      uint32_t lo =
+          k + 1 < s.n ? dev::encode_value(dev::load_elem(src, k + 1, T), inv) : KVTIER_NF4_PAD_CODE;
       codes[k / 2] = static_cast<uint8_t>(hi << 4 | lo);
     }
   }

@@ -22,7 +22,8 @@ inline void quantize_tail(const void* src, uint64_t k, uint64_t n, uint8_t type,
                           uint8_t* codes) {
   for (; k < n; k += 2) {
     uint32_t hi = dev::encode_value(dev::load_elem(src, k, type), inv);
-    uint32_t lo = k + 1 < n ? dev::encode_value(dev::load_elem(src, k + 1, type), inv) : 0;
+    uint32_t lo =
+        k + 1 < n ? dev::encode_value(dev::load_elem(src, k + 1, type), inv) : KVTIER_NF4_PAD_CODE;
     codes[k / 2] = static_cast<uint8_t>(hi << 4 | lo);
   }
 }

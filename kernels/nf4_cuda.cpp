@@ -56,7 +56,7 @@ Status quantize(const Params& p, const void* src, void* dst, void* stream) {
     return error(Errc::kInvalidArgument, "nf4 cuda: misaligned src or dst");
   }
   Header h = plan(p);
-  std::byte header[kHeaderSize];
+  std::byte header[kMaxHeaderSize];
   write_header(h, header);
   dev::CodecArgs a = codec_args(h, static_cast<uint8_t>(p.dtype));
   a.src = src;

@@ -16,6 +16,7 @@ KVTIER_KERNEL(absmax_kernel, absmax_thread)
 KVTIER_KERNEL(dq_sum_kernel, dq_sum_thread)
 KVTIER_KERNEL(dq_offset_kernel, dq_offset_thread)
 KVTIER_KERNEL(dq_quant_kernel, dq_quant_thread)
+KVTIER_KERNEL(dq7_kernel, dq7_thread)
 KVTIER_KERNEL(codes_kernel, codes_thread)
 KVTIER_KERNEL(decode_kernel, decode_thread)
 
@@ -64,10 +65,15 @@ LaunchResult encode(dev::CodecArgs a, const void* header, void* stream) {
       st.run(cudaStreamSynchronize(s), "cudaStreamSynchronize");
   if (st.ok() && bad != 0) st.r.bad_input = true;
   if (st.ok() && !st.r.bad_input) {
-    // Header first: the offset kernel writes its dq_offset field.
-    st.run(cudaMemcpyAsync(a.encoded, header, 64, cudaMemcpyDefault, s), "cudaMemcpyAsync") &&
-        st.run(cudaMemsetAsync(a.encoded + 64, 0, a.codes_offset - 64, s), "cudaMemsetAsync");
-    if (a.double_quant) {
+    // Header first: v1's offset kernel writes its dq_offset field.  The zeroed sections
+    // before the codes take v2's 7-bit codes (ORed in) and the padding.
+    st.run(cudaMemcpyAsync(a.encoded, header, a.header_size, cudaMemcpyDefault, s),
+           "cudaMemcpyAsync") &&
+        st.run(cudaMemsetAsync(a.encoded + a.header_size, 0, a.codes_offset - a.header_size, s),
+               "cudaMemsetAsync");
+    if (a.log_dq) {
+      st.run(launch(dq7_kernel, a.num_groups, a, s), "dq7 kernel");
+    } else if (a.double_quant) {
       st.run(launch(dq_sum_kernel, a.num_groups, a, s), "dq sum kernel") &&
           st.run(launch(dq_offset_kernel, 1, a, s), "dq offset kernel") &&
           st.run(launch(dq_quant_kernel, a.num_groups, a, s), "dq quant kernel");
@@ -77,12 +83,13 @@ LaunchResult encode(dev::CodecArgs a, const void* header, void* stream) {
              "cudaMemcpyAsync");
     }
     st.run(launch(codes_kernel, (a.n + 1) / 2, a, s), "codes kernel");
-    if (a.double_quant && st.ok()) {  // a read-back scale overflowed (fp32 near FLT_MAX)
+    if (a.double_quant && !a.log_dq &&
+        st.ok()) {  // a read-back scale overflowed (fp32 near FLT_MAX)
       st.run(cudaMemcpyAsync(&bad, a.bad_input, 4, cudaMemcpyDefault, s), "cudaMemcpyAsync") &&
           st.run(cudaStreamSynchronize(s), "cudaStreamSynchronize");
       if (st.ok() && bad != 0) {
         st.r.bad_input = true;
-        st.run(cudaMemsetAsync(a.encoded, 0, 64, s), "cudaMemsetAsync");  // not an encoding
+        st.run(cudaMemsetAsync(a.encoded, 0, a.header_size, s), "cudaMemsetAsync");  // not valid
       }
     }
   }

@@ -16,9 +16,11 @@ inline dev::CodecArgs codec_args(const Header& h, uint8_t type) {
   a.scales_offset = h.scales_offset;
   a.q8_offset = h.q8_offset;
   a.codes_offset = h.codes_offset;
+  a.header_size = header_size(h.params.version);
   a.type = type;
   a.column_blocks = h.params.layout == Nf4Layout::kColumnBlocks;
   a.double_quant = h.params.double_quant;
+  a.log_dq = h.params.double_quant && h.params.version != kVersion1;
   return a;
 }
 

@@ -20,9 +20,11 @@ struct CodecArgs {
   uint64_t n = 0, cols = 0;
   uint64_t num_blocks = 0, num_groups = 0;
   uint64_t scales_offset = 0, q8_offset = 0, codes_offset = 0;
-  uint8_t type = 0;  // ElemType of src (encode) or dst (decode)
+  uint64_t header_size = 0;  // bytes before scales_offset
+  uint8_t type = 0;          // ElemType of src (encode) or dst (decode)
   bool column_blocks = false;
   bool double_quant = false;
+  bool log_dq = false;  // format v2: double quant as 7-bit log-domain codes (dq7_thread)
   // Encode scratch (device memory): absmax/scales, per-group sums, offset, bad-input flag.
   float* scales = nullptr;
   double* group_sums = nullptr;
@@ -115,23 +117,46 @@ KVTIER_HD void dq_quant_thread(const CodecArgs& a, uint32_t block, uint32_t dim,
   }
 }
 
-// One thread per code byte (elements 2j and 2j+1); an odd count's last low nibble is 0.
+// Double quant, format v2: one thread per group stores the group's maximum and its blocks'
+// 7-bit codes (the group's 224 code bytes are its own: 256 * 7 bits), and replaces the absmax
+// values with the read-back scales.  The code bytes must be zeroed first.
+KVTIER_HD void dq7_thread(const CodecArgs& a, uint32_t block, uint32_t dim, uint32_t thread) {
+  uint64_t g = thread_index(block, dim, thread);
+  if (g >= a.num_groups) return;
+  uint64_t end = (g + 1) * 256u < a.num_blocks ? (g + 1) * 256u : a.num_blocks;
+  float m = 0;
+  for (uint64_t i = g * 256u; i < end; ++i) m = a.scales[i] > m ? a.scales[i] : m;
+  store_raw<float>(a.encoded + a.scales_offset, g, m);
+  for (uint64_t i = g * 256u; i < end; ++i) {
+    uint32_t q = dq7_code(a.scales[i], m);
+    put_q7(a.encoded + a.q8_offset, i, q);
+    a.scales[i] = dq7_scale(q, m);
+  }
+}
+
+// One thread per code byte (elements 2j and 2j+1); an odd count's last low nibble is the
+// padding code 7 (bitsandbytes quantizes its zero padding).
 KVTIER_HD void codes_thread(const CodecArgs& a, uint32_t block, uint32_t dim, uint32_t thread) {
   uint64_t j = thread_index(block, dim, thread);
   uint64_t k = 2 * j;
   if (k >= a.n) return;
   float inv0 = inverse_scale(a.scales[scale_index(k, a.cols, a.column_blocks)]);
-  uint32_t byte = encode_value(load_elem(a.src, k, a.type), inv0) << 4;
+  uint32_t lo = KVTIER_NF4_PAD_CODE;
   if (k + 1 < a.n) {
     float inv1 = inverse_scale(a.scales[scale_index(k + 1, a.cols, a.column_blocks)]);
-    byte |= encode_value(load_elem(a.src, k + 1, a.type), inv1);
+    lo = encode_value(load_elem(a.src, k + 1, a.type), inv1);
   }
+  uint32_t byte = encode_value(load_elem(a.src, k, a.type), inv0) << 4 | lo;
   a.encoded[a.codes_offset + j] = static_cast<uint8_t>(byte);
 }
 
 // The scale of scale block b as the decoder sees it.
 KVTIER_HD float stored_scale(const CodecArgs& a, uint64_t b) {
   if (!a.double_quant) return load_raw<float>(a.encoded + a.scales_offset, b);
+  if (a.log_dq) {
+    float m = load_raw<float>(a.encoded + a.scales_offset, b / 256u);
+    return dq7_scale(get_q7(a.encoded + a.q8_offset, b), m);
+  }
   float step = load_raw<float>(a.encoded + a.scales_offset, b / 256u);
   float off = load_raw<float>(a.encoded + 40, 0);
   return dq_scale(load_raw<int8_t>(a.encoded + a.q8_offset, b), step, off);

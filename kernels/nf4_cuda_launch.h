@@ -12,7 +12,7 @@ struct LaunchResult {
   bool bad_input = false;  // NaN/Inf input, or too large for double quantization
 };
 
-// Runs the encode pipeline on `stream`.  header points to the 64 host bytes to place at
+// Runs the encode pipeline on `stream`.  header points to the args.header_size host bytes at
 // args.encoded (dq_offset is filled in on the device).  Synchronises once, after the absmax
 // pass, to report bad input before anything is written to args.encoded.
 LaunchResult encode(dev::CodecArgs args, const void* header, void* stream);

@@ -8,6 +8,7 @@
 // Implementations must agree byte for byte; kernels/tests check that they do.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -32,7 +33,9 @@ Shape shape_of(const Params& p);
 // plan() for exactly num_outliers outlier channels (0 unless p.keep_outlier_channels).
 Header plan(const Params& p, uint32_t num_outliers);
 inline uint32_t max_outliers(const Params& p) {
-  return p.keep_outlier_channels ? static_cast<uint32_t>(p.cols / 16) : 0;
+  if (!p.keep_outlier_channels) return 0;
+  const auto cap = static_cast<uint32_t>(std::min<uint64_t>(p.cols / 16, UINT32_MAX));
+  return p.max_outlier_channels > 0 ? std::min(cap, p.max_outlier_channels) : cap;
 }
 
 // Encoding with p.keep_outlier_channels (nf4_outliers.cpp): picks the channels, runs `inner`
@@ -48,10 +51,16 @@ Status check_outlier_cols(const Header& h, std::span<const std::byte> encoded);
 Status restore_outliers(const Header& h, std::span<const std::byte> encoded, DType out_dtype,
                         std::span<std::byte> dst);
 
-// Serialises h (64 bytes, little-endian) into dst; parse_header() reads it back.
+// Serialises h (header_size(h.params.version) bytes, little-endian) into dst; parse_header()
+// reads it back.
 void write_header(const Header& h, std::byte* dst);
 
-// Double quantization of absmax (in place: on return absmax holds the read-back scales).
+// Format v2 double quantization of absmax (in place: on return absmax holds the read-back
+// scales).  group_max gets num_groups fp32; q7 (ceil(7 * num_blocks / 8) bytes, zeroed by the
+// caller) the packed 7-bit codes.  Read-back scales never exceed their group's maximum.
+void double_quantize_log(std::span<float> absmax, std::span<float> group_max, uint8_t* q7);
+
+// Format v1 double quantization of absmax (in place: on return absmax holds the read-back scales).
 // steps gets num_groups fp32, q8 num_blocks int8.  Returns false if a read-back scale
 // is not finite (fp32 inputs near FLT_MAX).
 bool double_quantize(std::span<float> absmax, float* offset, std::span<float> steps,

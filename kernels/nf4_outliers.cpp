@@ -86,8 +86,8 @@ Status encode_outliers(const Params& p, std::span<const std::byte> src, std::spa
                   src.data() + (r * cols + chosen[j]) * esize, esize);
     }
   }
-  // The inner encoder wrote the header of `base`; this one (and its dq_offset) replaces it.
-  std::memcpy(&h.dq_offset, out + 40, 4);
+  // The inner encoder wrote the header of `base`; this one (and v1's dq_offset) replaces it.
+  if (p.version == kVersion1) std::memcpy(&h.dq_offset, out + 40, 4);
   write_header(h, out);
   return Status::ok();
 }

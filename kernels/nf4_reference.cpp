@@ -86,7 +86,31 @@ Status encode(const Params& p, std::span<const std::byte> src, std::span<std::by
   }
 
   std::byte* out = dst.data();
-  if (p.double_quant) {
+  if (p.double_quant && p.version != kVersion1) {
+    // v2: per group its maximum M (stored) and per block the log-domain code nearest to a:
+    // the number of thresholds M * 2^(-(j + 1/2) / 16), j < 126, above a (127 when a is 0).
+    constexpr float kThreshold[126] = KVTIER_NF4_DQ_LOG_THRESHOLDS;
+    constexpr float kScale[127] = KVTIER_NF4_DQ_LOG_SCALES;
+    auto* q7 = reinterpret_cast<uint8_t*>(out + h.q8_offset);
+    for (uint64_t g = 0; g < h.num_groups; ++g) {
+      uint64_t begin = g * kDqGroupSize, end = std::min(h.num_blocks, begin + kDqGroupSize);
+      float m = 0;
+      for (uint64_t i = begin; i < end; ++i) m = std::max(m, absmax[i]);
+      std::memcpy(out + h.scales_offset + 4 * g, &m, 4);
+      for (uint64_t i = begin; i < end; ++i) {
+        uint32_t q = 127;
+        if (absmax[i] > 0.0f) {
+          q = 0;
+          for (float t : kThreshold) q += absmax[i] < m * t ? 1 : 0;
+        }
+        for (uint32_t bit = 0; bit < 7; ++bit) {  // bit 7i + bit of the section, LSB first
+          uint64_t at = 7 * i + bit;
+          q7[at / 8] |= static_cast<uint8_t>(((q >> bit) & 1) << (at % 8));
+        }
+        absmax[i] = q == 127 ? 0.0f : m * kScale[q];
+      }
+    }
+  } else if (p.double_quant) {
     double total = 0;  // group partial sums first, then their sum: the order is the spec
     for (uint64_t g = 0; g < h.num_groups; ++g) {
       double sum = 0;
@@ -133,6 +157,7 @@ Status encode(const Params& p, std::span<const std::byte> src, std::span<std::by
       codes[k / 2] |= static_cast<uint8_t>(k % 2 == 0 ? code << 4 : code);
     }
   }
+  if (n % 2 == 1) codes[n / 2] |= 7;  // padding: bitsandbytes quantizes 0.0, code 7
   write_header(h, out);
   return Status::ok();
 }

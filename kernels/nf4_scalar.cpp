@@ -31,10 +31,10 @@ void quantize(const Shape& s, const void* src, const float* scales, uint8_t* cod
     uint32_t lo = dev::encode_value(dev::load_elem(src, k + 1, s.type), inv1);
     codes[k / 2] = static_cast<uint8_t>(hi << 4 | lo);
   }
-  if (k < s.n) {  // odd count: the last byte's low nibble is padding, 0
+  if (k < s.n) {  // odd count: the last byte's low nibble is padding, code 7
     float inv = dev::inverse_scale(scales[dev::scale_index(k, s.cols, s.column_blocks)]);
-    codes[k / 2] =
-        static_cast<uint8_t>(dev::encode_value(dev::load_elem(src, k, s.type), inv) << 4);
+    codes[k / 2] = static_cast<uint8_t>(
+        dev::encode_value(dev::load_elem(src, k, s.type), inv) << 4 | KVTIER_NF4_PAD_CODE);
   }
 }
 

@@ -21,7 +21,8 @@ if [ ! -f "$dir/CMakeCache.txt" ] && command -v ninja >/dev/null; then gen=(-G N
 cmake -S . -B "$dir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Debug -DKVTIER_TSAN=ON -DKVTIER_CUDA=OFF \
   -DKVTIER_BENCH=OFF >/dev/null
 # tsan_integration_test brings kvtierd and libkvtier (cmake/tsan.cmake).
-cmake --build "$dir" -j"$jobs" --target tsan_integration_test disk_tier_test index_test engine_test
+cmake --build "$dir" -j"$jobs" --target tsan_integration_test disk_tier_test index_test engine_test \
+  lookup_index_test
 built=$SECONDS
 
 logs="$dir/tsan-logs"

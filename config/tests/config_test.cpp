@@ -79,6 +79,9 @@ io_threads = 8
 max_message_bytes = "512KiB"
 busy_poll_us = 50
 request_channel = false
+lookup_index = false
+lookup_index_slots = 1024
+lookup_index_max_slots = 8192
 max_connections = 17
 drain_timeout_ms = 250
 log_level = "debug"
@@ -112,7 +115,8 @@ prefix = "tenant-a/"
 allow_uids = [1001]
 allow_gids = [2000, 2001]
 codec = "nf4"
-nf4_double_quant = true
+nf4_double_quant = false
+nf4_outlier_channels = 4
 )";
 
 }  // namespace
@@ -150,6 +154,22 @@ TEST_CASE("defaults: built-in values, paths from the environment", "[config]") {
   if (default_host_fits()) CHECK_NOTHROW(c.validate());
 }
 
+TEST_CASE("NF4 options: defaults on an fp16 namespace are not errors", "[config]") {
+  const Config c = parse(
+      "[[namespace]]\ncodec = \"fp16\"\n[[namespace]]\nprefix = \"f/\"\n"
+      "codec = \"fp16\"\nfusion_codec = \"nf4\"\nnf4_outlier_channels = 2\n");
+  CHECK(c.namespaces[0].nf4_double_quant);           // default, applies to nothing stored NF4
+  CHECK(c.namespaces[1].nf4_outlier_channels == 2);  // its fusion tensors are NF4
+  // The rendering (kvtierctl config) parses back: no NF4 options on the fp16-only rule (fuzz
+  // finding 15, fuzz/crashes/config/fp16-namespace-renders-nf4-options).
+  const std::string text = c.to_toml();
+  INFO(text);
+  CHECK(parse(text).to_toml() == text);
+  CHECK_THAT(text, Contains("codec = \"fp16\"\nfusion_codec = \"fp16\"\ndisk"));
+  CHECK_THAT(text, Contains("fusion_codec = \"nf4\"\nnf4_double_quant = true\n"
+                            "nf4_outlier_channels = 2\n"));
+}
+
 TEST_CASE("parse: an empty document gives the defaults", "[config]") {
   if (!default_host_fits()) return;
   CHECK(parse("").to_toml() == defaults().to_toml());
@@ -165,6 +185,9 @@ TEST_CASE("parse: every key set, and to_toml() round trip", "[config]") {
   CHECK(c.daemon.max_message_bytes == 512 * 1024);
   CHECK(c.daemon.busy_poll_us == 50);
   CHECK_FALSE(c.daemon.request_channel);
+  CHECK_FALSE(c.daemon.lookup_index);
+  CHECK(c.daemon.lookup_index_slots == 1024);
+  CHECK(c.daemon.lookup_index_max_slots == 8192);
   CHECK(c.daemon.max_connections == 17);
   CHECK(c.daemon.drain_timeout_ms == 250);
   CHECK(c.daemon.log_level == "debug");
@@ -186,7 +209,10 @@ TEST_CASE("parse: every key set, and to_toml() round trip", "[config]") {
   CHECK(c.namespaces[1].allow_uids == std::vector<uid_t>{1001});
   CHECK(c.namespaces[1].allow_gids == std::vector<gid_t>{2000, 2001});
   CHECK(c.namespaces[1].codec == Codec::kNf4);
-  CHECK(c.namespaces[1].nf4_double_quant);
+  CHECK_FALSE(c.namespaces[1].nf4_double_quant);
+  CHECK(c.namespaces[1].nf4_outlier_channels == 4);
+  CHECK(c.namespaces[0].nf4_double_quant);  // the default
+  CHECK(c.namespaces[0].nf4_outlier_channels == 0);
 
   const std::string text = c.to_toml();
   INFO(text);
@@ -288,6 +314,11 @@ TEST_CASE("validate: range checks, with the line of the offending key", "[config
   REQUIRE_THROWS_WITH(parse("[daemon]\nio_threads = 65\n"), Contains("must be in 1..64, got 65"));
   REQUIRE_THROWS_WITH(parse("[daemon]\nbusy_poll_us = 100001\n"),
                       Contains("daemon.busy_poll_us: must be in 0..100000, got 100001"));
+  REQUIRE_THROWS_WITH(parse("[daemon]\nlookup_index_slots = 1000\n"),
+                      Contains("daemon.lookup_index_slots: must be a power of two in 64..2^30"));
+  REQUIRE_THROWS_WITH(
+      parse("[daemon]\nlookup_index_slots = 4096\nlookup_index_max_slots = 1024\n"),
+      Contains("daemon.lookup_index_max_slots: must be a power of two in lookup_index_slots"));
   REQUIRE_THROWS_WITH(parse("[daemon]\nmax_message_bytes = \"2KiB\"\n"),
                       Contains("daemon.max_message_bytes: must be in 4KiB..1GiB, got 2 KiB"));
   REQUIRE_THROWS_WITH(parse("[daemon]\nmax_message_bytes = \"2GiB\"\n"),
@@ -328,6 +359,15 @@ TEST_CASE("validate: range checks, with the line of the offending key", "[config
       Contains("namespace[2].prefix: duplicate prefix 'a/' (also namespace[0]) (set at line 6"));
   REQUIRE_THROWS_WITH(parse("[[namespace]]\ncodec = \"fp16\"\nnf4_double_quant = true\n"),
                       Contains("namespace[0].nf4_double_quant: needs codec = \"nf4\""));
+  REQUIRE_THROWS_WITH(parse("[[namespace]]\ncodec = \"fp16\"\nnf4_outlier_channels = 2\n"),
+                      Contains("namespace[0].nf4_outlier_channels: needs codec = \"nf4\" "
+                               "(prefix '' uses \"fp16\") at line 3"));
+  REQUIRE_THROWS_WITH(parse("[[namespace]]\nnf4_outlier_channels = 65\n"),
+                      Contains("namespace[0].nf4_outlier_channels: must be in 0..64, got 65"));
+  REQUIRE_THROWS_WITH(parse("[[namespace]]\nnf4_outlier_channels = -1\n"),
+                      Contains("nf4_outlier_channels: -1 is out of range"));
+  REQUIRE_THROWS_WITH(parse("[[namespace]]\nnf4_outlier_channels = \"4\"\n"),
+                      Contains("nf4_outlier_channels"));
 }
 
 TEST_CASE("[metrics]: off by default; listen and nf4_error_sample checked", "[config]") {
@@ -533,4 +573,40 @@ TEST_CASE("[gpu] keys: backend, devices, size, handle", "[config]") {
   REQUIRE_THROWS_WITH(parse("[gpu]\nsize = \"4KiB\"\n"), Contains("gpu.size: must be at least"));
   REQUIRE_THROWS_WITH(parse("[gpu]\ndevices = [1, 1]\n"), Contains("listed twice"));
   REQUIRE_THROWS_WITH(parse("[gpu]\ndevises = [1]\n"), Contains("unknown key 'gpu.devises'"));
+}
+
+TEST_CASE("namespace pin_bytes: auto, sizes, the arena's bound, round trip", "[config]") {
+  const std::string small = "[host]\nsize = \"64MiB\"\n[session]\nstaging_bytes = \"1MiB\"\n";
+  const Config def = parse(small);
+  CHECK(def.namespaces.at(0).pin_bytes == NamespaceRule::kPinBytesAuto);
+  CHECK(def.pin_quota(def.namespaces.at(0)) == 16 * kMiB);  // a quarter of host.size
+
+  const Config c = parse(small +
+                         "[[arena]]\nname = \"t\"\nsize = \"32MiB\"\n"
+                         "[[namespace]]\nprefix = \"\"\npin_bytes = \"8MiB\"\n"
+                         "[[namespace]]\nprefix = \"t/\"\narena = \"t\"\n"
+                         "[[namespace]]\nprefix = \"none/\"\npin_bytes = 0\n"
+                         "[[namespace]]\nprefix = \"auto/\"\npin_bytes = \"auto\"\n");
+  CHECK(c.pin_quota(c.namespaces.at(0)) == 8 * kMiB);
+  CHECK(c.pin_quota(c.namespaces.at(1)) == 8 * kMiB);  // a quarter of arena t
+  CHECK(c.pin_quota(c.namespaces.at(2)) == 0);
+  CHECK(c.namespaces.at(3).pin_bytes == NamespaceRule::kPinBytesAuto);
+  const std::string text = c.to_toml();
+  CHECK(text.find("pin_bytes = \"auto\"") != std::string::npos);
+  const Config back = parse(text);
+  CHECK(back.namespaces.at(0).pin_bytes == 8 * kMiB);
+  CHECK(back.namespaces.at(3).pin_bytes == NamespaceRule::kPinBytesAuto);
+  CHECK(back.to_toml() == text);
+
+  REQUIRE_THROWS_WITH(parse(small + "[[namespace]]\nprefix = \"\"\npin_bytes = \"128MiB\"\n"),
+                      Contains("namespace[0].pin_bytes: 128 MiB is larger than its arena") &&
+                          Contains("host.size"));
+  REQUIRE_THROWS_WITH(parse(small + "[[arena]]\nname = \"t\"\nsize = \"32MiB\"\n"
+                                    "[[namespace]]\nprefix = \"t/\"\narena = \"t\"\n"
+                                    "pin_bytes = \"48MiB\"\n"),
+                      Contains("namespace[0].pin_bytes") && Contains("arena 't'"));
+  REQUIRE_THROWS_WITH(parse(small + "[[namespace]]\nprefix = \"\"\npin_bytes = \"lots\"\n"),
+                      Contains("pin_bytes: bad size 'lots'"));
+  REQUIRE_THROWS_WITH(parse(small + "[[namespace]]\nprefix = \"\"\npin_bytes = -1\n"),
+                      Contains("pin_bytes"));
 }

@@ -60,10 +60,13 @@ TEST_CASE("encode_block counts tensors, bytes and failures per codec") {
   BlockLayout stored = plan_stored_layout(s.client, nf4_rule());
   std::vector<std::byte> dest(stored.total_bytes);
   CodecCounters counters;
-  REQUIRE(encode_block(s.client, s.bytes.data(), stored, dest.data(), false, &counters).is_ok());
+  REQUIRE(encode_block(s.client, s.bytes.data(), stored, dest.data(), nf4_options(nf4_rule()),
+                       &counters)
+              .is_ok());
   float nan = std::nanf("");
   std::memcpy(s.bytes.data() + 8, &nan, 4);
-  CHECK_FALSE(encode_block(s.client, s.bytes.data(), stored, dest.data(), false, &counters));
+  CHECK_FALSE(encode_block(s.client, s.bytes.data(), stored, dest.data(), nf4_options(nf4_rule()),
+                           &counters));
 
   nlohmann::json j;
   JsonCounterVisitor v(j);
@@ -82,7 +85,8 @@ TEST_CASE("measure_nf4_error: max and sum of |decoded - source| over the NF4 ten
   Staged s = staged(32, 2);
   BlockLayout stored = plan_stored_layout(s.client, nf4_rule());
   std::vector<std::byte> dest(stored.total_bytes);
-  REQUIRE(encode_block(s.client, s.bytes.data(), stored, dest.data(), false).is_ok());
+  REQUIRE(
+      encode_block(s.client, s.bytes.data(), stored, dest.data(), nf4_options(nf4_rule())).is_ok());
 
   const auto e = measure_nf4_error(s.client, s.bytes.data(), stored, dest.data());
   REQUIRE(e.is_ok());

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <thread>
 
 #include <boost/asio/co_spawn.hpp>
@@ -17,8 +18,12 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <random>
+#include <span>
 
 #include "engine/engine.h"
+#include "kernels/nf4.h"
+#include "kernels/nf4_device.h"
 #include "tests/testing/devices/fault_device.h"
 #include "tests/testing/devices/memory_device.h"
 
@@ -313,4 +318,122 @@ TEST_CASE("engine: admin eviction and remove go down the whole ladder by namespa
   auto all = r.engine->evict(std::nullopt, none, true, true, true, true);
   CHECK(all.disk + all.host.evicted > 0);
   for (int i = 1; i < 15; ++i) CHECK_FALSE(r.engine->is_cached(a, key(i)));
+}
+
+namespace {
+
+// fp16 [rows, 128]: N(0, 1), with channels 3, 40, 77 and 101 scaled 10, 14, 17 and 20x.
+std::vector<float> keys_with_outliers(uint64_t rows, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(rows * 128);
+  for (float& x : v) x = dist(rng);
+  const std::pair<int, float> outliers[] = {{3, 10.0f}, {40, 14.0f}, {77, 17.0f}, {101, 20.0f}};
+  for (uint64_t r = 0; r < rows; ++r) {
+    for (auto [c, s] : outliers) v[r * 128 + c] *= s;
+  }
+  return v;
+}
+
+// Puts "k" and "v" (both [256, 128] fp16, the same data) into `ns`, gets the block back and
+// returns the mean absolute error of each tensor decoded from the host tier, and k's header.
+struct RoundTrip {
+  double k_err = 0, v_err = 0;
+  nf4::Header k_header, v_header;
+};
+
+// Keys embed their namespace (chain hashes), so each namespace gets its own `id`.
+RoundTrip round_trip(Rig& r, uint32_t ns, uint64_t id, const std::vector<float>& values) {
+  const uint64_t rows = 256, n = rows * 128;
+  std::vector<std::byte> staged(2 * n * 2);
+  std::vector<std::byte> f16s(n * 2);
+  for (uint64_t i = 0; i < n; ++i) {
+    const uint16_t h = nf4::dev::f32_to_f16(values[i]);
+    std::memcpy(f16s.data() + 2 * i, &h, 2);
+  }
+  std::memcpy(staged.data(), f16s.data(), n * 2);
+  std::memcpy(staged.data() + n * 2, f16s.data(), n * 2);
+  Engine::PutRequest req;
+  req.ns = ns;
+  req.key = key(id);
+  for (int i = 0; i < 2; ++i) {
+    TensorLayout t;
+    t.name = i == 0 ? "k" : "v";
+    t.dtype = DType::kF16;
+    t.shape = {rows, 128};
+    t.nf4_layout = i == 0 ? Nf4Layout::kColumnBlocks : Nf4Layout::kRowBlocks;
+    t.offset = i * n * 2;
+    t.bytes = t.raw_bytes = n * 2;
+    req.client_layout.tensors.push_back(t);
+  }
+  req.client_layout.total_bytes = 2 * n * 2;
+  auto put = run(r.engine->begin_put(r.sid, std::move(req)));
+  REQUIRE(put.is_ok());
+  REQUIRE(run(r.engine->seal(r.sid, *put, staged)).is_ok());
+  auto g = run(r.engine->get(r.sid, ns, {key(id)}));
+  REQUIRE(g[0].code == Errc::kOk);
+  RoundTrip out;
+  for (size_t i = 0; i < 2; ++i) {
+    const TensorLayout& t = g[0].layout.tensors()[i];
+    REQUIRE(t.codec == Codec::kNf4);
+    std::span<const std::byte> enc(r.engine->host().data(g[0].extent) + t.offset, t.bytes);
+    auto h = nf4::parse_header(enc);
+    REQUIRE(h.is_ok());
+    (i == 0 ? out.k_header : out.v_header) = *h;
+    std::vector<float> back(n);
+    REQUIRE(nf4::decode(enc, DType::kF32, std::as_writable_bytes(std::span(back))).is_ok());
+    double err = 0;
+    for (uint64_t k = 0; k < n; ++k) {
+      err += std::fabs(back[k] - nf4::dev::f16_to_f32(nf4::dev::f32_to_f16(values[k])));
+    }
+    (i == 0 ? out.k_err : out.v_err) = err / static_cast<double>(n);
+  }
+  CHECK(r.engine->release(r.sid, std::span(&g[0].lease_id, 1)) == 1);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("engine: nf4_outlier_channels keeps key channels exactly, values untouched") {
+  Rig r(
+      "[[namespace]]\nprefix = \"nf4/\"\ncodec = \"nf4\"\n"
+      "[[namespace]]\nprefix = \"out/\"\ncodec = \"nf4\"\nnf4_outlier_channels = 4\n"
+      "[[namespace]]\nprefix = \"outp/\"\ncodec = \"nf4\"\nnf4_outlier_channels = 4\n"
+      "disk = \"persist\"\n");
+  const std::vector<float> values = keys_with_outliers(256, 9);
+  REQUIRE(r.config.rule_for("out/m")->nf4_outlier_channels == 4);
+  const RoundTrip plain = round_trip(r, r.ns("nf4/m"), 50, values);
+  const RoundTrip kept = round_trip(r, r.ns("out/m"), 51, values);
+  // The defaults: format v2 with double quant, no outlier channels.
+  CHECK(plain.k_header.params.version == nf4::kVersion);
+  CHECK(plain.k_header.params.double_quant);
+  CHECK(plain.k_header.num_outliers == 0);
+  // Four channels of "k" kept; "v" (not a key tensor) encoded exactly as without the option.
+  CHECK(kept.k_header.num_outliers == 4);
+  CHECK_FALSE(kept.v_header.params.keep_outlier_channels);
+  CHECK(kept.v_err == plain.v_err);
+  INFO("k error without " << plain.k_err << ", with outlier channels " << kept.k_err);
+  CHECK(kept.k_err < 0.8 * plain.k_err);
+  // fp16 puts land in the GPU tier; the copies above came down through demote_block, which
+  // encodes outlier channels on the CPU.  A persist namespace's put stays in the host tier;
+  // a GPU get of it decodes the outlier channels on the CPU too (the device kernels have
+  // none): the pool holds exactly what the CPU decoder gives.
+  const uint32_t ns = r.ns("outp/m");
+  const RoundTrip persisted = round_trip(r, ns, 52, values);
+  CHECK(persisted.k_header.num_outliers == 4);
+  auto host = run(r.engine->get(r.sid, ns, {key(52)}));
+  REQUIRE(host[0].code == Errc::kOk);
+  const TensorLayout hk = host[0].layout.tensors()[0];
+  std::vector<std::byte> want(256 * 128 * 2);
+  REQUIRE(
+      nf4::decode({r.engine->host().data(host[0].extent) + hk.offset, hk.bytes}, DType::kF16, want)
+          .is_ok());
+  r.engine->release(r.sid, std::span(&host[0].lease_id, 1));
+  auto g = run(r.engine->get(r.sid, ns, {key(52)}, Placement{true, 0}));
+  REQUIRE(g[0].code == Errc::kOk);
+  REQUIRE(g[0].tier == TierKind::kGpu);
+  const std::vector<std::byte> pool = r.bytes_of(g[0]);
+  const TensorLayout gk = g[0].layout.tensors()[0];
+  CHECK(std::equal(want.begin(), want.end(), pool.begin() + gk.offset));
+  r.engine->release(r.sid, std::span(&g[0].lease_id, 1));
 }

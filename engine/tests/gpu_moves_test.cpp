@@ -80,3 +80,41 @@ TEST_CASE("promote_block refuses raw bytes that do not fill exactly their place"
   CHECK(promote_block(*f.pool, host, raw.data(), plan_gpu_layout(host), 0).code() ==
         Errc::kCorrupt);
 }
+
+TEST_CASE("promote_blocks: one batch, a result per block; a bad block spoils only itself") {
+  Fixture f;
+  nf4::Params p{DType::kF16, Nf4Layout::kRowBlocks, true, 64, 64};
+  std::vector<std::vector<std::byte>> src, enc;
+  for (int b = 0; b < 3; ++b) {
+    src.emplace_back(64 * 64 * 2);
+    for (size_t i = 0; i < src.back().size(); i += 2) {
+      const _Float16 h = static_cast<_Float16>(float((i / 2 + b * 7) % 23) / 23.f - 0.5f);
+      std::memcpy(&src.back()[i], &h, 2);
+    }
+    enc.emplace_back(nf4::encoded_size(p));
+    REQUIRE(nf4::encode(p, src.back(), enc.back()).is_ok());
+  }
+  std::vector<BlockLayout> host(3), gpu(3);
+  for (int b = 0; b < 3; ++b) {
+    host[b].tensors.push_back(tensor(Codec::kNf4, {64, 64}, enc[b].size()));
+    host[b].total_bytes = enc[b].size();
+  }
+  host[1].tensors[0] = tensor(Codec::kNf4, {8, 64}, enc[1].size());  // block 1 lies about its shape
+  for (int b = 0; b < 3; ++b) gpu[b] = plan_gpu_layout(host[b]);
+  f.fill();
+  std::vector<GpuPromotion> batch;
+  for (int b = 0; b < 3; ++b)
+    batch.push_back({&host[b], enc[b].data(), &gpu[b], uint64_t(b) << 16});
+  const std::vector<Status> r = promote_blocks(*f.pool, batch);
+  REQUIRE(r.size() == 3);
+  CHECK(r[0].is_ok());
+  CHECK(r[1].code() == Errc::kCorrupt);
+  CHECK(r[2].is_ok());
+  // The good blocks hold the CPU codec's decoding, the bad one's place is untouched.
+  for (int b : {0, 2}) {
+    std::vector<std::byte> want(64 * 64 * 2);
+    REQUIRE(nf4::decode(enc[b], DType::kF16, want).is_ok());
+    CHECK(std::memcmp(f.base() + (uint64_t(b) << 16), want.data(), want.size()) == 0);
+  }
+  for (uint64_t i = 1 << 16; i < (1 << 16) + 8 * 64 * 2; ++i) REQUIRE(f.base()[i] == kFill);
+}

@@ -30,6 +30,12 @@
 namespace kvtier {
 
 // A tensor to store: contiguous row-major data of `dtype` and `shape`.
+// One piece of a tensor's bytes (TensorIn::segments).
+struct Segment {
+  const void* data = nullptr;
+  uint64_t bytes = 0;
+};
+
 struct TensorIn {
   std::string name;
   DType dtype = DType::kF16;
@@ -37,6 +43,28 @@ struct TensorIn {
   const void* data = nullptr;
   // For namespaces stored as NF4: kColumnBlocks quantizes per channel (use it for keys).
   Nf4Layout nf4_layout = Nf4Layout::kRowBlocks;
+  // >= 0: `data` (or the segments) is memory of this CUDA device, in this process's numbering
+  // (with the daemon's host emulation, host memory standing in for it).  -1: host memory.
+  int device = -1;
+  // Non-empty: the tensor's bytes are these pieces, in order (its rows in a paged KV cache,
+  // say), copied straight into staging with no gather copy first; `data` is then ignored.
+  std::vector<Segment> segments{};
+};
+
+// Where a put's bytes travel (docs/gpu.md, "Device puts").  kHost: the connection's staging
+// memfd.  kDevice: the connection's staging in GPU memory of PutOptions::device, filled with
+// device-to-device copies; an fp16/bf16 block then reaches the GPU tier with one more device
+// copy and no host round trip.  kAuto: kDevice when any tensor is device memory, else kHost.
+enum class PutStaging : uint8_t { kAuto = 0, kHost = 1, kDevice = 2 };
+struct PutOptions {
+  PutStaging staging = PutStaging::kAuto;
+  // The GPU (this process's numbering) whose tier an fp16/bf16 block lands in, and whose
+  // staging a device put uses; -1: the first device tensor's, else ClientOptions::device.
+  int device = -1;
+};
+struct PutItem {
+  BlockKey key;
+  std::span<const TensorIn> tensors;
 };
 
 // A read-only view of one stored tensor inside a leased block.
@@ -145,6 +173,20 @@ struct EvictCount {
 
 enum class TierSel : uint8_t { kAll = 0, kHost = 1, kDisk = 2, kGpu = 3 };
 
+// Pins (docs/operations.md, "Pins"): keep cached blocks in one tier until unpinned or the TTL
+// ends.  A pin is the daemon's, not the connection's: it outlives the client that made it.
+struct PinOptions {
+  uint64_t ttl_ms = 0;  // 0: no expiry; pinning a pinned block again restarts its TTL
+  bool gpu = false;     // pin in a GPU tier (the block is promoted there) instead of the host
+  int device = -1;      // the GPU; -1 = ClientOptions::device, else the daemon's first GPU tier
+};
+struct PinCount {
+  uint32_t pinned = 0;        // keys pinned (refreshed ones included)
+  uint32_t refreshed = 0;     // of them, keys that were pinned already
+  uint64_t pinned_bytes = 0;  // the namespace's pinned bytes now
+  uint64_t quota_bytes = 0;   // its quota ([[namespace]] pin_bytes)
+};
+
 // Where get() should lease blocks: host memory (the host tier's format: NF4 by default), or
 // GPU memory (fp16/bf16 exactly as put, promoted from the host tier on the device when
 // needed).  A GPU get falls back to a host lease for a block the GPU tier has no room for;
@@ -154,10 +196,28 @@ struct GetOptions {
   int device = -1;  // the GPU; -1 = ClientOptions::device, else the daemon's first GPU tier
 };
 
+// Where a lookup is answered.  kAuto: from the shared lookup index when this client mapped
+// it (ClientOptions::lookup_index), with no round trip; from the daemon otherwise, and for
+// the keys after the index's prefix in a namespace that uses the remote tier (the index
+// lists this host's tiers only).  kIndex: from the index only (kUnavailable without one).
+// kDaemon: one round trip to the daemon.
+enum class LookupSource : uint8_t { kAuto = 0, kIndex = 1, kDaemon = 2 };
+
 struct LookupOptions {
   // This host's tiers only: the daemon does not ask the remote tier (docs/remote.md).
   bool local_only = false;
+  LookupSource source = LookupSource::kAuto;
 };
+
+// How Lease::release() gives blocks back (docs/protocol.md, "Releases without a round trip").
+// kDeferred: no message of its own; the lease ids ride on this connection's next request
+// (any request), and go one-way as soon as kMaxPendingReleases of them wait or
+// Client::flush_releases() is called.  kPosted: a one-way ReleaseReq at once (one send, no
+// reply awaited).  kRoundTrip: a ReleaseReq and its reply.  Either way a released block's
+// memory is reused only after the daemon has the release, which the client sends only after
+// it stops reading the block.
+enum class ReleaseMode : uint8_t { kDeferred = 0, kPosted = 1, kRoundTrip = 2 };
+constexpr size_t kMaxPendingReleases = 64;
 
 struct ClientOptions {
   // Socket path; empty = $KVTIER_SOCKET, else the default (./var/kvtier.sock, then
@@ -165,8 +225,10 @@ struct ClientOptions {
   std::string socket;
   std::string name;             // shown by `kvtierctl clients`
   uint32_t timeout_ms = 30000;  // per request
-  // The CUDA device this process computes on, as the daemon numbers devices (-1: not said).
-  // fp16/bf16 puts land in that device's GPU tier (-1: the daemon's first) when it has one.
+  // The CUDA device this process computes on, in this process's own numbering (its
+  // CUDA_VISIBLE_DEVICES; the client translates to the daemon's by device UUID, docs/gpu.md)
+  // (-1: not said).  fp16/bf16 puts land in that device's GPU tier (-1: the daemon's first)
+  // when it has one; a device the daemon has no pool on takes the host path.
   int device = -1;
   // After sending a request, poll the socket for the reply this long before sleeping in
   // recvmsg (0: $KVTIER_BUSY_POLL_US when set, else sleep at once; at most 100000).  Spends
@@ -179,6 +241,13 @@ struct ClientOptions {
   // daemon.request_channel): no socket call on either side while both poll.  Otherwise, or
   // with $KVTIER_REQUEST_CHANNEL=0, the socket.
   bool request_channel = true;
+  // Answer lookups from the daemon's shared lookup index (docs/protocol.md, "Lookup index"):
+  // the namespace is resolved and the index mapped at the first lookup, then lookups read
+  // shared memory.  false, or $KVTIER_LOOKUP_INDEX=0: every lookup asks the daemon.
+  bool lookup_index = true;
+  // Lease::release(): see ReleaseMode.  $KVTIER_RELEASE_MODE=deferred|posted|round_trip
+  // overrides it.
+  ReleaseMode release_mode = ReleaseMode::kDeferred;
 };
 
 class Client {
@@ -193,18 +262,48 @@ class Client {
 
   // Number of leading keys cached (the longest cached prefix of a chain).  A namespace that
   // uses the remote tier is also looked up there after the local prefix (one batched round
-  // trip from the daemon), unless options.local_only.
+  // trip from the daemon), unless options.local_only.  Answered from the shared lookup index
+  // when mapped (options.source): a block reported cached may still be gone by the next get,
+  // which stays authoritative.
   Result<uint32_t> lookup(std::string_view ns, std::span<const BlockKey> keys,
                           LookupOptions options = {});
   // Stores one block.  kAlreadyExists when the key is cached (blocks are immutable).
   Status put(std::string_view ns, const BlockKey& key, std::span<const TensorIn> tensors);
+  // Stores many blocks in two round trips (one reserves every block and its staging, one seals
+  // them all), from host or device memory (PutOptions).  One Status per item, in order:
+  // kAlreadyExists for a cached key, kLimit when the staging area cannot hold the rest of the
+  // batch (put them in another batch), as for put() otherwise.  Fails as a whole only for what
+  // no item gets past (a bad namespace, no device staging, a lost connection).  A tensor's
+  // sources must be ready: synchronise the stream that wrote them first.
+  Result<std::vector<Status>> put_batch(std::string_view ns, std::span<const PutItem> items,
+                                        PutOptions options = {});
   // Leases a batch; keys that are not cached come back with found() == false.
   Result<Lease> get(std::string_view ns, std::span<const BlockKey> keys, GetOptions options = {});
-  // The daemon's GPU tier backend ("cuda", "emulation") and the devices with a pool; empty
-  // without a GPU tier.
+  // The daemon's GPU tier backend ("cuda", "emulation") and the devices with a pool, in this
+  // process's numbering (devices this process does not see are left out); empty without a GPU
+  // tier.  Device indices in GetOptions, PinOptions and LeasedBlock are this process's too.
   std::string gpu_backend() const;
   std::vector<int> gpu_devices() const;
+  // Removes blocks from every tier; a pinned block too (its pin goes with it).
   Result<RemoveCount> remove(std::string_view ns, std::span<const BlockKey> keys);
+  // Sends the releases that wait for this connection's next request (ReleaseMode::kDeferred)
+  // now, one-way: for a client about to go idle while holding none of its blocks.
+  Status flush_releases();
+
+  // Pins cached blocks (all or nothing): they are not evicted from the tier they are pinned in
+  // until unpin(), remove() or the TTL ends.  A block only a lower tier holds (disk, remote)
+  // is promoted first.  kNotFound when a key is not cached; kNoSpace when the namespace's pin
+  // quota would be exceeded (or the GPU tier has no room); nothing is pinned then.  The
+  // namespace's access rule decides as for put.
+  Result<PinCount> pin(std::string_view ns, std::span<const BlockKey> keys,
+                       PinOptions options = {});
+  Result<PinCount> pin(std::string_view ns, std::span<const BlockKey> keys, uint64_t ttl_ms) {
+    PinOptions o;
+    o.ttl_ms = ttl_ms;
+    return pin(ns, keys, o);
+  }
+  // Drops pins; keys not pinned are not an error.  Returns how many were pinned.
+  Result<uint32_t> unpin(std::string_view ns, std::span<const BlockKey> keys);
 
   // Fusion state: named tensors (+ opaque metadata) stored with a cached chunk, evicted,
   // demoted and restored with it.  kNotFound when the chunk is not cached.  A new put_fusion
@@ -229,8 +328,9 @@ class Client {
   // Admin (uid/gid in access.admin_*):
   Result<std::string> clients_json();
   Result<std::string> config_json();  // {"toml": "<effective settings>"}
+  // pinned_only: just the pinned blocks (each entry has "pinned" and "pin_expires_unix_ms").
   Result<std::string> list_json(std::string_view ns = {}, uint32_t limit = 0,
-                                bool fusion_only = false);
+                                bool fusion_only = false, bool pinned_only = false);
   Result<EvictCount> evict(std::string_view ns, std::span<const BlockKey> keys, bool all,
                            TierSel tier = TierSel::kAll);
   // Disk tier maintenance (admin); `progress(done, total)` is called as the daemon reports.
@@ -243,6 +343,9 @@ class Client {
   const std::string& socket_path() const;
   // Whether requests go through a shared-memory request channel (ClientOptions::request_channel).
   bool uses_request_channel() const;
+  // Whether lookups of `ns` are answered from the shared lookup index (resolving it and
+  // mapping the index if not done yet).
+  bool uses_lookup_index(std::string_view ns);
 
   struct Impl;
 

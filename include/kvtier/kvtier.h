@@ -41,6 +41,29 @@ typedef struct {
   int nf4_layout;   /* KVTIER_NF4_COLUMN_BLOCKS for keys in NF4 namespaces */
 } kvtier_tensor_in;
 
+/* Batched puts, from host or device memory (kvtier_put_batch; docs/gpu.md "Device puts"). */
+typedef struct {
+  const void* data;
+  uint64_t bytes;
+} kvtier_segment;
+typedef struct {
+  const char* name;
+  int dtype;
+  size_t rank;
+  const uint64_t* shape;
+  const void* data; /* contiguous row-major; unused when n_segments > 0 */
+  int nf4_layout;
+  int device; /* -1: host memory; else memory of this CUDA device (this process's numbering) */
+  const kvtier_segment* segments; /* the tensor's bytes in pieces, in order (paged layouts) */
+  size_t n_segments;
+} kvtier_put_tensor;
+typedef struct {
+  kvtier_key key;
+  const kvtier_put_tensor* tensors;
+  size_t n_tensors;
+} kvtier_put_item;
+enum { KVTIER_STAGING_AUTO = 0, KVTIER_STAGING_HOST = 1, KVTIER_STAGING_DEVICE = 2 };
+
 typedef struct {
   const char* name; /* valid while the lease is held */
   int dtype;
@@ -71,12 +94,23 @@ int kvtier_chain_keys(const char* ns, const uint32_t* tokens, size_t n_tokens, s
 int kvtier_lookup(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
                   uint32_t* matched);
 /* kvtier_lookup() with flags: KVTIER_LOOKUP_LOCAL_ONLY answers from this host's tiers only
- * (the daemon does not ask the remote tier). */
+ * (the daemon does not ask the remote tier).  Lookups read the daemon's shared lookup index
+ * when the client mapped it (the default; $KVTIER_LOOKUP_INDEX=0 turns it off):
+ * KVTIER_LOOKUP_DAEMON asks the daemon instead (one round trip), KVTIER_LOOKUP_INDEX answers
+ * from the index only (error 9, unavailable, without one). */
 #define KVTIER_LOOKUP_LOCAL_ONLY 1u
+#define KVTIER_LOOKUP_DAEMON 2u
+#define KVTIER_LOOKUP_INDEX 4u
 int kvtier_lookup_flags(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
                         uint32_t flags, uint32_t* matched);
 int kvtier_put(kvtier_client* c, const char* ns, kvtier_key key, const kvtier_tensor_in* tensors,
                size_t n_tensors);
+/* Puts n blocks in two round trips.  staging: KVTIER_STAGING_AUTO (device staging when a
+ * tensor is device memory), _HOST or _DEVICE; device: the GPU whose staging and tier are used
+ * (-1: the first device tensor's, else the client's).  results (n ints, may be NULL): each
+ * item's code (0, KVTIER_E_EXISTS, ...).  Returns non-zero only when no item could be tried. */
+int kvtier_put_batch(kvtier_client* c, const char* ns, const kvtier_put_item* items, size_t n,
+                     int staging, int device, int* results);
 int kvtier_get(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
                kvtier_lease** out);
 /* Leases the blocks in the memory of GPU `device` (-1: the client's device, else the
@@ -87,6 +121,19 @@ int kvtier_get_gpu(kvtier_client* c, const char* ns, const kvtier_key* keys, siz
                    kvtier_lease** out);
 int kvtier_remove(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
                   uint32_t* removed);
+/* kvtier_lease_release() sends nothing of its own by default: the released lease ids ride on
+ * the client's next request ($KVTIER_RELEASE_MODE=deferred|posted|round_trip, docs/protocol.md
+ * "Releases without a round trip").  This sends the waiting ones now, one-way. */
+int kvtier_flush_releases(kvtier_client* c);
+/* Pins cached blocks, all or nothing (docs/operations.md, "Pins"): they are not evicted from
+ * the host tier (device < 0) or the GPU tier of `device` until unpinned, removed, or ttl_ms
+ * passes (0: no expiry).  KVTIER_E_NOT_FOUND when a key is not cached, KVTIER_E_NO_SPACE past
+ * the namespace's pin quota.  *pinned (may be NULL): the keys pinned. */
+int kvtier_pin(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n, uint64_t ttl_ms,
+               int device, uint32_t* pinned);
+/* Drops pins; keys not pinned are not an error.  *unpinned (may be NULL): how many were. */
+int kvtier_unpin(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
+                 uint32_t* unpinned);
 /* *json is malloc'ed; free it with kvtier_free(). */
 int kvtier_stats_json(kvtier_client* c, char** json);
 void kvtier_free(void* p);

@@ -61,7 +61,7 @@ TEST_CASE("nf4 round trip on 1024x1024 N(0,1): mean absolute error below 0.0734"
     std::vector<float> orig = testing::from_dtype(src, dt);
     Params p{dt, Nf4Layout::kRowBlocks, false, 1024, 1024};
     Bytes enc = testing::encode_ok(p, src);
-    CHECK(enc.size() == 64 + 16384 * 4 + 512 * 1024);
+    CHECK(enc.size() == 32 + 16384 * 4 + 512 * 1024);
     std::vector<float> back = testing::from_dtype(testing::decode_ok(enc, dt), dt);
     double mae = mean_abs_error(orig, back);
     INFO(dtype_name(dt) << " mae " << mae);
@@ -69,10 +69,16 @@ TEST_CASE("nf4 round trip on 1024x1024 N(0,1): mean absolute error below 0.0734"
     CHECK(mae > 0.05);  // it is 4-bit: a much smaller error means the test is broken
     p.double_quant = true;
     Bytes dq = testing::encode_ok(p, src);
-    CHECK(dq.size() == 64 + 64 * 4 + 16384 + 512 * 1024);
+    CHECK(dq.size() == 32 + 64 * 4 + 16384 * 7 / 8 + 512 * 1024);  // 4.111 bits per value
     double mae_dq = mean_abs_error(orig, testing::from_dtype(testing::decode_ok(dq, dt), dt));
     INFO("double quant mae " << mae_dq);
     CHECK(mae_dq < 0.0734);
+    p.version = kVersion1;
+    Bytes dq1 = testing::encode_ok(p, src);
+    CHECK(dq1.size() == 64 + 64 * 4 + 16384 + 512 * 1024);
+    double mae_dq1 = mean_abs_error(orig, testing::from_dtype(testing::decode_ok(dq1, dt), dt));
+    INFO("v1 double quant mae " << mae_dq1);
+    CHECK(mae_dq1 < 0.0734);
   }
 }
 
@@ -169,8 +175,39 @@ TEST_CASE("nf4 fp32 extremes: values near FLT_MAX, blocks below 2^-126", "[nf4]"
         std::vector<float>(64, 0.0f));
 }
 
-TEST_CASE("nf4 parse_header rejects corrupt encodings", "[nf4]") {
+TEST_CASE("nf4 parse_header rejects corrupt v2 encodings", "[nf4]") {
   Params p{DType::kF16, Nf4Layout::kColumnBlocks, true, 100, 64};
+  Bytes enc = testing::encode_ok(p, testing::to_dtype(testing::normal(100, 64, 5), DType::kF16));
+  REQUIRE(parse_header(enc).is_ok());
+  CHECK(parse_header(enc)->codes_offset == 160);  // 32 + 4 (1 group) + 112 (128 x 7 bits) + 12
+  auto corrupt = [&](size_t at, uint8_t value) {
+    Bytes b = enc;
+    b[at] = static_cast<std::byte>(value);
+    return parse_header(b).status().code();
+  };
+  CHECK(corrupt(0, 'X') == Errc::kCorrupt);   // magic
+  CHECK(corrupt(4, 3) == Errc::kCorrupt);     // version
+  CHECK(corrupt(6, 0) == Errc::kCorrupt);     // dtype u8
+  CHECK(corrupt(7, 7) == Errc::kCorrupt);     // layout
+  CHECK(corrupt(8, 5) == Errc::kCorrupt);     // unknown flag (bit 2)
+  CHECK(corrupt(9, 1) == Errc::kCorrupt);     // reserved
+  CHECK(corrupt(11, 1) == Errc::kCorrupt);    // reserved
+  CHECK(corrupt(12, 1) == Errc::kCorrupt);    // outlier count without the flag
+  CHECK(corrupt(16, 101) == Errc::kCorrupt);  // rows no longer fit the buffer
+  Bytes short_buf(enc.begin(), enc.end() - 1);
+  CHECK(parse_header(short_buf).status().code() == Errc::kCorrupt);
+  CHECK(parse_header(Bytes(10)).status().code() == Errc::kCorrupt);
+  Bytes out(100 * 64 * 2);
+  for (float m : {-1.0f, std::numeric_limits<float>::infinity(), std::nanf("")}) {
+    Bytes bad = enc;
+    std::memcpy(bad.data() + 32, &m, 4);  // the first group's maximum
+    CHECK(decode(bad, DType::kF16, out).code() == Errc::kCorrupt);
+  }
+}
+
+TEST_CASE("nf4 parse_header rejects corrupt v1 encodings", "[nf4]") {
+  Params p{DType::kF16, Nf4Layout::kColumnBlocks, true, 100, 64};
+  p.version = kVersion1;
   Bytes enc = testing::encode_ok(p, testing::to_dtype(testing::normal(100, 64, 5), DType::kF16));
   REQUIRE(parse_header(enc).is_ok());
   auto corrupt = [&](size_t at, uint8_t value) {
@@ -179,7 +216,7 @@ TEST_CASE("nf4 parse_header rejects corrupt encodings", "[nf4]") {
     return parse_header(b).status().code();
   };
   CHECK(corrupt(0, 'X') == Errc::kCorrupt);   // magic
-  CHECK(corrupt(4, 2) == Errc::kCorrupt);     // version
+  CHECK(corrupt(4, 3) == Errc::kCorrupt);     // version
   CHECK(corrupt(8, 0) == Errc::kCorrupt);     // dtype u8
   CHECK(corrupt(9, 7) == Errc::kCorrupt);     // layout
   CHECK(corrupt(10, 5) == Errc::kCorrupt);    // unknown flag (bit 2)
@@ -197,7 +234,12 @@ TEST_CASE("nf4 parse_header rejects corrupt encodings", "[nf4]") {
 
 TEST_CASE("nf4 argument checks", "[nf4]") {
   Params p{DType::kF16, Nf4Layout::kRowBlocks, false, 4, 64};
-  CHECK(encoded_size(p) == 64 + 4 * 4 + 128);
+  Params v1 = p, bad_version = p;
+  v1.version = kVersion1;
+  bad_version.version = 3;
+  CHECK(encoded_size(p) == 32 + 4 * 4 + 128);
+  CHECK(encoded_size(v1) == 64 + 4 * 4 + 128);
+  CHECK(encoded_size(bad_version) == 0);
   Bytes src(4 * 64 * 2), dst(encoded_size(p));
   CHECK(encode(p, std::span(src).first(10), dst).code() == Errc::kInvalidArgument);
   CHECK(encode(p, src, std::span(dst).first(dst.size() - 1)).code() == Errc::kInvalidArgument);

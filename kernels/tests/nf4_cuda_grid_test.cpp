@@ -45,8 +45,10 @@ bool emulate_encode(const Params& p, const Bytes& src, Bytes& out) {
   run_grid(dev::absmax_thread, h.num_blocks, a);
   if (bad != 0) return false;
   write_header(h, out.data());
-  std::memset(out.data() + 64, 0, h.codes_offset - 64);
-  if (p.double_quant) {
+  std::memset(out.data() + a.header_size, 0, h.codes_offset - a.header_size);
+  if (a.log_dq) {
+    run_grid(dev::dq7_thread, h.num_groups, a);
+  } else if (p.double_quant) {
     run_grid(dev::dq_sum_thread, h.num_groups, a);
     run_grid(dev::dq_offset_thread, 1, a);
     run_grid(dev::dq_quant_thread, h.num_groups, a);
@@ -63,8 +65,9 @@ TEST_CASE("nf4 CUDA kernel bodies over their grids equal the reference", "[nf4][
   for (auto [rows, cols] : shapes) {
     for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
       for (int l = 0; l < 2; ++l) {
-        for (bool dq : {false, true}) {
-          Params p{dt, static_cast<Nf4Layout>(l), dq, rows, cols};
+        for (int variant = 0; variant < 3; ++variant) {  // no dq, v2 dq, v1 dq
+          Params p{dt, static_cast<Nf4Layout>(l), variant > 0, rows, cols};
+          if (variant == 2) p.version = kVersion1;
           INFO(testing::describe(p));
           std::vector<float> v = seed % 2 ? testing::tricky(rows * cols, seed)
                                           : testing::normal(rows, cols, seed, {cols / 2}, 12.0f);

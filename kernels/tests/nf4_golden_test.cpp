@@ -56,6 +56,20 @@ Bytes zeros(size_t n) {
   return Bytes(n);
 }
 
+Params v1(Params p) {
+  p.version = kVersion1;
+  return p;
+}
+
+// Format v2 header bytes per docs/nf4.md.
+Bytes header_v2(int dtype, int layout, int flags, uint64_t rows, uint64_t cols) {
+  Bytes h = bytes({'K', 'V', 'N', '4', 2, 0, dtype, layout, flags, 0, 0, 0, 0, 0, 0, 0});
+  for (uint64_t v : {rows, cols}) {
+    for (int i = 0; i < 8; ++i) h.push_back(static_cast<std::byte>(v >> (8 * i)));
+  }
+  return h;
+}
+
 void check_all_paths(const Params& p, const Bytes& src, const Bytes& want) {
   Bytes ref(want.size()), fast(want.size()), sc(want.size());
   REQUIRE(encoded_size(p) == want.size());
@@ -76,15 +90,17 @@ TEST_CASE("nf4 golden: midpoints, ties to the lower code, fp32 row blocks", "[nf
   // absmax 1, so t = x.  Codes: 15 7 0 12 2 7 8 6 14 15 10 4 8 6 14 1.
   Bytes want = cat({header(3, 0, 0, 0, 1, 16, 1, zeros(4), 88), f32s({1.0f}), zeros(12),
                     bytes({0xF7, 0x0C, 0x27, 0x86, 0xEF, 0xA4, 0x86, 0xE1})});
-  check_all_paths({DType::kF32, Nf4Layout::kRowBlocks, false, 1, 16}, src, want);
+  check_all_paths(v1({DType::kF32, Nf4Layout::kRowBlocks, false, 1, 16}), src, want);
 }
 
-TEST_CASE("nf4 golden: fp16, odd count pads the last low nibble", "[nf4][golden]") {
+TEST_CASE("nf4 golden: fp16, odd count pads the last low nibble with code 7", "[nf4][golden]") {
   Bytes src = bytes({0x00, 0x40, 0x00, 0xBC, 0x00, 0x00});  // 2.0, -1.0, 0.0
-  // absmax 2: t = 1, -0.5, 0 -> codes 15, 2, 7.
+  // absmax 2: t = 1, -0.5, 0 -> codes 15, 2, 7; padding code 7 (bitsandbytes' 0.0).
+  Bytes v2 = cat({header_v2(1, 0, 0, 1, 3), f32s({2.0f}), zeros(12), bytes({0xF2, 0x77})});
+  check_all_paths({DType::kF16, Nf4Layout::kRowBlocks, false, 1, 3}, src, v2);
   Bytes want = cat(
-      {header(1, 0, 0, 0, 1, 3, 1, zeros(4), 82), f32s({2.0f}), zeros(12), bytes({0xF2, 0x70})});
-  check_all_paths({DType::kF16, Nf4Layout::kRowBlocks, false, 1, 3}, src, want);
+      {header(1, 0, 0, 0, 1, 3, 1, zeros(4), 82), f32s({2.0f}), zeros(12), bytes({0xF2, 0x77})});
+  check_all_paths(v1({DType::kF16, Nf4Layout::kRowBlocks, false, 1, 3}), src, want);
 }
 
 TEST_CASE("nf4 golden: per-channel and per-token blocks of the same tensor", "[nf4][golden]") {
@@ -92,18 +108,18 @@ TEST_CASE("nf4 golden: per-channel and per-token blocks of the same tensor", "[n
   // Per channel: column absmax 1 and 4; t = 1, -1, 0.5, 0.5 -> 15 0 12 12.
   Bytes cols = cat({header(3, 1, 0, 0, 2, 2, 2, zeros(4), 82), f32s({1.0f, 4.0f}), zeros(8),
                     bytes({0xF0, 0xCC})});
-  check_all_paths({DType::kF32, Nf4Layout::kColumnBlocks, false, 2, 2}, src, cols);
+  check_all_paths(v1({DType::kF32, Nf4Layout::kColumnBlocks, false, 2, 2}), src, cols);
   // Per token (one block, absmax 4): t = 0.25, -1, 0.125, 0.5 -> 10 0 9 12.
   Bytes rows = cat(
       {header(3, 0, 0, 0, 2, 2, 1, zeros(4), 82), f32s({4.0f}), zeros(12), bytes({0xA0, 0x9C})});
-  check_all_paths({DType::kF32, Nf4Layout::kRowBlocks, false, 2, 2}, src, rows);
+  check_all_paths(v1({DType::kF32, Nf4Layout::kRowBlocks, false, 2, 2}), src, rows);
 }
 
 TEST_CASE("nf4 golden: all-zero block stores absmax 0 and code 7", "[nf4][golden]") {
   Bytes src = zeros(2 * 5);
   Bytes want = cat({header(2, 0, 0, 0, 1, 5, 1, zeros(4), 83), f32s({0.0f}), zeros(12),
-                    bytes({0x77, 0x77, 0x70})});
-  check_all_paths({DType::kBF16, Nf4Layout::kRowBlocks, false, 1, 5}, src, want);
+                    bytes({0x77, 0x77, 0x77})});
+  check_all_paths(v1({DType::kBF16, Nf4Layout::kRowBlocks, false, 1, 5}), src, want);
   Bytes out(10, std::byte{0xAA});
   REQUIRE(decode(want, DType::kF16, out).is_ok());
   CHECK(out == zeros(10));  // +0.0, not -0.0
@@ -122,7 +138,33 @@ TEST_CASE("nf4 golden: double quantization", "[nf4][golden]") {
   codes[32] = std::byte{0xF2};
   Bytes want = cat({header(3, 0, 1, 256, 1, 128, 2, f32s({128.0f}), 144), f32s({1.0f}),
                     bytes({0x81, 0x7F}), zeros(10), codes});
-  check_all_paths({DType::kF32, Nf4Layout::kRowBlocks, true, 1, 128}, src, want);
+  check_all_paths(v1({DType::kF32, Nf4Layout::kRowBlocks, true, 1, 128}), src, want);
+}
+
+TEST_CASE("nf4 golden: v2 double quantization, 7-bit log-domain codes", "[nf4][golden]") {
+  // Four blocks with absmax 8, 4, 0, 3: group maximum 8; codes (nearest 16 * -log2(a / 8)):
+  // 0, 16, 127 (zero), 23 (22.64); read back 8, 4, 0, 8 * 2^(-23/16) = 2.952.
+  // Packed LSB first, 7 bits each: 0 | 16 << 7 | 127 << 14 | 23 << 21 = 00 C8 FF 02.
+  std::vector<float> v(256, 0.0f);
+  v[0] = 8.0f;
+  v[64] = 4.0f;
+  v[65] = -2.0f;   // t = -0.5 -> code 2
+  v[192] = 3.0f;   // t = 1.016 -> code 15
+  v[193] = -1.5f;  // t = -0.508 -> code 2
+  Bytes src = testing::to_dtype(v, DType::kF32);
+  Bytes codes(128, std::byte{0x77});
+  codes[0] = std::byte{0xF7};
+  codes[32] = std::byte{0xF2};
+  codes[96] = std::byte{0xF2};
+  Bytes want = cat(
+      {header_v2(3, 0, 1, 1, 256), f32s({8.0f}), bytes({0x00, 0xC8, 0xFF, 0x02}), zeros(8), codes});
+  check_all_paths({DType::kF32, Nf4Layout::kRowBlocks, true, 1, 256}, src, want);
+  Bytes out(256 * 4);
+  REQUIRE(decode(want, DType::kF32, out).is_ok());
+  std::vector<float> back = testing::from_dtype(out, DType::kF32);
+  CHECK(back[64] == 4.0f);
+  CHECK(back[128] == 0.0f);
+  CHECK(back[192] == Approx(8.0 * std::exp2(-23.0 / 16.0)).epsilon(1e-6));
 }
 
 TEST_CASE("nf4 golden: decode is code * absmax rounded to the output type", "[nf4][golden]") {

@@ -50,17 +50,16 @@ TEST_CASE("nf4 outliers: layout, exact channels, NF4 part equals the zeroed tens
   Bytes enc = testing::encode_ok(p, src);
   Result<Header> h = parse_header(enc);
   REQUIRE(h.is_ok());
-  CHECK(read<uint8_t>(enc, 10) == 2);    // flags: outliers, no double quant
-  CHECK(read<uint32_t>(enc, 44) == 2);   // outlier count
-  CHECK(h->outlier_cols_offset == 240);  // codes at 64 + 4 * 32 = 192, 48 bytes
-  CHECK(h->outlier_vals_offset == 256);  // 2 column indices, padded to 16
-  CHECK(h->total_size == 256 + 3 * 2 * 4);
-  CHECK(read<uint64_t>(enc, 48) == h->total_size);
-  CHECK(encoded_size(p) == 256 + 3 * 2 * 4);  // bound: cols / 16 = 2 channels
+  CHECK(read<uint8_t>(enc, 8) == 2);     // flags: outliers, no double quant
+  CHECK(read<uint32_t>(enc, 12) == 2);   // outlier count
+  CHECK(h->outlier_cols_offset == 208);  // codes at 32 + 4 * 32 = 160, 48 bytes
+  CHECK(h->outlier_vals_offset == 224);  // 2 column indices, padded to 16
+  CHECK(h->total_size == 224 + 3 * 2 * 4);
+  CHECK(encoded_size(p) == 224 + 3 * 2 * 4);  // bound: cols / 16 = 2 channels
   CHECK(outlier_cols(enc) == std::vector<uint32_t>{5, 17});
   for (int r = 0; r < 3; ++r) {
-    CHECK(read<float>(enc, 256 + 8 * r) == v[r * 32 + 5]);
-    CHECK(read<float>(enc, 256 + 8 * r + 4) == v[r * 32 + 17]);
+    CHECK(read<float>(enc, 224 + 8 * r) == v[r * 32 + 5]);
+    CHECK(read<float>(enc, 224 + 8 * r + 4) == v[r * 32 + 17]);
   }
   // Everything before the outlier sections is the reference encoding of the zeroed tensor.
   std::vector<float> z = v;
@@ -68,8 +67,8 @@ TEST_CASE("nf4 outliers: layout, exact channels, NF4 part equals the zeroed tens
   Params base{DType::kF32, Nf4Layout::kColumnBlocks, false, 3, 32};
   Bytes zenc(encoded_size(base));
   REQUIRE(reference::encode(base, testing::to_dtype(z, DType::kF32), zenc).is_ok());
-  CHECK(std::equal(zenc.begin() + 64, zenc.end(), enc.begin() + 64));
-  CHECK(std::all_of(enc.begin() + 248, enc.begin() + 256,
+  CHECK(std::equal(zenc.begin() + 32, zenc.end(), enc.begin() + 32));
+  CHECK(std::all_of(enc.begin() + 216, enc.begin() + 224,
                     [](std::byte b) { return b == std::byte{0}; }));
   // Decoding: the outlier channels exactly, the rest as the zeroed tensor decodes.
   std::vector<float> got = testing::from_dtype(testing::decode_ok(enc, DType::kF32), DType::kF32);
@@ -96,7 +95,13 @@ TEST_CASE("nf4 outliers: selection threshold and cap", "[nf4]") {
   p.outlier_ratio = 15.0f;  // median column absmax ~2.4: only column 9 (50) exceeds 15x
   CHECK(outlier_cols(testing::encode_ok(p, testing::to_dtype(v, DType::kF16))) ==
         std::vector<uint32_t>{9});
+  // Ratio 0 and a limit: the N largest channels, whatever the median (namespaces' setting).
   p.outlier_ratio = 0.0f;
+  p.max_outlier_channels = 2;
+  CHECK(encoded_size(p) < encoded_size(Params{p.dtype, p.layout, false, 64, 64, true}));
+  CHECK(outlier_cols(testing::encode_ok(p, testing::to_dtype(v, DType::kF16))) ==
+        std::vector<uint32_t>{2, 9});
+  p.outlier_ratio = -1.0f;
   Bytes out(encoded_size(Params{DType::kF16, Nf4Layout::kRowBlocks, false, 64, 64}) + 1024);
   CHECK(encode(p, testing::to_dtype(v, DType::kF16), out).code() == Errc::kInvalidArgument);
 }
@@ -139,7 +144,10 @@ TEST_CASE("nf4 outliers: every CPU path equals the reference on odd shapes", "[n
 }
 
 TEST_CASE("nf4 outliers: NaN/Inf rejected, corrupt sections detected", "[nf4]") {
+  const uint16_t version = GENERATE(kVersion1, kVersion);
+  const uint64_t count_at = version == kVersion1 ? 44 : 12;
   Params p = with_outliers(DType::kF16, Nf4Layout::kColumnBlocks, false, 10, 48);
+  p.version = version;
   std::vector<float> v = testing::normal(10, 48, 9, {4, 30}, 25.0f);
   Bytes out(encoded_size(p));
   for (float bad : {NAN, INFINITY}) {
@@ -163,8 +171,11 @@ TEST_CASE("nf4 outliers: NaN/Inf rejected, corrupt sections detected", "[nf4]") 
   const uint64_t cols_at = h->outlier_cols_offset, vals_at = h->outlier_vals_offset;
   CHECK(code_of([&](Bytes& b) { put32(b, cols_at, 30); }) == Errc::kCorrupt);      // not ascending
   CHECK(code_of([&](Bytes& b) { put32(b, cols_at + 4, 48); }) == Errc::kCorrupt);  // out of range
-  CHECK(code_of([&](Bytes& b) { put32(b, 44, 4); }) == Errc::kCorrupt);            // > cols / 16
-  CHECK(code_of([&](Bytes& b) { put32(b, 44, 1); }) == Errc::kCorrupt);            // size mismatch
+  CHECK(code_of([&](Bytes& b) { put32(b, count_at, 4); }) == Errc::kCorrupt);      // > cols / 16
+  CHECK(code_of([&](Bytes& b) { put32(b, count_at, 3); }) == Errc::kCorrupt);      // truncated
+  if (version == kVersion1) {  // v1 stores its total size; v2 leaves that to the checksums
+    CHECK(code_of([&](Bytes& b) { put32(b, count_at, 1); }) == Errc::kCorrupt);
+  }
   CHECK(code_of([&](Bytes& b) { b[vals_at + 1] = std::byte{0x7C}; }) == Errc::kCorrupt);  // Inf
   CHECK(code_of([&](Bytes& b) { b.pop_back(); }) == Errc::kCorrupt);  // truncated
   CHECK(code_of([](Bytes&) {}) == Errc::kOk);

@@ -51,8 +51,9 @@ TEST_CASE("nf4 avx512 == avx2 == scalar == reference, byte for byte", "[nf4][pat
   for (auto [rows, cols] : shapes) {
     for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
       for (int l = 0; l < 2; ++l) {
-        for (bool dq : {false, true}) {
-          Params p{dt, static_cast<Nf4Layout>(l), dq, rows, cols};
+        for (int variant = 0; variant < 3; ++variant) {  // no dq, v2 dq, v1 dq
+          Params p{dt, static_cast<Nf4Layout>(l), variant > 0, rows, cols};
+          if (variant == 2) p.version = kVersion1;
           std::vector<float> v = seed % 2 ? testing::tricky(rows * cols, seed)
                                           : testing::normal(rows, cols, seed, {cols / 3}, 20.0f);
           ++seed;

@@ -92,7 +92,7 @@ std::string describe(const Params& p) {
   return std::string(dtype_name(p.dtype)) + " " + std::to_string(p.rows) + "x" +
          std::to_string(p.cols) +
          (p.layout == Nf4Layout::kColumnBlocks ? " per-channel" : " per-token") +
-         (p.double_quant ? " dq" : "");
+         (p.double_quant ? " dq" : "") + " v" + std::to_string(p.version);
 }
 
 }  // namespace kvtier::nf4::testing

@@ -39,9 +39,11 @@ Result<std::string> Client::config_json() {
                    [](auto& fbb) { return wire::CreateConfigReq(fbb); });
 }
 
-Result<std::string> Client::list_json(std::string_view ns, uint32_t limit, bool fusion_only) {
+Result<std::string> Client::list_json(std::string_view ns, uint32_t limit, bool fusion_only,
+                                      bool pinned_only) {
   return text_call(*impl_, wire::Request::ListReq, [&](auto& fbb) {
-    return wire::CreateListReq(fbb, fbb.CreateString(ns.data(), ns.size()), limit, fusion_only);
+    return wire::CreateListReq(fbb, fbb.CreateString(ns.data(), ns.size()), limit, fusion_only,
+                               pinned_only);
   });
 }
 

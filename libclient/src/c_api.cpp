@@ -99,10 +99,13 @@ int kvtier_lookup(kvtier_client* c, const char* ns, const kvtier_key* keys, size
 int kvtier_lookup_flags(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
                         uint32_t flags, uint32_t* matched) {
   return guarded([&] {
-    if (flags & ~KVTIER_LOOKUP_LOCAL_ONLY)
+    if ((flags & ~(KVTIER_LOOKUP_LOCAL_ONLY | KVTIER_LOOKUP_DAEMON | KVTIER_LOOKUP_INDEX)) != 0 ||
+        ((flags & KVTIER_LOOKUP_DAEMON) && (flags & KVTIER_LOOKUP_INDEX)))
       return fail(kvtier::error(kvtier::Errc::kInvalidArgument, "unknown lookup flags"));
     kvtier::LookupOptions o;
     o.local_only = (flags & KVTIER_LOOKUP_LOCAL_ONLY) != 0;
+    if (flags & KVTIER_LOOKUP_DAEMON) o.source = kvtier::LookupSource::kDaemon;
+    if (flags & KVTIER_LOOKUP_INDEX) o.source = kvtier::LookupSource::kIndex;
     auto r = c->client->lookup(ns ? ns : "", keys_of(keys, n), o);
     if (!r) return fail(r.status());
     *matched = *r;
@@ -123,6 +126,40 @@ int kvtier_put(kvtier_client* c, const char* ns, kvtier_key key, const kvtier_te
     }
     auto st = c->client->put(ns ? ns : "", kvtier::BlockKey{key.lo, key.hi}, in);
     return st ? ok() : fail(st);
+  });
+}
+
+int kvtier_put_batch(kvtier_client* c, const char* ns, const kvtier_put_item* items, size_t n,
+                     int staging, int device, int* results) {
+  return guarded([&] {
+    if (staging < KVTIER_STAGING_AUTO || staging > KVTIER_STAGING_DEVICE)
+      return fail(kvtier::error(kvtier::Errc::kInvalidArgument, "unknown staging"));
+    std::vector<std::vector<kvtier::TensorIn>> tensors(n);
+    std::vector<kvtier::PutItem> batch(n);
+    for (size_t i = 0; i < n; ++i) {
+      for (size_t j = 0; j < items[i].n_tensors; ++j) {
+        const kvtier_put_tensor& t = items[i].tensors[j];
+        kvtier::TensorIn in;
+        in.name = t.name ? t.name : "";
+        in.dtype = static_cast<kvtier::DType>(t.dtype);
+        in.shape.assign(t.shape, t.shape + t.rank);
+        in.data = t.data;
+        in.nf4_layout = static_cast<kvtier::Nf4Layout>(t.nf4_layout);
+        in.device = t.device;
+        for (size_t s = 0; s < t.n_segments; ++s)
+          in.segments.push_back({t.segments[s].data, t.segments[s].bytes});
+        tensors[i].push_back(std::move(in));
+      }
+      batch[i] = kvtier::PutItem{kvtier::BlockKey{items[i].key.lo, items[i].key.hi}, tensors[i]};
+    }
+    kvtier::PutOptions o;
+    o.staging = static_cast<kvtier::PutStaging>(staging);
+    o.device = device;
+    auto r = c->client->put_batch(ns ? ns : "", batch, o);
+    if (!r) return fail(r.status());
+    for (size_t i = 0; i < n; ++i)
+      if (results) results[i] = static_cast<int>((*r)[i].code());
+    return ok();
   });
 }
 
@@ -157,6 +194,37 @@ int kvtier_remove(kvtier_client* c, const char* ns, const kvtier_key* keys, size
     auto r = c->client->remove(ns ? ns : "", keys_of(keys, n));
     if (!r) return fail(r.status());
     if (removed) *removed = r->removed + r->deferred;
+    return ok();
+  });
+}
+
+int kvtier_flush_releases(kvtier_client* c) {
+  return guarded([&] {
+    if (kvtier::Status st = c->client->flush_releases(); !st) return fail(st);
+    return ok();
+  });
+}
+
+int kvtier_pin(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n, uint64_t ttl_ms,
+               int device, uint32_t* pinned) {
+  return guarded([&] {
+    kvtier::PinOptions o;
+    o.ttl_ms = ttl_ms;
+    o.gpu = device >= 0;
+    o.device = device;
+    auto r = c->client->pin(ns ? ns : "", keys_of(keys, n), o);
+    if (!r) return fail(r.status());
+    if (pinned) *pinned = r->pinned;
+    return ok();
+  });
+}
+
+int kvtier_unpin(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
+                 uint32_t* unpinned) {
+  return guarded([&] {
+    auto r = c->client->unpin(ns ? ns : "", keys_of(keys, n));
+    if (!r) return fail(r.status());
+    if (unpinned) *unpinned = *r;
     return ok();
   });
 }

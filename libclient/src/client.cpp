@@ -52,23 +52,19 @@ Status Lease::release() {
   auto state = std::move(state_);
   blocks_.clear();
   if (state->lease_ids.empty()) return {};
-  auto conn = state->conn;
-  MutexLock lock(conn->mu);
-  flatbuffers::FlatBufferBuilder fbb;
-  auto req = wire::CreateReleaseReq(fbb, fbb.CreateVector(state->lease_ids));
-  auto resp = conn->call(fbb, wire::Request::ReleaseReq, req.Union());
-  // A dead connection has released everything on the daemon's side already.
-  if (!resp && resp.status().code() == Errc::kUnavailable) return {};
-  return resp.status();
+  // The views are gone (blocks_ cleared): from here the daemon may reuse the memory.
+  return state->conn->release_leases(std::move(state->lease_ids));
+}
+
+Status Client::flush_releases() {
+  MutexLock lock(impl_->mu);
+  return impl_->post_releases({});
 }
 
 Client::Client(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
 std::string Client::gpu_backend() const {
   return impl_->gpu_backend;
-}
-std::vector<int> Client::gpu_devices() const {
-  return impl_->gpu_devices;
 }
 bool Client::uses_request_channel() const {
   MutexLock lock(impl_->mu);
@@ -82,21 +78,15 @@ const std::string& Client::socket_path() const {
   return impl_->socket_path;
 }
 
-Result<uint32_t> Client::lookup(std::string_view ns, std::span<const BlockKey> keys,
-                                LookupOptions options) {
-  if (keys.empty()) return 0u;
-  MutexLock lock(impl_->mu);
-  flatbuffers::FlatBufferBuilder fbb(64 + keys.size() * 16);
-  auto req = wire::CreateLookupReq(fbb, fbb.CreateString(ns.data(), ns.size()),
-                                   wire_util::keys_to_wire(fbb, keys), false, options.local_only);
-  auto resp = impl_->call(fbb, wire::Request::LookupReq, req.Union());
-  if (!resp) return resp.status();
-  const auto* body = (*resp)->msg->body_as_LookupResp();
-  if (body == nullptr) return error(Errc::kProtocol, "bad lookup reply");
-  return body->matched();
-}
-
 Status Client::put(std::string_view ns, const BlockKey& key, std::span<const TensorIn> tensors) {
+  // Device memory and pieces go through the batch path, which copies them into staging.
+  if (std::any_of(tensors.begin(), tensors.end(),
+                  [](const TensorIn& t) { return t.device >= 0 || !t.segments.empty(); })) {
+    const PutItem item{key, tensors};
+    auto r = put_batch(ns, std::span(&item, 1));
+    if (!r) return r.status();
+    return r->front();
+  }
   return put_impl(ns, key, tensors, false, {});
 }
 
@@ -107,23 +97,14 @@ Status Client::put_fusion(std::string_view ns, const BlockKey& chunk,
 
 Status Client::put_impl(std::string_view ns, const BlockKey& key, std::span<const TensorIn> tensors,
                         bool fusion, std::string_view metadata) {
-  BlockLayout layout;
-  uint64_t off = 0;
-  for (const auto& t : tensors) {
-    TensorLayout tl;
-    tl.name = t.name;
-    tl.dtype = t.dtype;
-    tl.shape = t.shape;
-    tl.nf4_layout = t.nf4_layout;
-    tl.offset = off;
-    tl.bytes = tl.raw_bytes = tl.elements() * dtype_size(t.dtype);
-    if (t.data == nullptr && tl.bytes > 0)
-      return error(Errc::kInvalidArgument, "tensor '" + t.name + "' has no data");
-    off = align_up(off + tl.bytes, kTensorAlignment);
-    layout.tensors.push_back(std::move(tl));
-  }
-  layout.total_bytes = off;
-  if (Status st = validate_put_layout(layout, UINT64_MAX); !st) return st;
+  for (const auto& t : tensors)
+    if (t.device >= 0 || !t.segments.empty())
+      return error(Errc::kInvalidArgument, "tensor '" + t.name +
+                                               "': fusion state is put from contiguous host "
+                                               "memory");
+  auto staged = staged_layout(tensors);
+  if (!staged) return staged.status();
+  const BlockLayout& layout = *staged;
 
   MutexLock lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb;
@@ -132,7 +113,8 @@ Status Client::put_impl(std::string_view ns, const BlockKey& key, std::span<cons
       fusion ? fbb.CreateVector(reinterpret_cast<const uint8_t*>(metadata.data()), metadata.size())
              : 0;
   auto req = wire::CreatePutBeginReq(fbb, fbb.CreateString(ns.data(), ns.size()), &wkey,
-                                     wire_util::to_wire(fbb, layout), fusion, md, impl_->device);
+                                     wire_util::to_wire(fbb, layout), fusion, md,
+                                     impl_->device < 0 ? -1 : impl_->daemon_device(impl_->device));
   auto resp = impl_->call(fbb, wire::Request::PutBeginReq, req.Union());
   if (!resp) return resp.status();
   const auto* begin = (*resp)->msg->body_as_PutBeginResp();
@@ -145,15 +127,8 @@ Status Client::put_impl(std::string_view ns, const BlockKey& key, std::span<cons
     return why;
   };
   if (begin->staging_fd_attached()) {
-    int sfd = (*resp)->take_fd();
-    if (sfd < 0) return abort(error(Errc::kProtocol, "staging descriptor missing"));
-    void* p = ::mmap(nullptr, begin->staging_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, sfd, 0);
-    int e = errno;
-    ::close(sfd);
-    if (p == MAP_FAILED)
-      return abort(error(Errc::kIo, std::string("mmap staging: ") + std::strerror(e)));
-    impl_->staging = static_cast<std::byte*>(p);
-    impl_->staging_bytes = begin->staging_bytes();
+    if (Status st = impl_->map_staging((*resp)->take_fd(), begin->staging_bytes()); !st)
+      return abort(st);
   }
   if (impl_->staging == nullptr || begin->staging_offset() > impl_->staging_bytes ||
       layout.total_bytes > impl_->staging_bytes - begin->staging_offset())
@@ -220,7 +195,7 @@ Result<Lease> LeaseBuilder::build(const std::shared_ptr<Client::Impl>& impl,
       state->lease_ids.push_back(b->lease_id());
       const bool gpu = b->tier() == 0;  // the wire's tier 0 is the GPU tier
       lb.on_gpu = gpu;
-      lb.device = gpu ? b->device() : -1;
+      lb.device = gpu ? impl->client_device(b->device()) : -1;
       auto m = gpu ? impl->gpu_pool(b->arena()) : impl->arena(b->arena());
       if (!m) {
         failure = m.status();
@@ -246,10 +221,14 @@ Result<Lease> Client::get(std::string_view ns, std::span<const BlockKey> keys, G
   if (keys.empty()) return Lease();
   MutexLock lock(impl_->mu);
   flatbuffers::FlatBufferBuilder fbb(64 + keys.size() * 16);
-  const int device = options.device >= 0 ? options.device : impl_->device;
+  int device = -1;
+  if (options.gpu) {
+    auto d = impl_->gpu_request_device(options.device >= 0 ? options.device : impl_->device);
+    if (!d) return d.status();
+    device = *d;
+  }
   auto req = wire::CreateGetReq(fbb, fbb.CreateString(ns.data(), ns.size()),
-                                wire_util::keys_to_wire(fbb, keys), options.gpu ? 1 : 0,
-                                options.gpu ? device : -1);
+                                wire_util::keys_to_wire(fbb, keys), options.gpu ? 1 : 0, device);
   auto resp = impl_->call(fbb, wire::Request::GetReq, req.Union());
   if (!resp) return resp.status();
   const auto* body = (*resp)->msg->body_as_GetResp();

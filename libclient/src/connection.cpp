@@ -60,12 +60,22 @@ Result<std::unique_ptr<Response>> Client::Impl::call(
     const std::function<void(uint64_t, uint64_t)>& progress) {
   if (fd < 0) return error(Errc::kUnavailable, "not connected");
   const uint64_t id = next_id++;
-  fbb.Finish(wire::CreateRequestMsg(fbb, id, type, body));
+  // Releases waiting for a request ride on this one (the daemon handles them first).
+  std::vector<uint64_t> releases;
+  {
+    MutexLock lock(release_mu);
+    releases.swap(pending_releases);
+  }
+  flatbuffers::Offset<flatbuffers::Vector<uint64_t>> rel;
+  if (!releases.empty()) rel = fbb.CreateVector(releases);
+  fbb.Finish(wire::CreateRequestMsg(fbb, id, type, body, rel));
   auto bytes = wire_util::bytes_of(fbb);
-  if (max_message_bytes && bytes.size() > max_message_bytes)
+  if (max_message_bytes && bytes.size() > max_message_bytes) {
+    if (!releases.empty()) (void)post_releases(std::move(releases));
     return error(Errc::kLimit, "request of " + std::to_string(bytes.size()) +
                                    " bytes exceeds the daemon's limit of " +
                                    std::to_string(max_message_bytes));
+  }
   if (channel && bytes.size() <= channel->request_capacity()) {
     auto resp = call_on_channel(id, bytes);
     if (!resp || *resp != nullptr) return resp;
@@ -87,6 +97,47 @@ Result<std::unique_ptr<Response>> Client::Impl::call(
     if (p == nullptr) return resp;
     if (progress) progress(p->done(), p->total());
   }
+}
+
+Status Client::Impl::post_releases(std::vector<uint64_t> ids) {
+  {
+    MutexLock lock(release_mu);
+    ids.insert(ids.end(), pending_releases.begin(), pending_releases.end());
+    pending_releases.clear();
+  }
+  if (ids.empty() || fd < 0) return {};  // a closed connection released everything
+  flatbuffers::FlatBufferBuilder fbb(64 + ids.size() * 8);
+  auto req = wire::CreateReleaseReq(fbb, fbb.CreateVector(ids));
+  fbb.Finish(wire::CreateRequestMsg(fbb, next_id++, wire::Request::ReleaseReq, req.Union(), 0,
+                                    /*oneway=*/true));
+  auto bytes = wire_util::bytes_of(fbb);
+  auto header =
+      encode_header({kProtocolVersion, FrameKind::kRequest, static_cast<uint32_t>(bytes.size())});
+  // On the socket even with a request channel: the daemon reads it when it next reads the
+  // socket, and nothing waits for it.
+  if (Status st = send_all(fd, header, bytes); !st) (void)fail_connection(st);
+  return {};
+}
+
+Status Client::Impl::release_leases(std::vector<uint64_t> ids) {
+  if (ids.empty()) return {};
+  if (release_mode == ReleaseMode::kDeferred) {
+    {
+      MutexLock lock(release_mu);
+      pending_releases.insert(pending_releases.end(), ids.begin(), ids.end());
+      if (pending_releases.size() < kMaxPendingReleases) return {};
+    }
+    MutexLock lock(mu);
+    return post_releases({});
+  }
+  MutexLock lock(mu);
+  if (release_mode == ReleaseMode::kPosted) return post_releases(std::move(ids));
+  flatbuffers::FlatBufferBuilder fbb(64 + ids.size() * 8);
+  auto req = wire::CreateReleaseReq(fbb, fbb.CreateVector(ids));
+  auto resp = call(fbb, wire::Request::ReleaseReq, req.Union());
+  // A dead connection has released everything on the daemon's side already.
+  if (!resp && resp.status().code() == Errc::kUnavailable) return {};
+  return resp.status();
 }
 
 Status Client::Impl::fail_connection(Status st) {
@@ -213,9 +264,16 @@ Result<std::shared_ptr<ArenaMapping>> Client::Impl::gpu_pool(uint32_t id) {
   const auto* info = body->pool();
   gpu::PoolExport e;
   e.type = static_cast<gpu::HandleType>(info->handle_type());
-  e.device = info->device();
+  e.device = client_device(info->device());  // this process's numbering
   e.bytes = info->bytes();
   e.fd = (*resp)->take_fd();  // import_pool owns it from here on
+  if (e.device < 0) {
+    if (e.fd >= 0) ::close(e.fd);
+    return error(Errc::kUnavailable,
+                 "GPU pool " + std::to_string(id) + " is on kvtierd's device " +
+                     std::to_string(info->device()) +
+                     ", which this process does not see (CUDA_VISIBLE_DEVICES)");
+  }
   if (e.type == gpu::HandleType::kCudaIpc) {
     if (info->ipc_handle() == nullptr || info->ipc_handle()->size() != e.ipc_handle.size())
       return error(Errc::kProtocol, "GPU pool reply without its IPC handle");
@@ -284,15 +342,26 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   impl->session_id = h->session_id();
   impl->instance = wire_util::from_wire(*h->instance());
   impl->max_message_bytes = h->max_message_bytes();
+  impl->daemon_carries_releases = h->carried_releases();
   if (h->arenas())
     for (const auto* a : *h->arenas()) impl->arena_sizes[a->id()] = a->bytes();
   impl->device = options.device;
   impl->gpu_backend = wire_util::str(h->gpu_backend());
-  if (h->gpu_pools())
-    for (const auto* p : *h->gpu_pools())  // one device may carry pools of several domains
-      if (std::find(impl->gpu_devices.begin(), impl->gpu_devices.end(), p->device()) ==
-          impl->gpu_devices.end())
-        impl->gpu_devices.push_back(p->device());
+  if (h->gpu_pools()) {
+    for (const auto* p : *h->gpu_pools()) {  // one device may carry pools of several domains
+      auto& have = impl->daemon_devices;
+      if (std::any_of(have.begin(), have.end(),
+                      [&](const auto& d) { return d.index == p->device(); }))
+        continue;
+      Impl::DaemonDevice d;
+      d.index = p->device();
+      if (p->uuid() != nullptr && p->uuid()->size() == gpu::DeviceUuid{}.size()) {
+        d.uuid.emplace();
+        std::memcpy(d.uuid->data(), p->uuid()->data(), d.uuid->size());
+      }
+      have.push_back(d);
+    }
+  }
   const char* channel_env = std::getenv("KVTIER_REQUEST_CHANNEL");
   if (impl->busy_poll_us > 0 && options.request_channel &&
       (channel_env == nullptr || std::string_view(channel_env) != "0")) {
@@ -301,6 +370,24 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     if (Status st = impl->open_channel(); !st && impl->fd < 0) return st;
   }
   lock.unlock();
+  impl->release_mode = options.release_mode;
+  if (const char* env = std::getenv("KVTIER_RELEASE_MODE"); env != nullptr && *env) {
+    const std::string_view m(env);
+    if (m == "deferred")
+      impl->release_mode = ReleaseMode::kDeferred;
+    else if (m == "posted")
+      impl->release_mode = ReleaseMode::kPosted;
+    else if (m == "round_trip")
+      impl->release_mode = ReleaseMode::kRoundTrip;
+    else
+      return error(Errc::kInvalidArgument,
+                   "KVTIER_RELEASE_MODE must be deferred, posted or round_trip, not '" +
+                       std::string(m) + "'");
+  }
+  // A daemon that predates carried and one-way releases gets every release as a round trip.
+  if (!impl->daemon_carries_releases) impl->release_mode = ReleaseMode::kRoundTrip;
+  const char* index_env = std::getenv("KVTIER_LOOKUP_INDEX");
+  impl->lookup_index = options.lookup_index && !(index_env && std::string_view(index_env) == "0");
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 

@@ -99,7 +99,7 @@ def test_miss_and_daemon_failure_fall_back_to_computing(client):
     assert hf.save(c, ns, a, cache) == 0
 
 
-def test_nf4_namespace_keys_per_channel(client):
+def test_nf4_namespace_keys_per_token(client):
     model = M.build("qwen2")
     ns = hf.namespace(model, salt=SALT, codec_prefix="nf4/", chunk_tokens=64)
     ids = torch.randint(0, M.VOCAB, (1, 130), generator=torch.Generator().manual_seed(7))
@@ -109,7 +109,7 @@ def test_nf4_namespace_keys_per_channel(client):
     assert hf.save(client, ns, ids, cache) == 2
     with client.get(ns, kvtier.chain_keys(ns, ids[0], 64)[:1]) as lease:
         k, v = lease[0]["k"], lease[0]["v"]
-        assert (k.codec, k.nf4_layout, v.codec, v.nf4_layout) == ("nf4", "column", "nf4", "row")
+        assert (k.codec, k.nf4_layout, v.codec, v.nf4_layout) == ("nf4", "row", "nf4", "row")
         assert lease[0]["kv.layers"].codec == "raw"
     restored, n = hf.load_prefix(client, ns, ids, model)
     assert n == 128

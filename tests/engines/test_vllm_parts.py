@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import kvtier
+from kvtier_daemon import Daemon
 from kvtier.vllm import (ConnectorCounters, KvGeometry, KvtierConnector,
                          KvtierConnectorMetadata, KvtierVllmConfig, LoadSpec, Namespaces, _Link,
                          _Saver)
@@ -144,8 +145,8 @@ def test_a_block_gone_or_corrupt_between_lookup_and_load_is_reported(client, dae
     assert gone._load(spec) == 0
 
 
-def test_saves_do_not_block_on_a_slow_daemon_until_the_queue_is_full(daemon):
-    w = _Worker(daemon.socket)
+def _gate_saves(w):
+    """Holds the worker's saver at its connection until the returned event is set."""
     gate = threading.Event()
     real_get = w.link.get
 
@@ -154,6 +155,12 @@ def test_saves_do_not_block_on_a_slow_daemon_until_the_queue_is_full(daemon):
         return real_get()
 
     w.link.get = slow_get
+    return gate
+
+
+def test_saves_do_not_block_on_a_slow_daemon_until_the_queue_is_full(daemon):
+    w = _Worker(daemon.socket)
+    gate = _gate_saves(w)
     ns = "vllm-parts/queue"
     keys = kvtier.chain_keys(ns, list(range(4 * CHUNK)), CHUNK)
     _fill(w, range(8), seed=3)
@@ -164,3 +171,26 @@ def test_saves_do_not_block_on_a_slow_daemon_until_the_queue_is_full(daemon):
     w._saver.flush()
     assert w.counters.saved_chunks == 4
     w._saver.close()
+
+
+def test_saves_batch_and_retry_what_the_staging_area_could_not_hold():
+    """The saver puts what waits in one put_batch; chunks beyond the staging area (1 MiB here,
+    16 chunks of 64 KiB) come back LimitExceeded and go in the next batch: all are saved."""
+    d = Daemon(staging_bytes=1 << 20)
+    try:
+        w = _Worker(d.socket)
+        gate = _gate_saves(w)
+        ns = "vllm-parts/batch"
+        keys = kvtier.chain_keys(ns, list(range(24 * CHUNK)), CHUNK)
+        _fill(w, range(8), seed=5)
+        for i, key in enumerate(keys):
+            j = i % 4
+            w._saver.submit(ns, key, w._gather([2 * j, 2 * j + 1]))
+        gate.set()
+        w._saver.flush()
+        assert w.counters.saved_chunks == 24 and w.counters.save_errors == 0
+        with kvtier.Client(d.socket) as c:
+            assert c.lookup(ns, keys) == 24
+        w._saver.close()
+    finally:
+        d.stop()

@@ -72,6 +72,12 @@ def main():
             res.append({"token_ids": list(c.token_ids), "logprobs": lps,
                         "cached_tokens": o.num_cached_tokens, "ttft_s": ttft})
         print("RESULT " + json.dumps({"outputs": res, "wall_s": wall}), flush=True)
+    # Shut the engine down in order: the workers' KV connectors see shutdown() (and log their
+    # counters) instead of being killed with the process.
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception as e:  # an older vLLM without it: the process exit does the rest
+        print("engine shutdown: %r" % (e,), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

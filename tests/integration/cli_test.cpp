@@ -11,6 +11,7 @@
 
 #include "kvtier/client.h"
 #include "tests/testing/blocks.h"
+#include "tests/testing/ctl.h"
 #include "tests/testing/daemon.h"
 
 using namespace kvtier;
@@ -18,22 +19,8 @@ using kvtier::testing::Daemon;
 
 namespace {
 
-struct Run {
-  int code;
-  std::string out;
-};
-
-Run ctl(const std::string& args) {
-  std::string cmd = std::string(KVTIER_BINARY_DIR) + "/cli/kvtierctl " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  Run r{0, {}};
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof(buf), p)) r.out.append(buf, n);
-  int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using Run = kvtier::testing::CtlRun;
+using kvtier::testing::ctl;
 
 // The whitespace-separated fields of the first line of out that starts with prefix.
 std::vector<std::string> row(const std::string& out, const std::string& prefix) {

@@ -111,12 +111,12 @@ bool same(const std::vector<std::byte>& a, std::span<const std::byte> b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
-// What NF4 makes of `src` (fp16 [rows, 128] along `layout`): the CPU codec, byte-identical
-// to the device kernels.
+// What NF4 makes of `src` (fp16 [rows, 128] along `layout`) in a default NF4 namespace
+// (double quant on): the CPU codec, byte-identical to the device kernels.
 std::vector<std::byte> nf4_round_trip(std::span<const std::byte> src, uint64_t rows,
                                       Nf4Layout layout) {
-  std::vector<std::byte> enc(nf4_encoded_size(DType::kF16, layout, false, rows, 128));
-  must(nf4_quantize(DType::kF16, layout, false, rows, 128, src, enc));
+  std::vector<std::byte> enc(nf4_encoded_size(DType::kF16, layout, true, rows, 128));
+  must(nf4_quantize(DType::kF16, layout, true, rows, 128, src, enc));
   std::vector<std::byte> out(src.size());
   must(nf4_dequantize(enc, DType::kF16, out));
   return out;
@@ -287,6 +287,31 @@ TEST_CASE("gpu: eviction demotes to host NF4; a GPU get promotes back on the dev
   CHECK(same(read(*g.block(0).tensor("v")),
              nf4_round_trip(blocks[i].bytes(blocks[i].v), 2048, Nf4Layout::kRowBlocks)));
   CHECK(g.block(0).tensor("k")->checksum == 0);  // decoded on the device: not hashed
+  CHECK(counter(*c, "gpu_promotion_batches") == 1);
+}
+
+TEST_CASE("gpu: a GPU get promotes its host blocks in one batch, byte-exact", "[gpu]") {
+  if (!suite_ready()) return;
+  Daemon d(gpu_daemon("nf4", 16ull << 20));
+  auto c = Client::connect(d.socket()).value();
+  auto keys = chain("m", 6);
+  std::vector<HalfBlock> blocks;
+  for (uint32_t i = 0; i < keys.size(); ++i) blocks.emplace_back(256, 300 + i);
+  for (size_t i = 0; i < keys.size(); ++i) must(c->put("m", keys[i], blocks[i].tensors));
+  auto host = c->get("m", keys).value();  // copies down to NF4 in the host tier
+  host.release().is_ok();
+  (void)c->evict("m", {}, false, TierSel::kGpu).value();  // only the host tier holds them now
+  auto g = c->get("m", keys, on_gpu()).value();
+  CHECK(counter(*c, "gpu_promotions") == keys.size());
+  CHECK(counter(*c, "gpu_promotion_batches") == 1);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    INFO("block " << i);
+    REQUIRE(g.block(i).on_gpu);
+    CHECK(same(read(*g.block(i).tensor("k")),
+               nf4_round_trip(blocks[i].bytes(blocks[i].k), 256, Nf4Layout::kColumnBlocks)));
+    CHECK(same(read(*g.block(i).tensor("v")),
+               nf4_round_trip(blocks[i].bytes(blocks[i].v), 256, Nf4Layout::kRowBlocks)));
+  }
 }
 
 TEST_CASE("gpu: lossless namespaces demote and promote bit-exact", "[gpu]") {
@@ -552,6 +577,268 @@ TEST_CASE("gpu: two devices: puts land on the client's device; other devices pro
   REQUIRE_FALSE(bad);
   CHECK(bad.status().code() == Errc::kInvalidArgument);
   CHECK_THAT(bad.status().message(), Catch::Contains("no GPU tier on device 5"));
+}
+
+TEST_CASE("gpu: a client with another CUDA_VISIBLE_DEVICES finds its devices by UUID", "[gpu]") {
+  if (!suite_ready()) return;
+  if (backend() == "cuda") {
+    // The CUDA runtime reads CUDA_VISIBLE_DEVICES once per process: the emulation, which reads
+    // it at each connect, covers the translation.
+    WARN("skipping the CUDA_VISIBLE_DEVICES case on CUDA");
+    return;
+  }
+  struct Env {
+    explicit Env(const char* v) { ::setenv("CUDA_VISIBLE_DEVICES", v, 1); }
+    ~Env() { ::unsetenv("CUDA_VISIBLE_DEVICES"); }
+  };
+  Daemon d(gpu_daemon("fp16", 8ull << 20, "[0, 1]"));
+  auto keys = chain("m", 2);
+  HalfBlock b0(64, 21), b1(64, 22);
+  {
+    Env env("1");  // this process's device 0 is the daemon's device 1
+    ClientOptions o;
+    o.socket = d.socket();
+    o.device = 0;
+    auto c = Client::connect(o).value();
+    CHECK(c->gpu_devices() == std::vector<int>{0});
+    CHECK(stats(*c)["tiers"]["gpu"]["devices"][1]["uuid"] ==
+          "GPU-6b767469-6572-656d-7567-707500000001");
+    must(c->put("m", keys[0], b0.tensors));
+    CHECK(pool(*c, 0)["blocks"] == 0);
+    CHECK(pool(*c, 1)["blocks"] == 1);  // landed on the daemon's device 1
+    auto g = c->get("m", std::span(keys.data(), 1), on_gpu()).value();
+    REQUIRE(g.block(0).on_gpu);
+    CHECK(g.block(0).device == 0);
+    CHECK(g.block(0).tensors[0].device == 0);
+    CHECK(same(read(*g.block(0).tensor("k")), b0.bytes(b0.k)));
+    auto bad = c->get("m", keys, on_gpu(1));  // the daemon's device 0: not visible here
+    REQUIRE_FALSE(bad);
+    CHECK(bad.status().code() == Errc::kInvalidArgument);
+    CHECK_THAT(bad.status().message(), Catch::Contains("no GPU tier on device 1 of this process"));
+    CHECK_THAT(bad.status().message(), Catch::Contains("GPU-6b767469-6572-656d-7567-707500000000"));
+  }
+  {
+    // By UUID, then by index: this process's 0 and 1 are the daemon's 1 and 0.
+    Env env("GPU-6b767469-6572-656d-7567-707500000001,0");
+    ClientOptions o;
+    o.socket = d.socket();
+    o.device = 1;
+    auto c = Client::connect(o).value();
+    CHECK(c->gpu_devices() == std::vector<int>{0, 1});
+    must(c->put("m", keys[1], b1.tensors));
+    CHECK(pool(*c, 0)["blocks"] == 1);  // the daemon's device 0
+    auto g = c->get("m", keys, on_gpu(0)).value();
+    for (size_t i = 0; i < 2; ++i) {
+      INFO("block " << i);
+      REQUIRE(g.block(i).on_gpu);
+      CHECK(g.block(i).device == 0);
+    }
+    CHECK(same(read(*g.block(0).tensor("k")), b0.bytes(b0.k)));
+    CHECK(same(read(*g.block(1).tensor("v")), b1.bytes(b1.v)));  // promoted onto device 1
+    CHECK(pool(*c, 1)["blocks"] == 2);
+  }
+  {
+    Env env("");  // this process sees no GPU
+    auto c = Client::connect(d.socket()).value();
+    CHECK(c->gpu_devices().empty());
+    auto bad = c->get("m", keys, on_gpu());
+    REQUIRE_FALSE(bad);
+    CHECK_THAT(bad.status().message(),
+               Catch::Contains("no GPU tier on any device of this process"));
+    auto host = c->get("m", keys).value();  // host memory still serves
+    CHECK(host.found() == 2);
+  }
+}
+
+// Device puts (docs/gpu.md, "Device puts"): a batch staged in device memory.  On the
+// emulation the "device" tensors are host memory standing in for it, as for leases.
+std::vector<TensorIn> on_device(const HalfBlock& b, int device) {
+  std::vector<TensorIn> t = b.tensors;
+  for (auto& x : t) x.device = device;
+  return t;
+}
+
+TEST_CASE("gpu: a device put batch lands in the GPU tier byte-exact, device to device", "[gpu]") {
+  if (!suite_ready()) return;
+  Daemon d(gpu_daemon("nf4", 16ull << 20));
+  ClientOptions o;
+  o.socket = d.socket();
+  o.device = 0;
+  auto c = Client::connect(o).value();
+  constexpr size_t kBlocks = 8;
+  auto keys = chain("m", kBlocks);
+  std::vector<HalfBlock> blocks;
+  for (size_t i = 0; i < kBlocks; ++i) blocks.emplace_back(64, 100 + i);
+  std::vector<std::vector<TensorIn>> tensors;
+  std::vector<PutItem> items;
+  for (size_t i = 0; i < kBlocks; ++i) tensors.push_back(on_device(blocks[i], 0));
+  for (size_t i = 0; i < kBlocks; ++i) items.push_back(PutItem{keys[i], tensors[i]});
+  auto r = c->put_batch("m", items);
+  REQUIRE(r);
+  for (size_t i = 0; i < kBlocks; ++i) {
+    INFO("item " << i << ": " << (*r)[i].to_string());
+    CHECK((*r)[i].is_ok());
+  }
+  CHECK(counter(*c, "gpu_device_puts") == kBlocks);
+  CHECK(counter(*c, "gpu_device_put_bytes") == kBlocks * 2 * 64 * 128 * 2);
+  CHECK(counter(*c, "gpu_puts") == kBlocks);
+  CHECK(pool(*c)["blocks"] == kBlocks);
+  auto g = c->get("m", keys, on_gpu()).value();
+  for (size_t i = 0; i < kBlocks; ++i) {
+    INFO("block " << i);
+    REQUIRE(g.block(i).on_gpu);
+    CHECK(g.block(i).tensor("k")->codec == Codec::kRaw);  // fp16 as put, in an NF4 namespace
+    CHECK(same(read(*g.block(i).tensor("k")), blocks[i].bytes(blocks[i].k)));
+    CHECK(same(read(*g.block(i).tensor("v")), blocks[i].bytes(blocks[i].v)));
+  }
+  // A host get copies down to NF4, as for any GPU block.
+  auto h = c->get("m", std::span(keys.data(), 1)).value();
+  CHECK(h.block(0).tensor("v")->codec == Codec::kNf4);
+
+  // Blocks are immutable: the same batch again is kAlreadyExists for each item, and a single
+  // put() of device tensors takes the same path.
+  auto again = c->put_batch("m", items).value();
+  for (const Status& st : again) CHECK(st.code() == Errc::kAlreadyExists);
+  CHECK(c->put("m", keys[0], tensors[0]).code() == Errc::kAlreadyExists);
+  auto more = chain("m", 1, 5000);
+  HalfBlock extra(64, 7);
+  must(c->put("m", more[0], on_device(extra, 0)));
+  CHECK(counter(*c, "gpu_device_puts") == kBlocks + 1);
+}
+
+TEST_CASE(
+    "gpu: device puts scatter from pieces, take the host path when they must, and stay "
+    "within their staging",
+    "[gpu]") {
+  if (!suite_ready()) return;
+  DaemonOptions opts = gpu_daemon("fp16", 16ull << 20);
+  opts.extra_toml = "device_staging_bytes = \"1MiB\"\n";
+  Daemon d(opts);
+  ClientOptions o;
+  o.socket = d.socket();
+  o.device = 0;
+  auto c = Client::connect(o).value();
+  auto keys = chain("m", 64);
+
+  SECTION("pieces of a paged cache, out of order: no gather copy, the same bytes") {
+    // K of 64 tokens x 128 lives in 4 pages of 16 tokens, stored in the pool in the order
+    // 2, 0, 3, 1 (a paged layout); V is contiguous.
+    HalfBlock b(64, 31);
+    const size_t page = 16 * 128;
+    std::vector<_Float16> paged(4 * page);
+    const size_t order[4] = {2, 0, 3, 1};  // page p of the tensor sits in slot order[p]
+    for (size_t p = 0; p < 4; ++p)
+      std::memcpy(paged.data() + order[p] * page, b.k.data() + p * page, page * 2);
+    TensorIn k{"k", DType::kF16, {64, 128}, nullptr, Nf4Layout::kColumnBlocks, 0, {}};
+    for (size_t p = 0; p < 4; ++p) k.segments.push_back({paged.data() + order[p] * page, page * 2});
+    TensorIn v{"v", DType::kF16, {64, 128}, b.v.data(), Nf4Layout::kRowBlocks, 0, {}};
+    const std::vector<TensorIn> t{k, v};
+    must(c->put("m", keys[0], t));
+    auto g = c->get("m", std::span(keys.data(), 1), on_gpu()).value();
+    CHECK(same(read(*g.block(0).tensor("k")), b.bytes(b.k)));
+    CHECK(same(read(*g.block(0).tensor("v")), b.bytes(b.v)));
+    // Pieces that do not add up to the tensor are refused, for that item only.
+    TensorIn short_k = k;
+    short_k.segments.pop_back();
+    const std::vector<TensorIn> bad{short_k, v};
+    HalfBlock other(64, 32);
+    const auto good = on_device(other, 0);
+    const PutItem two[] = {{keys[1], bad}, {keys[2], good}};
+    auto r = c->put_batch("m", two).value();
+    CHECK(r[0].code() == Errc::kInvalidArgument);
+    CHECK_THAT(r[0].message(), Catch::Contains("pieces hold"));
+    CHECK(r[1].is_ok());
+  }
+
+  SECTION("the device staging comes with a reply whose every item failed: kept for the next") {
+    HalfBlock a(64, 51), b(64, 52);
+    must(c->put("m", keys[5], a.tensors));  // host path: cached already
+    const auto dev_a = on_device(a, 0);
+    const auto dev_b = on_device(b, 0);
+    const PutItem cached{keys[5], dev_a};
+    auto first = c->put_batch("m", std::span(&cached, 1)).value();
+    CHECK(first[0].code() == Errc::kAlreadyExists);
+    const PutItem fresh{keys[6], dev_b};
+    auto second = c->put_batch("m", std::span(&fresh, 1)).value();
+    CHECK(second[0].is_ok());
+    CHECK(counter(*c, "gpu_device_puts") == 1);
+  }
+
+  SECTION("fp32 staged on the device is read back and sealed into the host tier") {
+    std::vector<float> f(4096);
+    for (size_t i = 0; i < f.size(); ++i) f[i] = float(i) * 0.25f;
+    const std::vector<TensorIn> t{
+        TensorIn{"x", DType::kF32, {4096}, f.data(), Nf4Layout::kRowBlocks, 0, {}}};
+    const PutItem item{keys[3], t};
+    auto r = c->put_batch("m", std::span(&item, 1), PutOptions{PutStaging::kDevice, 0}).value();
+    REQUIRE(r[0].is_ok());
+    CHECK(counter(*c, "gpu_device_puts") == 0);  // not a GPU tier block
+    auto h = c->get("m", std::span(keys.data() + 3, 1)).value();
+    REQUIRE(h.block(0).found());
+    CHECK(!h.block(0).on_gpu);
+    CHECK(same(read(*h.block(0).tensor("x")), std::as_bytes(std::span(f))));
+  }
+
+  SECTION("host staging, batched: the same bytes") {
+    std::vector<HalfBlock> blocks;
+    for (size_t i = 0; i < 5; ++i) blocks.emplace_back(64, 40 + i);
+    std::vector<PutItem> items;
+    for (size_t i = 0; i < 5; ++i) items.push_back(PutItem{keys[10 + i], blocks[i].tensors});
+    auto r = c->put_batch("m", items, PutOptions{PutStaging::kHost, -1}).value();
+    for (const Status& st : r) CHECK(st.is_ok());
+    CHECK(counter(*c, "gpu_device_puts") == 0);
+    auto g = c->get("m", std::span(keys.data() + 10, 5), on_gpu()).value();
+    for (size_t i = 0; i < 5; ++i)
+      CHECK(same(read(*g.block(i).tensor("k")), blocks[i].bytes(blocks[i].k)));
+  }
+
+  SECTION("a batch larger than the device staging: the rest is kLimit, the rest stored") {
+    // 1 MiB of device staging is a pool of 2 MiB (the allocation granularity): 40 blocks of
+    // 64 KiB do not fit.
+    std::vector<HalfBlock> blocks;
+    for (size_t i = 0; i < 40; ++i) blocks.emplace_back(128, 60 + i);  // 64 KiB each
+    std::vector<std::vector<TensorIn>> tensors;
+    for (auto& b : blocks) tensors.push_back(on_device(b, 0));
+    std::vector<PutItem> items;
+    for (size_t i = 0; i < 40; ++i) items.push_back(PutItem{keys[20 + i], tensors[i]});
+    auto r = c->put_batch("m", items).value();
+    size_t stored = 0, limited = 0;
+    for (const Status& st : r) {
+      if (st.is_ok()) ++stored;
+      if (st.code() == Errc::kLimit) {
+        ++limited;
+        CHECK_THAT(st.message(), Catch::Contains("device_staging_bytes"));
+      }
+    }
+    CHECK(stored > 0);
+    CHECK(limited > 0);
+    CHECK(stored + limited == 40);
+    // Sealed puts gave their staging back: the rest fits now.
+    std::vector<PutItem> rest;
+    for (size_t i = 0; i < 40; ++i)
+      if (!r[i].is_ok()) rest.push_back(items[i]);
+    const std::vector<Status> second = c->put_batch("m", rest).value();
+    for (const Status& st : second) CHECK(st.to_string() == "ok");
+    auto g = c->get("m", std::span(keys.data() + 20, 40), on_gpu()).value();
+    CHECK(g.found() == 40);
+    CHECK(same(read(*g.block(39).tensor("k")), blocks[39].bytes(blocks[39].k)));
+  }
+}
+
+TEST_CASE("gpu: a device put to a daemon without a GPU tier fails clearly", "[gpu]") {
+  if (!suite_ready()) return;
+  DaemonOptions opts;
+  opts.host_bytes = 32ull << 20;
+  Daemon d(opts);
+  auto c = Client::connect(d.socket()).value();
+  HalfBlock b(16, 1);
+  auto keys = chain("m", 1);
+  const PutItem item{keys[0], b.tensors};
+  auto r = c->put_batch("m", std::span(&item, 1), PutOptions{PutStaging::kDevice, 0});
+  REQUIRE_FALSE(r);
+  CHECK_THAT(r.status().message(), Catch::Contains("no GPU tier"));
+  // The connection is still good.
+  must(c->put("m", keys[0], b.tensors));
 }
 
 TEST_CASE("gpu: a host get of a GPU block while leases fill the host tier says no_space", "[gpu]") {

@@ -209,7 +209,10 @@ TEST_CASE("GET /metrics: values move with requests, agree with stats, and parse"
       values += dec.size();
     }
   }
-  for (int l = 0; l < kLookups; ++l) CHECK(c->lookup(ns, keys).value() == kPuts);
+  // The daemon counts the lookups it answers (not those a client reads from the index).
+  LookupOptions from_daemon;
+  from_daemon.source = LookupSource::kDaemon;
+  for (int l = 0; l < kLookups; ++l) CHECK(c->lookup(ns, keys, from_daemon).value() == kPuts);
   const std::vector<ChunkEmbeddings> emb = {
       ChunkEmbeddings{keys[0], {ModalityVector{"vision", std::vector<float>(8, 0.5f)}}}};
   REQUIRE(c->add_embeddings(ns, emb).is_ok());

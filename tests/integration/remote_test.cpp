@@ -2,9 +2,14 @@
 // socket, shared memory and state directory) sharing one real Redis Cluster started by the
 // test (tests/testing/redis_cluster.h): cross-host hits byte-exact, write-back and
 // write-through, values larger than remote.max_value_bytes, corrupt and misplaced values
-// dropped, a killed master (misses, then hits after failover), a slot migrated under load, and
-// a daemon started without a reachable cluster.
+// dropped, a killed master (misses, then hits after failover), a slot migrated under load, a get
+// that arrives while the daemon connects (past a seed that hangs), and a daemon started without a
+// reachable cluster.
+#include <arpa/inet.h>
 #include <catch2/catch.hpp>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -44,21 +49,55 @@ std::vector<BlockKey> chain(std::string_view ns, size_t n, uint32_t first_token 
   return chain_keys(ns, tokens, 16);
 }
 
-std::string seeds_toml(const RedisCluster& cluster) {
+// The cluster's nodes as a TOML list, after `first` when given.
+std::string seeds_toml(const RedisCluster& cluster, const std::string& first = {}) {
+  std::vector<std::string> seeds = cluster.seeds();
+  if (!first.empty()) seeds.insert(seeds.begin(), first);
   std::string s = "[";
-  for (const std::string& a : cluster.seeds()) s += (s.size() > 1 ? ", \"" : "\"") + a + "\"";
+  for (const std::string& a : seeds) s += (s.size() > 1 ? ", \"" : "\"") + a + "\"";
   return s + "]";
 }
+
+// A "node" that hangs: it listens (the kernel completes connections into its backlog) and never
+// accepts or answers, as a paused Redis does.
+class HungNode {
+ public:
+  HungNode() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd_ >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(fd_, 16) == 0);
+    socklen_t len = sizeof addr;
+    REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    address_ = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  }
+  ~HungNode() { ::close(fd_); }
+  HungNode(const HungNode&) = delete;
+  HungNode& operator=(const HungNode&) = delete;
+  const std::string& address() const { return address_; }
+
+ private:
+  int fd_ = -1;
+  std::string address_;
+};
 
 // A "host": kvtierd with the cluster as its remote tier.  Namespaces: fp/ lossless and
 // write-through, q/ NF4 write-through, wb/ lossless write-back, raw/ lossless uncompressed
 // write-through, local/ never remote.
-DaemonOptions host_options(const RedisCluster& cluster, const std::string& more = {}) {
+// `command_timeout_ms`: a host whose gets must not time out while the machine is loaded (a
+// timed-out command is a miss, by design) gets more than the default 1 s.
+// `first_seed`: a seed listed before the cluster's nodes.
+DaemonOptions host_options(const RedisCluster& cluster, const std::string& more = {},
+                           uint32_t command_timeout_ms = 1000, const std::string& first_seed = {}) {
   DaemonOptions o;
   o.host_bytes = 32ull << 20;
   o.disk = false;  // a hit on host B can only come from the cluster
-  o.extra_toml = "[remote]\nseeds = " + seeds_toml(cluster) +
-                 "\ncommand_timeout_ms = 1000\nconnect_timeout_ms = 300\n"
+  o.extra_toml = "[remote]\nseeds = " + seeds_toml(cluster, first_seed) +
+                 "\ncommand_timeout_ms = " + std::to_string(command_timeout_ms) +
+                 "\nconnect_timeout_ms = 300\n"
                  "lookup_timeout_ms = 2000\nmax_value_bytes = \"64KiB\"\n" +
                  more +
                  "[[namespace]]\nprefix = \"\"\ncodec = \"fp16\"\n"
@@ -364,7 +403,10 @@ TEST_CASE("remote: a slot migrated under load loses nothing (MOVED and ASK follo
   cluster.begin_migration(slot, from, to);
   cluster.move_keys(from, to, {key0});
   {
-    Daemon c_host(host_options(cluster));
+    // Nothing here should time out: a GET answered after 1 s on a loaded 2-vCPU machine
+    // (three redis-servers, three daemons and the probing thread above) would read as a
+    // miss, and this case is about following ASK, not about timeouts.
+    Daemon c_host(host_options(cluster, {}, 10000));
     auto cc = connect(c_host);
     auto lease = cc->get("fp/mig", keys);
     REQUIRE(lease);
@@ -385,6 +427,29 @@ TEST_CASE("remote: a slot migrated under load loses nothing (MOVED and ASK follo
   auto lease = cd->get("fp/mig", keys);
   REQUIRE(lease);
   for (const auto& blk : lease->blocks()) CHECK(testing::check_kv_block(blk, kTokens));
+}
+
+TEST_CASE("remote: a get that arrives while the daemon connects waits for the cluster") {
+  // The first seed accepts and never answers: the daemon's first connection attempt (it starts
+  // with the daemon, off the request path) spends a command timeout on it before the next seed
+  // answers.  A get sent meanwhile must wait for that attempt, not report every block missing.
+  RedisCluster cluster(testing::RedisClusterOptions{3, 0});
+  Daemon a(host_options(cluster)), b(host_options(cluster));
+  auto ca = connect(a);
+  auto cb = connect(b);
+  const auto keys = chain("fp/start", 8);
+  put_all(*ca, "fp/start", keys);
+  REQUIRE(wait_lookup(*cb, "fp/start", keys, 8) == 8);
+
+  HungNode hung;
+  Daemon c(host_options(cluster, {}, 1000, hung.address()));
+  auto cc = connect(c);
+  auto lease = cc->get("fp/start", keys);
+  REQUIRE(lease);
+  for (const auto& blk : lease->blocks()) CHECK(testing::check_kv_block(blk, kTokens));
+  auto s = remote_stats(*cc);
+  CHECK(s["connects"].get<uint64_t>() == 1);
+  CHECK(s["connect_failures"].get<uint64_t>() == 0);
 }
 
 TEST_CASE("remote: a daemon whose cluster is unreachable serves from its own tiers") {

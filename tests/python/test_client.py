@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -162,6 +163,45 @@ def test_a_tensor_keeps_its_lease_and_release_is_deferred(client, ns):
     assert _leases(client) == base
 
 
+def _leases_reach(observer, want):
+    for _ in range(500):
+        n = _leases(observer)
+        if n == want:
+            return n
+        time.sleep(0.01)
+    return n
+
+
+def test_release_modes(daemon, ns):
+    observer = kvtier.Client(daemon.socket)
+    keys = kvtier.chain_keys(ns, [5, 6, 7], 1)
+    for k in keys:
+        observer.put(ns, k, {"x": torch.arange(64, dtype=torch.float32)})
+    base = _leases(observer)
+    # deferred (the default): nothing sent until this client's next request or a flush
+    c = kvtier.Client(daemon.socket)
+    with c.get(ns, keys) as lease:
+        assert float(torch.from_dlpack(lease[2]["x"]).sum()) == sum(range(64))
+    gc.collect()
+    assert _leases(observer) == base + 3
+    c.flush_releases()
+    assert _leases_reach(observer, base) == base
+    with c.get(ns, keys):
+        pass
+    assert _leases(observer) == base + 3
+    assert c.lookup(ns, keys, from_index=False) == 3  # carries the releases
+    assert _leases(observer) == base
+    # posted: one-way at once; round_trip: released when release() returns
+    p = kvtier.Client(daemon.socket, release_mode="posted")
+    p.get(ns, keys).release()
+    assert _leases_reach(observer, base) == base
+    r = kvtier.Client(daemon.socket, release_mode="round_trip")
+    r.get(ns, keys).release()
+    assert _leases(observer) == base
+    with pytest.raises(ValueError):
+        kvtier.Client(daemon.socket, release_mode="later")
+
+
 def test_a_lease_keeps_its_connection(daemon, ns):
     observer = kvtier.Client(daemon.socket)
     c = kvtier.Client(daemon.socket)
@@ -295,3 +335,22 @@ def test_busy_poll_client_round_trips(ns):
             assert c.lookup(ns, keys) == 2
     finally:
         d.stop()
+
+
+def test_lookup_from_the_shared_index(daemon, client, ns):
+    keys = kvtier.chain_keys(ns, np.arange(64 * 8), 64)
+    for k in keys[:5]:
+        client.put(ns, k, {"k": np.full((4, 8), float(k.hex()[:2] == "ff"), dtype=np.float16)})
+    assert client.lookup(ns, keys) == 5                  # from the index (the default)
+    assert client.uses_lookup_index(ns)
+    assert client.lookup(ns, keys, from_index=True) == 5
+    assert client.lookup(ns, keys, from_index=False) == 5  # one round trip to the daemon
+    client.remove(ns, [keys[2]])
+    assert client.lookup(ns, keys) == 2                  # seen before remove() returned
+    assert client.lookup(ns, keys[3:], from_index=True) == 2
+    assert client.lookup(ns + "/other", keys) == 0
+    with kvtier.Client(daemon.socket, lookup_index=False) as plain:
+        assert not plain.uses_lookup_index(ns)
+        assert plain.lookup(ns, keys) == 2
+        with pytest.raises(kvtier.Unavailable):
+            plain.lookup(ns, keys, from_index=True)

@@ -45,3 +45,50 @@ def test_gpu_get_without_gpu_tier_raises(client, ns):
     client.put(ns, key, {"k": torch.zeros(4, 8, dtype=torch.float16)})
     with pytest.raises(kvtier.Unavailable, match="no GPU tier"):
         client.get(ns, [key], gpu=True)
+
+
+def test_gpu_devices_follow_cuda_visible_devices(monkeypatch):
+    """Device indices are the process's own: with CUDA_VISIBLE_DEVICES=1 its device 0 is the
+    daemon's device 1, found by the device's UUID (docs/gpu.md, "Device identity")."""
+    d = Daemon(rules=(("", "fp16"),),
+               extra_toml='[gpu]\nbackend = "emulation"\nsize = "8MiB"\ndevices = [0, 1]\n')
+    try:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+        with kvtier.Client(d.socket, device=0) as c:
+            assert c.gpu_devices == [0]
+            key = kvtier.chain_keys("py/uuid", list(range(16)), 16)[0]
+            k = torch.randn(64, 128, dtype=torch.float16)
+            c.put("py/uuid", key, {"k": k})
+            pools = c.stats()["tiers"]["gpu"]["pools"]
+            assert [p["blocks"] for p in pools] == [0, 1]  # on the daemon's device 1
+            with c.get("py/uuid", [key], gpu=True) as lease:
+                t = lease[0]["k"]
+                assert t.device == 0
+                assert torch.equal(torch.from_dlpack(t), k)
+            with pytest.raises(kvtier.InvalidArgument, match="CUDA_VISIBLE_DEVICES"):
+                c.get("py/uuid", [key], gpu=True, device=1)
+    finally:
+        d.stop()
+
+
+def test_put_batch_device_and_host_staging(gpu_daemon):
+    """put_batch: two round trips for many blocks; staging='device' copies into the
+    connection's device staging (host memory standing in for it on the emulation) and the
+    blocks land in the GPU tier exactly; one entry per item, an exception for a cached key."""
+    with kvtier.Client(gpu_daemon.socket, device=0) as c:
+        keys = kvtier.chain_keys("py/batch", list(range(16 * 6)), 16)
+        blocks = [{"k": torch.randn(32, 128, dtype=torch.float16),
+                   "v": torch.randn(32, 128, dtype=torch.float16)} for _ in keys]
+        before = c.stats()["counters"]["gpu_device_puts"]
+        out = c.put_batch("py/batch", list(zip(keys[:4], blocks[:4])), staging="device")
+        assert out == [None] * 4
+        assert c.stats()["counters"]["gpu_device_puts"] == before + 4
+        out = c.put_batch("py/batch", list(zip(keys[3:], blocks[3:])), staging="host")
+        assert isinstance(out[0], kvtier.AlreadyExists)
+        assert out[1:] == [None, None]
+        with c.get("py/batch", keys, gpu=True) as lease:
+            for i, b in enumerate(blocks):
+                assert torch.equal(torch.from_dlpack(lease[i]["k"]), b["k"])
+                assert torch.equal(torch.from_dlpack(lease[i]["v"]), b["v"])
+        with pytest.raises(ValueError, match="staging"):
+            c.put_batch("py/batch", [(keys[0], blocks[0])], staging="disk")

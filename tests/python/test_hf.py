@@ -53,7 +53,7 @@ def test_nf4_namespace_round_trip(client, nf4_ns):
     kv = fake_kv(seq=128, seed=3)
     assert hf.save_prefix(client, nf4_ns, tokens, kv, 64) == 2
     with client.get(nf4_ns, kvtier.chain_keys(nf4_ns, tokens, 64)[:1]) as lease:
-        assert lease[0]["k.0"].nf4_layout == "column" and lease[0]["v.0"].nf4_layout == "row"
+        assert lease[0]["k.0"].nf4_layout == "row" and lease[0]["v.0"].nf4_layout == "row"
     hit = hf.load_prefix(client, nf4_ns, tokens + [0], 64)
     assert hit.num_tokens == 128
     for (k, v), (rk, rv) in zip(kv, hit.past_key_values):

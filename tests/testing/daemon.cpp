@@ -59,6 +59,8 @@ Daemon::Daemon(DaemonOptions o) {
         << "io_threads = " << o.io_threads << "\n"
         << "busy_poll_us = " << o.busy_poll_us << "\n"
         << "request_channel = " << (o.request_channel ? "true" : "false") << "\n"
+        << "lookup_index = " << (o.lookup_index ? "true" : "false") << "\n"
+        << "lookup_index_slots = " << o.lookup_index_slots << "\n"
         << "max_message_bytes = " << o.max_message_bytes << "\n"
         << "log_level = \"" << o.log_level << "\"\n"
         << "drain_timeout_ms = 2000\n"

@@ -16,8 +16,10 @@ struct DaemonOptions {
   uint64_t host_bytes = 64ull << 20;
   uint64_t staging_bytes = 16ull << 20;
   uint32_t io_threads = 2;
-  uint32_t busy_poll_us = 0;    // daemon.busy_poll_us
-  bool request_channel = true;  // daemon.request_channel
+  uint32_t busy_poll_us = 0;              // daemon.busy_poll_us
+  bool request_channel = true;            // daemon.request_channel
+  bool lookup_index = true;               // daemon.lookup_index
+  uint64_t lookup_index_slots = 1 << 16;  // daemon.lookup_index_slots
   uint64_t max_message_bytes = 4ull << 20;
   bool prefault = false;
   // Codec of the catch-all namespace rule the fixture writes, unless extra_toml brings its

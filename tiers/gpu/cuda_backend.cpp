@@ -3,6 +3,7 @@
 // (statically); driver API calls go through cuda_api.h, so a host without a driver gets a
 // probe that says so instead of a daemon that does not start.
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "tiers/gpu/cuda_api.h"
@@ -94,6 +95,7 @@ ProbeReport probe() {
       continue;
     }
     d.name = prop.name;
+    std::memcpy(d.uuid.data(), prop.uuid.bytes, d.uuid.size());
     d.total_bytes = prop.totalGlobalMem;
     d.cc_major = prop.major;
     d.cc_minor = prop.minor;

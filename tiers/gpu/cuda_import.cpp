@@ -4,9 +4,12 @@
 // maps read-write (the legacy API has no read-only mode).
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "tiers/gpu/cuda_api.h"
 #include "tiers/gpu/cuda_import.h"
+#include "tiers/gpu/device_copy.h"
+#include "tiers/gpu/device_identity.h"
 
 namespace kvtier::gpu {
 namespace {
@@ -23,7 +26,7 @@ class VmmImport final : public ImportedPool {
   uint64_t size() const override { return size_; }
   int device() const override { return device_; }
 
-  Status map(int fd, uint64_t bytes) {
+  Status map(int fd, uint64_t bytes, bool writable) {
     const std::string who = "import of vmm gpu " + std::to_string(device_) + " pool";
     CUresult r = api_.mem_import_from_shareable_handle(
         &handle_, reinterpret_cast<void*>(static_cast<std::uintptr_t>(fd)),
@@ -51,9 +54,9 @@ class VmmImport final : public ImportedPool {
     CUmemAccessDesc access;
     std::memset(&access, 0, sizeof access);
     access.location = prop.location;  // the owning device, as numbered in this process
-    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;
+    access.flags = writable ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE : CU_MEM_ACCESS_FLAGS_PROT_READ;
     r = api_.mem_set_access(ptr_, bytes, &access, 1);
-    if (r != CUDA_SUCCESS) return cuda::to_status(who + ": cuMemSetAccess(read)", r);
+    if (r != CUDA_SUCCESS) return cuda::to_status(who + ": cuMemSetAccess", r);
     return Status::ok();
   }
 
@@ -98,7 +101,8 @@ Result<std::unique_ptr<ImportedPool>> import_cuda_pool(const PoolExport& e) {
       return st;
     }
     auto pool = std::make_unique<VmmImport>(**api, e.device);
-    if (Status st = pool->map(e.fd, e.bytes); !st) return st;  // ~VmmImport undoes the rest
+    if (Status st = pool->map(e.fd, e.bytes, e.writable); !st)
+      return st;  // ~VmmImport undoes the rest
     return std::unique_ptr<ImportedPool>(std::move(pool));
   }
   if (e.type == HandleType::kCudaIpc) {
@@ -115,6 +119,36 @@ Result<std::unique_ptr<ImportedPool>> import_cuda_pool(const PoolExport& e) {
   }
   return error(Errc::kInvalidArgument,
                std::string("not a CUDA pool handle: ") + handle_type_name(e.type));
+}
+
+Status cuda_copy_batch(std::span<const CopyOp> ops) {
+  for (const CopyOp& op : ops) {
+    if (op.bytes == 0) continue;
+    if (Status st = cuda::to_status(
+            "cudaMemcpyAsync",
+            cudaMemcpyAsync(op.dst, op.src, op.bytes, cudaMemcpyDefault, cudaStreamPerThread));
+        !st) {
+      (void)cudaStreamSynchronize(cudaStreamPerThread);  // nothing left queued on failure
+      return st;
+    }
+  }
+  return cuda::to_status("cudaStreamSynchronize", cudaStreamSynchronize(cudaStreamPerThread));
+}
+
+Result<std::vector<DeviceUuid>> cuda_device_uuids() {
+  int count = 0;
+  if (Status st = cuda::to_status("cudaGetDeviceCount", cudaGetDeviceCount(&count)); !st) return st;
+  std::vector<DeviceUuid> out(static_cast<size_t>(count));
+  for (int i = 0; i < count; ++i) {
+    // The runtime initialises the driver for this; it creates no context.
+    cudaDeviceProp prop;
+    if (Status st = cuda::to_status("cudaGetDeviceProperties(" + std::to_string(i) + ")",
+                                    cudaGetDeviceProperties(&prop, i));
+        !st)
+      return st;
+    std::memcpy(out[i].data(), prop.uuid.bytes, out[i].size());
+  }
+  return out;
 }
 
 }  // namespace kvtier::gpu

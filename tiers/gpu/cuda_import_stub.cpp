@@ -1,7 +1,10 @@
 // import_cuda_pool in a build without CUDA: CUDA handles cannot be opened here.
 #include <string>
+#include <vector>
 
 #include "tiers/gpu/cuda_import.h"
+#include "tiers/gpu/device_copy.h"
+#include "tiers/gpu/device_identity.h"
 
 namespace kvtier::gpu {
 
@@ -9,6 +12,14 @@ Result<std::unique_ptr<ImportedPool>> import_cuda_pool(const PoolExport& e) {
   return error(Errc::kUnavailable, std::string("cannot import a gpu pool with handle type ") +
                                        handle_type_name(e.type) +
                                        ": kvtier was built without CUDA");
+}
+
+Status cuda_copy_batch(std::span<const CopyOp>) {
+  return error(Errc::kUnavailable, "cannot copy device memory: kvtier was built without CUDA");
+}
+
+Result<std::vector<DeviceUuid>> cuda_device_uuids() {
+  return error(Errc::kUnavailable, "cannot list CUDA devices: kvtier was built without CUDA");
 }
 
 }  // namespace kvtier::gpu

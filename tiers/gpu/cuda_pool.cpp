@@ -53,11 +53,14 @@ class CudaPool final : public DevicePool {
   uint64_t size() const override { return size_; }
   HandleType handle_type() const override { return type_; }
   std::uintptr_t base() const override { return static_cast<std::uintptr_t>(base_); }
-  Result<PoolExport> export_handle() const override;
+  Result<PoolExport> export_handle(bool writable) const override;
   Status write(uint64_t offset, std::span<const std::byte> src) override;
   Status read(uint64_t offset, std::span<std::byte> dst) override;
+  Status copy_from(DevicePool& src, uint64_t src_offset, uint64_t dst_offset,
+                   uint64_t bytes) override;
   Status dequantize_into(std::span<const std::byte> encoded, DType out_dtype,
                          uint64_t offset) override;
+  std::vector<Status> dequantize_batch(std::span<const DequantizeOp> ops) override;
   Status quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) override;
 
  private:
@@ -168,11 +171,12 @@ Status CudaPool::create_stream() {
                    cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 }
 
-Result<PoolExport> CudaPool::export_handle() const {
+Result<PoolExport> CudaPool::export_handle(bool writable) const {
   PoolExport e;
   e.type = type_;
   e.device = device_;
   e.bytes = size_;
+  e.writable = writable;
   if (type_ == HandleType::kCudaIpc) {
     static_assert(sizeof ipc_handle_ == sizeof e.ipc_handle);
     std::memcpy(e.ipc_handle.data(), &ipc_handle_, sizeof ipc_handle_);
@@ -238,6 +242,26 @@ Status CudaPool::read(uint64_t offset, std::span<std::byte> dst) {
                 "read");
 }
 
+Status CudaPool::copy_from(DevicePool& src, uint64_t src_offset, uint64_t dst_offset,
+                           uint64_t bytes) {
+  auto* from = dynamic_cast<CudaPool*>(&src);
+  if (from == nullptr)
+    return error(Errc::kInvalidArgument, who("copy") + ": from a pool of another backend");
+  if (Status st =
+          check_copy(device_, src_offset, from->size_, dst_offset, size_, bytes, from == this);
+      !st)
+    return st;
+  if (bytes == 0) return Status::ok();
+  MutexLock lock(mu_);
+  if (Status st = set_device(); !st) return st;
+  void* dst = reinterpret_cast<void*>(base_ + dst_offset);
+  const void* s = reinterpret_cast<const void*>(from->base_ + src_offset);
+  const cudaError_t e = from->device_ == device_
+                            ? cudaMemcpyAsync(dst, s, bytes, cudaMemcpyDeviceToDevice, stream_)
+                            : cudaMemcpyPeerAsync(dst, device_, s, from->device_, bytes, stream_);
+  return finish(to_status("cudaMemcpyAsync", e), "copy");
+}
+
 Status CudaPool::dequantize_into(std::span<const std::byte> encoded, DType out_dtype,
                                  uint64_t offset) {
   auto h = check_dequantize(encoded, out_dtype, offset, device_, size_);
@@ -255,6 +279,39 @@ Status CudaPool::dequantize_into(std::span<const std::byte> encoded, DType out_d
   return finish(
       nf4::cuda::dequantize(*h, reinterpret_cast<const void*>(in), out_dtype, dst, stream_),
       "nf4 dequantize");
+}
+
+std::vector<Status> CudaPool::dequantize_batch(std::span<const DequantizeOp> ops) {
+  std::vector<Status> out(ops.size());
+  std::vector<size_t> queued;            // launched without a synchronisation of their own
+  std::vector<char> staged(ops.size());  // outside registered memory: after the batch
+  {
+    MutexLock lock(mu_);
+    if (Status st = set_device(); !st) return std::vector<Status>(ops.size(), st);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      auto h = check_dequantize(ops[i].encoded, ops[i].out_dtype, ops[i].offset, device_, size_);
+      if (!h) {
+        out[i] = h.status();
+        continue;
+      }
+      const std::uintptr_t in =
+          registry_->device_address(device_, ops[i].encoded.data(), h->total_size);
+      if (in == 0 || in % 16 != 0) {
+        staged[i] = 1;
+        continue;
+      }
+      void* dst = reinterpret_cast<void*>(base_ + ops[i].offset);
+      out[i] = nf4::cuda::dequantize(*h, reinterpret_cast<const void*>(in), ops[i].out_dtype, dst,
+                                     stream_);
+      if (out[i]) queued.push_back(i);
+    }
+    const Status done = finish(Status::ok(), "nf4 dequantize batch");
+    for (size_t i : queued) out[i] = done;
+  }
+  // Encodings outside registered memory share the staging buffer: one call each.
+  for (size_t i = 0; i < ops.size(); ++i)
+    if (staged[i]) out[i] = dequantize_into(ops[i].encoded, ops[i].out_dtype, ops[i].offset);
+  return out;
 }
 
 Status CudaPool::quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) {

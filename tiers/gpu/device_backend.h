@@ -37,9 +37,14 @@ enum class HandleType : uint8_t {
 };
 const char* handle_type_name(HandleType t);
 
+// A device's UUID (cudaDeviceProp::uuid): the same in every process, whatever numbering its
+// CUDA_VISIBLE_DEVICES gives (tiers/gpu/device_identity.h).
+using DeviceUuid = std::array<uint8_t, 16>;
+
 struct DeviceInfo {
   int index = 0;
-  std::string name;  // "NVIDIA H100 80GB HBM3", "emulated device 0"
+  DeviceUuid uuid{};  // the emulation's: emulated_device_uuid(index)
+  std::string name;   // "NVIDIA H100 80GB HBM3", "emulated device 0"
   uint64_t total_bytes = 0;
   int cc_major = 0;
   int cc_minor = 0;
@@ -61,6 +66,16 @@ struct PoolExport {
   uint64_t bytes = 0;                      // size of the mapping (granularity-rounded)
   int fd = -1;                             // kVmmFd, kMemfd: a new descriptor; the receiver owns it
   std::array<std::byte, 64> ipc_handle{};  // kCudaIpc
+  // The importer may write (a put's device staging, docs/gpu.md); pools of the tier are
+  // exported read-only.
+  bool writable = false;
+};
+
+// One dequantize_into of a batch (DevicePool::dequantize_batch).
+struct DequantizeOp {
+  std::span<const std::byte> encoded;
+  DType out_dtype = DType::kF16;
+  uint64_t offset = 0;
 };
 
 class DevicePool {
@@ -72,19 +87,35 @@ class DevicePool {
   // Address of offset 0 in this process: a device pointer (cuda) or host pointer (emulation).
   virtual std::uintptr_t base() const = 0;
   // A handle for another process; for fd handles, a new descriptor (O_CLOEXEC) the caller
-  // sends and closes.  The emulation's descriptor is opened O_RDONLY: importers cannot map it
-  // writable.  A VMM fd carries no such restriction (importers choose their access).
-  virtual Result<PoolExport> export_handle() const = 0;
+  // sends and closes.  Read-only unless `writable`: the emulation's descriptor is then opened
+  // O_RDONLY, so importers cannot map it writable.  A VMM fd carries no such restriction
+  // (importers choose their access: import_pool() honours PoolExport::writable).
+  virtual Result<PoolExport> export_handle(bool writable = false) const = 0;
 
   // Host -> pool (H2D).  `src` may be any host memory.
   virtual Status write(uint64_t offset, std::span<const std::byte> src) = 0;
   // Pool -> host (D2H).
   virtual Status read(uint64_t offset, std::span<std::byte> dst) = 0;
+  // `bytes` at `src_offset` of `src` (a pool of the same backend, this one included) -> this
+  // pool at `dst_offset`, device to device (a peer copy when the pools are on two devices).
+  // Overlapping ranges of one pool are refused (kInvalidArgument).
+  virtual Status copy_from(DevicePool& src, uint64_t src_offset, uint64_t dst_offset,
+                           uint64_t bytes) = 0;
   // NF4 encoding in host memory (registered with register_host() or not) -> out_dtype elements
   // at `offset`, dequantized on the device (the kernels of kernels/nf4_cuda.h; the emulation
   // runs the CPU codec, which is byte-identical).
   virtual Status dequantize_into(std::span<const std::byte> encoded, DType out_dtype,
                                  uint64_t offset) = 0;
+  // Many dequantize_into at once, one Status each: the CUDA backend queues every kernel on the
+  // pool's stream and synchronises once (an encoding outside registered memory goes through
+  // the staging buffer on its own, synchronously); this default runs them one by one.
+  virtual std::vector<Status> dequantize_batch(std::span<const DequantizeOp> ops) {
+    std::vector<Status> out;
+    out.reserve(ops.size());
+    for (const DequantizeOp& op : ops)
+      out.push_back(dequantize_into(op.encoded, op.out_dtype, op.offset));
+    return out;
+  }
   // p.rows*p.cols elements of p.dtype at `offset` -> NF4 encoding in host memory `dst`
   // (nf4::encoded_size(p) bytes), quantized on the device.  kInvalidArgument on NaN/Inf.
   // Both refuse outlier-channel encodings (the CUDA kernels do not support them) and ranges
@@ -121,7 +152,8 @@ std::unique_ptr<DeviceBackend> make_emulation_backend(int devices, uint64_t devi
 
 // The client side: a pool mapped into this process from a PoolExport (takes ownership of
 // e.fd and closes it once mapped, also on failure).  Read-only where the handle type allows
-// (memfd: PROT_READ; VMM: CU_MEM_ACCESS_FLAGS_PROT_READ); legacy IPC maps read-write.
+// (memfd: PROT_READ; VMM: CU_MEM_ACCESS_FLAGS_PROT_READ) unless e.writable; legacy IPC maps
+// read-write.
 // kVmmFd maps the pool for the device that holds it, as this process numbers devices, and
 // creates the CUDA primary context of the calling thread's current device if there is none;
 // kCudaIpc opens it in the current device's context.  kMemfd works in every build; CUDA

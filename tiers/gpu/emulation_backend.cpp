@@ -15,6 +15,7 @@
 
 #include "common/mutex.h"
 #include "tiers/gpu/device_backend.h"
+#include "tiers/gpu/device_identity.h"
 #include "tiers/gpu/pool_checks.h"
 
 namespace kvtier::gpu {
@@ -56,22 +57,37 @@ class EmulatedPool final : public DevicePool {
   HandleType handle_type() const override { return HandleType::kMemfd; }
   std::uintptr_t base() const override { return reinterpret_cast<std::uintptr_t>(base_); }
 
-  Result<PoolExport> export_handle() const override {
-    // A new open file description with read-only access: the importer cannot map it writable.
+  Result<PoolExport> export_handle(bool writable) const override {
+    // A new open file description with read-only access unless asked: a read-only importer
+    // cannot map it writable.
     std::string path = "/proc/self/fd/" + std::to_string(fd_);
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    int fd = ::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0) return errno_error("emulated gpu " + std::to_string(device_) + ": reopen " + path);
     PoolExport e;
     e.type = HandleType::kMemfd;
     e.device = device_;
     e.bytes = size_;
     e.fd = fd;
+    e.writable = writable;
     return e;
   }
 
   Status write(uint64_t offset, std::span<const std::byte> src) override {
     if (Status st = check_range("write", device_, offset, src.size(), size_); !st) return st;
     if (!src.empty()) std::memcpy(base_ + offset, src.data(), src.size());
+    return Status::ok();
+  }
+
+  Status copy_from(DevicePool& src, uint64_t src_offset, uint64_t dst_offset,
+                   uint64_t bytes) override {
+    auto* from = dynamic_cast<EmulatedPool*>(&src);
+    if (from == nullptr)
+      return error(Errc::kInvalidArgument, "emulated gpu: copy from a pool of another backend");
+    if (Status st =
+            check_copy(device_, src_offset, from->size_, dst_offset, size_, bytes, from == this);
+        !st)
+      return st;
+    if (bytes > 0) std::memcpy(base_ + dst_offset, from->base_ + src_offset, bytes);
     return Status::ok();
   }
 
@@ -117,6 +133,7 @@ class EmulationBackend final : public DeviceBackend {
       DeviceInfo d;
       d.index = i;
       d.name = "emulated device " + std::to_string(i);
+      d.uuid = emulated_device_uuid(i);
       d.total_bytes = device_bytes_;
       report_.devices.push_back(d);
     }

@@ -36,7 +36,8 @@ Result<std::unique_ptr<GpuTier>> GpuTier::create(gpu::DeviceBackend& backend,
 GpuTier::GpuTier(std::unique_ptr<gpu::DevicePool> pool, const Options& o)
     : ArenaTier(std::make_unique<gpu::PoolAllocator>(pool->size()), arena_options(o)),
       pool_(std::move(pool)),
-      domain_(o.domain) {}
+      domain_(o.domain),
+      uuid_(o.uuid) {}
 
 GpuTier::~GpuTier() = default;
 

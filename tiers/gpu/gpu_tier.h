@@ -28,6 +28,7 @@ class GpuTier final : public ArenaTier {
     // The isolation domain whose blocks this pool holds (0: the default, shared one).  Its
     // pool id (Extent::arena of its blocks) is pool_id(device, domain).
     uint32_t domain = 0;
+    gpu::DeviceUuid uuid{};  // the device's (DeviceInfo::uuid), sent to clients in the hello
   };
   // Pool ids: the device index for the default domain, as before isolation domains existed.
   static uint32_t pool_id(int device, uint32_t domain) {
@@ -50,6 +51,7 @@ class GpuTier final : public ArenaTier {
   gpu::DevicePool& pool() const;
   int device() const;
   uint32_t domain() const { return domain_; }
+  const gpu::DeviceUuid& uuid() const { return uuid_; }
   // Extent::arena of this tier's blocks: pool_id(device, domain) (ArenaTier::arena_id()).
 
  private:
@@ -58,6 +60,7 @@ class GpuTier final : public ArenaTier {
 
   const std::unique_ptr<gpu::DevicePool> pool_;
   const uint32_t domain_;
+  const gpu::DeviceUuid uuid_;
   EvictListener on_evict_;
 };
 

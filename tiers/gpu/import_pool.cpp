@@ -39,7 +39,8 @@ Result<std::unique_ptr<ImportedPool>> import_memfd(const PoolExport& e) {
     return error(Errc::kInvalidArgument, who + ": the descriptor is not a memory file of " +
                                              std::to_string(e.bytes) + " bytes");
   }
-  void* p = ::mmap(nullptr, e.bytes, PROT_READ, MAP_SHARED, e.fd, 0);
+  void* p = ::mmap(nullptr, e.bytes, e.writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED,
+                   e.fd, 0);
   if (p == MAP_FAILED) return error(Errc::kIo, who + ": mmap: " + std::strerror(errno));
   return std::unique_ptr<ImportedPool>(new MappedMemfd(p, e.bytes, e.device));
 }

@@ -35,6 +35,16 @@ Status check_range(const char* op, int device, uint64_t offset, uint64_t bytes,
   return Status::ok();
 }
 
+Status check_copy(int device, uint64_t src_offset, uint64_t src_bytes, uint64_t dst_offset,
+                  uint64_t dst_bytes, uint64_t bytes, bool same_pool) {
+  if (Status st = check_range("copy from", device, src_offset, bytes, src_bytes); !st) return st;
+  if (Status st = check_range("copy to", device, dst_offset, bytes, dst_bytes); !st) return st;
+  if (same_pool && bytes > 0 && src_offset < dst_offset + bytes && dst_offset < src_offset + bytes)
+    return error(Errc::kInvalidArgument,
+                 where("copy", device) + "source and destination ranges overlap");
+  return Status::ok();
+}
+
 Result<nf4::Header> check_dequantize(std::span<const std::byte> encoded, DType out_dtype,
                                      uint64_t offset, int device, uint64_t pool_bytes) {
   const char* op = "nf4 dequantize";

@@ -15,6 +15,11 @@ namespace kvtier::gpu {
 Status check_range(const char* op, int device, uint64_t offset, uint64_t bytes,
                    uint64_t pool_bytes);
 
+// A device-to-device copy of `bytes` from [src_offset) of a pool of `src_bytes` to
+// [dst_offset) of a pool of `dst_bytes`; `same_pool`: overlapping ranges are refused.
+Status check_copy(int device, uint64_t src_offset, uint64_t src_bytes, uint64_t dst_offset,
+                  uint64_t dst_bytes, uint64_t bytes, bool same_pool);
+
 // The parsed header of `encoded` when its decoding (rows*cols out_dtype elements) fits at
 // `offset`.  Outlier channels are refused (the CUDA kernels do not support them).
 Result<nf4::Header> check_dequantize(std::span<const std::byte> encoded, DType out_dtype,

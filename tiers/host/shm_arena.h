@@ -43,7 +43,8 @@ class ShmArena final : public SpaceAllocator {
   // /dev/shm/<name> still names this arena's object (false: removed or replaced since).
   bool name_intact() const;
 
-  static constexpr uint64_t kAlignment = 256;
+  // 64: a cache line, and enough for every tensor (raw 64, NF4 16; docs/nf4.md, capacity).
+  static constexpr uint64_t kAlignment = 64;
 
  private:
   struct Impl;

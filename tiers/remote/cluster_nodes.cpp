@@ -130,8 +130,11 @@ Status Cluster::Impl::refresh(bool force, Clock::time_point deadline) {
   Status last = error(Errc::kUnavailable, "no known node of the cluster");
   bool denied = false;
   for (const uint32_t n : refresh_candidates()) {
-    if (Clock::now() >= deadline) break;
-    last = refresh_from(n, deadline);
+    const Clock::time_point now = Clock::now();
+    if (now >= deadline) break;
+    // One node that accepts and never answers costs at most one command timeout: the next
+    // candidate still gets its turn when the caller allowed more.
+    last = refresh_from(n, std::min(deadline, now + config.command_timeout));
     if (last.is_ok()) break;
     denied = denied || last.code() == Errc::kPermissionDenied;
   }

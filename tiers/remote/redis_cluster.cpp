@@ -2,6 +2,8 @@
 
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
+
 #include "tiers/remote/cluster_impl.h"
 
 namespace kvtier::redis {
@@ -65,7 +67,11 @@ Result<std::unique_ptr<Cluster>> Cluster::connect(ClusterConfig config) {
     for (const std::string& seed : impl->config.seeds) impl->intern(seed);
   }
   SigpipeBlock no_sigpipe;
-  if (Status s = impl->refresh(true, Clock::now() + impl->config.command_timeout); !s.is_ok())
+  // Up to three seeds get a command timeout each: a seed that hangs (a paused node, a full
+  // backlog) does not keep a daemon off a cluster whose other nodes answer.
+  const auto seeds_tried = static_cast<int>(std::min<size_t>(impl->config.seeds.size(), 3));
+  if (Status s = impl->refresh(true, Clock::now() + impl->config.command_timeout * seeds_tried);
+      !s.is_ok())
     return s;
   return std::unique_ptr<Cluster>(new Cluster(std::move(impl)));
 }

@@ -80,8 +80,9 @@ struct ClusterCounters {
 
 class Cluster {
  public:
-  // Loads the slot map from the first seed that answers; kUnavailable when none does (the
-  // caller may retry: the remote tier reconnects in the background).
+  // Loads the slot map from the first seed that answers, each seed bounded by command_timeout
+  // and at most three command timeouts in all; kUnavailable when none answers (the caller may
+  // retry: the remote tier reconnects in the background).
   static Result<std::unique_ptr<Cluster>> connect(ClusterConfig config);
   ~Cluster();
   Cluster(const Cluster&) = delete;

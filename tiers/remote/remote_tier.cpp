@@ -96,17 +96,24 @@ bool RemoteTier::connected() const {
 std::shared_ptr<redis::Cluster> RemoteTier::cluster() {
   {
     MutexLock lock(mu_);
+    // An attempt under way (the first one starts with the daemon) is waited for: a request
+    // that arrives while the tier connects gets the cluster's answer, not a spurious miss.
+    // The attempt is bounded by the cluster's timeouts.
+    while (connecting_) connect_done_.wait(lock);
     if (cluster_) return cluster_;
     if (Clock::now() < next_connect_) return nullptr;
     next_connect_ = Clock::now() + opt_.reconnect_interval;
+    connecting_ = true;
   }
-  auto c = redis::Cluster::connect(opt_.cluster);  // blocking, bounded by connect_timeout
+  auto c = redis::Cluster::connect(opt_.cluster);  // blocking, bounded by the timeouts
+  MutexLock lock(mu_);
+  connecting_ = false;
+  connect_done_.notify_all();
   if (!c) {
     bump(n_.connect_failures);
     return nullptr;
   }
   bump(n_.connects);
-  MutexLock lock(mu_);
   if (!cluster_) cluster_ = std::shared_ptr<redis::Cluster>(std::move(*c));
   return cluster_;
 }

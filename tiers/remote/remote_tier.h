@@ -99,7 +99,8 @@ class RemoteTier final : public StoreTier {
         remove_errors{0}, connects{0}, connect_failures{0};
   };
 
-  // The cluster, connecting first when there is none (rate-limited); null when unreachable.
+  // The cluster, connecting first when there is none (rate-limited; a caller that finds an
+  // attempt under way waits for it); null when unreachable.
   std::shared_ptr<redis::Cluster> cluster();
   std::optional<std::string> ns_name(uint32_t id) const;
   uint32_t ns_ttl(uint32_t id) const;
@@ -122,6 +123,8 @@ class RemoteTier final : public StoreTier {
   mutable Mutex mu_;  // a leaf lock: nothing is called with it held but the maps' own code
   std::shared_ptr<redis::Cluster> cluster_ GUARDED_BY(mu_);
   std::chrono::steady_clock::time_point next_connect_ GUARDED_BY(mu_){};
+  bool connecting_ GUARDED_BY(mu_) = false;  // a connection attempt is under way
+  CondVar connect_done_;                     // notified when it ends
   struct NsInfo {
     std::string name;
     uint32_t ttl_s = 0;

@@ -80,31 +80,63 @@ def _host_contiguous(t):
     return t
 
 
+def _put_source(t):
+    """What the C++ put reads in place: C-contiguous host memory, or C-contiguous CUDA memory
+    (copied device to device into the daemon's device staging, docs/gpu.md "Device puts")."""
+    if hasattr(t, "is_contiguous") and hasattr(t, "device") and t.device.type == "cuda":
+        t = t.detach()
+        return t if t.is_contiguous() else t.contiguous()
+    return _host_contiguous(t)
+
+
 class Client(_Client):
     """One connection to kvtierd.  Calls drop the GIL while they wait; a Client may be shared
     between threads (requests are serialised).
 
     Client(socket=None, name="", timeout_ms=30000, device=-1, busy_poll_us=0,
-    request_channel=True): socket None
+    request_channel=True, lookup_index=True, release_mode="deferred"): socket None
     means $KVTIER_SOCKET, else ./var/kvtier.sock, else /run/kvtier/kvtier.sock.  `device` is
     the CUDA device this process computes on: fp16/bf16 puts land in its GPU tier, and
     get(..., gpu=True) leases there.  `busy_poll_us` > 0 polls for each reply that long before
     sleeping (0: $KVTIER_BUSY_POLL_US, else off; see daemon.busy_poll_us in
     docs/operations.md); such a client passes its requests through a shared-memory request
     channel when the daemon polls too, unless `request_channel` is False (the property
-    `uses_request_channel` says which).  Raises kvtier.Unavailable if the daemon cannot be
-    reached.
+    `uses_request_channel` says which).  `lookup_index` answers lookups from the daemon's
+    shared lookup index (no round trip; `lookup(..., from_index=False)` asks the daemon, and
+    `uses_lookup_index(namespace)` says which).  `release_mode` says how a lease's release
+    reaches the daemon: "deferred" (default) sends nothing of its own, the lease ids ride on
+    this client's next request (or go one-way once 64 wait, or at `flush_releases()`);
+    "posted" sends a one-way release at once; "round_trip" waits for the daemon's reply
+    (docs/protocol.md, "Releases without a round trip").  Raises kvtier.Unavailable if the
+    daemon cannot be reached.
     """
 
     def put(self, namespace, key, tensors, nf4_layout=None):
         """Store one block: `tensors` maps names to tensors (dict, or (name, tensor) pairs) of
         numpy, torch (CPU or CUDA) or any DLPack/buffer-protocol object.  Contiguous host
-        tensors are copied once, straight into the staging area.  `nf4_layout` ('row' or
+        tensors are copied once, straight into the staging area; CUDA tensors device to
+        device, as for put_batch.  `nf4_layout` ('row' or
         'column', or a dict name -> layout) picks NF4 scale blocks per token or per channel
         (use 'column' for keys) when the namespace is stored as NF4.
         Raises kvtier.AlreadyExists if the key is cached (blocks are immutable)."""
         items = tensors.items() if isinstance(tensors, dict) else tensors
-        self._put(namespace, key, [(str(n), _host_contiguous(t)) for n, t in items], nf4_layout)
+        self._put(namespace, key, [(str(n), _put_source(t)) for n, t in items], nf4_layout)
+
+    def put_batch(self, namespace, items, staging="auto", device=-1, nf4_layout=None):
+        """Store many blocks in two round trips: `items` is a list of (key, tensors) pairs,
+        tensors as for put().  CUDA tensors are copied device to device into the connection's
+        staging in GPU memory, and an fp16/bf16 block reaches the GPU tier without a trip
+        through host memory (docs/gpu.md, "Device puts"); synchronise the stream that wrote
+        them first.  staging: 'auto' (device staging for CUDA tensors when the daemon has a
+        pool on their device), 'host' or 'device'; device: the GPU (this process's numbering)
+        for device staging and for the block's tier, -1 for the tensors' own.  Returns one
+        entry per item: None, or the kvtier exception it failed with (AlreadyExists for a
+        cached key, LimitExceeded when the staging area could not hold it)."""
+        batch = []
+        for key, tensors in items:
+            pairs = tensors.items() if isinstance(tensors, dict) else tensors
+            batch.append((key, [(str(n), _put_source(t)) for n, t in pairs]))
+        return self._put_batch(namespace, batch, staging, device, nf4_layout)
 
     def put_fusion(self, namespace, key, tensors, metadata=b""):
         """Store fusion state with the cached chunk `key`: named tensors (as for put) and

@@ -16,8 +16,8 @@ Two faces (docs/python.md):
 
 Legacy block format (one block per chunk of `chunk_tokens` tokens, all layers):
     "k.{layer}", "v.{layer}": [heads, chunk_tokens, head_dim], the model's dtype or `dtype`
-In an NF4 namespace keys are quantized per channel ("column" blocks of 64 tokens of one
-head and channel; keep chunk_tokens a multiple of 64), values per token.
+In an NF4 namespace keys and values are quantized per token ("row" blocks of 64 channels of
+one head and token; docs/nf4.md says why).
 """
 from collections import namedtuple
 
@@ -76,7 +76,7 @@ def save_prefix(client, namespace, token_ids, past_key_values, chunk_tokens, *, 
     first = client.lookup(namespace, keys) if skip_cached else 0
     layouts = {}
     for layer in range(len(kv)):
-        layouts["k.%d" % layer] = "column"
+        layouts["k.%d" % layer] = "row"
         layouts["v.%d" % layer] = "row"
     written = 0
     for i in range(first, len(keys)):

@@ -221,9 +221,15 @@ def block_tensors(cache, lo, hi, consumed, *, batch_index=0, with_state=True,
     return out
 
 
+# NF4 scale blocks of keys: per token ("row"), like values.  Measured on SmolLM2-135M through
+# kvtierd (docs/nf4.md, "Quality on a trained model"), per-token keys beat per-channel ones on
+# both perplexity and top-1 agreement at the same bytes.
+NF4_KEY_LAYOUT = "row"
+
+
 def _layouts(tensors):
-    """NF4 scale blocks per channel for keys, per token for everything else (docs/nf4.md)."""
-    return {n: ("column" if _GROUP.match(n).group(2) == "k" else "row") for n in tensors}
+    """NF4 scale blocks: NF4_KEY_LAYOUT for keys, per token for everything else."""
+    return {n: (NF4_KEY_LAYOUT if _GROUP.match(n).group(2) == "k" else "row") for n in tensors}
 
 
 def has_state(cache):

@@ -13,7 +13,7 @@ Configuration, data path, failure behaviour and figures: docs/vllm.md.  In short
   configuration agree on every key; vLLM's own block hashes are not used.
 * One kvtier block per chunk holds every attention layer: "k.{i}" and "v.{i}", each
   [chunk_tokens, num_kv_heads * head_size] in the KV cache's dtype (layer i in the order of
-  the model's layers).  The codec (lossless or NF4, keys per channel) is the daemon's
+  the model's layers).  The codec (lossless or NF4, keys per token by default) is the daemon's
   namespace rule for the prefix.
 * Scheduler: one lookup round trip per new request.  Worker: the load writes leased blocks
   into the request's paged blocks before the forward (sync load); complete chunks of the
@@ -26,6 +26,7 @@ Configuration, data path, failure behaviour and figures: docs/vllm.md.  In short
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -75,6 +76,8 @@ class KvtierVllmConfig:
     timeout_ms: int = 5000             # per request to kvtierd
     verify: bool = True                # check each loaded tensor's checksum before using it
     reconnect_s: float = 2.0           # after a failure, wait this long before reconnecting
+    nf4_key_layout: str = "row"        # NF4 namespaces: keys' scale blocks per token ("row")
+                                       # or per channel ("column"); docs/nf4.md
 
     @staticmethod
     def from_extra(extra: dict[str, Any], block_size: int) -> "KvtierVllmConfig":
@@ -92,6 +95,8 @@ class KvtierVllmConfig:
                              "size (%d)" % (cfg.chunk_tokens, block_size))
         if not isinstance(cfg.namespace, str) or not cfg.namespace.strip("/"):
             raise ValueError("kvtier: namespace must not be empty")
+        if cfg.nf4_key_layout not in ("row", "column"):
+            raise ValueError("kvtier: nf4_key_layout must be 'row' or 'column'")
         return cfg
 
 
@@ -294,7 +299,20 @@ class ConnectorCounters:
     save_s: float = 0.0                 # gather (in the step) + put (background)
 
     def as_dict(self):
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def dump(self):
+        """With $KVTIER_VLLM_COUNTERS_DIR set (benchmarks, diagnosis): the counters as JSON in
+        <dir>/<pid>.json, replaced after each load and save.  Otherwise nothing."""
+        d = os.environ.get("KVTIER_VLLM_COUNTERS_DIR")
+        if not d:
+            return
+        lock = self.__dict__.setdefault("_lock", threading.Lock())
+        with lock:
+            path = os.path.join(d, "%d.json" % os.getpid())
+            with open(path + ".tmp", "w") as f:
+                json.dump(self.as_dict(), f)
+            os.replace(path + ".tmp", path)
 
 
 class KvtierConnector(KVConnectorBase_V1):
@@ -464,7 +482,7 @@ class KvtierConnector(KVConnectorBase_V1):
             if t is None:
                 raise ValueError("kvtier: no KV cache for layer %s" % name)
             self._kv[name] = _kv_views(t, self.block_size, self.geo)
-        self._saver = _Saver(self.link, self.counters)
+        self._saver = _Saver(self.link, self.counters, key_layout=self.cfg.nf4_key_layout)
 
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
@@ -477,6 +495,8 @@ class KvtierConnector(KVConnectorBase_V1):
                 bad = spec.block_ids[failed_from // self.block_size:spec.end_token // self.block_size]
                 self._load_errors.update(bad)
                 self.counters.load_failed_blocks += len(bad)
+        if meta.loads:
+            self.counters.dump()
 
     def _load(self, spec: LoadSpec) -> int | None:
         """Write tokens [start_token, end_token) of the request from kvtier into its paged
@@ -637,9 +657,11 @@ class _Saver:
     queue is bounded: when kvtierd is slower than the engine, the step waits (never drops
     silently, never grows without bound)."""
 
-    def __init__(self, link: _Link, counters: ConnectorCounters, depth: int = 64):
+    def __init__(self, link: _Link, counters: ConnectorCounters, depth: int = 64,
+                 key_layout: str = "row"):
         self.link = link
         self.counters = counters
+        self.key_layout = key_layout
         self.q: queue.Queue = queue.Queue(depth)
         self.t = threading.Thread(target=self._run, name="kvtier-saver", daemon=True)
         self.t.start()
@@ -649,28 +671,54 @@ class _Saver:
 
     def _run(self):
         while True:
-            item = self.q.get()
-            if item is None:
-                self.q.task_done()
-                return
-            ns, key, tensors, _ = item
-            t0 = time.perf_counter()
-            c = self.link.get()
-            if c is None:
-                self.counters.save_errors += 1
-            else:
-                layouts = {name: ("column" if name.startswith("k.") else "row")
-                           for name, _ in tensors}
+            # What waits is put together: one put_batch (two round trips) per namespace.
+            items = [self.q.get()]
+            while len(items) < 64:
                 try:
-                    c.put(ns, key, tensors, nf4_layout=layouts)
-                    self.counters.saved_chunks += 1
-                except kvtier.AlreadyExists:
-                    pass  # another engine stored it first
-                except kvtier.Error as e:
-                    self.counters.save_errors += 1
-                    self.link.failed("put", e)
-            self.counters.save_s += time.perf_counter() - t0
-            self.q.task_done()
+                    items.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is None for item in items)
+            items = [item for item in items if item is not None]
+            if items:
+                self._save(items)
+            for _ in range(len(items) + (1 if stop else 0)):
+                self.q.task_done()
+            if stop:
+                return
+
+    def _save(self, items):
+        t0 = time.perf_counter()
+        c = self.link.get()
+        if c is None:
+            self.counters.save_errors += len(items)
+        else:
+            by_ns: dict = {}
+            for ns, key, tensors, _ in items:
+                by_ns.setdefault(ns, []).append((key, tensors))
+            for ns, batch in by_ns.items():
+                layouts = {name: (self.key_layout if name.startswith("k.") else "row")
+                           for _, tensors in batch for name, _ in tensors}
+                # Chunks the staging area could not hold with the rest go in the next batch
+                # (sealed puts give their staging back); one that does not fit alone fails.
+                while batch:
+                    try:
+                        results = c.put_batch(ns, batch, staging="host", nf4_layout=layouts)
+                    except kvtier.Error as e:
+                        self.counters.save_errors += len(batch)
+                        self.link.failed("put", e)
+                        break
+                    retry = []
+                    for item, r in zip(batch, results):
+                        if r is None:
+                            self.counters.saved_chunks += 1
+                        elif isinstance(r, kvtier.LimitExceeded) and len(retry) < len(batch) - 1:
+                            retry.append(item)
+                        elif not isinstance(r, kvtier.AlreadyExists):  # else another was first
+                            self.counters.save_errors += 1
+                    batch = retry
+        self.counters.save_s += time.perf_counter() - t0
+        self.counters.dump()
 
     def flush(self):
         self.q.join()

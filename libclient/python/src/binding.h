@@ -77,18 +77,23 @@ class Borrowed {
   DType dtype = DType::kU8;
   std::vector<uint64_t> shape;
   uint64_t bytes = 0;
+  int device = -1;  // >= 0: CUDA memory of this device (borrowed with allow_device)
   uint64_t elements() const;
 
  private:
-  friend Borrowed borrow(py::handle obj, bool writable, const std::string& what);
+  friend Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool allow_device);
   DLManagedTensor* managed_ = nullptr;
   Py_buffer buffer_{};
   bool has_buffer_ = false;
 };
 
-// Borrows a host-memory, C-contiguous tensor: __dlpack__ first, then the buffer protocol.
-// Raises TypeError/ValueError naming `what` otherwise.
-Borrowed borrow(py::handle obj, bool writable, const std::string& what);
+// Borrows a host-memory, C-contiguous tensor: __dlpack__ first, then the buffer protocol; with
+// `allow_device`, CUDA memory too (DLPack kDLCUDA: Borrowed::device).  Raises
+// TypeError/ValueError naming `what` otherwise.
+Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool allow_device = false);
+
+// The kvtier exception for a failed Status, not raised (put_batch reports one per item).
+py::object exception_for(const Status& st);
 
 // DLPack capsule of a raw leased tensor; the capsule (and whoever consumes it) keeps the
 // lease alive.

@@ -21,6 +21,16 @@ PyObject* class_for(Errc code) {
 
 }  // namespace
 
+py::object exception_for(const Status& st) {
+  PyObject* cls = class_for(st.code());
+  py::object exc =
+      py::reinterpret_steal<py::object>(PyObject_CallFunction(cls, "s", st.to_string().c_str()));
+  if (!exc) throw py::error_already_set();
+  exc.attr("code") = py::str(errc_name(st.code()));
+  exc.attr("message") = py::str(st.message());
+  return exc;
+}
+
 void register_errors(py::module_& m) {
   g_error = PyErr_NewExceptionWithDoc(
       "kvtier.Error",

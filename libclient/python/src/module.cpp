@@ -77,7 +77,7 @@ auto nogil(F&& f) {
 
 // Borrows (name, tensor) pairs or a dict for one put; `held` must outlive the use of `in`.
 void borrow_tensors(py::object tensors, py::object nf4_layout, std::vector<Borrowed>& held,
-                    std::vector<TensorIn>& in) {
+                    std::vector<TensorIn>& in, bool allow_device = false) {
   py::list items;
   if (py::isinstance<py::dict>(tensors)) {
     for (auto kv : py::reinterpret_borrow<py::dict>(tensors))
@@ -90,9 +90,10 @@ void borrow_tensors(py::object tensors, py::object nf4_layout, std::vector<Borro
     auto pair = item.cast<py::tuple>();
     if (pair.size() != 2) throw py::type_error("tensors: expected (name, tensor) pairs");
     auto name = pair[0].cast<std::string>();
-    held.push_back(borrow(pair[1], /*writable=*/false, "tensor '" + name + "'"));
+    held.push_back(borrow(pair[1], /*writable=*/false, "tensor '" + name + "'", allow_device));
     const Borrowed& b = held.back();
-    in.push_back(TensorIn{name, b.dtype, b.shape, b.data, layout_from(nf4_layout, name)});
+    in.push_back(
+        TensorIn{name, b.dtype, b.shape, b.data, layout_from(nf4_layout, name), b.device, {}});
   }
 }
 
@@ -101,9 +102,43 @@ void put(PyClient& self, const std::string& ns, const BlockKey& key, py::object 
   auto client = self.get();
   std::vector<Borrowed> held;  // destroyed with the GIL held, after the put
   std::vector<TensorIn> in;
-  borrow_tensors(tensors, nf4_layout, held, in);
+  borrow_tensors(tensors, nf4_layout, held, in, /*allow_device=*/true);
   Status st = nogil([&] { return client->put(ns, key, in); });
   if (!st) throw_status(st);
+}
+
+// items: (key, tensors) pairs.  One entry per item: None, or the exception it failed with.
+py::list put_batch(PyClient& self, const std::string& ns, py::object items,
+                   const std::string& staging, int device, py::object nf4_layout) {
+  auto client = self.get();
+  PutOptions o;
+  o.device = device;
+  if (staging == "auto")
+    o.staging = PutStaging::kAuto;
+  else if (staging == "host")
+    o.staging = PutStaging::kHost;
+  else if (staging == "device")
+    o.staging = PutStaging::kDevice;
+  else
+    throw py::value_error("staging must be 'auto', 'host' or 'device', not '" + staging + "'");
+  std::vector<Borrowed> held;  // every item's: reserve() keeps the Borrowed in place
+  std::vector<std::vector<TensorIn>> tensors;
+  std::vector<BlockKey> keys;
+  for (auto item : items) {
+    auto pair = item.cast<py::tuple>();
+    if (pair.size() != 2) throw py::type_error("put_batch: expected (key, tensors) pairs");
+    keys.push_back(pair[0].cast<BlockKey>());
+    tensors.emplace_back();
+    std::vector<Borrowed> mine;
+    borrow_tensors(pair[1], nf4_layout, mine, tensors.back(), /*allow_device=*/true);
+    for (auto& b : mine) held.push_back(std::move(b));
+  }
+  std::vector<PutItem> batch;
+  for (size_t i = 0; i < keys.size(); ++i) batch.push_back(PutItem{keys[i], tensors[i]});
+  auto r = unwrap(nogil([&] { return client->put_batch(ns, batch, o); }));
+  py::list out;
+  for (const Status& st : r) out.append(st ? py::none() : exception_for(st));
+  return out;
 }
 
 void put_fusion(PyClient& self, const std::string& ns, const BlockKey& key, py::object tensors,
@@ -379,7 +414,8 @@ defers the daemon-side release until the last of them is gone (it returns False 
 
   py::class_<PyClient>(m, "_Client")
       .def(py::init([](py::object socket, const std::string& name, uint32_t timeout_ms, int device,
-                       uint32_t busy_poll_us, bool request_channel) {
+                       uint32_t busy_poll_us, bool request_channel, bool lookup_index,
+                       const std::string& release_mode) {
              ClientOptions o;
              if (!socket.is_none()) o.socket = py::str(socket).cast<std::string>();
              o.name = name;
@@ -387,27 +423,44 @@ defers the daemon-side release until the last of them is gone (it returns False 
              o.device = device;
              o.busy_poll_us = busy_poll_us;
              o.request_channel = request_channel;
+             o.lookup_index = lookup_index;
+             if (release_mode == "deferred")
+               o.release_mode = ReleaseMode::kDeferred;
+             else if (release_mode == "posted")
+               o.release_mode = ReleaseMode::kPosted;
+             else if (release_mode == "round_trip")
+               o.release_mode = ReleaseMode::kRoundTrip;
+             else
+               throw py::value_error("release_mode must be 'deferred', 'posted' or 'round_trip'");
              auto c = nogil([&] { return Client::connect(o); });
              return PyClient{std::shared_ptr<Client>(unwrap(std::move(c)))};
            }),
            py::arg("socket") = py::none(), py::arg("name") = "", py::arg("timeout_ms") = 30000,
-           py::arg("device") = -1, py::arg("busy_poll_us") = 0, py::arg("request_channel") = true)
+           py::arg("device") = -1, py::arg("busy_poll_us") = 0, py::arg("request_channel") = true,
+           py::arg("lookup_index") = true, py::arg("release_mode") = "deferred")
       .def(
           "lookup",
           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys,
-             bool with_fusion, bool local_only) -> py::object {
+             bool with_fusion, bool local_only, py::object from_index) -> py::object {
             auto c = self.get();
-            if (!with_fusion)
-              return py::cast(
-                  unwrap(nogil([&] { return c->lookup(ns, keys, LookupOptions{local_only}); })));
+            if (!with_fusion) {
+              LookupOptions o;
+              o.local_only = local_only;
+              if (!from_index.is_none())
+                o.source = from_index.cast<bool>() ? LookupSource::kIndex : LookupSource::kDaemon;
+              return py::cast(unwrap(nogil([&] { return c->lookup(ns, keys, o); })));
+            }
             auto r = unwrap(nogil([&] { return c->lookup_with_fusion(ns, keys); }));
             return py::make_tuple(r.matched, wrap_lease(c, std::move(r.fusion), true));
           },
           py::arg("namespace"), py::arg("keys"), py::arg("with_fusion") = false,
-          py::arg("local_only") = false,
+          py::arg("local_only") = false, py::arg("from_index") = py::none(),
           "Number of leading keys cached.  with_fusion=True: (matched, lease) where lease is a "
           "kvtier.Lease over the last matched chunk when it has fusion state, else None.  "
-          "local_only=True: this host's tiers only (the remote tier is not asked).")
+          "local_only=True: this host's tiers only (the remote tier is not asked).  "
+          "from_index: None = from the daemon's shared lookup index when mapped (no round "
+          "trip), else from the daemon; True = from the index only (kvtier.Unavailable without "
+          "one); False = from the daemon.")
       .def(
           "get_fusion",
           [](PyClient& self, const std::string& ns, const BlockKey& key) {
@@ -439,6 +492,8 @@ defers the daemon-side release until the last of them is gone (it returns False 
       .def_property_readonly("gpu_devices", [](PyClient& s) { return s.get()->gpu_devices(); })
       .def("_put", &put, py::arg("namespace"), py::arg("key"), py::arg("tensors"),
            py::arg("nf4_layout") = py::none())
+      .def("_put_batch", &put_batch, py::arg("namespace"), py::arg("items"),
+           py::arg("staging") = "auto", py::arg("device") = -1, py::arg("nf4_layout") = py::none())
       .def(
           "remove",
           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
@@ -447,6 +502,41 @@ defers the daemon-side release until the last of them is gone (it returns False 
             return py::dict(py::arg("removed") = r.removed, py::arg("deferred") = r.deferred);
           },
           py::arg("namespace"), py::arg("keys"))
+      .def("flush_releases",
+           [](PyClient& s) {
+             auto c = s.get();
+             if (Status st = nogil([&] { return c->flush_releases(); }); !st) throw_status(st);
+           })
+      .def(
+          "pin",
+          [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys,
+             uint64_t ttl_ms, bool gpu, int device) {
+            auto c = self.get();
+            PinOptions o;
+            o.ttl_ms = ttl_ms;
+            o.gpu = gpu;
+            o.device = device;
+            auto r = unwrap(nogil([&] { return c->pin(ns, keys, o); }));
+            return py::dict(py::arg("pinned") = r.pinned, py::arg("refreshed") = r.refreshed,
+                            py::arg("pinned_bytes") = r.pinned_bytes,
+                            py::arg("quota_bytes") = r.quota_bytes);
+          },
+          py::arg("namespace"), py::arg("keys"), py::arg("ttl_ms") = 0, py::arg("gpu") = false,
+          py::arg("device") = -1,
+          "Pin cached blocks (all or nothing): they are not evicted from the host tier (or, "
+          "gpu=True, the GPU tier of `device`) until unpin(), remove() or ttl_ms passes (0: no "
+          "expiry; pinning again restarts it).  Pins outlive this client.  Raises "
+          "kvtier.NotFound for a key that is not cached, kvtier.NoSpace past the namespace's "
+          "pin quota ([[namespace]] pin_bytes).  Returns {pinned, refreshed, pinned_bytes, "
+          "quota_bytes}.")
+      .def(
+          "unpin",
+          [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys) {
+            auto c = self.get();
+            return unwrap(nogil([&] { return c->unpin(ns, keys); }));
+          },
+          py::arg("namespace"), py::arg("keys"),
+          "Drop pins; keys that are not pinned are skipped.  Returns how many were pinned.")
       .def("stats",
            [](PyClient& s) {
              auto c = s.get();
@@ -469,11 +559,12 @@ defers the daemon-side release until the last of them is gone (it returns False 
            })
       .def(
           "ls",
-          [](PyClient& s, const std::string& ns, uint32_t limit) {
+          [](PyClient& s, const std::string& ns, uint32_t limit, bool pinned) {
             auto c = s.get();
-            return parse_json(unwrap(nogil([&] { return c->list_json(ns, limit); })));
+            return parse_json(
+                unwrap(nogil([&] { return c->list_json(ns, limit, false, pinned); })));
           },
-          py::arg("namespace") = "", py::arg("limit") = 0)
+          py::arg("namespace") = "", py::arg("limit") = 0, py::arg("pinned") = false)
       .def(
           "evict",
           [](PyClient& s, const std::string& ns, const std::vector<BlockKey>& keys, bool all) {
@@ -486,6 +577,13 @@ defers the daemon-side release until the last of them is gone (it returns False 
           py::arg("namespace") = "", py::arg("keys") = std::vector<BlockKey>{},
           py::arg("all") = false)
       .def_property_readonly("session_id", [](PyClient& s) { return s.get()->session_id(); })
+      .def(
+          "uses_lookup_index",
+          [](PyClient& s, const std::string& ns) {
+            return nogil([&] { return s.get()->uses_lookup_index(ns); });
+          },
+          py::arg("namespace"),
+          "Whether lookups of the namespace are answered from the shared lookup index.")
       .def_property_readonly("uses_request_channel",
                              [](PyClient& s) { return s.get()->uses_request_channel(); })
       .def_property_readonly("socket_path", [](PyClient& s) { return s.get()->socket_path(); })

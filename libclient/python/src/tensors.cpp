@@ -234,11 +234,12 @@ uint64_t Borrowed::elements() const {
   return python::elements(shape);
 }
 
-Borrowed borrow(py::handle obj, bool writable, const std::string& what) {
+Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool allow_device) {
   Borrowed b;
   if (py::hasattr(obj, "__dlpack__")) {
     auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
-    if (dev.first != kDLCPU && dev.first != kDLCUDAHost)
+    if (allow_device && dev.first == kDLCUDA) b.device = dev.second;
+    if (dev.first != kDLCPU && dev.first != kDLCUDAHost && b.device < 0)
       throw py::value_error(what + " lives on DLPack device type " + std::to_string(dev.first) +
                             ", not in host memory: move it to the CPU first");
     py::object cap;

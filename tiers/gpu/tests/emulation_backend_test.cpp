@@ -103,6 +103,24 @@ TEST_CASE("emulation: write and read round trip, bounds checked") {
   CHECK(pool->write(pool->size(), {}).is_ok());
 }
 
+TEST_CASE("emulation: copy_from copies device to device, within a pool and between pools") {
+  auto backend = make_emulation_backend(2, 64 << 20);
+  auto a = make_pool(*backend, 0, 4 << 20);
+  auto b = make_pool(*backend, 1, 4 << 20);
+  const auto src = byte_pattern(70000, 9);
+  REQUIRE(a->write(128, src).is_ok());
+  REQUIRE(a->copy_from(*a, 128, 1 << 20, src.size()).is_ok());   // within one pool
+  REQUIRE(b->copy_from(*a, 1 << 20, 4096, src.size()).is_ok());  // to another device's pool
+  std::vector<std::byte> dst(src.size());
+  REQUIRE(b->read(4096, dst).is_ok());
+  CHECK(dst == src);
+  CHECK(a->copy_from(*a, 0, 100, 200).code() == Errc::kInvalidArgument);  // overlapping
+  CHECK(b->copy_from(*a, a->size() - 10, 0, 20).code() == Errc::kInvalidArgument);
+  CHECK(b->copy_from(*a, 0, b->size() - 10, 20).code() == Errc::kInvalidArgument);
+  CHECK(b->copy_from(*a, ~0ull - 5, 0, 10).code() == Errc::kInvalidArgument);
+  CHECK(b->copy_from(*a, 0, 0, 0).is_ok());
+}
+
 TEST_CASE("emulation: quantize_from and dequantize_into give the CPU codec's bytes") {
   auto backend = make_emulation_backend(1, 64 << 20);
   auto pool = make_pool(*backend, 0, 4 << 20);
@@ -198,6 +216,22 @@ TEST_CASE("emulation: export, import in a child: read-only, same bytes, fd close
   // The daemon's pool is unchanged.
   std::vector<std::byte> back(src.size());
   REQUIRE(pool->read(65536, back).is_ok());
+  CHECK(back == src);
+}
+
+TEST_CASE("emulation: a writable export maps read-write, and writes reach the pool") {
+  auto backend = make_emulation_backend(1, 64 << 20);
+  auto pool = make_pool(*backend, 0, 2 << 20);
+  auto e = pool->export_handle(true);
+  REQUIRE(e.is_ok());
+  CHECK(e->writable);
+  CHECK((::fcntl(e->fd, F_GETFL) & O_ACCMODE) == O_RDWR);
+  auto imported = import_pool(*e);
+  REQUIRE(imported.is_ok());
+  const auto src = byte_pattern(4096, 0x33);
+  std::memcpy(reinterpret_cast<std::byte*>((*imported)->base()) + 8192, src.data(), src.size());
+  std::vector<std::byte> back(src.size());
+  REQUIRE(pool->read(8192, back).is_ok());
   CHECK(back == src);
 }
 
