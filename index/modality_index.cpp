@@ -196,6 +196,12 @@ std::string loaded_mismatch(const faiss::Index& idx, Kind kind, uint32_t dim) {
   if (ivf->invlists == nullptr || ivf->invlists->nlist != ivf->nlist ||
       ivf->invlists->code_size != ivf->code_size)
     return "IVF lists mismatch";
+  // The lists hold every vector the header counts (a list named twice in a sparse size table
+  // keeps the last size only: fuzz finding 13).
+  uint64_t listed = 0;
+  for (size_t l = 0; l < ivf->nlist; ++l) listed += ivf->invlists->list_size(l);
+  if (ivf->ntotal < 0 || listed != static_cast<uint64_t>(ivf->ntotal))
+    return "IVF lists do not hold the index's vectors";
   const auto dm = raw_enum(ivf->direct_map.type);
   if (dm != faiss::DirectMap::NoMap && dm != faiss::DirectMap::Array &&
       dm != faiss::DirectMap::Hashtable)
@@ -236,11 +242,13 @@ bool faiss_part_plausible(std::string_view part, Kind kind, uint32_t dim, uint64
   if (!p.u64(&words) || words > p.left() / 8 || (sparse ? words % 2 != 0 : words != nlist))
     return false;
   uint64_t stored = 0;  // vectors in all lists
+  uint64_t next_list = 0;  // "sprs" names each list once, in increasing order, as FAISS writes
   for (uint64_t i = 0; i < (sparse ? words / 2 : words); ++i) {
     uint64_t list = i, size = 0;
-    if ((sparse && (!p.u64(&list) || list >= nlist)) || !p.u64(&size) || size > n ||
-        stored + size > n)
+    if ((sparse && (!p.u64(&list) || list < next_list || list >= nlist)) || !p.u64(&size) ||
+        size > n || stored + size > n)
       return false;
+    next_list = list + 1;
     stored += size;
   }
   return stored == n && p.left() / (code + 8) == n && p.left() % (code + 8) == 0;

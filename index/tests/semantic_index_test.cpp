@@ -17,6 +17,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "index/modality_index.h"
 #include "index/semantic_index.h"
 
 namespace fs = std::filesystem;
@@ -412,6 +413,23 @@ TEST_CASE("a file whose id table is inconsistent is refused as corrupt") {
   auto ok = SemanticIndex::open(o);
   REQUIRE(ok.is_ok());
   CHECK((*ok)->info("ns", "vision")->live == 3);
+}
+
+// Fuzz finding 13 (fuzz/crashes/index/sparse-list-named-twice): an IVF file whose sparse list
+// table names list 12 twice (sizes 30 + 30 = the header's 60 vectors).  FAISS keeps the last
+// size only, so the index loaded with 30 vectors in its lists and 60 in its count, and its own
+// serialisation was refused on reload.  Such a file is refused when it is opened.
+TEST_CASE("index file: a sparse list table that names a list twice is refused") {
+  std::ifstream in(KVTIER_SOURCE_DIR "/fuzz/crashes/index/sparse-list-named-twice",
+                   std::ios::binary);
+  REQUIRE(in);
+  std::string file(std::istreambuf_iterator<char>(in), {});
+  const uint64_t sum = XXH3_64bits(file.data(), file.size());
+  file.append(reinterpret_cast<const char*>(&sum), sizeof sum);
+  auto r = index_detail::ModalityIndex::deserialize(file);
+  REQUIRE_FALSE(r.is_ok());
+  CHECK(r.status().code() == Errc::kCorrupt);
+  CHECK_THAT(r.status().message(), Catch::Contains("FAISS part of an unexpected shape"));
 }
 
 TEST_CASE("persistence: same results after close and reopen") {
