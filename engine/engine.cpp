@@ -74,8 +74,16 @@ Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTie
     tier->set_evict_listener([this, tier](const BlockInfo& b) {
       mu_.assert_held();
       event_removed(b.id, TierKind::kGpu);
-      if (host_locked(b.id.ns).find(b.id) == nullptr)  // else the host tier has it already
-        bump(copy_down(*tier, b) ? metrics_.gpu_demotions : metrics_.gpu_demotions_dropped);
+      if (host_locked(b.id.ns).find(b.id) != nullptr) {
+        // The host tier has it already.
+      } else if (CopyDown job; !prepare_copy_down(*tier, b, job)) {
+        bump(metrics_.gpu_demotions_dropped);
+      } else if (copy_down_queue_ != nullptr) {  // reserve_gpu_locked() runs it
+        copy_down_queue_->push_back(std::move(job));
+      } else {  // no reservation to defer it to: at once (not reached: see reserve_gpu_locked)
+        bump(publish_copy_down_locked(job, copy_down_bytes(job)) ? metrics_.gpu_demotions
+                                                                  : metrics_.gpu_demotions_dropped);
+      }
       index_refresh_locked(b.id, tier);
     });
   }
@@ -413,6 +421,27 @@ void Engine::cached(uint32_t ns, std::span<const BlockKey> keys, std::span<uint8
 }
 
 Result<uint64_t> Engine::reserve_put(uint64_t sid, PendingPut put) {
+  std::vector<CopyDown> copy_downs;
+  Result<uint64_t> id = reserve_put_locked(sid, put, copy_downs);
+  if (copy_downs.empty()) return id;
+  finish_copy_downs(copy_downs);
+  if (!id) return id;  // not reached: copy downs are deferred only into a reserved extent
+  // The GPU blocks evicted for this put's extent are copied to the host tier before anyone
+  // can write it: the put is registered (and its session may close and free the extent) only
+  // after that.
+  MutexLock lock(mu_);
+  Session* s = session(sid);
+  if (s == nullptr) {
+    gpu_tier(put.gpu_device, ns_domains_.at(put.ns))->unreserve(put.extent);
+    return error(Errc::kUnavailable, "session closed");
+  }
+  const uint64_t put_id = s->next_id++;
+  s->puts.emplace(put_id, std::move(put));
+  return put_id;
+}
+
+Result<uint64_t> Engine::reserve_put_locked(uint64_t sid, PendingPut& put,
+                                            std::vector<CopyDown>& copy_downs) {
   MutexLock lock(mu_);
   Session* s = session(sid);
   if (s == nullptr) return error(Errc::kUnavailable, "session closed");
@@ -428,7 +457,8 @@ Result<uint64_t> Engine::reserve_put(uint64_t sid, PendingPut put) {
     return error(Errc::kAlreadyExists, "block " + put.key.hex() + " is already cached");
   Result<Extent> ext = error(Errc::kNoSpace, "");
   if (put.gpu_device >= 0) {
-    ext = gpu_tier(put.gpu_device, ns_domains_.at(put.ns))->reserve(put.stored_layout.total_bytes);
+    ext = reserve_gpu_locked(*gpu_tier(put.gpu_device, ns_domains_.at(put.ns)),
+                             put.stored_layout.total_bytes, copy_downs);
     if (!ext && ext.status().code() == Errc::kNoSpace) {
       // Leased blocks fill the GPU: the block goes to the host tier in the host format.
       bump(metrics_.gpu_put_fallbacks);
@@ -442,6 +472,7 @@ Result<uint64_t> Engine::reserve_put(uint64_t sid, PendingPut put) {
     return ext.status();
   }
   put.extent = *ext;
+  if (!copy_downs.empty()) return 0;  // reserve_put() registers it after the copies
   uint64_t id = s->next_id++;
   s->puts.emplace(id, std::move(put));
   return id;
@@ -492,6 +523,7 @@ Status Engine::seal_put(uint64_t sid, uint64_t put_id, BlockLayout stored_layout
       pinned = it->second;
       drop_pin_locked(NsKey{put.ns, put.key});
     }
+    drop_copy_down_locked(NsKey{put.ns, put.key});
     for (const auto& t : gpu_.tiers)
       if (t->remove(NsKey{put.ns, put.key}) != RemoveOutcome::kNotFound)
         event_removed(NsKey{put.ns, put.key}, TierKind::kGpu);
@@ -547,41 +579,81 @@ std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
                                              std::span<const BlockKey> keys, Placement where) {
   std::vector<LeaseGrant> out;
   out.reserve(keys.size());
-  MutexLock lock(mu_);
-  bump(metrics_.gets);
-  Session* s = session(sid);
-  HostTier& host = host_locked(ns);
-  // The namespace's domain's pool on that device (none: host leases serve the get).
-  GpuTier* want_gpu = where.gpu ? gpu_tier(where.device, ns_domains_.at(ns)) : nullptr;
-  for (const auto& k : keys) {
-    const NsKey id{ns, k};
-    LeaseGrant g;
-    g.key = k;
-    if (s == nullptr) {
-      g.code = Errc::kUnavailable;
-    } else if (s->leases.size() >= config_.session.max_leases) {
-      g.code = Errc::kLimit;
-    } else if (const BlockInfo* b = want_gpu ? want_gpu->acquire(id) : nullptr) {
-      g = grant(*s, *want_gpu, *b);
-      bump(metrics_.get_hits);
-      bump(metrics_.gpu_get_hits);
-    } else if (const BlockInfo* h = host.acquire(id)) {
-      g = grant(*s, host, *h);
-      bump(metrics_.get_hits);
-    } else if (GpuTier* holder = gpu_holder(id)) {
-      // Only a GPU (another device's, for a GPU get) has it: a host copy serves this get.
-      if (copy_down(*holder, *holder->find(id))) {
-        bump(metrics_.gpu_copy_downs);
-        g = grant(*s, host, *host.acquire(id));
+  // Blocks only a GPU holds, copied into the host tier for this get after mu_ is released
+  // (their GPU blocks leased meanwhile, so they stay put).
+  struct HostCopy {
+    size_t grant = 0;
+    const BlockInfo* gpu_block = nullptr;
+    CopyDown job;
+  };
+  std::vector<HostCopy> copies;
+  {
+    MutexLock lock(mu_);
+    bump(metrics_.gets);
+    Session* s = session(sid);
+    HostTier& host = host_locked(ns);
+    // The namespace's domain's pool on that device (none: host leases serve the get).
+    GpuTier* want_gpu = where.gpu ? gpu_tier(where.device, ns_domains_.at(ns)) : nullptr;
+    for (const auto& k : keys) {
+      const NsKey id{ns, k};
+      LeaseGrant g;
+      g.key = k;
+      if (s == nullptr) {
+        g.code = Errc::kUnavailable;
+      } else if (s->leases.size() >= config_.session.max_leases) {
+        g.code = Errc::kLimit;
+      } else if (const BlockInfo* b = want_gpu ? want_gpu->acquire(id) : nullptr) {
+        g = grant(*s, *want_gpu, *b);
         bump(metrics_.get_hits);
+        bump(metrics_.gpu_get_hits);
+      } else if (const BlockInfo* h = host.acquire(id)) {
+        g = grant(*s, host, *h);
+        bump(metrics_.get_hits);
+      } else if (GpuTier* holder = gpu_holder(id)) {
+        // Only a GPU (another device's, for a GPU get) has it: a host copy serves this get.
+        HostCopy c;
+        c.grant = out.size();
+        c.gpu_block = holder->acquire(id);
+        if (prepare_copy_down(*holder, *c.gpu_block, c.job)) {
+          copies.push_back(std::move(c));
+        } else {
+          holder->release(c.gpu_block);
+          g.code = Errc::kNoSpace;  // cached, but leased blocks fill the host tier
+        }
       } else {
-        g.code = Errc::kNoSpace;  // cached, but leased blocks fill the host tier
+        g.code = Errc::kNotFound;
+        bump(metrics_.get_misses);
       }
-    } else {
-      g.code = Errc::kNotFound;
-      bump(metrics_.get_misses);
+      out.push_back(g);
     }
-    out.push_back(g);
+  }
+  if (copies.empty()) return out;
+  std::vector<Status> done;
+  std::vector<NsKey> ids;
+  for (HostCopy& c : copies) {
+    done.push_back(copy_down_bytes(c.job));
+    ids.push_back(c.job.id);
+  }
+  if (copy_down_observer_) copy_down_observer_(ids);
+  MutexLock lock(mu_);
+  Session* s = session(sid);
+  for (size_t i = 0; i < copies.size(); ++i) {
+    HostCopy& c = copies[i];
+    LeaseGrant& g = out[c.grant];
+    const Status st = publish_copy_down_locked(c.job, std::move(done[i]));
+    c.job.tier->release(c.gpu_block);
+    if (st) bump(metrics_.gpu_copy_downs);
+    // The copy, or one another request published first (the same key twice in a get).
+    const BlockInfo* h = s ? c.job.host->acquire(c.job.id) : nullptr;
+    if (h != nullptr) {
+      g = grant(*s, *c.job.host, *h);
+      bump(metrics_.get_hits);
+    } else {
+      g.code = s == nullptr ? Errc::kUnavailable
+               : st.code() == Errc::kNoSpace ? Errc::kNoSpace
+                                              : Errc::kNotFound;  // removed meanwhile
+      if (g.code == Errc::kNotFound) bump(metrics_.get_misses);
+    }
   }
   return out;
 }
@@ -616,6 +688,7 @@ Engine::RemoveCount Engine::remove_from_tiers(uint32_t ns, std::span<const Block
         event_removed(NsKey{ns, k}, TierKind::kRemote);
       }
     }
+    drop_copy_down_locked(NsKey{ns, k});  // a copy on its way to the host tier stays out
     // An explicit remove takes a pinned block too: the pin goes first (its lease).
     if (drop_pin_locked(NsKey{ns, k})) {
       bump(metrics_.unpins);
@@ -676,6 +749,8 @@ Engine::EvictCount Engine::evict(std::optional<std::string> ns, std::span<const 
     for (StoreTier* s : stores_)
       if (s->kind() == TierKind::kDisk) c.disk += s->evict_matching(match).evicted;
   MutexLock lock(mu_);
+  if (host)  // copies on their way to the host tier stay out of it
+    std::erase_if(copying_down_, [&](const auto& e) { return match(e.first); });
   EvictedKeys gone;  // for KV events
   for (const auto& ladder : memory_ladder_)
     for (MemoryTier* t : ladder) {

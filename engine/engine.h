@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -33,6 +34,7 @@
 #include "common/layout.h"
 #include "kvtier/status.h"
 #include "config/config.h"
+#include "engine/block_codec.h"
 #include "engine/block_events.h"
 #include "engine/codec_counters.h"
 #include "engine/metrics.h"
@@ -327,6 +329,11 @@ class Engine {
   // tier is reported to `sink`.  Set once, before the engine serves; the sink outlives it.
   void set_event_sink(BlockEventSink* sink);
 
+  // Tests: called without mu_ for each batch of copy downs (a GPU block's copy to the host
+  // tier: GPU evictions, engine/gpu_ladder.cpp, and host gets of GPU-only blocks), after the
+  // device work and before the copies are published.  Set once, before the engine serves.
+  void set_copy_down_observer(std::function<void(std::span<const NsKey>)> fn);
+
   // The shared lookup index (engine/engine_index.cpp, docs/protocol.md "Lookup index"): with
   // daemon.lookup_index, one LookupIndex per isolation domain listing the blocks of its
   // namespaces that the GPU, host and disk tiers hold (the remote tier is not listed).  Opened
@@ -345,7 +352,7 @@ class Engine {
   uint32_t prefix_cached(uint32_t ns, std::span<const BlockKey> keys) const;
   // Leases what is cached in the place asked for (one hold of mu_).  A host get of a block
   // that only a GPU tier holds copies it down into the host tier first (NF4 quantized on the
-  // device).  A GPU get leases blocks in that GPU; the others come back as host leases (or
+  // device, with mu_ released and the GPU block leased meanwhile).  A GPU get leases blocks in that GPU; the others come back as host leases (or
   // kNotFound), for promote_to_gpu().
   std::vector<LeaseGrant> lease_cached(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys,
                                        Placement where);
@@ -415,9 +422,41 @@ class Engine {
   bool held_locked(const NsKey& id) const REQUIRES(mu_);
   // Interns a namespace name under `rule` (resolve_namespace() checked access).
   uint32_t intern_locked(std::string_view ns, const config::NamespaceRule* rule) REQUIRES(mu_);
-  // A GPU block into the host tier (quantized on the device to the namespace's host format):
-  // on GPU eviction, and for host gets of GPU-only blocks.  False when the host has no room.
-  bool copy_down(GpuTier& tier, const BlockInfo& block) REQUIRES(mu_);
+  // Copy downs out of mu_ (docs/internals.md, "Copy down"): a GPU reservation's evictions are
+  // queued as CopyDowns (a host extent reserved, the victim's layout and place noted).  The
+  // victims whose places lie inside the extent the reservation returns are copied by the
+  // reserving thread after it releases mu_ and before it writes that extent (no one else
+  // can write there); the others at once, under mu_, as their places are free again.
+  struct CopyDown {
+    NsKey id;
+    uint64_t ticket = 0;  // copying_down_[id] while no remove or admin eviction dropped it
+    GpuTier* tier = nullptr;
+    BlockLayout gpu_layout;
+    Extent gpu_extent;
+    HostTier* host = nullptr;
+    Extent host_extent;
+    BlockLayout host_layout;
+    Nf4Options nf4;
+  };
+  // GpuTier::reserve() with its evictions' copy downs: those inside the returned extent are
+  // appended to `deferred` (run them with finish_copy_downs() before writing the extent).
+  Result<Extent> reserve_gpu_locked(GpuTier& tier, uint64_t bytes, std::vector<CopyDown>& deferred)
+      REQUIRES(mu_);
+  // A copy down of `block` planned: a host extent reserved, the block's layout and place
+  // noted, its ticket in copying_down_.  False when the host tier has no room.
+  bool prepare_copy_down(GpuTier& tier, const BlockInfo& block, CopyDown& job) REQUIRES(mu_);
+  // The device work of one copy down: the victim's bytes quantized into its host extent.
+  static Status copy_down_bytes(CopyDown& job);
+  // Inserts the copy into the host tier unless it failed or was dropped meanwhile (then its
+  // host extent goes back).
+  Status publish_copy_down_locked(CopyDown& job, Status device_work) REQUIRES(mu_);
+  void finish_copy_downs(std::vector<CopyDown>& jobs) EXCLUDES(mu_);
+  // A remove or an admin eviction of the host tier: the copy down in flight is not published.
+  void drop_copy_down_locked(const NsKey& id) REQUIRES(mu_);
+  // reserve_put()'s locked half: registers the put unless its GPU reservation deferred copy
+  // downs (then `put` holds the extent, and reserve_put() registers it after them).
+  Result<uint64_t> reserve_put_locked(uint64_t sid, PendingPut& put,
+                                      std::vector<CopyDown>& copy_downs) EXCLUDES(mu_);
   // A GPU tier that holds the block, or null.
   GpuTier* gpu_holder(const NsKey& id) const REQUIRES(mu_);
   HostTier& host_locked(uint32_t ns) const REQUIRES(mu_);  // host_of()
@@ -528,6 +567,14 @@ class Engine {
   std::unordered_map<uint64_t, Session> sessions_ GUARDED_BY(mu_);
   uint64_t next_session_ GUARDED_BY(mu_) = 1;
   std::unordered_map<NsKey, std::shared_ptr<Promotion>, NsKeyHash> promotions_ GUARDED_BY(mu_);
+  // Where the GPU tiers' evict listener queues copy downs while reserve_gpu_locked() runs;
+  // null: a victim is copied down at once (the listener's other callers).
+  std::vector<CopyDown>* copy_down_queue_ GUARDED_BY(mu_) = nullptr;
+  // The copy downs in flight, by block: the ticket of the newest.  drop_copy_down_locked()
+  // erases the entry, and a copy whose ticket is not here is not published.
+  std::unordered_map<NsKey, uint64_t, NsKeyHash> copying_down_ GUARDED_BY(mu_);
+  uint64_t copy_down_tickets_ GUARDED_BY(mu_) = 0;
+  std::function<void(std::span<const NsKey>)> copy_down_observer_;  // set before serving
   std::unordered_map<NsKey, Pin, NsKeyHash> pins_ GUARDED_BY(mu_);
   std::unordered_map<uint32_t, uint64_t> pinned_bytes_ GUARDED_BY(mu_);  // by namespace id
   uint64_t next_pin_expiry_ GUARDED_BY(mu_) = UINT64_MAX;  // the earliest expires_unix_ms

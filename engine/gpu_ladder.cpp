@@ -33,27 +33,88 @@ LeaseGrant Engine::grant(Session& s, MemoryTier& tier, const BlockInfo& b) {
   return g;
 }
 
-// Runs with mu_ held, inside GpuTier::reserve() (eviction) or get(): the device quantizes
-// the block straight into the host arena.  Holding the lock for the device work keeps the
-// evicted extent's bytes intact until they are copied; on CUDA it is one kernel and a PCIe
-// copy of the NF4 bytes (docs/gpu.md).
-bool Engine::copy_down(GpuTier& tier, const BlockInfo& b) {
+bool Engine::prepare_copy_down(GpuTier& tier, const BlockInfo& b, CopyDown& job) {
   const config::NamespaceRule& rule = *ns_rules_.at(b.id.ns);
-  const BlockLayout gpu = b.layout().to_layout();
-  // The host tier's format: KV float tensors with rule.codec, fusion tensors with fusion_codec.
-  BlockLayout host = plan_stored_layout(gpu, rule);
-  HostTier& to = host_locked(b.id.ns);  // the same domain's as the GPU pool's
-  auto ext = to.reserve(host.total_bytes);
+  job.id = b.id;
+  job.tier = &tier;
+  job.gpu_layout = b.layout().to_layout();
+  job.gpu_extent = b.extent;
+  job.host = &host_locked(b.id.ns);
+  job.host_layout = plan_stored_layout(job.gpu_layout, rule);
+  job.nf4 = nf4_options(rule);
+  auto ext = job.host->reserve(job.host_layout.total_bytes);
   if (!ext) return false;
-  Status st =
-      demote_block(tier.pool(), gpu, b.extent.offset, host, to.data(*ext), nf4_options(rule));
-  if (st) st = to.insert(b.id, *ext, std::move(host));
-  if (!st) {
-    to.unreserve(*ext);
-    return false;
-  }
-  event_stored(b.id, TierKind::kHost);
+  job.host_extent = *ext;
+  job.ticket = ++copy_down_tickets_;
+  copying_down_[b.id] = job.ticket;
   return true;
+}
+
+Result<Extent> Engine::reserve_gpu_locked(GpuTier& tier, uint64_t bytes,
+                                          std::vector<CopyDown>& deferred) {
+  std::vector<CopyDown> queued;
+  copy_down_queue_ = &queued;
+  Result<Extent> r = tier.reserve(bytes);
+  copy_down_queue_ = nullptr;
+  for (CopyDown& job : queued) {
+    const Extent& v = job.gpu_extent;
+    if (r && v.offset >= r->offset && v.offset + v.bytes <= r->offset + r->bytes) {
+      deferred.push_back(std::move(job));
+    } else {
+      // Its place is free in the allocator again (a reservation that failed, or space it did
+      // not use): the next reservation may write it once mu_ is released.
+      bump(publish_copy_down_locked(job, copy_down_bytes(job)) ? metrics_.gpu_demotions
+                                                                : metrics_.gpu_demotions_dropped);
+    }
+  }
+  return r;
+}
+
+Status Engine::copy_down_bytes(CopyDown& job) {
+  return demote_block(job.tier->pool(), job.gpu_layout, job.gpu_extent.offset, job.host_layout,
+                      job.host->data(job.host_extent), job.nf4);
+}
+
+Status Engine::publish_copy_down_locked(CopyDown& job, Status st) {
+  auto it = copying_down_.find(job.id);
+  const bool current = it != copying_down_.end() && it->second == job.ticket;
+  if (current) copying_down_.erase(it);
+  // Removed, or evicted from the host tier by an admin, while the device worked: publishing
+  // the copy would bring back what is gone.
+  if (st && !current) st = error(Errc::kNotFound, "block removed during its copy down");
+  // A put or another copy of the same block may have landed first: that one stays.
+  if (st) st = job.host->insert(job.id, job.host_extent, std::move(job.host_layout));
+  if (!st) {
+    job.host->unreserve(job.host_extent);
+    return st;
+  }
+  event_stored(job.id, TierKind::kHost);
+  return {};
+}
+
+void Engine::finish_copy_downs(std::vector<CopyDown>& jobs) {
+  if (jobs.empty()) return;
+  std::vector<Status> done;
+  done.reserve(jobs.size());
+  for (CopyDown& job : jobs) done.push_back(copy_down_bytes(job));
+  if (copy_down_observer_) {
+    std::vector<NsKey> ids;
+    for (const CopyDown& job : jobs) ids.push_back(job.id);
+    copy_down_observer_(ids);
+  }
+  MutexLock lock(mu_);
+  for (size_t i = 0; i < jobs.size(); ++i)
+    bump(publish_copy_down_locked(jobs[i], std::move(done[i])) ? metrics_.gpu_demotions
+                                                                : metrics_.gpu_demotions_dropped);
+  bump(metrics_.gpu_demotions_unlocked, jobs.size());
+}
+
+void Engine::drop_copy_down_locked(const NsKey& id) {
+  copying_down_.erase(id);
+}
+
+void Engine::set_copy_down_observer(std::function<void(std::span<const NsKey>)> fn) {
+  copy_down_observer_ = std::move(fn);
 }
 
 void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> grants, int device) {
@@ -63,6 +124,7 @@ void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> gra
     Extent ext;
   };
   std::vector<Job> jobs;
+  std::vector<CopyDown> copy_downs;  // the evictions that made room, copied before the writes
   GpuTier* tier = nullptr;
   HostTier* host = nullptr;
   {
@@ -86,7 +148,7 @@ void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> gra
       job.grant = i;
       job.host_layout = g.layout.to_layout();
       job.gpu_layout = plan_gpu_layout(job.host_layout);
-      auto r = tier->reserve(job.gpu_layout.total_bytes);
+      auto r = reserve_gpu_locked(*tier, job.gpu_layout.total_bytes, copy_downs);
       if (!r) {
         bump(metrics_.gpu_promotion_fallbacks);
         continue;
@@ -95,6 +157,7 @@ void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> gra
       jobs.push_back(std::move(job));
     }
   }
+  finish_copy_downs(copy_downs);
   if (jobs.empty()) return;
   bump(metrics_.gpu_promotion_batches);
   std::vector<GpuPromotion> batch;

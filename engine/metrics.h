@@ -86,7 +86,9 @@ namespace kvtier {
     "GPU gets answered from the host tier: no GPU room")                                         \
   X(gpu_demotions, "kvtier_gpu_demotions_total", "GPU evictions copied down into the host tier") \
   X(gpu_demotions_dropped, "kvtier_gpu_demotions_dropped_total",                                 \
-    "GPU evictions not copied down: host tier full")                                             \
+    "GPU evictions not copied down: host tier full, or removed during the copy")                 \
+  X(gpu_demotions_unlocked, "kvtier_gpu_demotions_unlocked_total",                               \
+    "GPU evictions copied down after the engine lock was released")                              \
   X(gpu_copy_downs, "kvtier_gpu_copy_downs_total",                                               \
     "host gets of GPU-only blocks copied down into the host tier")                               \
   X(searches, "kvtier_searches_total", "semantic searches")                                      \

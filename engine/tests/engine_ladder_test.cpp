@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <future>
 #include <cmath>
 #include <thread>
 
@@ -199,6 +200,95 @@ TEST_CASE("engine: a GPU get promotes host blocks into the pool; GPU eviction co
   REQUIRE(h[0].code == Errc::kOk);
   CHECK(h[0].tier == TierKind::kHost);
   CHECK(r.bytes_of(h[0]) == pattern(key(7), kBlock));
+}
+
+// A GPU eviction's copy down to the host tier (a quantization on a real device) runs after the
+// engine lock is released, by the thread whose reservation evicted the block, before that
+// thread writes the freed place.  A remove while it runs keeps the block out of the host tier.
+TEST_CASE("engine: GPU eviction copies down without the engine lock; a remove meanwhile wins") {
+  Rig r;
+  const uint32_t ns = r.ns("m");
+  std::vector<NsKey> copied;
+  bool lock_free = true;
+  std::optional<BlockKey> removed;
+  std::vector<uint32_t> removes;  // what each remove in the observer found in the tiers
+  r.engine->set_copy_down_observer([&](std::span<const NsKey> ids) {
+    copied.insert(copied.end(), ids.begin(), ids.end());
+    // Another thread takes the engine lock while the copy is in flight.
+    auto done = std::make_shared<std::promise<void>>();
+    auto ready = done->get_future();
+    std::thread([e = r.engine.get(), done] {
+      (void)e->session_count();
+      done->set_value();
+    }).detach();
+    if (ready.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+      lock_free = false;
+      return;
+    }
+    if (!removed) {  // the first victim is removed before its copy is published
+      removed = ids.front().key;
+      const auto c = r.engine->remove(ns, std::span(&*removed, 1));
+      removes.push_back(c.removed + c.deferred);
+    }
+  });
+  for (int i = 0; i < 8; ++i) REQUIRE(r.put(ns, key(i), 0).is_ok());
+  REQUIRE(lock_free);
+  REQUIRE(removed.has_value());
+  CHECK(removes == std::vector<uint32_t>{0});  // an evicted block is in no tier while copied
+  CHECK(copied.size() >= 4);  // the first puts were evicted as the 4 MiB pool filled
+  CHECK(r.metrics.gpu_demotions_unlocked.load() == copied.size());
+  CHECK(r.metrics.gpu_demotions.load() == copied.size() - 1);
+  CHECK(r.metrics.gpu_demotions_dropped.load() == 1);
+  // The removed block is gone everywhere; every other victim is in the host tier, exact.
+  auto gone = run(r.engine->get(r.sid, ns, {*removed}));
+  CHECK(gone[0].code == Errc::kNotFound);
+  for (const NsKey& id : copied) {
+    if (id.key == *removed) continue;
+    auto g = run(r.engine->get(r.sid, ns, {id.key}));
+    REQUIRE(g[0].code == Errc::kOk);
+    CHECK(g[0].tier == TierKind::kHost);
+    CHECK(r.bytes_of(g[0]) == pattern(id.key, kBlock));
+    r.engine->release(r.sid, std::span(&g[0].lease_id, 1));
+  }
+  // A GPU get that promotes a host block evicts another GPU block: copied down the same way.
+  const size_t before = copied.size();
+  const BlockKey back = copied.back().key;
+  auto p = run(r.engine->get(r.sid, ns, {back}, Placement{true, 0}));
+  REQUIRE(p[0].code == Errc::kOk);
+  CHECK(p[0].tier == TierKind::kGpu);
+  CHECK(r.bytes_of(p[0]) == pattern(back, kBlock));
+  r.engine->release(r.sid, std::span(&p[0].lease_id, 1));
+  CHECK(copied.size() > before);
+  auto h = run(r.engine->get(r.sid, ns, {copied[before].key}));
+  REQUIRE(h[0].code == Errc::kOk);
+  CHECK(h[0].tier == TierKind::kHost);
+  CHECK(r.bytes_of(h[0]) == pattern(copied[before].key, kBlock));
+  r.engine->release(r.sid, std::span(&h[0].lease_id, 1));
+
+  // A host get of a block only the GPU holds copies it down the same way (the GPU block
+  // leased meanwhile): exact bytes; a remove during that copy makes the get a miss.
+  const uint64_t copy_downs = r.metrics.gpu_copy_downs.load();
+  std::vector<BlockKey> gpu_only;
+  for (int i = 4; i < 8; ++i)
+    if (r.engine->gpu_tier(0)->find(NsKey{ns, key(i)}) != nullptr &&
+        r.engine->host().find(NsKey{ns, key(i)}) == nullptr)
+      gpu_only.push_back(key(i));
+  REQUIRE(gpu_only.size() >= 2);
+  auto c = run(r.engine->get(r.sid, ns, {gpu_only[0]}));
+  REQUIRE(c[0].code == Errc::kOk);
+  CHECK(c[0].tier == TierKind::kHost);
+  CHECK(r.bytes_of(c[0]) == pattern(gpu_only[0], kBlock));
+  r.engine->release(r.sid, std::span(&c[0].lease_id, 1));
+  CHECK(r.metrics.gpu_copy_downs.load() == copy_downs + 1);
+  removed.reset();
+  auto m = run(r.engine->get(r.sid, ns, {gpu_only[1]}));
+  REQUIRE(removed == gpu_only[1]);
+  CHECK(removes.back() == 1);  // the GPU block, leased by the get: freed when it lets go
+  CHECK(m[0].code == Errc::kNotFound);
+  CHECK(r.engine->host().find(NsKey{ns, gpu_only[1]}) == nullptr);
+  CHECK(r.engine->gpu_tier(0)->find(NsKey{ns, gpu_only[1]}) == nullptr);
+  CHECK(r.metrics.gpu_copy_downs.load() == copy_downs + 1);
+  REQUIRE(lock_free);
 }
 
 TEST_CASE("engine: a persist namespace's seal answers once the block is durable") {
