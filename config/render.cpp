@@ -161,8 +161,7 @@ std::string Config::to_toml() const {
       o << "nf4_double_quant = " << boolean(rule.nf4_double_quant) << "\n"
         << "nf4_outlier_channels = " << rule.nf4_outlier_channels << "\n";
     }
-    o
-      << "disk = "
+    o << "disk = "
       << quote(rule.disk == DiskPolicy::kOff       ? "off"
                : rule.disk == DiskPolicy::kPersist ? "persist"
                                                    : "writeback")

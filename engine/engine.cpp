@@ -82,7 +82,7 @@ Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTie
         copy_down_queue_->push_back(std::move(job));
       } else {  // no reservation to defer it to: at once (not reached: see reserve_gpu_locked)
         bump(publish_copy_down_locked(job, copy_down_bytes(job)) ? metrics_.gpu_demotions
-                                                                  : metrics_.gpu_demotions_dropped);
+                                                                 : metrics_.gpu_demotions_dropped);
       }
       index_refresh_locked(b.id, tier);
     });
@@ -649,9 +649,9 @@ std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
       g = grant(*s, *c.job.host, *h);
       bump(metrics_.get_hits);
     } else {
-      g.code = s == nullptr ? Errc::kUnavailable
+      g.code = s == nullptr                  ? Errc::kUnavailable
                : st.code() == Errc::kNoSpace ? Errc::kNoSpace
-                                              : Errc::kNotFound;  // removed meanwhile
+                                             : Errc::kNotFound;  // removed meanwhile
       if (g.code == Errc::kNotFound) bump(metrics_.get_misses);
     }
   }

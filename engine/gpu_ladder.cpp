@@ -64,7 +64,7 @@ Result<Extent> Engine::reserve_gpu_locked(GpuTier& tier, uint64_t bytes,
       // Its place is free in the allocator again (a reservation that failed, or space it did
       // not use): the next reservation may write it once mu_ is released.
       bump(publish_copy_down_locked(job, copy_down_bytes(job)) ? metrics_.gpu_demotions
-                                                                : metrics_.gpu_demotions_dropped);
+                                                               : metrics_.gpu_demotions_dropped);
     }
   }
   return r;
@@ -105,7 +105,7 @@ void Engine::finish_copy_downs(std::vector<CopyDown>& jobs) {
   MutexLock lock(mu_);
   for (size_t i = 0; i < jobs.size(); ++i)
     bump(publish_copy_down_locked(jobs[i], std::move(done[i])) ? metrics_.gpu_demotions
-                                                                : metrics_.gpu_demotions_dropped);
+                                                               : metrics_.gpu_demotions_dropped);
   bump(metrics_.gpu_demotions_unlocked, jobs.size());
 }
 

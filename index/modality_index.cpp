@@ -241,7 +241,7 @@ bool faiss_part_plausible(std::string_view part, Kind kind, uint32_t dim, uint64
   if (!sparse && !p.fourcc({"full"})) return false;
   if (!p.u64(&words) || words > p.left() / 8 || (sparse ? words % 2 != 0 : words != nlist))
     return false;
-  uint64_t stored = 0;  // vectors in all lists
+  uint64_t stored = 0;     // vectors in all lists
   uint64_t next_list = 0;  // "sprs" names each list once, in increasing order, as FAISS writes
   for (uint64_t i = 0; i < (sparse ? words / 2 : words); ++i) {
     uint64_t list = i, size = 0;
