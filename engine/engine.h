@@ -350,10 +350,11 @@ class Engine {
  private:
   // The ladder's steps (engine/engine.cpp, engine/gpu_ladder.cpp).
   uint32_t prefix_cached(uint32_t ns, std::span<const BlockKey> keys) const;
-  // Leases what is cached in the place asked for (one hold of mu_).  A host get of a block
-  // that only a GPU tier holds copies it down into the host tier first (NF4 quantized on the
-  // device, with mu_ released and the GPU block leased meanwhile).  A GPU get leases blocks in that
-  // GPU; the others come back as host leases (or kNotFound), for promote_to_gpu().
+  // Leases what is cached in the place asked for (one hold of mu_, two when a copy down is
+  // needed).  A host get of a block that only a GPU tier holds copies it down into the host
+  // tier first (NF4 quantized on the device, with mu_ released and the GPU block leased
+  // meanwhile).  A GPU get leases blocks in that GPU; the others come back as host leases (or
+  // kNotFound), for promote_to_gpu().
   std::vector<LeaseGrant> lease_cached(uint64_t sid, uint32_t ns, std::span<const BlockKey> keys,
                                        Placement where);
   // A block only a store tier has, read into the host tier and leased (or kNotFound).
