@@ -4,6 +4,7 @@
 
 #include "engine/block_codec.h"
 
+#include <algorithm>
 #include <chrono>
 #include <unordered_set>
 
@@ -587,6 +588,7 @@ std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
     CopyDown job;
   };
   std::vector<HostCopy> copies;
+  std::vector<size_t> repeats;  // grants of a key this get lists again while it copies it
   {
     MutexLock lock(mu_);
     bump(metrics_.gets);
@@ -600,7 +602,7 @@ std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
       g.key = k;
       if (s == nullptr) {
         g.code = Errc::kUnavailable;
-      } else if (s->leases.size() >= config_.session.max_leases) {
+      } else if (s->leases.size() + copies.size() + repeats.size() >= config_.session.max_leases) {
         g.code = Errc::kLimit;
       } else if (const BlockInfo* b = want_gpu ? want_gpu->acquire(id) : nullptr) {
         g = grant(*s, *want_gpu, *b);
@@ -609,6 +611,9 @@ std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
       } else if (const BlockInfo* h = host.acquire(id)) {
         g = grant(*s, host, *h);
         bump(metrics_.get_hits);
+      } else if (std::any_of(copies.begin(), copies.end(),
+                             [&](const HostCopy& c) { return c.job.id == id; })) {
+        repeats.push_back(out.size());  // leased from the host tier once that copy is in
       } else if (GpuTier* holder = gpu_holder(id)) {
         // Only a GPU (another device's, for a GPU get) has it: a host copy serves this get.
         HostCopy c;
@@ -627,7 +632,7 @@ std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
       out.push_back(g);
     }
   }
-  if (copies.empty()) return out;
+  if (copies.empty()) return out;  // repeats come only with copies
   std::vector<Status> done;
   std::vector<NsKey> ids;
   for (HostCopy& c : copies) {
@@ -652,6 +657,17 @@ std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
       g.code = s == nullptr                  ? Errc::kUnavailable
                : st.code() == Errc::kNoSpace ? Errc::kNoSpace
                                              : Errc::kNotFound;  // removed meanwhile
+      if (g.code == Errc::kNotFound) bump(metrics_.get_misses);
+    }
+  }
+  for (size_t i : repeats) {
+    LeaseGrant& g = out[i];
+    const BlockInfo* h = s ? host_locked(ns).acquire(NsKey{ns, g.key}) : nullptr;
+    if (h != nullptr) {
+      g = grant(*s, host_locked(ns), *h);
+      bump(metrics_.get_hits);
+    } else {
+      g.code = s == nullptr ? Errc::kUnavailable : Errc::kNotFound;
       if (g.code == Errc::kNotFound) bump(metrics_.get_misses);
     }
   }

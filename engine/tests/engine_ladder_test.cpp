@@ -234,6 +234,7 @@ TEST_CASE("engine: GPU eviction copies down without the engine lock; a remove me
   for (int i = 0; i < 8; ++i) REQUIRE(r.put(ns, key(i), 0).is_ok());
   REQUIRE(lock_free);
   REQUIRE(removed.has_value());
+  const BlockKey evicted_and_removed = *removed;
   CHECK(removes == std::vector<uint32_t>{0});  // an evicted block is in no tier while copied
   CHECK(copied.size() >= 4);  // the first puts were evicted as the 4 MiB pool filled
   CHECK(r.metrics.gpu_demotions_unlocked.load() == copied.size());
@@ -289,6 +290,20 @@ TEST_CASE("engine: GPU eviction copies down without the engine lock; a remove me
   CHECK(r.engine->gpu_tier(0)->find(NsKey{ns, gpu_only[1]}) == nullptr);
   CHECK(r.metrics.gpu_copy_downs.load() == copy_downs + 1);
   REQUIRE(lock_free);
+
+  // A get that lists a GPU-only key twice: one copy, two host leases of it.
+  REQUIRE(gpu_only.size() >= 3);
+  const BlockKey twice = gpu_only[2];
+  removed = twice;  // the observer removes nothing more
+  auto d = run(r.engine->get(r.sid, ns, {twice, evicted_and_removed, twice}));
+  for (int i : {0, 2}) {
+    REQUIRE(d[i].code == Errc::kOk);
+    CHECK(d[i].tier == TierKind::kHost);
+    CHECK(r.bytes_of(d[i]) == pattern(twice, kBlock));
+    r.engine->release(r.sid, std::span(&d[i].lease_id, 1));
+  }
+  CHECK(d[1].code == Errc::kNotFound);  // removed in the eviction window above
+  CHECK(r.metrics.gpu_copy_downs.load() == copy_downs + 2);
 }
 
 TEST_CASE("engine: a persist namespace's seal answers once the block is durable") {
