@@ -20,11 +20,13 @@
 //
 //   gpu_bench [--backend emulation|cuda] [--blocks N] [--quick]
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -121,7 +123,7 @@ T must(Result<T> r, const char* what) {
 }
 
 uint64_t counter(Client& c, const char* name) {
-  return nlohmann::json::parse(c.stats_json().value())["counters"][name].get<uint64_t>();
+  return nlohmann::json::parse(c.stats_json().value())["counters"].value(name, uint64_t{0});
 }
 
 // "27.0 MiB": size_name() prints sizes that are not a whole number of MiB in bytes.
@@ -238,6 +240,67 @@ ChannelLeases channel_leases(const std::string& backend, const std::vector<Block
   r.gpu = lease_latency(c, ns, keys[0], GetOptions{true, -1}, iters);
   r.channel_requests = counter(c, "channel_requests") - before;
   r.host = lease_latency(c, ns, keys[1], GetOptions{}, iters);
+  return r;
+}
+
+struct Contention {
+  Latency idle, busy;       // one connection's host lease get + release
+  uint64_t copy_downs = 0;  // GPU evictions copied down while the other connection put
+  uint64_t unlocked = 0;    // of them, copied after the engine lock was released
+  uint64_t puts = 0;
+};
+
+// What a GPU eviction's copy down costs other connections: one connection leases a host
+// block (get + release, which takes the engine lock) while another puts fresh fp16 blocks
+// into a full pool, so that every put evicts a GPU-only block and copies it down (a
+// quantization on the device).  The same leases with the other connection idle, in the same
+// daemon, are the baseline.
+Contention lease_during_evictions(const std::string& backend, const std::vector<Block>& blocks,
+                                  const std::vector<uint32_t>& tokens, int rounds, int iters) {
+  const uint64_t bb = blocks[0].bytes();
+  testing::DaemonOptions o;
+  o.gpu_backend = backend;
+  o.gpu_bytes = 4 * bb + (8ull << 20);
+  o.host_bytes = 64ull << 20;
+  o.staging_bytes = 16ull << 20;
+  o.codec = "nf4";
+  o.disk = false;
+  testing::Daemon daemon(o);
+  auto reader = must(Client::connect(daemon.socket()), "connect (reader)");
+  auto writer = must(Client::connect(daemon.socket()), "connect (writer)");
+  const std::string rns = "bench/gpu-reader";
+  const BlockKey rkey = chain_keys(rns, std::vector<uint32_t>(tokens.begin(), tokens.begin() + 16),
+                                   16)[0];
+  must(reader->put(rns, rkey, blocks[0].tensors), "put (reader)");
+  // A host copy of the reader's block, leased for the whole run: evictions pass it by.
+  auto hold = must(reader->get(rns, std::span(&rkey, 1)), "get host (reader)");
+  if (hold.found() != 1) fail("reader: block not found");
+  Contention r;
+  r.idle = lease_latency(*reader, rns, rkey, GetOptions{}, iters);
+  const uint64_t copies0 = counter(*writer, "gpu_demotions");
+  const uint64_t unlocked0 = counter(*writer, "gpu_demotions_unlocked");
+  std::atomic<bool> stop{false};
+  std::vector<uint64_t> busy;
+  std::thread t([&] {
+    while (!stop.load()) {
+      const uint64_t t0 = now_ns();
+      auto l = must(reader->get(rns, std::span(&rkey, 1)), "lease (reader)");
+      if (l.found() != 1) fail("reader: block not found");
+      l.release().is_ok();
+      busy.push_back(now_ns() - t0);
+    }
+  });
+  for (int round = 0; round < rounds; ++round) {
+    const std::string wns = "bench/gpu-writer-" + std::to_string(round);
+    auto wkeys = chain_keys(wns, tokens, 16);
+    for (size_t i = 0; i < blocks.size(); ++i, ++r.puts)
+      must(writer->put(wns, wkeys[i], blocks[i].tensors), "put (writer)");
+  }
+  stop = true;
+  t.join();
+  r.busy = summarize(busy);
+  r.copy_downs = counter(*writer, "gpu_demotions") - copies0;
+  r.unlocked = counter(*writer, "gpu_demotions_unlocked") - unlocked0;
   return r;
 }
 
@@ -412,6 +475,7 @@ int main(int argc, char** argv) {
   }
   const uint64_t demote_t = median(demote_ns), promote_t = median(promote_ns);
   ChannelLeases ch = channel_leases(backend, blocks, ns, keys, lease_iters);
+  const Contention busy = lease_during_evictions(backend, blocks, tokens, rounds, lease_iters);
 
   // The limits, in the same run.
   const Limits lim = measure_limits(backend, nf4_total, total, quick ? 3 : 20);
@@ -463,6 +527,16 @@ int main(int argc, char** argv) {
       true, "vs host lease p50, same path (goal <= 1.0x)");
   row((std::string("GPU lease get+release p99, ") + path).c_str(), ch.gpu.p99_us, ch.host.p99_us,
       true, "vs host lease p99, same path");
+  row("host lease p50 while GPU puts evict", busy.busy.p50_us, busy.idle.p50_us, true,
+      "vs the same lease with the other connection idle");
+  row("host lease p99 while GPU puts evict", busy.busy.p99_us, busy.idle.p99_us, true,
+      "vs the same, idle");
+  std::printf(
+      "\neviction rows: a third daemon with a pool of 4 blocks; one connection leases a host "
+      "block (%zu leases) while another puts %llu fresh blocks, each evicting one: %llu copy "
+      "downs, %llu of them after the engine lock was released\n",
+      busy.busy.n, (unsigned long long)busy.puts, (unsigned long long)busy.copy_downs,
+      (unsigned long long)busy.unlocked);
   std::printf(
       "\nchannel rows: a second daemon, daemon.busy_poll_us = %u, client busy_poll_us = %u: "
       "%s (channel_requests +%llu over %d GPU leases)\n",
