@@ -260,7 +260,7 @@ Contention lease_during_evictions(const std::string& backend, const std::vector<
   const uint64_t bb = blocks[0].bytes();
   testing::DaemonOptions o;
   o.gpu_backend = backend;
-  o.gpu_bytes = 4 * bb + (8ull << 20);
+  o.gpu_bytes = 4 * bb;  // from the fifth put on, each one evicts
   o.host_bytes = 64ull << 20;
   o.staging_bytes = 16ull << 20;
   o.codec = "nf4";
@@ -533,8 +533,8 @@ int main(int argc, char** argv) {
       "vs the same, idle");
   std::printf(
       "\neviction rows: a third daemon with a pool of 4 blocks; one connection leases a host "
-      "block (%zu leases) while another puts %llu fresh blocks, each evicting one: %llu copy "
-      "downs, %llu of them after the engine lock was released\n",
+      "block (%zu leases) while another puts %llu fresh blocks (each evicts one once the pool "
+      "is full): %llu copy downs, %llu of them after the engine lock was released\n",
       busy.busy.n, (unsigned long long)busy.puts, (unsigned long long)busy.copy_downs,
       (unsigned long long)busy.unlocked);
   std::printf(
