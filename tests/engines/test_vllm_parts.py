@@ -70,6 +70,7 @@ class _Worker(KvtierConnector):
         self.paged = {n: torch.zeros(num_blocks, 2, BS, 128, dtype=torch.bfloat16)
                       for n in GEO.layers}
         self._kv = {}
+        self._paged = {}  # the loads' kvtier.PagedKV views, made on first use
         for n, t in self.paged.items():
             pages = t.view(num_blocks, 2, 2, BS, 64)
             self._kv[n] = (pages[:, :, 0].permute(0, 2, 1, 3), pages[:, :, 1].permute(0, 2, 1, 3))

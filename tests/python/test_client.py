@@ -273,6 +273,84 @@ def test_nf4_blocks_decode_into_caller_tensors(client, nf4_ns):
             b["v"].decode_into(torch.empty(64, 128, 2).permute(2, 1, 0))
 
 
+def _paged_kv(nblocks, bs, heads, hd, dtype):
+    """vLLM's CPU paged KV of one layer [blocks, heads, 2 * bs, hd] and its K and V views
+    [blocks, bs, heads, hd] (strided), as kvtier.vllm builds them."""
+    t = torch.zeros(nblocks, heads, 2 * bs, hd, dtype=dtype)
+    pages = t.view(nblocks, heads, 2, bs, hd)
+    return t, pages[:, :, 0].permute(0, 2, 1, 3), pages[:, :, 1].permute(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_scatter_rows_into_paged_blocks(client, ns, nf4_ns, dtype):
+    heads, hd, bs, rows = 3, 16, 8, 32
+    g = torch.Generator().manual_seed(2)
+    k = torch.randn(rows, heads * hd, generator=g).to(dtype)
+    v = torch.randn(rows, heads * hd, generator=g).to(dtype)
+    for space in (ns, nf4_ns):
+        key = kvtier.chain_keys(space, [1], 1)[0]
+        client.put(space, key, {"k": k, "v": v})
+        _, kv_k, kv_v = _paged_kv(10, bs, heads, hd, dtype)
+        with client.get(space, [key]) as lease:
+            b = lease[0]
+            # rows 8..31 (three blocks) into blocks 7, 2, 5; the rest stays zero
+            b["k"].scatter_rows(kv_k, [7, 2, 5], row0=8, verify=True)
+            b["v"].scatter_rows(kv_v, [7, 2, 5], row0=8)
+            want_k = lease.tensor(0, "k", dtype=dtype)  # the stored values (decoded for NF4)
+            want_v = lease.tensor(0, "v", dtype=dtype)
+        if space == ns:
+            assert torch.equal(want_k, k) and torch.equal(want_v, v)
+        for j, blk in enumerate([7, 2, 5]):
+            src = slice(8 + j * bs, 8 + (j + 1) * bs)
+            assert torch.equal(kv_k[blk], want_k[src].view(bs, heads, hd))
+            assert torch.equal(kv_v[blk], want_v[src].view(bs, heads, hd))
+        others = [i for i in range(10) if i not in (7, 2, 5)]
+        assert not kv_k[others].any() and not kv_v[others].any()
+        # A PagedKV borrows the view once (the connector makes one per layer's K and V) and
+        # keeps its memory alive: the same bytes land there.
+        t, pk_k, _ = _paged_kv(10, bs, heads, hd, dtype)
+        paged = kvtier.PagedKV(pk_k)
+        assert paged.shape == (10, bs, heads, hd) and paged.dtype == str(dtype).split(".")[1]
+        view = pk_k
+        del t, pk_k
+        with client.get(space, [key]) as lease:
+            lease[0]["k"].scatter_rows(paged, [7, 2, 5], row0=8, verify=True)
+        assert torch.equal(view, kv_k)
+
+
+def test_scatter_rows_refuses_what_does_not_fit(client, ns):
+    heads, hd, bs = 2, 8, 4
+    key = kvtier.chain_keys(ns, [1], 1)[0]
+    client.put(ns, key, {"k": torch.randn(8, heads * hd).half()})
+    _, kv_k, _ = _paged_kv(4, bs, heads, hd, torch.float16)
+    with client.get(ns, [key]) as lease:
+        t = lease[0]["k"]
+        with pytest.raises(ValueError, match="exceed"):
+            t.scatter_rows(kv_k, [0, 1, 2])  # 12 rows of 8
+        with pytest.raises(ValueError, match="exceed"):
+            t.scatter_rows(kv_k, [0], row0=6)
+        with pytest.raises(ValueError, match="block id"):
+            t.scatter_rows(kv_k, [4])
+        with pytest.raises(ValueError, match="block id"):
+            t.scatter_rows(kv_k, [-1])
+        with pytest.raises(TypeError, match="float16"):
+            t.scatter_rows(_paged_kv(4, bs, heads, hd, torch.bfloat16)[1], [0])
+        with pytest.raises(ValueError, match="rows of 16"):
+            t.scatter_rows(_paged_kv(4, bs, 3, hd, torch.float16)[1], [0])
+        with pytest.raises(ValueError, match="blocks, block_size"):
+            t.scatter_rows(torch.zeros(4, bs, heads * hd, dtype=torch.float16), [0])
+        with pytest.raises(ValueError, match="contiguous"):
+            t.scatter_rows(torch.zeros(4, bs, hd, heads, dtype=torch.float16).transpose(2, 3),
+                           [0])
+        with pytest.raises(ValueError, match="contiguous"):
+            kvtier.PagedKV(torch.zeros(4, bs, hd, heads, dtype=torch.float16).transpose(2, 3))
+        with pytest.raises(TypeError):
+            kvtier.PagedKV("not a tensor")
+        assert not kv_k.any()  # nothing written by a refused call
+        t.scatter_rows(kv_k, [3, 0], row0=0, verify=True)
+        assert kv_k[3].any() and kv_k[0].any() and not kv_k[1].any()
+
+
 def test_stats_remove_and_admin_calls(client, ns):
     keys = kvtier.chain_keys(ns, range(8), 2)
     for k in keys:

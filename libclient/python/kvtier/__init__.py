@@ -15,7 +15,7 @@ alive, so it may outlive the `with` block.  See docs/python.md.
 
 from ._kvtier import (  # noqa: F401
     AlreadyExists, Block, Busy, Corrupt, Error, InternalError, InvalidArgument, IoError, Key,
-    Lease, LimitExceeded, NoSpace, NotFound, PermissionDenied, ProtocolError, Tensor,
+    Lease, LimitExceeded, NoSpace, NotFound, PagedKV, PermissionDenied, ProtocolError, Tensor,
     Unavailable, _chain_keys, _Client, default_socket_path)
 
 import collections as _collections
@@ -23,7 +23,8 @@ import collections as _collections
 import numpy as _np
 
 __all__ = [
-    "Client", "chain_keys", "Key", "Lease", "Block", "Tensor", "Error", "InvalidArgument",
+    "Client", "chain_keys", "Key", "Lease", "Block", "Tensor", "PagedKV", "Error",
+    "InvalidArgument",
     "NotFound", "NoSpace", "PermissionDenied", "ProtocolError", "Busy", "AlreadyExists",
     "IoError", "Unavailable", "Corrupt", "InternalError", "LimitExceeded",
     "default_socket_path", "SearchHit",

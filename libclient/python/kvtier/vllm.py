@@ -345,6 +345,7 @@ class KvtierConnector(KVConnectorBase_V1):
         self._reqs: dict[str, _ReqState] = {}
         # Worker side.
         self._kv: dict[str, torch.Tensor] = {}
+        self._paged: dict[str, tuple] = {}  # kvtier.PagedKV of the K and V views (CPU caches)
         self._layers: list[str] = sorted(self.geo.layers, key=_layer_order)
         self._load_errors: set[int] = set()
         self._saver: _Saver | None = None
@@ -539,20 +540,33 @@ class KvtierConnector(KVConnectorBase_V1):
 
     def _write_chunk(self, block, row0: int, block_ids: list[int]):
         """Every layer's K and V rows [row0, chunk_tokens) of one leased chunk into the paged
-        blocks `block_ids`: raw tensors are copied straight out of the shared mapping, NF4
-        tensors decoded into one reused scratch, then scattered."""
+        blocks `block_ids`.  Host-memory caches (the CPU backend): Tensor.scatter_rows copies
+        (or decodes) each tensor straight out of the shared mapping into the paged blocks, with
+        no intermediate tensor.  Device caches: raw tensors are copied to the device, NF4
+        tensors decoded into one reused scratch first, then scattered by torch."""
         geo, bs = self.geo, self.block_size
         want = (self.cfg.chunk_tokens, geo.row)
         idx = None
         for li, name in enumerate(self._layers):
             views = self._kv[name]
-            if idx is None:
+            paged = self._paged.get(name)
+            if paged is None and views[0].device.type == "cpu":
+                # Borrowed once, for every later load's scatter_rows.
+                paged = self._paged[name] = tuple(kvtier.PagedKV(v) for v in views)
+            on_host = paged is not None
+            if idx is None and not on_host:
                 idx = torch.tensor(block_ids, dtype=torch.long, device=views[0].device)
             for kv_i, prefix in ((0, "k"), (1, "v")):
                 t = block["%s.%d" % (prefix, li)]
                 if tuple(t.shape) != want:
                     raise ValueError("tensor %s.%d has shape %s, expected %s" %
                                      (prefix, li, tuple(t.shape), want))
+                if on_host and t.device < 0:
+                    try:
+                        t.scatter_rows(paged[kv_i], block_ids, row0, verify=self.cfg.verify)
+                    except kvtier.Corrupt:
+                        raise kvtier.Corrupt("tensor %s.%d fails its checksum" % (prefix, li))
+                    continue
                 if self.cfg.verify and not t.verify():
                     raise kvtier.Corrupt("tensor %s.%d fails its checksum" % (prefix, li))
                 src = self._source(t, views[kv_i])

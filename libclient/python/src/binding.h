@@ -81,16 +81,19 @@ class Borrowed {
   uint64_t elements() const;
 
  private:
-  friend Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool allow_device);
+  friend Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool allow_device,
+                         std::vector<int64_t>* strides);
   DLManagedTensor* managed_ = nullptr;
   Py_buffer buffer_{};
   bool has_buffer_ = false;
 };
 
 // Borrows a host-memory, C-contiguous tensor: __dlpack__ first, then the buffer protocol; with
-// `allow_device`, CUDA memory too (DLPack kDLCUDA: Borrowed::device).  Raises
-// TypeError/ValueError naming `what` otherwise.
-Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool allow_device = false);
+// `allow_device`, CUDA memory too (DLPack kDLCUDA: Borrowed::device).  With `strides`, a
+// strided DLPack tensor too (non-negative strides, in elements, stored there; a buffer must
+// still be C-contiguous).  Raises TypeError/ValueError naming `what` otherwise.
+Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool allow_device = false,
+                std::vector<int64_t>* strides = nullptr);
 
 // The kvtier exception for a failed Status, not raised (put_batch reports one per item).
 py::object exception_for(const Status& st);

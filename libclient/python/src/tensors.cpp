@@ -1,5 +1,7 @@
 // kvtier.Tensor: zero-copy exports of leased tensors (DLPack, read-only buffer protocol),
 // decoding into caller tensors, and borrowing caller tensors for puts.
+#include <pybind11/stl.h>
+
 #include <cstring>
 
 #include "binding.h"
@@ -234,7 +236,8 @@ uint64_t Borrowed::elements() const {
   return python::elements(shape);
 }
 
-Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool allow_device) {
+Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool allow_device,
+                std::vector<int64_t>* strides) {
   Borrowed b;
   if (py::hasattr(obj, "__dlpack__")) {
     auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
@@ -259,8 +262,14 @@ Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool all
                              std::to_string(t.dtype.code) + ", " + std::to_string(t.dtype.bits) +
                              " bits)");
       for (int i = 0; i < t.ndim; ++i) b.shape.push_back(static_cast<uint64_t>(t.shape[i]));
-      if (t.strides != nullptr) {
-        auto want = row_major(b.shape);
+      const auto want = row_major(b.shape);
+      if (strides != nullptr) {
+        *strides =
+            t.strides != nullptr ? std::vector<int64_t>(t.strides, t.strides + t.ndim) : want;
+        for (int i = 0; i < t.ndim; ++i)
+          if ((*strides)[i] < 0)
+            throw py::value_error(what + " has a negative stride: call .contiguous() first");
+      } else if (t.strides != nullptr) {
         for (int i = 0; i < t.ndim; ++i)
           if (t.shape[i] > 1 && t.strides[i] != want[i])
             throw py::value_error(what + " is not contiguous: call .contiguous() first");
@@ -284,6 +293,7 @@ Borrowed borrow(py::handle obj, bool writable, const std::string& what, bool all
   for (int i = 0; i < v.ndim; ++i) b.shape.push_back(static_cast<uint64_t>(v.shape[i]));
   b.data = static_cast<std::byte*>(v.buf);
   b.bytes = static_cast<uint64_t>(v.len);
+  if (strides != nullptr) *strides = row_major(b.shape);
   return b;
 }
 
@@ -321,7 +331,111 @@ py::capsule export_dlpack(std::shared_ptr<LeaseBox> box, const TensorView& v) {
   return py::reinterpret_steal<py::capsule>(cap);
 }
 
+namespace {
+
+// A paged K or V cache of one layer, [blocks, block_size, heads, head_size] with non-negative
+// strides and head_size contiguous, borrowed once (kvtier.PagedKV) for many scatter_rows calls.
+struct PagedKV {
+  std::unique_ptr<Borrowed> out;
+  std::vector<int64_t> strides;  // elements
+
+  explicit PagedKV(py::handle obj) {
+    out = std::make_unique<Borrowed>(
+        borrow(obj, /*writable=*/true, "out", /*allow_device=*/false, &strides));
+    if (out->shape.size() != 4)
+      throw py::value_error("out must be [blocks, block_size, heads, head_size], not " +
+                            std::to_string(out->shape.size()) + "-dimensional");
+    if (strides[3] != 1 && out->shape[3] > 1)
+      throw py::value_error("out's last dimension (head_size) must be contiguous");
+  }
+};
+
+// Tensor.scatter_rows: rows [row0, row0 + n * block_size) of a leased [rows, heads * head_size]
+// tensor into blocks `block_ids` (n of them) of a paged cache (PagedKV): one memcpy of
+// head_size elements per token and head, the NF4 tensors decoded first into a scratch of this
+// thread's.  The GIL is released for the checksum, the decode and the copies.
+void scatter_into(const TensorRef& r, const PagedKV& paged, const std::vector<int64_t>& block_ids,
+                  uint64_t row0, bool verify) {
+  auto box = r.lock();
+  const TensorView& v = r.view(*box);
+  const Borrowed& dst = *paged.out;
+  const std::vector<int64_t>& st = paged.strides;
+  const uint64_t nblocks = dst.shape[0], bs = dst.shape[1], heads = dst.shape[2], hd = dst.shape[3];
+  if (!v.host_accessible)
+    throw py::value_error("tensor '" + v.name + "' is in GPU memory: scatter it with torch");
+  if (!v.strides.empty() && v.strides != row_major(v.shape))
+    throw py::value_error("tensor '" + v.name + "' is not stored contiguously");
+  if (v.shape.empty() || v.shape[0] == 0)
+    throw py::value_error("tensor '" + v.name + "' has no rows");
+  const uint64_t rows = v.shape[0], width = elements(v.shape) / rows;
+  if (width != heads * hd)
+    throw py::value_error("tensor '" + v.name + "' has rows of " + std::to_string(width) +
+                          " elements, out's blocks " + std::to_string(heads) + " x " +
+                          std::to_string(hd));
+  if (row0 > rows || block_ids.size() * bs > rows - row0)
+    throw py::value_error("rows " + std::to_string(row0) + " + " +
+                          std::to_string(block_ids.size()) + " blocks of " + std::to_string(bs) +
+                          " exceed tensor '" + v.name + "' (" + std::to_string(rows) + " rows)");
+  for (int64_t id : block_ids)
+    if (id < 0 || static_cast<uint64_t>(id) >= nblocks)
+      throw py::value_error("block id " + std::to_string(id) + " outside out's " +
+                            std::to_string(nblocks) + " blocks");
+  if (v.codec == Codec::kRaw && dst.dtype != v.dtype)
+    throw py::type_error("tensor '" + v.name + "' is " + dtype_str(v.dtype) + ", out is " +
+                         dtype_str(dst.dtype));
+  const uint64_t item = dtype_size(dst.dtype);
+  Status status;
+  {
+    py::gil_scoped_release nogil;
+    const std::byte* src = v.data;
+    thread_local std::vector<std::byte> scratch;
+    if (verify && !v.verify()) {
+      status = error(Errc::kCorrupt, "tensor '" + v.name + "' fails its checksum");
+    } else if (v.codec != Codec::kRaw) {
+      scratch.resize(decoded_bytes(v, dst.dtype));
+      status = decode(v, dst.dtype, scratch);
+      src = scratch.data();
+    }
+    if (status) {
+      for (size_t j = 0; j < block_ids.size(); ++j)
+        for (uint64_t t = 0; t < bs; ++t) {
+          const std::byte* from = src + ((row0 + j * bs + t) * width) * item;
+          std::byte* to = dst.data + (block_ids[j] * st[0] + int64_t(t) * st[1]) * item;
+          for (uint64_t h = 0; h < heads; ++h)
+            std::memcpy(to + h * st[2] * item, from + h * hd * item, hd * item);
+        }
+    }
+  }
+  if (!status) throw_status(status);
+}
+
+void scatter_rows(const TensorRef& r, py::handle out, const std::vector<int64_t>& block_ids,
+                  uint64_t row0, bool verify) {
+  if (py::isinstance<PagedKV>(out)) {
+    scatter_into(r, out.cast<const PagedKV&>(), block_ids, row0, verify);
+  } else {
+    const PagedKV paged(out);  // borrowed for this call
+    scatter_into(r, paged, block_ids, row0, verify);
+  }
+}
+
+}  // namespace
+
 void register_tensor(py::module_& m) {
+  py::class_<PagedKV>(m, "PagedKV", R"doc(
+A paged K or V cache of one layer, [blocks, block_size, heads, head_size] (strided views
+allowed; head_size contiguous; host memory), borrowed once for many Tensor.scatter_rows calls.
+It keeps the tensor it was made from alive.)doc")
+      .def(py::init([](py::handle obj) { return std::make_unique<PagedKV>(obj); }), py::arg("out"))
+      .def_property_readonly("shape",
+                             [](const PagedKV& p) {
+                               py::tuple t(p.out->shape.size());
+                               for (size_t i = 0; i < t.size(); ++i) t[i] = p.out->shape[i];
+                               return t;
+                             })
+      .def_property_readonly("dtype",
+                             [](const PagedKV& p) { return std::string(dtype_str(p.out->dtype)); });
+
   auto cls = py::class_<TensorRef>(m, "Tensor", py::buffer_protocol(), R"doc(
 One tensor of a leased block: a read-only, zero-copy view into the daemon's shared memory.
 Raw tensors export through DLPack (torch.from_dlpack, numpy.from_dlpack) and the buffer
@@ -410,6 +524,15 @@ alive; never write to them (the mapping is read-only: a write faults).)doc");
           py::arg("out"),
           "Decode into `out` (any writable, contiguous host tensor of the same element count: "
           "fp16/bf16/fp32 for NF4, the stored dtype for raw tensors); returns out.")
+      .def("scatter_rows", &scatter_rows, py::arg("out"), py::arg("block_ids"), py::arg("row0") = 0,
+           py::arg("verify") = false,
+           "Copy rows [row0, row0 + len(block_ids) * block_size) of this [rows, heads * "
+           "head_size] tensor into the blocks block_ids of out, a kvtier.PagedKV or a writable "
+           "host tensor [blocks, block_size, heads, head_size] (strided views allowed, "
+           "head_size contiguous: vLLM's paged K or V of one layer).  NF4 tensors are decoded into "
+           "out's dtype (fp16, bf16 "
+           "or fp32), raw ones must have it.  verify=True checks the stored bytes' checksum "
+           "first (kvtier.Corrupt).  No intermediate tensor; the GIL is released.")
       .def("__repr__", [](const TensorRef& r) {
         auto b = r.box.lock();
         if (!b || b->closed) return std::string("<kvtier.Tensor (lease released)>");
