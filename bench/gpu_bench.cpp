@@ -269,8 +269,8 @@ Contention lease_during_evictions(const std::string& backend, const std::vector<
   auto reader = must(Client::connect(daemon.socket()), "connect (reader)");
   auto writer = must(Client::connect(daemon.socket()), "connect (writer)");
   const std::string rns = "bench/gpu-reader";
-  const BlockKey rkey = chain_keys(rns, std::vector<uint32_t>(tokens.begin(), tokens.begin() + 16),
-                                   16)[0];
+  const BlockKey rkey =
+      chain_keys(rns, std::vector<uint32_t>(tokens.begin(), tokens.begin() + 16), 16)[0];
   must(reader->put(rns, rkey, blocks[0].tensors), "put (reader)");
   // A host copy of the reader's block, leased for the whole run: evictions pass it by.
   auto hold = must(reader->get(rns, std::span(&rkey, 1)), "get host (reader)");
