@@ -77,13 +77,14 @@ Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTie
       event_removed(b.id, TierKind::kGpu);
       if (host_locked(b.id.ns).find(b.id) != nullptr) {
         // The host tier has it already.
-      } else if (CopyDown job; !prepare_copy_down(*tier, b, job)) {
+      } else if (std::optional<CopyDown> job = prepare_copy_down(*tier, b); !job) {
         bump(metrics_.gpu_demotions_dropped);
       } else if (copy_down_queue_ != nullptr) {  // reserve_gpu_locked() runs it
-        copy_down_queue_->push_back(std::move(job));
+        copy_down_queue_->push_back(std::move(*job));
       } else {  // no reservation to defer it to: at once (not reached: see reserve_gpu_locked)
-        bump(publish_copy_down_locked(job, copy_down_bytes(job)) ? metrics_.gpu_demotions
-                                                                 : metrics_.gpu_demotions_dropped);
+        bump(publish_copy_down_locked(*job, copy_down_bytes(*job))
+                 ? metrics_.gpu_demotions
+                 : metrics_.gpu_demotions_dropped);
       }
       index_refresh_locked(b.id, tier);
     });
@@ -574,104 +575,6 @@ Status Engine::abort_put(uint64_t sid, uint64_t put_id) {
   s->puts.erase(it);
   bump(metrics_.puts_aborted);
   return {};
-}
-
-std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
-                                             std::span<const BlockKey> keys, Placement where) {
-  std::vector<LeaseGrant> out;
-  out.reserve(keys.size());
-  // Blocks only a GPU holds, copied into the host tier for this get after mu_ is released
-  // (their GPU blocks leased meanwhile, so they stay put).
-  struct HostCopy {
-    size_t grant = 0;
-    const BlockInfo* gpu_block = nullptr;
-    CopyDown job;
-  };
-  std::vector<HostCopy> copies;
-  std::vector<size_t> repeats;  // grants of a key this get lists again while it copies it
-  {
-    MutexLock lock(mu_);
-    bump(metrics_.gets);
-    Session* s = session(sid);
-    HostTier& host = host_locked(ns);
-    // The namespace's domain's pool on that device (none: host leases serve the get).
-    GpuTier* want_gpu = where.gpu ? gpu_tier(where.device, ns_domains_.at(ns)) : nullptr;
-    for (const auto& k : keys) {
-      const NsKey id{ns, k};
-      LeaseGrant g;
-      g.key = k;
-      if (s == nullptr) {
-        g.code = Errc::kUnavailable;
-      } else if (s->leases.size() + copies.size() + repeats.size() >= config_.session.max_leases) {
-        g.code = Errc::kLimit;
-      } else if (const BlockInfo* b = want_gpu ? want_gpu->acquire(id) : nullptr) {
-        g = grant(*s, *want_gpu, *b);
-        bump(metrics_.get_hits);
-        bump(metrics_.gpu_get_hits);
-      } else if (const BlockInfo* h = host.acquire(id)) {
-        g = grant(*s, host, *h);
-        bump(metrics_.get_hits);
-      } else if (std::any_of(copies.begin(), copies.end(),
-                             [&](const HostCopy& c) { return c.job.id == id; })) {
-        repeats.push_back(out.size());  // leased from the host tier once that copy is in
-      } else if (GpuTier* holder = gpu_holder(id)) {
-        // Only a GPU (another device's, for a GPU get) has it: a host copy serves this get.
-        HostCopy c;
-        c.grant = out.size();
-        c.gpu_block = holder->acquire(id);
-        if (prepare_copy_down(*holder, *c.gpu_block, c.job)) {
-          copies.push_back(std::move(c));
-        } else {
-          holder->release(c.gpu_block);
-          g.code = Errc::kNoSpace;  // cached, but leased blocks fill the host tier
-        }
-      } else {
-        g.code = Errc::kNotFound;
-        bump(metrics_.get_misses);
-      }
-      out.push_back(g);
-    }
-  }
-  if (copies.empty()) return out;  // repeats come only with copies
-  std::vector<Status> done;
-  std::vector<NsKey> ids;
-  for (HostCopy& c : copies) {
-    done.push_back(copy_down_bytes(c.job));
-    ids.push_back(c.job.id);
-  }
-  if (copy_down_observer_) copy_down_observer_(ids);
-  MutexLock lock(mu_);
-  Session* s = session(sid);
-  for (size_t i = 0; i < copies.size(); ++i) {
-    HostCopy& c = copies[i];
-    LeaseGrant& g = out[c.grant];
-    const Status st = publish_copy_down_locked(c.job, std::move(done[i]));
-    c.job.tier->release(c.gpu_block);
-    if (st) bump(metrics_.gpu_copy_downs);
-    // The copy, or one another request published first (the same key twice in a get).
-    const BlockInfo* h = s ? c.job.host->acquire(c.job.id) : nullptr;
-    if (h != nullptr) {
-      g = grant(*s, *c.job.host, *h);
-      bump(metrics_.get_hits);
-    } else {
-      g.code = s == nullptr                  ? Errc::kUnavailable
-               : st.code() == Errc::kNoSpace ? Errc::kNoSpace
-                                             : Errc::kNotFound;  // removed meanwhile
-      if (g.code == Errc::kNotFound) bump(metrics_.get_misses);
-    }
-  }
-  for (size_t i : repeats) {
-    LeaseGrant& g = out[i];
-    const BlockInfo* h = s ? host_locked(ns).acquire(NsKey{ns, g.key}) : nullptr;
-    if (h != nullptr) {
-      g = grant(*s, host_locked(ns), *h);
-      bump(metrics_.get_hits);
-    } else {
-      g.code = s == nullptr ? Errc::kUnavailable : Errc::kNotFound;
-      if (g.code == Errc::kNotFound) bump(metrics_.get_misses);
-    }
-  }
-  return out;
 }
 
 uint32_t Engine::release(uint64_t sid, std::span<const uint64_t> lease_ids) {

@@ -348,7 +348,7 @@ class Engine {
   const DaemonLiveness* liveness() const { return liveness_.get(); }
 
  private:
-  // The ladder's steps (engine/engine.cpp, engine/gpu_ladder.cpp).
+  // The ladder's steps (engine/engine.cpp, engine/gpu_ladder.cpp: lease_cached).
   uint32_t prefix_cached(uint32_t ns, std::span<const BlockKey> keys) const;
   // Leases what is cached in the place asked for (one hold of mu_, two when a copy down is
   // needed).  A host get of a block that only a GPU tier holds copies it down into the host
@@ -444,8 +444,8 @@ class Engine {
   Result<Extent> reserve_gpu_locked(GpuTier& tier, uint64_t bytes, std::vector<CopyDown>& deferred)
       REQUIRES(mu_);
   // A copy down of `block` planned: a host extent reserved, the block's layout and place
-  // noted, its ticket in copying_down_.  False when the host tier has no room.
-  bool prepare_copy_down(GpuTier& tier, const BlockInfo& block, CopyDown& job) REQUIRES(mu_);
+  // noted, its ticket in copying_down_.  Nothing when the host tier has no room.
+  std::optional<CopyDown> prepare_copy_down(GpuTier& tier, const BlockInfo& block) REQUIRES(mu_);
   // The device work of one copy down: the victim's bytes quantized into its host extent.
   static Status copy_down_bytes(CopyDown& job);
   // Inserts the copy into the host tier unless it failed or was dropped meanwhile (then its

@@ -1,5 +1,7 @@
 // The Engine's side of the GPU tier: leases in any tier, copies down to the host tier, and
 // promotions from the host tier into a GPU (docs/gpu.md, docs/internals.md).
+#include <algorithm>
+
 #include "engine/block_codec.h"
 #include "engine/engine.h"
 #include "engine/gpu_moves.h"
@@ -33,8 +35,105 @@ LeaseGrant Engine::grant(Session& s, MemoryTier& tier, const BlockInfo& b) {
   return g;
 }
 
-bool Engine::prepare_copy_down(GpuTier& tier, const BlockInfo& b, CopyDown& job) {
+std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
+                                             std::span<const BlockKey> keys, Placement where) {
+  std::vector<LeaseGrant> out;
+  out.reserve(keys.size());
+  // Blocks only a GPU holds, copied into the host tier for this get after mu_ is released
+  // (their GPU blocks leased meanwhile, so they stay put).
+  struct HostCopy {
+    size_t grant = 0;
+    const BlockInfo* gpu_block = nullptr;
+    CopyDown job;
+  };
+  std::vector<HostCopy> copies;
+  std::vector<size_t> repeats;  // grants of a key this get lists again while it copies it
+  {
+    MutexLock lock(mu_);
+    bump(metrics_.gets);
+    Session* s = session(sid);
+    HostTier& host = host_locked(ns);
+    // The namespace's domain's pool on that device (none: host leases serve the get).
+    GpuTier* want_gpu = where.gpu ? gpu_tier(where.device, ns_domains_.at(ns)) : nullptr;
+    for (const auto& k : keys) {
+      const NsKey id{ns, k};
+      LeaseGrant g;
+      g.key = k;
+      if (s == nullptr) {
+        g.code = Errc::kUnavailable;
+      } else if (s->leases.size() + copies.size() + repeats.size() >= config_.session.max_leases) {
+        g.code = Errc::kLimit;
+      } else if (const BlockInfo* b = want_gpu ? want_gpu->acquire(id) : nullptr) {
+        g = grant(*s, *want_gpu, *b);
+        bump(metrics_.get_hits);
+        bump(metrics_.gpu_get_hits);
+      } else if (const BlockInfo* h = host.acquire(id)) {
+        g = grant(*s, host, *h);
+        bump(metrics_.get_hits);
+      } else if (std::any_of(copies.begin(), copies.end(),
+                             [&](const HostCopy& c) { return c.job.id == id; })) {
+        repeats.push_back(out.size());  // leased from the host tier once that copy is in
+      } else if (GpuTier* holder = gpu_holder(id)) {
+        // Only a GPU (another device's, for a GPU get) has it: a host copy serves this get.
+        const BlockInfo* gpu_block = holder->acquire(id);
+        if (std::optional<CopyDown> job = prepare_copy_down(*holder, *gpu_block)) {
+          copies.push_back(HostCopy{out.size(), gpu_block, std::move(*job)});
+        } else {
+          holder->release(gpu_block);
+          g.code = Errc::kNoSpace;  // cached, but leased blocks fill the host tier
+        }
+      } else {
+        g.code = Errc::kNotFound;
+        bump(metrics_.get_misses);
+      }
+      out.push_back(g);
+    }
+  }
+  if (copies.empty()) return out;  // repeats come only with copies
+  std::vector<Status> done;
+  std::vector<NsKey> ids;
+  for (HostCopy& c : copies) {
+    done.push_back(copy_down_bytes(c.job));
+    ids.push_back(c.job.id);
+  }
+  if (copy_down_observer_) copy_down_observer_(ids);
+  MutexLock lock(mu_);
+  Session* s = session(sid);
+  for (size_t i = 0; i < copies.size(); ++i) {
+    HostCopy& c = copies[i];
+    LeaseGrant& g = out[c.grant];
+    const Status st = publish_copy_down_locked(c.job, std::move(done[i]));
+    c.job.tier->release(c.gpu_block);
+    if (st) bump(metrics_.gpu_copy_downs);
+    // The copy, or one another request published first (the same key twice in a get).
+    const BlockInfo* h = s ? c.job.host->acquire(c.job.id) : nullptr;
+    if (h != nullptr) {
+      g = grant(*s, *c.job.host, *h);
+      bump(metrics_.get_hits);
+    } else {
+      g.code = s == nullptr                  ? Errc::kUnavailable
+               : st.code() == Errc::kNoSpace ? Errc::kNoSpace
+                                             : Errc::kNotFound;  // removed meanwhile
+      if (g.code == Errc::kNotFound) bump(metrics_.get_misses);
+    }
+  }
+  for (size_t i : repeats) {
+    LeaseGrant& g = out[i];
+    const BlockInfo* h = s ? host_locked(ns).acquire(NsKey{ns, g.key}) : nullptr;
+    if (h != nullptr) {
+      g = grant(*s, host_locked(ns), *h);
+      bump(metrics_.get_hits);
+    } else {
+      g.code = s == nullptr ? Errc::kUnavailable : Errc::kNotFound;
+      if (g.code == Errc::kNotFound) bump(metrics_.get_misses);
+    }
+  }
+  return out;
+}
+
+std::optional<Engine::CopyDown> Engine::prepare_copy_down(GpuTier& tier, const BlockInfo& b) {
   const config::NamespaceRule& rule = *ns_rules_.at(b.id.ns);
+  CopyDown job;
   job.id = b.id;
   job.tier = &tier;
   job.gpu_layout = b.layout().to_layout();
@@ -43,11 +142,11 @@ bool Engine::prepare_copy_down(GpuTier& tier, const BlockInfo& b, CopyDown& job)
   job.host_layout = plan_stored_layout(job.gpu_layout, rule);
   job.nf4 = nf4_options(rule);
   auto ext = job.host->reserve(job.host_layout.total_bytes);
-  if (!ext) return false;
+  if (!ext) return std::nullopt;
   job.host_extent = *ext;
   job.ticket = ++copy_down_tickets_;
   copying_down_[b.id] = job.ticket;
-  return true;
+  return job;
 }
 
 Result<Extent> Engine::reserve_gpu_locked(GpuTier& tier, uint64_t bytes,
