@@ -211,9 +211,20 @@ KVTIER_HD uint32_t quantize_value(float x) {
   return x > -0.8480964004993439f ? 1u : 0u;
 }
 
+#if defined(__CUDACC__)
+// The tables indexed at run time, for the device: in global memory (read through the
+// read-only cache).  A function-local constexpr array indexed at run time is built on every
+// thread's stack instead: 512 bytes of local memory per thread in the old decode kernel.
+static __device__ const float kDevCodebook[16] = KVTIER_NF4_CODEBOOK;
+#endif
+
 KVTIER_HD float code_value(uint32_t code) {
+#if defined(__CUDA_ARCH__)
+  return __ldg(&kDevCodebook[code & 15u]);
+#else
   constexpr float kCode[16] = KVTIER_NF4_CODEBOOK;
   return kCode[code & 15u];
+#endif
 }
 
 // The multiplier applied before quantize_value; 0 marks a block stored as all code 7.
@@ -303,15 +314,29 @@ KVTIER_HD int8_t dq_code(float a, float step, float offset) {
         0.0049572303f, 0.00474706013f, 0.00454580039f, 0.00435307343f                             \
   }
 
+#if defined(__CUDACC__)
+static __device__ const float kDevDqLogScales[127] = KVTIER_NF4_DQ_LOG_SCALES;  // see kDevCodebook
+static __device__ const float kDevDqLogThresholds[126] = KVTIER_NF4_DQ_LOG_THRESHOLDS;
+#endif
+
 KVTIER_HD float dq7_scale(uint32_t q, float gmax) {
+  if (q >= 127u) return 0.0f;
+#if defined(__CUDA_ARCH__)
+  return mul_rn(gmax, __ldg(&kDevDqLogScales[q]));
+#else
   constexpr float kScale[127] = KVTIER_NF4_DQ_LOG_SCALES;
-  return q >= 127u ? 0.0f : mul_rn(gmax, kScale[q]);
+  return mul_rn(gmax, kScale[q]);
+#endif
 }
 
 // Code of absmax a (0 or >= 2^-126, a <= gmax): the number of thresholds j with
 // a < gmax * T[j].  The products do not increase with j, so a binary search finds the count.
 KVTIER_HD uint32_t dq7_code(float a, float gmax) {
+#if defined(__CUDA_ARCH__)
+  const float* kThreshold = kDevDqLogThresholds;
+#else
   constexpr float kThreshold[126] = KVTIER_NF4_DQ_LOG_THRESHOLDS;
+#endif
   if (!(a >= KVTIER_NF4_MIN_SCALE)) return 127u;
   uint32_t lo = 0, hi = 126;
   while (lo < hi) {
