@@ -446,7 +446,9 @@ class Engine {
   // A copy down of `block` planned: a host extent reserved, the block's layout and place
   // noted, its ticket in copying_down_.  Nothing when the host tier has no room.
   std::optional<CopyDown> prepare_copy_down(GpuTier& tier, const BlockInfo& block) REQUIRES(mu_);
-  // The device work of one copy down: the victim's bytes quantized into its host extent.
+  // The device work of copy downs: each victim's bytes quantized into its host extent, one
+  // quantize batch per pool (engine/gpu_moves.h: demote_blocks).
+  static std::vector<Status> copy_down_bytes(std::span<CopyDown* const> jobs);
   static Status copy_down_bytes(CopyDown& job);
   // Inserts the copy into the host tier unless it failed or was dropped meanwhile (then its
   // host extent goes back).

@@ -90,12 +90,13 @@ std::vector<LeaseGrant> Engine::lease_cached(uint64_t sid, uint32_t ns,
     }
   }
   if (copies.empty()) return out;  // repeats come only with copies
-  std::vector<Status> done;
+  std::vector<CopyDown*> jobs;
   std::vector<NsKey> ids;
   for (HostCopy& c : copies) {
-    done.push_back(copy_down_bytes(c.job));
+    jobs.push_back(&c.job);
     ids.push_back(c.job.id);
   }
+  std::vector<Status> done = copy_down_bytes(jobs);
   if (copy_down_observer_) copy_down_observer_(ids);
   MutexLock lock(mu_);
   Session* s = session(sid);
@@ -169,9 +170,31 @@ Result<Extent> Engine::reserve_gpu_locked(GpuTier& tier, uint64_t bytes,
   return r;
 }
 
+std::vector<Status> Engine::copy_down_bytes(std::span<CopyDown* const> jobs) {
+  std::vector<Status> out(jobs.size());
+  std::vector<bool> done(jobs.size());
+  for (size_t first = 0; first < jobs.size(); ++first) {
+    if (done[first]) continue;
+    gpu::DevicePool& pool = jobs[first]->tier->pool();
+    std::vector<GpuDemotion> batch;
+    std::vector<size_t> which;
+    for (size_t i = first; i < jobs.size(); ++i) {
+      CopyDown& job = *jobs[i];
+      if (done[i] || &job.tier->pool() != &pool) continue;
+      batch.push_back({&job.gpu_layout, job.gpu_extent.offset, &job.host_layout,
+                       job.host->data(job.host_extent), &job.nf4});
+      which.push_back(i);
+      done[i] = true;
+    }
+    std::vector<Status> st = demote_blocks(pool, batch);
+    for (size_t k = 0; k < which.size(); ++k) out[which[k]] = std::move(st[k]);
+  }
+  return out;
+}
+
 Status Engine::copy_down_bytes(CopyDown& job) {
-  return demote_block(job.tier->pool(), job.gpu_layout, job.gpu_extent.offset, job.host_layout,
-                      job.host->data(job.host_extent), job.nf4);
+  CopyDown* one = &job;
+  return copy_down_bytes(std::span(&one, 1)).front();
 }
 
 Status Engine::publish_copy_down_locked(CopyDown& job, Status st) {
@@ -193,9 +216,9 @@ Status Engine::publish_copy_down_locked(CopyDown& job, Status st) {
 
 void Engine::finish_copy_downs(std::vector<CopyDown>& jobs) {
   if (jobs.empty()) return;
-  std::vector<Status> done;
-  done.reserve(jobs.size());
-  for (CopyDown& job : jobs) done.push_back(copy_down_bytes(job));
+  std::vector<CopyDown*> all;
+  for (CopyDown& job : jobs) all.push_back(&job);
+  std::vector<Status> done = copy_down_bytes(all);
   if (copy_down_observer_) {
     std::vector<NsKey> ids;
     for (const CopyDown& job : jobs) ids.push_back(job.id);

@@ -131,25 +131,61 @@ std::vector<Status> promote_blocks(gpu::DevicePool& pool, std::span<const GpuPro
 
 Status demote_block(gpu::DevicePool& pool, const BlockLayout& gpu, uint64_t offset,
                     BlockLayout& host, std::byte* dest, const Nf4Options& opts) {
-  for (size_t i = 0; i < gpu.tensors.size(); ++i) {
-    const TensorLayout& g = gpu.tensors[i];
-    TensorLayout& h = host.tensors[i];
-    std::span<std::byte> dst(dest + h.offset, h.bytes);
-    const nf4::Params p = nf4_params(g, opts);
-    Status st;
-    if (h.codec != Codec::kNf4) {
-      st = pool.read(offset + g.offset, dst);
-    } else if (p.keep_outlier_channels) {
-      std::vector<std::byte> raw(g.bytes);
-      st = pool.read(offset + g.offset, raw);
-      if (st) st = nf4::encode(p, raw, dst);
-    } else {
-      st = pool.quantize_from(p, offset + g.offset, dst);
+  const GpuDemotion one{&gpu, offset, &host, dest, &opts};
+  return demote_blocks(pool, std::span(&one, 1)).front();
+}
+
+std::vector<Status> demote_blocks(gpu::DevicePool& pool, std::span<const GpuDemotion> blocks) {
+  std::vector<Status> out(blocks.size());
+  std::vector<gpu::QuantizeOp> ops;
+  struct Owner {
+    size_t block = 0, tensor = 0;
+  };
+  std::vector<Owner> owner;  // of each op
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    const GpuDemotion& d = blocks[b];
+    const size_t before = ops.size();
+    for (size_t i = 0; i < d.gpu->tensors.size(); ++i) {
+      const TensorLayout& g = d.gpu->tensors[i];
+      TensorLayout& h = d.host->tensors[i];
+      std::span<std::byte> dst(d.dest + h.offset, h.bytes);
+      const nf4::Params p = nf4_params(g, *d.opts);
+      Status st;
+      if (h.codec != Codec::kNf4) {
+        st = pool.read(d.offset + g.offset, dst);
+      } else if (p.keep_outlier_channels) {
+        std::vector<std::byte> raw(g.bytes);
+        st = pool.read(d.offset + g.offset, raw);
+        if (st) st = nf4::encode(p, raw, dst);
+      } else {
+        ops.push_back({p, d.offset + g.offset, dst});
+        owner.push_back({b, i});
+        continue;  // its checksum once the batch is done
+      }
+      if (!st) {
+        out[b] = error(st.code(), "tensor '" + g.name + "' from gpu: " + st.message());
+        break;
+      }
+      h.checksum = checksum64(dst.data(), dst.size());
     }
-    if (!st) return error(st.code(), "tensor '" + g.name + "' from gpu: " + st.message());
-    h.checksum = checksum64(dst.data(), dst.size());
+    if (!out[b]) {  // nothing of a block that failed goes to the device
+      ops.resize(before);
+      owner.resize(before);
+    }
   }
-  return {};
+  const std::vector<Status> done = pool.quantize_batch(ops);
+  for (size_t k = 0; k < ops.size(); ++k) {
+    const GpuDemotion& d = blocks[owner[k].block];
+    Status& o = out[owner[k].block];
+    if (!o) continue;
+    const TensorLayout& g = d.gpu->tensors[owner[k].tensor];
+    if (!done[k]) {
+      o = error(done[k].code(), "tensor '" + g.name + "' from gpu: " + done[k].message());
+      continue;
+    }
+    d.host->tensors[owner[k].tensor].checksum = checksum64(ops[k].dst.data(), ops[k].dst.size());
+  }
+  return out;
 }
 
 }  // namespace kvtier

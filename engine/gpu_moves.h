@@ -49,4 +49,15 @@ std::vector<Status> promote_blocks(gpu::DevicePool& pool, std::span<const GpuPro
 Status demote_block(gpu::DevicePool& pool, const BlockLayout& gpu, uint64_t offset,
                     BlockLayout& host, std::byte* dest, const Nf4Options& opts);
 
+// Many demote_block()s, one Status each: the NF4 tensors of all of them are quantized in one
+// DevicePool::quantize_batch (on CUDA: up to 16 tensors per launch, one synchronisation).
+struct GpuDemotion {
+  const BlockLayout* gpu = nullptr;
+  uint64_t offset = 0;
+  BlockLayout* host = nullptr;
+  std::byte* dest = nullptr;
+  const Nf4Options* opts = nullptr;
+};
+std::vector<Status> demote_blocks(gpu::DevicePool& pool, std::span<const GpuDemotion> blocks);
+
 }  // namespace kvtier

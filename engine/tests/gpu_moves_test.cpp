@@ -1,10 +1,11 @@
-// promote_block against host layouts that disagree with their bytes (the disk tier reads a
+// promote_block and demote_blocks.  promote_block against host layouts that disagree with their bytes (the disk tier reads a
 // block's layout back from its index): refused, and nothing outside the tensor's place in
 // the pool is written.  Found by fuzz/fuzz_nf4.cpp (fuzz/crashes/nf4/).
 #include <catch2/catch.hpp>
 
 #include <cstring>
 #include <vector>
+#include <string>
 
 #include "engine/gpu_moves.h"
 #include "kernels/nf4.h"
@@ -117,4 +118,100 @@ TEST_CASE("promote_blocks: one batch, a result per block; a bad block spoils onl
     CHECK(std::memcmp(f.base() + (uint64_t(b) << 16), want.data(), want.size()) == 0);
   }
   for (uint64_t i = 1 << 16; i < (1 << 16) + 8 * 64 * 2; ++i) REQUIRE(f.base()[i] == kFill);
+}
+
+namespace {
+
+// The emulated pool, counting the quantize calls demote_blocks makes.
+class CountingPool final : public gpu::DevicePool {
+ public:
+  explicit CountingPool(gpu::DevicePool& inner) : inner_(inner) {}
+  int batches = 0, batched_ops = 0, single = 0;
+
+  int device() const override { return inner_.device(); }
+  uint64_t size() const override { return inner_.size(); }
+  gpu::HandleType handle_type() const override { return inner_.handle_type(); }
+  std::uintptr_t base() const override { return inner_.base(); }
+  Result<gpu::PoolExport> export_handle(bool w) const override { return inner_.export_handle(w); }
+  Status write(uint64_t o, std::span<const std::byte> s) override { return inner_.write(o, s); }
+  Status read(uint64_t o, std::span<std::byte> d) override { return inner_.read(o, d); }
+  Status copy_from(gpu::DevicePool& s, uint64_t so, uint64_t d, uint64_t n) override {
+    return inner_.copy_from(s, so, d, n);
+  }
+  Status dequantize_into(std::span<const std::byte> e, DType t, uint64_t o) override {
+    return inner_.dequantize_into(e, t, o);
+  }
+  Status quantize_from(const nf4::Params& p, uint64_t o, std::span<std::byte> d) override {
+    ++single;
+    return inner_.quantize_from(p, o, d);
+  }
+  std::vector<Status> quantize_batch(std::span<const gpu::QuantizeOp> ops) override {
+    ++batches;
+    batched_ops += static_cast<int>(ops.size());
+    return inner_.quantize_batch(ops);
+  }
+
+ private:
+  gpu::DevicePool& inner_;
+};
+
+}  // namespace
+
+TEST_CASE("demote_blocks: every NF4 tensor in one quantize batch; NaN input fails only its block") {
+  Fixture f;
+  CountingPool pool(*f.pool);
+  const Nf4Options opts;  // double quant, no outlier channels
+  constexpr int kBlocks = 3;
+  std::vector<BlockLayout> host(kBlocks), gpu(kBlocks);
+  std::vector<std::vector<float>> values;
+  for (int b = 0; b < kBlocks; ++b) {
+    for (const char* name : {"k", "v", "meta"}) {
+      const bool raw = std::string(name) == "meta";
+      TensorLayout t = tensor(raw ? Codec::kRaw : Codec::kNf4, {64, 64}, 0);
+      t.name = name;
+      nf4::Params p = nf4_params(t, opts);
+      t.bytes = raw ? t.raw_bytes : nf4::encoded_size(p);
+      t.offset = host[b].total_bytes;
+      host[b].total_bytes = (t.offset + t.bytes + 63) / 64 * 64;
+      host[b].tensors.push_back(t);
+    }
+    gpu[b] = plan_gpu_layout(host[b]);
+    for (size_t i = 0; i < 3; ++i) {
+      std::vector<std::byte> src(64 * 64 * 2);
+      for (size_t e = 0; e < 64 * 64; ++e) {
+        _Float16 h = static_cast<_Float16>(float((e * 7 + b * 13 + i) % 31) / 31.f - 0.5f);
+        if (b == 1 && i == 1 && e == 100) h = static_cast<_Float16>(__builtin_nanf(""));
+        std::memcpy(&src[e * 2], &h, 2);
+      }
+      REQUIRE(f.pool->write((uint64_t(b) << 16) + gpu[b].tensors[i].offset, src).is_ok());
+    }
+  }
+  std::vector<std::vector<std::byte>> dest(kBlocks);
+  std::vector<GpuDemotion> batch;
+  for (int b = 0; b < kBlocks; ++b) {
+    dest[b].assign(host[b].total_bytes, std::byte{0});
+    batch.push_back({&gpu[b], uint64_t(b) << 16, &host[b], dest[b].data(), &opts});
+  }
+  const std::vector<Status> r = demote_blocks(pool, batch);
+  REQUIRE(r.size() == kBlocks);
+  CHECK(pool.batches == 1);
+  CHECK(pool.batched_ops == 2 * kBlocks);  // k and v of every block
+  CHECK(pool.single == 0);
+  CHECK(r[0].is_ok());
+  CHECK(r[1].code() == Errc::kInvalidArgument);  // its v holds a NaN
+  CHECK(r[2].is_ok());
+  for (int b : {0, 2}) {
+    for (size_t i = 0; i < 3; ++i) {
+      const TensorLayout& h = host[b].tensors[i];
+      std::vector<std::byte> raw(64 * 64 * 2), want(h.bytes);
+      REQUIRE(f.pool->read((uint64_t(b) << 16) + gpu[b].tensors[i].offset, raw).is_ok());
+      if (h.codec == Codec::kNf4) {
+        REQUIRE(nf4::encode(nf4_params(gpu[b].tensors[i], opts), raw, want).is_ok());
+      } else {
+        want = raw;
+      }
+      CHECK(std::memcmp(dest[b].data() + h.offset, want.data(), want.size()) == 0);
+      CHECK(h.checksum == checksum64(want.data(), want.size()));
+    }
+  }
 }

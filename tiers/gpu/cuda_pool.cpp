@@ -62,6 +62,7 @@ class CudaPool final : public DevicePool {
                          uint64_t offset) override;
   std::vector<Status> dequantize_batch(std::span<const DequantizeOp> ops) override;
   Status quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) override;
+  std::vector<Status> quantize_batch(std::span<const QuantizeOp> ops) override;
 
  private:
   std::string who(const char* op) const { return "gpu " + std::to_string(device_) + " " + op; }
@@ -92,6 +93,8 @@ class CudaPool final : public DevicePool {
 uint64_t round_up(uint64_t n, uint64_t a) {
   return (n + a - 1) / a * a;
 }
+
+constexpr uint64_t kNotStaged = ~uint64_t{0};
 
 CudaPool::~CudaPool() {
   // Errors are ignored here: there is nobody to report them to and nothing left to undo.
@@ -264,72 +267,111 @@ Status CudaPool::copy_from(DevicePool& src, uint64_t src_offset, uint64_t dst_of
 
 Status CudaPool::dequantize_into(std::span<const std::byte> encoded, DType out_dtype,
                                  uint64_t offset) {
-  auto h = check_dequantize(encoded, out_dtype, offset, device_, size_);
-  if (!h) return h.status();
-  const uint64_t n = h->total_size;
-  MutexLock lock(mu_);
-  if (Status st = set_device(); !st) return st;
-  std::uintptr_t in = registry_->device_address(device_, encoded.data(), n);
-  if (in == 0 || in % 16 != 0) {  // not registered (or misaligned): stage it
-    if (Status st = ensure_staging(n); !st) return st;
-    std::memcpy(staging_, encoded.data(), n);
-    in = staging_dev_;
-  }
-  void* dst = reinterpret_cast<void*>(base_ + offset);
-  return finish(
-      nf4::cuda::dequantize(*h, reinterpret_cast<const void*>(in), out_dtype, dst, stream_),
-      "nf4 dequantize");
+  const DequantizeOp op{encoded, out_dtype, offset};
+  return dequantize_batch(std::span(&op, 1)).front();
 }
 
 std::vector<Status> CudaPool::dequantize_batch(std::span<const DequantizeOp> ops) {
   std::vector<Status> out(ops.size());
-  std::vector<size_t> queued;            // launched without a synchronisation of their own
-  std::vector<char> staged(ops.size());  // outside registered memory: after the batch
-  {
-    MutexLock lock(mu_);
-    if (Status st = set_device(); !st) return std::vector<Status>(ops.size(), st);
-    for (size_t i = 0; i < ops.size(); ++i) {
-      auto h = check_dequantize(ops[i].encoded, ops[i].out_dtype, ops[i].offset, device_, size_);
-      if (!h) {
-        out[i] = h.status();
-        continue;
-      }
-      const std::uintptr_t in =
-          registry_->device_address(device_, ops[i].encoded.data(), h->total_size);
-      if (in == 0 || in % 16 != 0) {
-        staged[i] = 1;
-        continue;
-      }
-      void* dst = reinterpret_cast<void*>(base_ + ops[i].offset);
-      out[i] = nf4::cuda::dequantize(*h, reinterpret_cast<const void*>(in), ops[i].out_dtype, dst,
-                                     stream_);
-      if (out[i]) queued.push_back(i);
+  std::vector<nf4::Header> headers(ops.size());
+  std::vector<uint64_t> staged_at(ops.size(), kNotStaged);  // outside registered memory
+  std::vector<size_t> valid;
+  uint64_t staged = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    auto h = check_dequantize(ops[i].encoded, ops[i].out_dtype, ops[i].offset, device_, size_);
+    if (!h) {
+      out[i] = h.status();
+      continue;
     }
-    const Status done = finish(Status::ok(), "nf4 dequantize batch");
-    for (size_t i : queued) out[i] = done;
+    headers[i] = *h;
+    valid.push_back(i);
+    const std::uintptr_t in = registry_->device_address(device_, ops[i].encoded.data(), h->total_size);
+    if (in == 0 || in % 16 != 0) {
+      staged_at[i] = staged;
+      staged += round_up(h->total_size, 16);
+    }
   }
-  // Encodings outside registered memory share the staging buffer: one call each.
-  for (size_t i = 0; i < ops.size(); ++i)
-    if (staged[i]) out[i] = dequantize_into(ops[i].encoded, ops[i].out_dtype, ops[i].offset);
+  if (valid.empty()) return out;
+  MutexLock lock(mu_);
+  Status ready = set_device();
+  if (ready && staged > 0) ready = ensure_staging(staged);
+  if (!ready) {
+    for (size_t i : valid) out[i] = ready;
+    return out;
+  }
+  std::vector<nf4::cuda::DecodeOp> batch;
+  for (size_t i : valid) {
+    std::uintptr_t in = 0;
+    if (staged_at[i] != kNotStaged) {
+      std::memcpy(staging_ + staged_at[i], ops[i].encoded.data(), headers[i].total_size);
+      in = staging_dev_ + staged_at[i];
+    } else {
+      in = registry_->device_address(device_, ops[i].encoded.data(), headers[i].total_size);
+    }
+    batch.push_back({headers[i], reinterpret_cast<const void*>(in), ops[i].out_dtype,
+                     reinterpret_cast<void*>(base_ + ops[i].offset)});
+  }
+  const std::vector<Status> queued = nf4::cuda::dequantize_batch(batch, stream_);
+  const Status done = finish(Status::ok(), "nf4 dequantize");
+  for (size_t k = 0; k < valid.size(); ++k)
+    out[valid[k]] = !queued[k] ? error(queued[k].code(), who("nf4 dequantize") + ": " +
+                                                             queued[k].message())
+                               : done;
   return out;
 }
 
 Status CudaPool::quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) {
-  auto enc = check_quantize(p, offset, dst.size(), device_, size_);
-  if (!enc) return enc.status();
-  MutexLock lock(mu_);
-  if (Status st = set_device(); !st) return st;
-  std::uintptr_t out = registry_->device_address(device_, dst.data(), *enc);
-  const bool direct = out != 0 && out % 16 == 0;
-  if (!direct) {
-    if (Status st = ensure_staging(*enc); !st) return st;
-    out = staging_dev_;
+  const QuantizeOp op{p, offset, dst};
+  return quantize_batch(std::span(&op, 1)).front();
+}
+
+std::vector<Status> CudaPool::quantize_batch(std::span<const QuantizeOp> ops) {
+  std::vector<Status> out(ops.size());
+  std::vector<uint64_t> bytes(ops.size());
+  std::vector<uint64_t> staged_at(ops.size(), kNotStaged);  // outside registered memory
+  std::vector<size_t> valid;
+  uint64_t staged = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    auto enc = check_quantize(ops[i].params, ops[i].offset, ops[i].dst.size(), device_, size_);
+    if (!enc) {
+      out[i] = enc.status();
+      continue;
+    }
+    bytes[i] = *enc;
+    valid.push_back(i);
+    const std::uintptr_t to = registry_->device_address(device_, ops[i].dst.data(), *enc);
+    if (to == 0 || to % 16 != 0) {
+      staged_at[i] = staged;
+      staged += round_up(*enc, 16);
+    }
   }
-  const void* src = reinterpret_cast<const void*>(base_ + offset);
-  Status st =
-      finish(nf4::cuda::quantize(p, src, reinterpret_cast<void*>(out), stream_), "nf4 quantize");
-  if (st && !direct) std::memcpy(dst.data(), staging_, *enc);
-  return st;
+  if (valid.empty()) return out;
+  MutexLock lock(mu_);
+  Status ready = set_device();
+  if (ready && staged > 0) ready = ensure_staging(staged);
+  if (!ready) {
+    for (size_t i : valid) out[i] = ready;
+    return out;
+  }
+  std::vector<nf4::cuda::EncodeOp> batch;
+  for (size_t i : valid) {
+    const std::uintptr_t to =
+        staged_at[i] != kNotStaged
+            ? staging_dev_ + staged_at[i]
+            : registry_->device_address(device_, ops[i].dst.data(), bytes[i]);
+    batch.push_back({ops[i].params, reinterpret_cast<const void*>(base_ + ops[i].offset),
+                     reinterpret_cast<void*>(to)});
+  }
+  const std::vector<Status> encoded = nf4::cuda::quantize_batch(batch, stream_);  // synchronises
+  const Status done = finish(Status::ok(), "nf4 quantize");  // idle stream: staging is ours
+  for (size_t k = 0; k < valid.size(); ++k) {
+    const size_t i = valid[k];
+    Status st = encoded[k] ? done : encoded[k];
+    if (st && staged_at[i] != kNotStaged)
+      std::memcpy(ops[i].dst.data(), staging_ + staged_at[i], bytes[i]);
+    out[i] = st ? st : error(st.code(), who("nf4 quantize") + ": " + st.message());
+  }
+  return out;
 }
 
 }  // namespace

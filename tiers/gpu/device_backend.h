@@ -78,6 +78,13 @@ struct DequantizeOp {
   uint64_t offset = 0;
 };
 
+// One quantize_from of a batch (DevicePool::quantize_batch).
+struct QuantizeOp {
+  nf4::Params params;
+  uint64_t offset = 0;
+  std::span<std::byte> dst;
+};
+
 class DevicePool {
  public:
   virtual ~DevicePool() = default;
@@ -106,9 +113,9 @@ class DevicePool {
   // runs the CPU codec, which is byte-identical).
   virtual Status dequantize_into(std::span<const std::byte> encoded, DType out_dtype,
                                  uint64_t offset) = 0;
-  // Many dequantize_into at once, one Status each: the CUDA backend queues every kernel on the
-  // pool's stream and synchronises once (an encoding outside registered memory goes through
-  // the staging buffer on its own, synchronously); this default runs them one by one.
+  // Many dequantize_into at once, one Status each: the CUDA backend decodes up to 16 tensors
+  // per launch on the pool's stream and synchronises once (encodings outside registered memory
+  // are copied into its staging buffer first); this default runs them one by one.
   virtual std::vector<Status> dequantize_batch(std::span<const DequantizeOp> ops) {
     std::vector<Status> out;
     out.reserve(ops.size());
@@ -122,6 +129,16 @@ class DevicePool {
   // outside the pool (kInvalidArgument); dequantize_into trusts the scales of an encoding that
   // passed parse_header (kernels/nf4_cuda.h).
   virtual Status quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) = 0;
+  // Many quantize_from at once, one Status each: the CUDA backend runs each step of up to 16
+  // tensors in one launch and synchronises once for the batch (destinations outside registered
+  // memory share its staging buffer); this default runs them one by one.  An op refused for
+  // its input (NaN/Inf) fails alone.
+  virtual std::vector<Status> quantize_batch(std::span<const QuantizeOp> ops) {
+    std::vector<Status> out;
+    out.reserve(ops.size());
+    for (const QuantizeOp& op : ops) out.push_back(quantize_from(op.params, op.offset, op.dst));
+    return out;
+  }
 };
 
 class DeviceBackend {

@@ -175,3 +175,70 @@ TEST_CASE("cuda import child", "[.][gpu_import_child]") {
     CHECK(flags == CU_MEM_ACCESS_FLAGS_PROT_READ);
   }
 }
+
+TEST_CASE("cuda: quantize_batch and dequantize_batch of many tensors equal the CPU codec") {
+  auto b = backend_or_skip();
+  if (!b) return;
+  const size_t host_bytes = 16 << 20;
+  void* host =
+      ::mmap(nullptr, host_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(host != MAP_FAILED);
+  REQUIRE(b->register_host({static_cast<std::byte*>(host), host_bytes}).is_ok());
+  auto pool = b->create_pool(0, 32 << 20, handle_types(*b).back());
+  REQUIRE(pool.is_ok());
+  DevicePool& pl = **pool;
+  constexpr int kTensors = 40;  // three launches of 16 per step
+  constexpr uint64_t kSlot = 256 << 10;
+  std::vector<nf4::Params> params;
+  std::vector<std::vector<std::byte>> src, want, unregistered(kTensors);
+  std::vector<QuantizeOp> q;
+  for (int i = 0; i < kTensors; ++i) {
+    nf4::Params p;
+    p.dtype = i % 2 ? DType::kF16 : DType::kBF16;
+    p.layout = i % 3 ? Nf4Layout::kRowBlocks : Nf4Layout::kColumnBlocks;
+    p.double_quant = i % 4 != 0;
+    if (i % 5 == 1) p.version = nf4::kVersion1;
+    p.rows = 64 + i * 3;
+    p.cols = i % 7 == 0 ? 72 : 128;
+    params.push_back(p);
+    src.push_back(fp16_tensor(p.rows * p.cols, 100 + i));  // fp16 bytes, also read as bf16
+    if (i == 17) std::memset(src.back().data() + 10, 0xff, 2);  // NaN in either dtype
+    REQUIRE(pl.write(uint64_t(i) * kSlot, src.back()).is_ok());
+    want.emplace_back(nf4::encoded_size(p));
+    if (i != 17) REQUIRE(nf4::encode(p, src.back(), want.back()).is_ok());
+    std::span<std::byte> dst;
+    if (i % 2) {
+      dst = {static_cast<std::byte*>(host) + uint64_t(i) * kSlot, want.back().size()};
+    } else {
+      unregistered[i].assign(want.back().size(), std::byte{0});
+      dst = unregistered[i];
+    }
+    q.push_back({p, uint64_t(i) * kSlot, dst});
+  }
+  const std::vector<Status> enc = pl.quantize_batch(q);
+  REQUIRE(enc.size() == kTensors);
+  std::vector<DequantizeOp> d;
+  for (int i = 0; i < kTensors; ++i) {
+    INFO("tensor " << i);
+    if (i == 17) {
+      CHECK(enc[i].code() == Errc::kInvalidArgument);
+      continue;
+    }
+    REQUIRE(enc[i].is_ok());
+    CHECK(std::memcmp(q[i].dst.data(), want[i].data(), want[i].size()) == 0);
+    d.push_back({q[i].dst, params[i].dtype, (16 << 20) + uint64_t(i) * kSlot});
+  }
+  const std::vector<Status> dec = pl.dequantize_batch(d);
+  for (size_t k = 0; k < d.size(); ++k) {
+    REQUIRE(dec[k].is_ok());
+    auto h = nf4::parse_header(d[k].encoded);
+    REQUIRE(h.is_ok());
+    std::vector<std::byte> ref(h->params.rows * h->params.cols * 2), back(ref.size());
+    REQUIRE(nf4::decode(d[k].encoded, d[k].out_dtype, ref).is_ok());
+    REQUIRE(pl.read(d[k].offset, back).is_ok());
+    CHECK(back == ref);
+  }
+  pool->reset();
+  b.reset();
+  ::munmap(host, host_bytes);
+}
