@@ -153,7 +153,7 @@ flatbuffers::Offset<wire::LeasedBlock> leased_block(flatbuffers::FlatBufferBuild
   // g.layout stays valid: this session holds the lease and only it can release it.
   auto layout = wire_util::to_wire(fbb, g.layout);
   return wire::CreateLeasedBlock(fbb, &key, 0, g.lease_id, g.extent.arena, g.extent.offset, layout,
-                                 static_cast<uint8_t>(g.tier), g.device);
+                                 static_cast<uint8_t>(g.tier), g.device, g.ready_event);
 }
 
 awaitable<void> Session::on_get(const wire::GetReq& req, Reply& r) {
@@ -166,7 +166,7 @@ awaitable<void> Session::on_get(const wire::GetReq& req, Reply& r) {
   if (req.want() > 1) co_return r.fail(error(Errc::kInvalidArgument, "unknown placement"));
   if (req.want() == 1) {
     if (Status st = check_gpu_device(engine, req.device()); !st) co_return r.fail(st);
-    where = Placement{true, req.device()};
+    where = Placement{true, req.device(), req.async()};
   }
   auto grants = co_await engine.get(id_, *ns, std::move(*keys), where);
   auto& fbb = r.fbb;

@@ -14,8 +14,13 @@ flatbuffers::Offset<wire::GpuPoolInfo> gpu_pool_info(flatbuffers::FlatBufferBuil
     ipc = fbb.CreateVector(reinterpret_cast<const uint8_t*>(handle->ipc_handle.data()),
                            handle->ipc_handle.size());
   auto uuid = fbb.CreateVector(tier.uuid().data(), tier.uuid().size());
+  flatbuffers::Offset<flatbuffers::Vector<uint8_t>> events;
+  if (handle != nullptr && !handle->events.empty())
+    events = fbb.CreateVector(reinterpret_cast<const uint8_t*>(handle->events.data()),
+                              handle->events.size() * handle->events.front().size());
   return wire::CreateGpuPoolInfo(fbb, tier.arena_id(), tier.device(), tier.pool().size(),
-                                 static_cast<uint8_t>(tier.pool().handle_type()), ipc, uuid);
+                                 static_cast<uint8_t>(tier.pool().handle_type()), ipc, uuid,
+                                 events);
 }
 
 Status check_gpu_device(const Engine& engine, int device) {

@@ -88,10 +88,25 @@ Engine::Engine(const config::Config& config, std::vector<std::unique_ptr<HostTie
       }
       index_refresh_locked(b.id, tier);
     });
+    // Async promotions' completions, from the backend's thread: queued for event_reaper_.
+    tier->pool().set_event_handler([queue = event_queue_, tier](uint64_t ticket) {
+      MutexLock lock(queue->mu);
+      queue->done.emplace_back(tier, ticket);
+      queue->cv.notify_one();
+    });
   }
+  if (!gpu_.tiers.empty()) event_reaper_ = std::thread([this] { reap_events(); });
 }
 
 Engine::~Engine() {
+  if (event_reaper_.joinable()) {
+    {
+      MutexLock lock(event_queue_->mu);
+      event_queue_->stop = true;
+      event_queue_->cv.notify_all();
+    }
+    event_reaper_.join();
+  }
   std::vector<uint64_t> ids;
   {
     MutexLock lock(mu_);
@@ -100,8 +115,13 @@ Engine::~Engine() {
   for (uint64_t id : ids) close_session(id);
   quiesce_stores();  // queued demotions land before the host tier goes
   // The backend unregisters the host arena when it goes: GPU tiers, backend, then host tier.
+  // The pools finish their queued work first; the host blocks it read are released after.
   gpu_.tiers.clear();
   gpu_.backend.reset();
+  MutexLock lock(mu_);
+  for (PendingPromotion& p : pending_promotions_)
+    for (const Session::Held& h : p.host_holds) h.tier->release(h.block);
+  pending_promotions_.clear();
 }
 
 void Engine::quiesce_stores() {

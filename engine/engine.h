@@ -20,6 +20,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -95,12 +96,18 @@ struct LeaseGrant {
   LayoutView layout;                // valid while the lease is held
   TierKind tier = TierKind::kHost;  // kGpu: extent.arena is the device's pool id
   int device = -1;                  // the GPU of a kGpu lease
+  // kGpu: the pool's ready event (slot, from 1) the block's bytes wait on: an async promotion
+  // still in flight (docs/gpu.md, "Async gets"); 0: ready.
+  uint32_t ready_event = 0;
 };
 
 // Where a get wants its blocks: host memory (the host tier's format) or one GPU's memory.
 struct Placement {
   bool gpu = false;
   int device = -1;  // gpu: the device; -1 = the first GPU tier
+  // gpu: promotions may still run on the device when the grants go back (their ready_event
+  // says which event to wait on).
+  bool async = false;
 };
 
 // The hot tier as the server opened it: the backend (null without one), one GpuTier per
@@ -332,6 +339,9 @@ class Engine {
   // Tests: called without mu_ for each batch of copy downs (a GPU block's copy to the host
   // tier: GPU evictions, engine/gpu_ladder.cpp, and host gets of GPU-only blocks), after the
   // device work and before the copies are published.  Set once, before the engine serves.
+  // Test hook: while held, completed async promotions are not applied (their blocks keep
+  // their ready events, their host blocks stay held), as on a device that is still working.
+  void hold_completions(bool held);
   void set_copy_down_observer(std::function<void(std::span<const NsKey>)> fn);
 
   // The shared lookup index (engine/engine_index.cpp, docs/protocol.md "Lookup index"): with
@@ -382,7 +392,10 @@ class Engine {
   // them without the lock (promote_blocks: on CUDA one synchronisation for the batch),
   // publishes them (one more hold), and drops the host leases.  A block the GPU tier has no
   // room for keeps its host grant.
-  void promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> grants, int device);
+  // With `async`, the device's decodes are queued and the grants carry the event that
+  // completes with them (the host blocks stay held by the engine until it does).
+  void promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> grants, int device,
+                      bool async);
   // Namespaces with disk = "persist": queues the sealed block for the durable store (the disk
   // tier); done(status) runs once it is durable.  Returns ok when done will be called.
   Status persist(uint32_t ns, const BlockKey& key, std::function<void(Status)> done);
@@ -586,6 +599,40 @@ class Engine {
   Mutex pins_file_mu_;
   // Set once before serving (set_event_sink); null: no KV events.
   std::atomic<BlockEventSink*> events_{nullptr};
+
+  // Async promotions in flight (docs/gpu.md, "Async gets").  Their GPU blocks are published
+  // and leased at once; grants of them carry the pool's ready event until the batch's ticket
+  // completes, and the host blocks the device reads stay held here until then.
+  struct PendingPromotion {
+    const GpuTier* tier = nullptr;
+    uint64_t ticket = 0;
+    uint32_t event = 0;
+    std::vector<NsKey> ids;
+    std::vector<Session::Held> host_holds;
+  };
+  std::vector<PendingPromotion> pending_promotions_ GUARDED_BY(mu_);
+  std::unordered_map<NsKey, std::pair<const GpuTier*, uint32_t>, NsKeyHash> gpu_ready_events_
+      GUARDED_BY(mu_);
+  // Tickets that completed before their promotion was registered.
+  std::vector<std::pair<const GpuTier*, uint64_t>> early_completions_ GUARDED_BY(mu_);
+  // Completed tickets from the pools' event handlers (a backend thread, which must not wait
+  // for mu_), applied by event_reaper_.  Shared with the handlers, which may outlive ~Engine's
+  // stop of the reaper.
+  struct EventQueue {
+    Mutex mu;
+    CondVar cv;
+    std::vector<std::pair<const GpuTier*, uint64_t>> done GUARDED_BY(mu);
+    bool stop GUARDED_BY(mu) = false;
+    bool held GUARDED_BY(mu) = false;  // hold_completions()
+  };
+  std::shared_ptr<EventQueue> event_queue_ = std::make_shared<EventQueue>();
+  std::thread event_reaper_;
+  void reap_events();
+  // A completed ticket: its promotion's blocks are ready and its host blocks released.
+  void complete_promotion_locked(const GpuTier* tier, uint64_t ticket) REQUIRES(mu_);
+  // Waits (without mu_) for the ready events of `grants` and clears them.
+  void wait_ready(std::span<LeaseGrant> grants) EXCLUDES(mu_);
+  void finish_pending_locked(PendingPromotion& p) REQUIRES(mu_);
 };
 
 }  // namespace kvtier

@@ -29,6 +29,9 @@ LeaseGrant Engine::grant(Session& s, MemoryTier& tier, const BlockInfo& b) {
   if (tier.kind() == TierKind::kGpu) {
     g.tier = TierKind::kGpu;
     g.device = static_cast<GpuTier&>(tier).device();
+    if (auto it = gpu_ready_events_.find(b.id);
+        it != gpu_ready_events_.end() && it->second.first == &tier)
+      g.ready_event = it->second.second;
   }
   s.leases.emplace(g.lease_id, Session::Held{&tier, &b});
   s.leased_bytes += b.extent.bytes;
@@ -239,11 +242,69 @@ void Engine::set_copy_down_observer(std::function<void(std::span<const NsKey>)> 
   copy_down_observer_ = std::move(fn);
 }
 
-void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> grants, int device) {
+void Engine::hold_completions(bool held) {
+  MutexLock lock(event_queue_->mu);
+  event_queue_->held = held;
+  event_queue_->cv.notify_all();
+}
+
+void Engine::reap_events() {
+  EventQueue& q = *event_queue_;
+  for (;;) {
+    std::vector<std::pair<const GpuTier*, uint64_t>> done;
+    {
+      MutexLock lock(q.mu);
+      q.cv.wait(lock, [&] {
+        q.mu.assert_held();  // the wait holds it when it asks
+        return q.stop || (!q.held && !q.done.empty());
+      });
+      if (q.done.empty()) return;  // stopped
+      done.swap(q.done);
+    }
+    MutexLock lock(mu_);
+    for (const auto& [tier, ticket] : done) complete_promotion_locked(tier, ticket);
+  }
+}
+
+void Engine::complete_promotion_locked(const GpuTier* tier, uint64_t ticket) {
+  for (auto it = pending_promotions_.begin(); it != pending_promotions_.end(); ++it) {
+    if (it->tier == tier && it->ticket == ticket) {
+      finish_pending_locked(*it);
+      pending_promotions_.erase(it);
+      return;
+    }
+  }
+  early_completions_.emplace_back(tier, ticket);  // its promotion registers in a moment
+}
+
+void Engine::wait_ready(std::span<LeaseGrant> grants) {
+  for (LeaseGrant& g : grants) {
+    if (g.code != Errc::kOk || g.ready_event == 0) continue;
+    // The pool is thread-safe and lives as long as the engine (gpu_.tiers is constant).
+    for (const auto& t : gpu_.tiers)
+      if (t->arena_id() == g.extent.arena) (void)t->pool().wait_event(g.ready_event);
+    g.ready_event = 0;
+    bump(metrics_.gpu_ready_waits);
+  }
+}
+
+void Engine::finish_pending_locked(PendingPromotion& p) {
+  for (const NsKey& id : p.ids) {
+    auto it = gpu_ready_events_.find(id);
+    if (it != gpu_ready_events_.end() && it->second == std::make_pair(p.tier, p.event))
+      gpu_ready_events_.erase(it);
+  }
+  for (const Session::Held& h : p.host_holds) h.tier->release(h.block);
+  bump(metrics_.gpu_async_completions);
+}
+
+void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> grants, int device,
+                            bool async) {
   struct Job {
     size_t grant = 0;
     BlockLayout host_layout, gpu_layout;
     Extent ext;
+    Session::Held hold;  // the session's host lease, held by this promotion meanwhile
   };
   std::vector<Job> jobs;
   std::vector<CopyDown> copy_downs;  // the evictions that made room, copied before the writes
@@ -266,6 +327,8 @@ void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> gra
         continue;
       }
       // The host lease pins the source block: its bytes and layout stay put while unlocked.
+      // This promotion takes it from the session meanwhile, so that a session closing
+      // meanwhile does not free what the device reads.
       Job job;
       job.grant = i;
       job.host_layout = g.layout.to_layout();
@@ -276,6 +339,9 @@ void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> gra
         continue;
       }
       job.ext = *r;
+      auto lease = s->leases.extract(g.lease_id);
+      job.hold = lease.mapped();
+      s->leased_bytes -= job.hold.block->extent.bytes;
       jobs.push_back(std::move(job));
     }
   }
@@ -287,9 +353,14 @@ void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> gra
   for (const Job& j : jobs)
     batch.push_back(
         {&j.host_layout, host->data(grants[j.grant].extent), &j.gpu_layout, j.ext.offset});
-  std::vector<Status> done = promote_blocks(tier->pool(), batch);
+  AsyncPromotion sent = async ? promote_blocks_async(tier->pool(), batch)
+                              : AsyncPromotion{promote_blocks(tier->pool(), batch)};
+  std::vector<Status>& done = sent.done;
   MutexLock lock(mu_);
   Session* s = session(sid);
+  // In flight on the device: the blocks carry its event, the host blocks stay held until it
+  // completes (a session that closes meanwhile must not free what the device reads).
+  PendingPromotion pending{tier, sent.ticket, sent.event, {}, {}};
   for (size_t k = 0; k < jobs.size(); ++k) {
     const Job& j = jobs[k];
     LeaseGrant& g = grants[j.grant];
@@ -306,15 +377,41 @@ void Engine::promote_to_gpu(uint64_t sid, uint32_t ns, std::span<LeaseGrant> gra
       event_stored(id, TierKind::kGpu);
       bump(metrics_.gpu_promotions);
       bump(metrics_.gpu_promotion_bytes, j.gpu_layout.total_bytes);
+      if (pending.event != 0) {
+        gpu_ready_events_[id] = {tier, pending.event};
+        pending.ids.push_back(id);
+      }
     }
     const BlockInfo* b = s ? tier->acquire(id) : nullptr;
     if (b == nullptr) {
       if (!st) bump(metrics_.gpu_promotion_fallbacks);
-      continue;  // the session still holds the host lease
+      if (s != nullptr) {  // the session keeps its host lease
+        s->leases.emplace(g.lease_id, j.hold);
+        s->leased_bytes += j.hold.block->extent.bytes;
+      } else if (st && pending.event != 0) {
+        pending.host_holds.push_back(j.hold);
+      } else {
+        j.hold.tier->release(j.hold.block);
+      }
+      continue;
     }
-    drop_lease(*s, g.lease_id);
+    if (pending.event != 0) {
+      pending.host_holds.push_back(j.hold);  // released when the device is done
+    } else {
+      j.hold.tier->release(j.hold.block);
+    }
     g = grant(*s, *tier, *b);
   }
+  if (pending.event == 0) return;
+  bump(metrics_.gpu_async_promotions);
+  auto early = std::find(early_completions_.begin(), early_completions_.end(),
+                         std::make_pair(pending.tier, pending.ticket));
+  if (early != early_completions_.end()) {  // done already
+    early_completions_.erase(early);
+    finish_pending_locked(pending);
+    return;
+  }
+  pending_promotions_.push_back(std::move(pending));
 }
 
 Result<std::unique_ptr<gpu::DevicePool>> Engine::create_device_staging(int device, uint64_t bytes) {

@@ -106,27 +106,47 @@ Status promote_block(gpu::DevicePool& pool, const BlockLayout& host, const std::
   return promote_blocks(pool, std::span(&one, 1)).front();
 }
 
-std::vector<Status> promote_blocks(gpu::DevicePool& pool, std::span<const GpuPromotion> blocks) {
-  std::vector<Status> out(blocks.size());
+namespace {
+
+AsyncPromotion promote(gpu::DevicePool& pool, std::span<const GpuPromotion> blocks, bool async) {
+  AsyncPromotion r;
+  r.done.resize(blocks.size());
   std::vector<gpu::DequantizeOp> ops;
   std::vector<std::string> names;
   std::vector<size_t> owner;  // the block of each op
   for (size_t b = 0; b < blocks.size(); ++b) {
     const size_t before = ops.size();
-    out[b] = plan_promotion(pool, *blocks[b].host, blocks[b].host_bytes, *blocks[b].gpu,
-                            blocks[b].offset, ops, names);
-    if (!out[b]) {  // nothing of a block that failed goes to the device
+    r.done[b] = plan_promotion(pool, *blocks[b].host, blocks[b].host_bytes, *blocks[b].gpu,
+                               blocks[b].offset, ops, names);
+    if (!r.done[b]) {  // nothing of a block that failed goes to the device
       ops.resize(before);
       names.resize(before);
     }
     owner.resize(ops.size(), b);
   }
-  const std::vector<Status> done = pool.dequantize_batch(ops);
+  gpu::AsyncBatch batch;
+  if (async && !ops.empty()) {
+    batch = pool.dequantize_batch_async(ops);
+  } else {
+    batch.queued = pool.dequantize_batch(ops);
+  }
+  r.event = batch.event;
+  r.ticket = batch.ticket;
   for (size_t i = 0; i < ops.size(); ++i)
-    if (!done[i] && out[owner[i]])
-      out[owner[i]] =
-          error(done[i].code(), "tensor '" + names[i] + "' to gpu: " + done[i].message());
-  return out;
+    if (!batch.queued[i] && r.done[owner[i]])
+      r.done[owner[i]] = error(batch.queued[i].code(),
+                               "tensor '" + names[i] + "' to gpu: " + batch.queued[i].message());
+  return r;
+}
+
+}  // namespace
+
+std::vector<Status> promote_blocks(gpu::DevicePool& pool, std::span<const GpuPromotion> blocks) {
+  return promote(pool, blocks, false).done;
+}
+
+AsyncPromotion promote_blocks_async(gpu::DevicePool& pool, std::span<const GpuPromotion> blocks) {
+  return promote(pool, blocks, true);
 }
 
 Status demote_block(gpu::DevicePool& pool, const BlockLayout& gpu, uint64_t offset,

@@ -43,6 +43,17 @@ struct GpuPromotion {
 };
 std::vector<Status> promote_blocks(gpu::DevicePool& pool, std::span<const GpuPromotion> blocks);
 
+// promote_blocks without waiting for the device's decodes (DevicePool::dequantize_batch_async):
+// `done` says what was refused or failed to queue; when `event` is not 0 the decodes are in
+// flight until the pool's handler is called with `ticket`, and the host bytes must stay put
+// until then.  Raw tensors and outlier-channel decodes are written before it returns.
+struct AsyncPromotion {
+  std::vector<Status> done;
+  uint32_t event = 0;
+  uint64_t ticket = 0;
+};
+AsyncPromotion promote_blocks_async(gpu::DevicePool& pool, std::span<const GpuPromotion> blocks);
+
 // Pool block at `offset` -> `dest` laid out as `host` (checksums filled in), NF4 tensors
 // encoded with the namespace's options.  Key tensors with outlier channels are read back and
 // encoded on the CPU (the device kernels have none); the rest are quantized on the device.

@@ -56,7 +56,10 @@ awaitable<std::vector<LeaseGrant>> Engine::get(uint64_t sid, uint32_t ns,
     for (auto& g : grants)
       if (g.code == Errc::kNotFound) g = co_await promote_from_store(sid, ns, g.key);
   // A GPU get: host hits go on to the device (kept as host leases when it has no room).
-  if (where.gpu) promote_to_gpu(sid, ns, grants, where.device);
+  if (where.gpu) promote_to_gpu(sid, ns, grants, where.device, where.async);
+  // Blocks still in flight on a device (this get's promotions, or another async get's): a
+  // client that did not ask for async gets them ready.
+  if (!where.async) wait_ready(grants);
   co_return grants;
 }
 

@@ -89,6 +89,12 @@ namespace kvtier {
     "GPU evictions not copied down: host tier full, or removed during the copy")                 \
   X(gpu_demotions_unlocked, "kvtier_gpu_demotions_unlocked_total",                               \
     "GPU evictions copied down after the engine lock was released")                              \
+  X(gpu_async_promotions, "kvtier_gpu_async_promotions_total",                                   \
+    "promotion batches answered before the device finished (async GPU gets)")                    \
+  X(gpu_async_completions, "kvtier_gpu_async_completions_total",                                 \
+    "async promotion batches the device finished (their host blocks released)")                  \
+  X(gpu_ready_waits, "kvtier_gpu_ready_waits_total",                                             \
+    "GPU grants of a get that did not ask async, waited for in the daemon")                      \
   X(gpu_copy_downs, "kvtier_gpu_copy_downs_total",                                               \
     "host gets of GPU-only blocks copied down into the host tier")                               \
   X(searches, "kvtier_searches_total", "semantic searches")                                      \

@@ -542,3 +542,62 @@ TEST_CASE("engine: nf4_outlier_channels keeps key channels exactly, values untou
   CHECK(std::equal(want.begin(), want.end(), pool.begin() + gk.offset));
   r.engine->release(r.sid, std::span(&g[0].lease_id, 1));
 }
+
+// An async GPU get is answered once the promotion is queued: its GPU grants carry the pool's
+// ready event until the device is done, and the host blocks the device reads stay held by
+// the engine until then, even when the session that asked closes.  A get that did not ask
+// async gets ready blocks (the daemon waits).  On the emulation the device work is done before
+// the answer; hold_completions() keeps the completion back as a device still working would.
+TEST_CASE("engine: an async GPU get carries the ready event until the device is done") {
+  Rig r("[[namespace]]\nprefix = \"q/\"\ncodec = \"nf4\"\n");  // promotions decode on the device
+  const uint32_t ns = r.ns("q/m");
+  // 8 puts into the 4-block pool: the first ones are evicted, copied down to the host tier.
+  for (int i = 0; i < 8; ++i) REQUIRE(r.put(ns, key(i), 0).is_ok());
+  const NsKey id{ns, key(0)};
+  REQUIRE(r.engine->host().find(id) != nullptr);
+  REQUIRE(r.engine->host().find(NsKey{ns, key(1)}) != nullptr);
+  r.engine->hold_completions(true);
+  const uint64_t asker = r.engine->open_session(PeerInfo{});
+  auto g = run(r.engine->get(asker, ns, {key(0)}, Placement{true, 0, true}));
+  REQUIRE(g[0].code == Errc::kOk);
+  CHECK(g[0].tier == TierKind::kGpu);
+  CHECK(g[0].ready_event != 0);
+  // The emulation wrote them already: the host block's NF4, decoded.
+  auto h = run(r.engine->get(r.sid, ns, {key(0)}));
+  REQUIRE(h[0].tier == TierKind::kHost);
+  const TensorLayout t = h[0].layout.to_layout().tensors.at(0);
+  REQUIRE(t.codec == Codec::kNf4);
+  std::vector<std::byte> want(kBlock);
+  REQUIRE(nf4::decode(std::span(r.engine->host().data(h[0].extent) + t.offset, t.bytes),
+                      DType::kF16, want)
+              .is_ok());
+  CHECK(r.bytes_of(g[0]) == want);
+  r.engine->release(r.sid, std::span(&h[0].lease_id, 1));
+  CHECK(r.metrics.gpu_async_promotions.load() == 1);
+  // The host block is held by the promotion, not by the session's lease.
+  CHECK(r.engine->host().find(id)->leases == 1);
+  // Another async get of it carries the same event; a plain one gets it ready.
+  auto again = run(r.engine->get(r.sid, ns, {key(0)}, Placement{true, 0, true}));
+  CHECK(again[0].ready_event == g[0].ready_event);
+  auto plain = run(r.engine->get(r.sid, ns, {key(0)}, Placement{true, 0}));
+  CHECK(plain[0].tier == TierKind::kGpu);
+  CHECK(plain[0].ready_event == 0);
+  CHECK(r.metrics.gpu_ready_waits.load() == 1);
+  // The asker goes away while the device works: the host block stays held.
+  r.engine->close_session(asker);
+  CHECK(r.engine->host().find(id)->leases == 1);
+  CHECK(r.metrics.gpu_async_completions.load() == 0);
+  r.engine->hold_completions(false);
+  for (int i = 0; i < 2000 && r.metrics.gpu_async_completions.load() == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(r.metrics.gpu_async_completions.load() == 1);
+  CHECK(r.engine->host().find(id)->leases == 0);
+  // Ready now: new grants carry no event.
+  auto later = run(r.engine->get(r.sid, ns, {key(0)}, Placement{true, 0, true}));
+  CHECK(later[0].ready_event == 0);
+  // A get that did not ask async never waits on anything it promoted itself.
+  auto other = run(r.engine->get(r.sid, ns, {key(1)}, Placement{true, 0}));
+  CHECK(other[0].tier == TierKind::kGpu);
+  CHECK(other[0].ready_event == 0);
+  CHECK(r.metrics.gpu_async_promotions.load() == 1);
+}

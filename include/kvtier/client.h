@@ -95,6 +95,9 @@ struct LeasedBlock {
   Errc code = Errc::kOk;  // kNotFound when the key was not cached
   bool on_gpu = false;    // leased from a GPU tier (tensors' device >= 0)
   int device = -1;
+  // An async GPU get's block whose bytes the device is still writing: the pool's ready event
+  // (from 1) that Lease::wait() waits on; 0: ready.
+  uint32_t ready_event = 0;
   std::vector<TensorView> tensors;  // the KV tensors
   // Fusion state stored with this chunk (put_fusion), names as given; empty if none.
   std::vector<TensorView> fusion;
@@ -118,6 +121,11 @@ class Lease {
   const LeasedBlock& block(size_t i) const { return blocks_.at(i); }
   const std::vector<LeasedBlock>& blocks() const { return blocks_; }
   size_t found() const;
+  // Makes `stream` (a cudaStream_t; nullptr: the calling thread, which blocks) wait until
+  // every block of an async get is written (GetOptions::async); the blocks are ready for
+  // that stream's work queued after this.  Nothing to wait for with the host emulation, whose
+  // device work is done before the daemon answers, or for blocks that are ready.
+  Status wait(void* stream = nullptr);
   // Gives the blocks back to the daemon; the views are invalid afterwards.
   Status release();
 
@@ -194,6 +202,10 @@ struct PinCount {
 struct GetOptions {
   bool gpu = false;
   int device = -1;  // the GPU; -1 = ClientOptions::device, else the daemon's first GPU tier
+  // gpu: the daemon answers once the promotions are queued on the device, not done; blocks
+  // still being written say so (LeasedBlock::ready_event).  Call Lease::wait() (on the stream
+  // that reads them) before reading.  Without it the daemon waits before it answers.
+  bool async = false;
 };
 
 // Where a lookup is answered.  kAuto: from the shared lookup index when this client mapped

@@ -16,6 +16,8 @@ struct Lease::State {
   std::shared_ptr<Client::Impl> conn;
   std::vector<uint64_t> lease_ids;
   std::vector<std::shared_ptr<ArenaMapping>> mappings;
+  // Blocks of an async get not ready yet: their index and pool.
+  std::vector<std::pair<size_t, std::shared_ptr<ArenaMapping>>> unready;
 };
 
 bool TensorView::verify() const {
@@ -45,6 +47,17 @@ size_t Lease::found() const {
   size_t n = 0;
   for (const auto& b : blocks_) n += b.found();
   return n;
+}
+
+Status Lease::wait(void* stream) {
+  if (!state_) return {};
+  for (const auto& [i, mapping] : state_->unready)
+    if (Status st = mapping->wait_event(blocks_[i].ready_event, stream); !st) return st;
+  if (stream == nullptr) {  // ready for everyone now
+    for (const auto& [i, mapping] : state_->unready) blocks_[i].ready_event = 0;
+    state_->unready.clear();
+  }
+  return {};
 }
 
 Status Lease::release() {
@@ -203,6 +216,10 @@ Result<Lease> LeaseBuilder::build(const std::shared_ptr<Client::Impl>& impl,
         if (std::find(state->mappings.begin(), state->mappings.end(), *m) == state->mappings.end())
           state->mappings.push_back(*m);
         if (Status st = map_tensors(*b, **m, lb); !st) failure = st;
+        if (gpu && b->ready_event() != 0) {
+          lb.ready_event = b->ready_event();
+          state->unready.emplace_back(lease.blocks_.size(), *m);
+        }
       }
     }
     lease.blocks_.push_back(std::move(lb));
@@ -228,7 +245,8 @@ Result<Lease> Client::get(std::string_view ns, std::span<const BlockKey> keys, G
     device = *d;
   }
   auto req = wire::CreateGetReq(fbb, fbb.CreateString(ns.data(), ns.size()),
-                                wire_util::keys_to_wire(fbb, keys), options.gpu ? 1 : 0, device);
+                                wire_util::keys_to_wire(fbb, keys), options.gpu ? 1 : 0, device,
+                                options.gpu && options.async);
   auto resp = impl_->call(fbb, wire::Request::GetReq, req.Union());
   if (!resp) return resp.status();
   const auto* body = (*resp)->msg->body_as_GetResp();

@@ -16,6 +16,7 @@
 #include "common/frame.h"
 #include "common/wire.h"
 #include "libclient/src/impl.h"
+#include "tiers/gpu/cuda_import.h"
 
 namespace kvtier {
 namespace {
@@ -29,7 +30,31 @@ constexpr uint64_t kGpuPoolKey = 1ull << 32;
 }  // namespace
 
 ArenaMapping::~ArenaMapping() {
+  {
+    MutexLock lock(events_mu);
+    for (void* e : events)
+      if (e != nullptr) gpu::close_ipc_event(e);
+  }
   if (base != nullptr && pool == nullptr) ::munmap(const_cast<std::byte*>(base), size);
+}
+
+Status ArenaMapping::wait_event(uint32_t n, void* stream) {
+  if (n == 0 || event_handles.empty()) return {};
+  if (n > event_handles.size())
+    return error(Errc::kProtocol, "ready event " + std::to_string(n) + " of a pool with " +
+                                      std::to_string(event_handles.size()));
+  void* e = nullptr;
+  {
+    MutexLock lock(events_mu);
+    events.resize(event_handles.size(), nullptr);
+    if (events[n - 1] == nullptr) {
+      auto opened = gpu::open_ipc_event(event_handles[n - 1], device);
+      if (!opened) return opened.status();
+      events[n - 1] = *opened;
+    }
+    e = events[n - 1];
+  }
+  return gpu::wait_ipc_event(e, stream);
 }
 
 Response::~Response() {
@@ -293,6 +318,11 @@ Result<std::shared_ptr<ArenaMapping>> Client::Impl::gpu_pool(uint32_t id) {
   m->device = e.device;
   m->host_accessible = e.type == gpu::HandleType::kMemfd;
   m->pool = std::move(imported).value();
+  if (const auto* ev = info->events(); ev != nullptr && ev->size() > 0) {
+    if (ev->size() % 64 != 0) return error(Errc::kProtocol, "GPU pool events of a bad size");
+    m->event_handles.resize(ev->size() / 64);
+    std::memcpy(m->event_handles.data(), ev->data(), ev->size());
+  }
   MutexLock lock(g_arenas_mu);
   auto& slot = g_arenas[key];
   if (auto existing = slot.lock()) return gpu_pools[id] = existing;  // another thread won

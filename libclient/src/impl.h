@@ -33,6 +33,13 @@ struct ArenaMapping {
   int device = -1;                          // >= 0: a GPU tier pool of this device
   bool host_accessible = true;              // false for CUDA device memory
   std::unique_ptr<gpu::ImportedPool> pool;  // GPU pools: unmapped by its destructor
+  // A CUDA GPU pool's ready events (GpuPoolInfo.events), opened on first wait.
+  std::vector<std::array<std::byte, 64>> event_handles;
+  Mutex events_mu;
+  std::vector<void*> events GUARDED_BY(events_mu);  // by slot - 1; null until opened
+  // Makes `stream` (nullptr: the calling thread) wait for ready event `n` (from 1).  A pool
+  // without event handles (the host emulation) has nothing to wait for.
+  Status wait_event(uint32_t n, void* stream);
   ~ArenaMapping();
 };
 

@@ -314,6 +314,43 @@ TEST_CASE("gpu: a GPU get promotes its host blocks in one batch, byte-exact", "[
   }
 }
 
+// An async GPU get (GetOptions::async): the daemon answers once the device work is queued;
+// blocks still being written carry their pool's ready event, and Lease::wait() makes the
+// reader wait for it (on the emulation there is nothing left to wait for).  The bytes after
+// the wait are the promotion's.
+TEST_CASE("gpu: an async GPU get promotes; after Lease::wait the bytes are the promotion's",
+          "[gpu]") {
+  if (!suite_ready()) return;
+  Daemon d(gpu_daemon("nf4", 16ull << 20));
+  auto c = Client::connect(d.socket()).value();
+  auto keys = chain("m", 4);
+  std::vector<HalfBlock> blocks;
+  for (uint32_t i = 0; i < keys.size(); ++i) blocks.emplace_back(256, 400 + i);
+  for (size_t i = 0; i < keys.size(); ++i) must(c->put("m", keys[i], blocks[i].tensors));
+  c->get("m", keys).value().release().is_ok();            // copied down to NF4
+  (void)c->evict("m", {}, false, TierSel::kGpu).value();  // only the host tier holds them
+  GetOptions async = on_gpu();
+  async.async = true;
+  auto g = c->get("m", keys, async).value();
+  CHECK(counter(*c, "gpu_async_promotions") == 1);
+  CHECK(counter(*c, "gpu_promotions") == keys.size());
+  must(g.wait());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    INFO("block " << i);
+    REQUIRE(g.block(i).on_gpu);
+    CHECK(g.block(i).ready_event == 0);  // waited for on this thread
+    CHECK(same(read(*g.block(i).tensor("k")),
+               nf4_round_trip(blocks[i].bytes(blocks[i].k), 256, Nf4Layout::kColumnBlocks)));
+    CHECK(same(read(*g.block(i).tensor("v")),
+               nf4_round_trip(blocks[i].bytes(blocks[i].v), 256, Nf4Layout::kRowBlocks)));
+  }
+  g.release().is_ok();
+  // The device finished: the host blocks the promotion held are released.
+  for (int i = 0; i < 200 && counter(*c, "gpu_async_completions") == 0; ++i) ::usleep(10000);
+  CHECK(counter(*c, "gpu_async_completions") == 1);
+  CHECK(c->evict("m", {}, false, TierSel::kHost).value().skipped_leased == 0);
+}
+
 TEST_CASE("gpu: lossless namespaces demote and promote bit-exact", "[gpu]") {
   if (!suite_ready()) return;
   Daemon d(gpu_daemon("fp16"));

@@ -135,6 +135,28 @@ Status cuda_copy_batch(std::span<const CopyOp> ops) {
   return cuda::to_status("cudaStreamSynchronize", cudaStreamSynchronize(cudaStreamPerThread));
 }
 
+Result<void*> open_ipc_event(const std::array<std::byte, 64>& handle, int device) {
+  cudaIpcEventHandle_t h;
+  static_assert(sizeof h == 64);
+  std::memcpy(&h, handle.data(), sizeof h);
+  if (Status st = cuda::to_status("cudaSetDevice", cudaSetDevice(device)); !st) return st;
+  cudaEvent_t e = nullptr;
+  if (Status st = cuda::to_status("cudaIpcOpenEventHandle", cudaIpcOpenEventHandle(&e, h)); !st)
+    return st;
+  return static_cast<void*>(e);
+}
+
+Status wait_ipc_event(void* event, void* stream) {
+  auto e = static_cast<cudaEvent_t>(event);
+  if (stream == nullptr) return cuda::to_status("cudaEventSynchronize", cudaEventSynchronize(e));
+  return cuda::to_status("cudaStreamWaitEvent",
+                         cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), e, 0));
+}
+
+void close_ipc_event(void* event) {
+  (void)cudaEventDestroy(static_cast<cudaEvent_t>(event));
+}
+
 Result<std::vector<DeviceUuid>> cuda_device_uuids() {
   int count = 0;
   if (Status st = cuda::to_status("cudaGetDeviceCount", cudaGetDeviceCount(&count)); !st) return st;

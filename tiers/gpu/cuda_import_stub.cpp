@@ -18,6 +18,16 @@ Status cuda_copy_batch(std::span<const CopyOp>) {
   return error(Errc::kUnavailable, "cannot copy device memory: kvtier was built without CUDA");
 }
 
+Result<void*> open_ipc_event(const std::array<std::byte, 64>&, int) {
+  return error(Errc::kUnavailable, "cannot open a CUDA event: kvtier was built without CUDA");
+}
+
+Status wait_ipc_event(void*, void*) {
+  return error(Errc::kUnavailable, "cannot wait for a CUDA event: kvtier was built without CUDA");
+}
+
+void close_ipc_event(void*) {}
+
 Result<std::vector<DeviceUuid>> cuda_device_uuids() {
   return error(Errc::kUnavailable, "cannot list CUDA devices: kvtier was built without CUDA");
 }

@@ -4,6 +4,8 @@
 #include <fcntl.h>
 
 #include <algorithm>
+#include <array>
+#include <functional>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -63,6 +65,12 @@ class CudaPool final : public DevicePool {
   std::vector<Status> dequantize_batch(std::span<const DequantizeOp> ops) override;
   Status quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) override;
   std::vector<Status> quantize_batch(std::span<const QuantizeOp> ops) override;
+  AsyncBatch dequantize_batch_async(std::span<const DequantizeOp> ops) override;
+  void set_event_handler(std::function<void(uint64_t)> handler) override;
+  Status wait_event(uint32_t event) override;
+  // A batch's work is done (a host function queued after its event): the slot is free again
+  // and the handler is told.  Runs on a CUDA driver thread: no CUDA calls here.
+  void event_done(uint32_t slot, uint64_t ticket);
 
  private:
   std::string who(const char* op) const { return "gpu " + std::to_string(device_) + " " + op; }
@@ -83,6 +91,14 @@ class CudaPool final : public DevicePool {
   bool vmm_mapped_ = false;
   cudaIpcMemHandle_t ipc_handle_{};
   cudaStream_t stream_ = nullptr;
+  // Interprocess ready events (slot i+1 at index i) and their exported handles.
+  std::vector<cudaEvent_t> events_;
+  std::vector<std::array<std::byte, 64>> event_handles_;
+
+  Mutex events_mu_;  // never held across a CUDA call
+  std::vector<uint32_t> free_events_ GUARDED_BY(events_mu_);
+  std::function<void(uint64_t)> handler_ GUARDED_BY(events_mu_);
+  uint64_t next_ticket_ GUARDED_BY(events_mu_) = 0;
 
   Mutex mu_;  // serialises use of stream_ and of the staging buffer
   std::byte* staging_ GUARDED_BY(mu_) = nullptr;
@@ -100,9 +116,10 @@ CudaPool::~CudaPool() {
   // Errors are ignored here: there is nobody to report them to and nothing left to undo.
   (void)cudaSetDevice(device_);
   if (stream_ != nullptr) {
-    (void)cudaStreamSynchronize(stream_);
+    (void)cudaStreamSynchronize(stream_);  // queued host functions have run
     (void)cudaStreamDestroy(stream_);
   }
+  for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);
   if (staging_ != nullptr) (void)cudaFreeHost(staging_);
   if (type_ == HandleType::kVmmFd) {
     if (vmm_mapped_) api_->mem_unmap(base_, size_);
@@ -170,8 +187,26 @@ Status CudaPool::allocate_ipc(uint64_t bytes) {
 }
 
 Status CudaPool::create_stream() {
-  return to_status(who("cudaStreamCreateWithFlags"),
-                   cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  Status st = to_status(who("cudaStreamCreateWithFlags"),
+                        cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  for (uint32_t i = 0; st && i < kPoolEvents; ++i) {
+    cudaEvent_t e = nullptr;
+    st = to_status(who("cudaEventCreateWithFlags"),
+                   cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventInterprocess));
+    if (!st) break;
+    events_.push_back(e);
+    cudaIpcEventHandle_t h;
+    st = to_status(who("cudaIpcGetEventHandle"), cudaIpcGetEventHandle(&h, e));
+    static_assert(sizeof h == 64);
+    std::array<std::byte, 64> bytes;
+    std::memcpy(bytes.data(), &h, sizeof h);
+    event_handles_.push_back(bytes);
+  }
+  if (st) {
+    MutexLock lock(events_mu_);
+    for (uint32_t slot = kPoolEvents; slot >= 1; --slot) free_events_.push_back(slot);
+  }
+  return st;
 }
 
 Result<PoolExport> CudaPool::export_handle(bool writable) const {
@@ -180,6 +215,7 @@ Result<PoolExport> CudaPool::export_handle(bool writable) const {
   e.device = device_;
   e.bytes = size_;
   e.writable = writable;
+  e.events = event_handles_;
   if (type_ == HandleType::kCudaIpc) {
     static_assert(sizeof ipc_handle_ == sizeof e.ipc_handle);
     std::memcpy(e.ipc_handle.data(), &ipc_handle_, sizeof ipc_handle_);
@@ -285,7 +321,8 @@ std::vector<Status> CudaPool::dequantize_batch(std::span<const DequantizeOp> ops
     }
     headers[i] = *h;
     valid.push_back(i);
-    const std::uintptr_t in = registry_->device_address(device_, ops[i].encoded.data(), h->total_size);
+    const std::uintptr_t in =
+        registry_->device_address(device_, ops[i].encoded.data(), h->total_size);
     if (in == 0 || in % 16 != 0) {
       staged_at[i] = staged;
       staged += round_up(h->total_size, 16);
@@ -314,10 +351,100 @@ std::vector<Status> CudaPool::dequantize_batch(std::span<const DequantizeOp> ops
   const std::vector<Status> queued = nf4::cuda::dequantize_batch(batch, stream_);
   const Status done = finish(Status::ok(), "nf4 dequantize");
   for (size_t k = 0; k < valid.size(); ++k)
-    out[valid[k]] = !queued[k] ? error(queued[k].code(), who("nf4 dequantize") + ": " +
-                                                             queued[k].message())
-                               : done;
+    out[valid[k]] =
+        !queued[k] ? error(queued[k].code(), who("nf4 dequantize") + ": " + queued[k].message())
+                   : done;
   return out;
+}
+
+namespace {
+
+struct EventDone {
+  CudaPool* pool;
+  uint32_t slot;
+  uint64_t ticket;
+};
+
+void CUDART_CB on_event_done(void* p) {
+  auto* done = static_cast<EventDone*>(p);
+  done->pool->event_done(done->slot, done->ticket);
+  delete done;
+}
+
+}  // namespace
+
+void CudaPool::set_event_handler(std::function<void(uint64_t)> handler) {
+  MutexLock lock(events_mu_);
+  handler_ = std::move(handler);
+}
+
+Status CudaPool::wait_event(uint32_t event) {
+  if (event == 0 || event > events_.size())
+    return error(Errc::kInvalidArgument, who("wait") + ": no event " + std::to_string(event));
+  if (Status st = set_device(); !st) return st;
+  return to_status(who("cudaEventSynchronize"), cudaEventSynchronize(events_[event - 1]));
+}
+
+void CudaPool::event_done(uint32_t slot, uint64_t ticket) {
+  std::function<void(uint64_t)> handler;
+  {
+    MutexLock lock(events_mu_);
+    free_events_.push_back(slot);  // re-recording it later only makes a late waiter wait longer
+    handler = handler_;
+  }
+  if (handler) handler(ticket);
+}
+
+AsyncBatch CudaPool::dequantize_batch_async(std::span<const DequantizeOp> ops) {
+  std::vector<Status> out(ops.size());
+  std::vector<nf4::cuda::DecodeOp> batch;
+  std::vector<size_t> valid;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    auto h = check_dequantize(ops[i].encoded, ops[i].out_dtype, ops[i].offset, device_, size_);
+    if (!h) {
+      out[i] = h.status();
+      continue;
+    }
+    const std::uintptr_t in =
+        registry_->device_address(device_, ops[i].encoded.data(), h->total_size);
+    if (in == 0 || in % 16 != 0) return {dequantize_batch(ops), 0, 0};  // staged: not async
+    batch.push_back({*h, reinterpret_cast<const void*>(in), ops[i].out_dtype,
+                     reinterpret_cast<void*>(base_ + ops[i].offset)});
+    valid.push_back(i);
+  }
+  if (valid.empty()) return {std::move(out), 0, 0};
+  uint32_t slot = 0;
+  uint64_t ticket = 0;
+  {
+    MutexLock lock(events_mu_);
+    if (!handler_ || free_events_.empty()) return {dequantize_batch(ops), 0, 0};
+    slot = free_events_.back();
+    free_events_.pop_back();
+    ticket = ++next_ticket_;
+  }
+  MutexLock lock(mu_);
+  Status st = set_device();
+  std::vector<Status> queued =
+      st ? nf4::cuda::dequantize_batch(batch, stream_) : std::vector<Status>(batch.size(), st);
+  if (st) st = to_status(who("cudaEventRecord"), cudaEventRecord(events_[slot - 1], stream_));
+  auto* done = new EventDone{this, slot, ticket};
+  if (st)
+    st = to_status(who("cudaLaunchHostFunc"), cudaLaunchHostFunc(stream_, on_event_done, done));
+  if (!st) {  // nothing will complete the slot: wait here instead
+    delete done;
+    const Status fin = finish(st, "nf4 dequantize");
+    {
+      MutexLock events(events_mu_);
+      free_events_.push_back(slot);
+    }
+    for (size_t k = 0; k < valid.size(); ++k) out[valid[k]] = queued[k] ? fin : queued[k];
+    return {std::move(out), 0, 0};
+  }
+  for (size_t k = 0; k < valid.size(); ++k)
+    out[valid[k]] =
+        queued[k] ? Status::ok()
+                  : error(queued[k].code(), who("nf4 dequantize") + ": " + queued[k].message());
+  return {std::move(out), slot, ticket};
 }
 
 Status CudaPool::quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) {
@@ -355,10 +482,9 @@ std::vector<Status> CudaPool::quantize_batch(std::span<const QuantizeOp> ops) {
   }
   std::vector<nf4::cuda::EncodeOp> batch;
   for (size_t i : valid) {
-    const std::uintptr_t to =
-        staged_at[i] != kNotStaged
-            ? staging_dev_ + staged_at[i]
-            : registry_->device_address(device_, ops[i].dst.data(), bytes[i]);
+    const std::uintptr_t to = staged_at[i] != kNotStaged
+                                  ? staging_dev_ + staged_at[i]
+                                  : registry_->device_address(device_, ops[i].dst.data(), bytes[i]);
     batch.push_back({ops[i].params, reinterpret_cast<const void*>(base_ + ops[i].offset),
                      reinterpret_cast<void*>(to)});
   }

@@ -16,6 +16,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -69,6 +70,22 @@ struct PoolExport {
   // The importer may write (a put's device staging, docs/gpu.md); pools of the tier are
   // exported read-only.
   bool writable = false;
+  // The pool's ready events (cudaIpcEventHandle_t bytes, slot i+1 at index i): an async
+  // promotion's blocks carry the slot whose event completes with it (docs/gpu.md, "Async
+  // gets").  Empty for the emulation, whose device work is done before it returns.
+  std::vector<std::array<std::byte, 64>> events;
+};
+
+// Ready events per pool (slots 1..kPoolEvents).
+inline constexpr uint32_t kPoolEvents = 64;
+
+// dequantize_batch_async's result: one Status per op, the event slot that completes with the
+// queued work (0: the work is done already) and the batch's ticket, unique in its pool, which
+// the event handler is called with.
+struct AsyncBatch {
+  std::vector<Status> queued;
+  uint32_t event = 0;
+  uint64_t ticket = 0;
 };
 
 // One dequantize_into of a batch (DevicePool::dequantize_batch).
@@ -123,6 +140,25 @@ class DevicePool {
       out.push_back(dequantize_into(op.encoded, op.out_dtype, op.offset));
     return out;
   }
+  // dequantize_batch without waiting for the device: the work is queued and the returned
+  // event slot completes with it; the event handler (set_event_handler) is then called with
+  // the batch's ticket, once, on a thread of the backend's.  The encodings must stay in place until
+  // then.  Falls back to the synchronous batch (event 0) when no handler is set, no slot is
+  // free, or an encoding lies outside registered memory (the staging buffer is reused by the
+  // next call).  The CUDA backend records an interprocess event; the emulation does the work
+  // before it returns, takes a slot and calls the handler from this thread, so callers run
+  // the same bookkeeping as on a GPU.
+  virtual AsyncBatch dequantize_batch_async(std::span<const DequantizeOp> ops) {
+    return {dequantize_batch(ops), 0, 0};
+  }
+  // Blocks the calling thread until `event`'s last recorded work is done (a later record
+  // only makes it wait longer).  The emulation has nothing to wait for.
+  virtual Status wait_event(uint32_t event) {
+    (void)event;
+    return Status::ok();
+  }
+  // The handler of completed batches (their tickets): it must not block or call into this pool.
+  virtual void set_event_handler(std::function<void(uint64_t ticket)> handler) { (void)handler; }
   // p.rows*p.cols elements of p.dtype at `offset` -> NF4 encoding in host memory `dst`
   // (nf4::encoded_size(p) bytes), quantized on the device.  kInvalidArgument on NaN/Inf.
   // Both refuse outlier-channel encodings (the CUDA kernels do not support them) and ranges

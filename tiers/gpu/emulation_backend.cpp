@@ -105,6 +105,26 @@ class EmulatedPool final : public DevicePool {
     return nf4::decode(encoded, out_dtype, {base_ + offset, out});
   }
 
+  // The work is done here; the slot completes at once, through the handler, like a GPU's.
+  AsyncBatch dequantize_batch_async(std::span<const DequantizeOp> ops) override {
+    AsyncBatch r{dequantize_batch(ops), 0, 0};
+    std::function<void(uint64_t)> handler;
+    {
+      MutexLock lock(events_mu_);
+      if (!handler_) return r;
+      handler = handler_;
+      r.event = static_cast<uint32_t>(next_ticket_ % kPoolEvents + 1);
+      r.ticket = ++next_ticket_;
+    }
+    handler(r.ticket);
+    return r;
+  }
+
+  void set_event_handler(std::function<void(uint64_t)> handler) override {
+    MutexLock lock(events_mu_);
+    handler_ = std::move(handler);
+  }
+
   Status quantize_from(const nf4::Params& p, uint64_t offset, std::span<std::byte> dst) override {
     auto enc = check_quantize(p, offset, dst.size(), device_, size_);
     if (!enc) return enc.status();
@@ -119,6 +139,9 @@ class EmulatedPool final : public DevicePool {
   const uint64_t size_;
   const int fd_;  // the memfd, read-write
   std::byte* const base_;
+  Mutex events_mu_;
+  std::function<void(uint64_t)> handler_ GUARDED_BY(events_mu_);
+  uint64_t next_ticket_ GUARDED_BY(events_mu_) = 0;
 };
 
 class EmulationBackend final : public DeviceBackend {
