@@ -119,6 +119,14 @@ int kvtier_get(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t 
  * views' data are then device pointers. */
 int kvtier_get_gpu(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n, int device,
                    kvtier_lease** out);
+/* kvtier_get_gpu answered as soon as the promotions are queued on the device (docs/gpu.md
+ * "Async gets"): call kvtier_lease_wait() before reading the blocks. */
+int kvtier_get_gpu_async(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
+                         int device, kvtier_lease** out);
+/* Makes `stream` (a cudaStream_t; NULL: the calling thread, which blocks) wait until the
+ * lease's blocks are written.  Nothing to wait for after kvtier_get_gpu or with the host
+ * emulation. */
+int kvtier_lease_wait(kvtier_lease* lease, void* stream);
 int kvtier_remove(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
                   uint32_t* removed);
 /* kvtier_lease_release() sends nothing of its own by default: the released lease ids ride on

@@ -183,6 +183,25 @@ int kvtier_get_gpu(kvtier_client* c, const char* ns, const kvtier_key* keys, siz
   });
 }
 
+int kvtier_get_gpu_async(kvtier_client* c, const char* ns, const kvtier_key* keys, size_t n,
+                         int device, kvtier_lease** out) {
+  return guarded([&] {
+    kvtier::GetOptions o{true, device};
+    o.async = true;
+    auto r = c->client->get(ns ? ns : "", keys_of(keys, n), o);
+    if (!r) return fail(r.status());
+    *out = new kvtier_lease{std::move(r).value()};
+    return ok();
+  });
+}
+
+int kvtier_lease_wait(kvtier_lease* lease, void* stream) {
+  return guarded([&] {
+    if (kvtier::Status st = lease->lease.wait(stream); !st) return fail(st);
+    return ok();
+  });
+}
+
 int kvtier_lease_block_device(const kvtier_lease* lease, size_t block) {
   if (block >= lease->lease.size()) return -1;
   return lease->lease.block(block).on_gpu ? lease->lease.block(block).device : -1;

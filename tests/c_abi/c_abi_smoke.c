@@ -136,6 +136,12 @@ int main(void) {
   CHECK(view.codec == KVTIER_CODEC_RAW && view.bytes == sizeof(half));
   CHECK(memcmp(view.data, half, sizeof(half)) == 0);
   CHECK(kvtier_lease_release(lease) == KVTIER_OK);
+  /* Async: answered once queued; kvtier_lease_wait before reading (a no-op on the emulation). */
+  CHECK(kvtier_get_gpu_async(g, "c-abi/gpu", keys, 1, -1, &lease) == KVTIER_OK);
+  CHECK(kvtier_lease_wait(lease, NULL) == KVTIER_OK);
+  CHECK(kvtier_lease_tensor(lease, 0, 0, &view) == KVTIER_OK);
+  CHECK(memcmp(view.data, half, sizeof(half)) == 0);
+  CHECK(kvtier_lease_release(lease) == KVTIER_OK);
   CHECK(kvtier_get_gpu(g, "c-abi/gpu", keys, 1, 7, &lease) != KVTIER_OK); /* no pool on 7 */
   CHECK(strstr(kvtier_last_error(), "device 7") != NULL);
   kvtier_disconnect(g);

@@ -92,3 +92,31 @@ def test_put_batch_device_and_host_staging(gpu_daemon):
                 assert torch.equal(torch.from_dlpack(lease[i]["v"]), b["v"])
         with pytest.raises(ValueError, match="staging"):
             c.put_batch("py/batch", [(keys[0], blocks[0])], staging="disk")
+
+
+def test_gpu_get_without_waiting_then_lease_wait():
+    """get(gpu=True, wait=False): answered once the promotion is queued on the device; after
+    lease.wait() the blocks hold the promotion's bytes (the emulation has nothing to wait for,
+    a CUDA daemon hands out its pool's events)."""
+    d = Daemon(rules=(("", "nf4"),),
+               extra_toml='[gpu]\nbackend = "emulation"\nsize = "2MiB"\ndevices = [0]\n')
+    try:
+        with kvtier.Client(d.socket, device=0) as c:
+            keys = kvtier.chain_keys("py/async", list(range(64)), 16)
+            ks = [torch.randn(4096, 128, dtype=torch.float16) for _ in keys]  # 1 MiB each
+            for key, k in zip(keys, ks):
+                c.put("py/async", key, {"k": k})  # the 2 MiB pool evicts the first ones
+            with c.get("py/async", [keys[0]]) as host:  # NF4 in the host tier
+                assert host[0]["k"].codec == "nf4"
+                want = torch.empty(4096, 128, dtype=torch.float16)
+                host[0]["k"].decode_into(want)
+            before = c.stats()["counters"]["gpu_async_promotions"]
+            with c.get("py/async", [keys[0]], gpu=True, wait=False) as lease:
+                assert c.stats()["counters"]["gpu_async_promotions"] == before + 1
+                lease.wait()
+                assert lease.ready
+                t = lease[0]["k"]
+                assert t.device == 0 and t.codec == "raw"
+                assert torch.equal(torch.from_dlpack(t), want)
+    finally:
+        d.stop()

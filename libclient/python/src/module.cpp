@@ -393,6 +393,24 @@ defers the daemon-side release until the last of them is gone (it returns False 
                              })
       .def_property_readonly("released", [](const PyLease& l) { return !l.box; })
       .def("release", &PyLease::release)
+      .def(
+          "wait",
+          [](const PyLease& l, uintptr_t stream) {
+            auto box = l.lock();
+            Status st = nogil([&] { return box->lease.wait(reinterpret_cast<void*>(stream)); });
+            if (!st) throw_status(st);
+          },
+          py::arg("stream") = 0,
+          "Makes the CUDA stream (its handle, torch.cuda.Stream.cuda_stream; 0: this thread, "
+          "blocking) wait until the blocks of a get(wait=False) are written.")
+      .def_property_readonly(
+          "ready",
+          [](const PyLease& l) {
+            for (const auto& b : l.lock()->lease.blocks())
+              if (b.ready_event != 0) return false;
+            return true;
+          },
+          "False while blocks of a get(wait=False) may still be being written")
       .def("tensor", &lease_tensor, py::arg("block"), py::arg("name"), py::arg("out") = py::none(),
            py::arg("dtype") = py::none(),
            "A torch tensor: zero-copy for raw tensors (read-only!); NF4 is decoded into `out` "
@@ -478,16 +496,21 @@ defers the daemon-side release until the last of them is gone (it returns False 
       .def(
           "get",
           [](PyClient& self, const std::string& ns, const std::vector<BlockKey>& keys, bool gpu,
-             int device) {
+             int device, bool wait) {
             auto c = self.get();
             auto box = std::make_shared<LeaseBox>();
             box->client = c;
-            box->lease = unwrap(nogil([&] { return c->get(ns, keys, GetOptions{gpu, device}); }));
+            GetOptions o{gpu, device};
+            o.async = gpu && !wait;
+            box->lease = unwrap(nogil([&] { return c->get(ns, keys, o); }));
             return PyLease{box, box->lease.size()};
           },
           py::arg("namespace"), py::arg("keys"), py::arg("gpu") = false, py::arg("device") = -1,
+          py::arg("wait") = true,
           "Lease blocks.  gpu=True: in GPU memory (fp16 as put; tensors export as CUDA DLPack "
-          "tensors of `device`); blocks the GPU has no room for come back in host memory.")
+          "tensors of `device`); blocks the GPU has no room for come back in host memory.  "
+          "wait=False (with gpu): answered once the promotions are queued on the device; call "
+          "lease.wait(stream) before reading.")
       .def_property_readonly("gpu_backend", [](PyClient& s) { return s.get()->gpu_backend(); })
       .def_property_readonly("gpu_devices", [](PyClient& s) { return s.get()->gpu_devices(); })
       .def("_put", &put, py::arg("namespace"), py::arg("key"), py::arg("tensors"),
