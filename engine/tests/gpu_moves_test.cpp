@@ -1,6 +1,7 @@
-// promote_block and demote_blocks.  promote_block against host layouts that disagree with their bytes (the disk tier reads a
-// block's layout back from its index): refused, and nothing outside the tensor's place in
-// the pool is written.  Found by fuzz/fuzz_nf4.cpp (fuzz/crashes/nf4/).
+// promote_block and demote_blocks.  promote_block against host layouts that disagree with
+// their bytes (the disk tier reads a block's layout back from its index): refused, and nothing
+// outside the tensor's place in the pool is written.  Found by fuzz/fuzz_nf4.cpp
+// (fuzz/crashes/nf4/).  demote_blocks: one quantize batch for every block.
 #include <catch2/catch.hpp>
 
 #include <cstring>

@@ -201,7 +201,7 @@ TEST_CASE("cuda: quantize_batch and dequantize_batch of many tensors equal the C
     p.rows = 64 + i * 3;
     p.cols = i % 7 == 0 ? 72 : 128;
     params.push_back(p);
-    src.push_back(fp16_tensor(p.rows * p.cols, 100 + i));  // fp16 bytes, also read as bf16
+    src.push_back(fp16_tensor(p.rows * p.cols, 100 + i));       // fp16 bytes, also read as bf16
     if (i == 17) std::memset(src.back().data() + 10, 0xff, 2);  // NaN in either dtype
     REQUIRE(pl.write(uint64_t(i) * kSlot, src.back()).is_ok());
     want.emplace_back(nf4::encoded_size(p));
