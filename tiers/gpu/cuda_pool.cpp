@@ -189,23 +189,29 @@ Status CudaPool::allocate_ipc(uint64_t bytes) {
 Status CudaPool::create_stream() {
   Status st = to_status(who("cudaStreamCreateWithFlags"),
                         cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  for (uint32_t i = 0; st && i < kPoolEvents; ++i) {
+  if (!st) return st;
+  // The ready events of async gets are optional: without them every promotion is synchronous.
+  for (uint32_t i = 0; i < kPoolEvents; ++i) {
     cudaEvent_t e = nullptr;
-    st = to_status(who("cudaEventCreateWithFlags"),
-                   cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventInterprocess));
-    if (!st) break;
+    if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventInterprocess) != cudaSuccess)
+      break;
     events_.push_back(e);
     cudaIpcEventHandle_t h;
-    st = to_status(who("cudaIpcGetEventHandle"), cudaIpcGetEventHandle(&h, e));
     static_assert(sizeof h == 64);
+    if (cudaIpcGetEventHandle(&h, e) != cudaSuccess) break;
     std::array<std::byte, 64> bytes;
     std::memcpy(bytes.data(), &h, sizeof h);
     event_handles_.push_back(bytes);
   }
-  if (st) {
-    MutexLock lock(events_mu_);
-    for (uint32_t slot = kPoolEvents; slot >= 1; --slot) free_events_.push_back(slot);
+  if (event_handles_.size() != kPoolEvents) {  // all or none
+    (void)cudaGetLastError();
+    for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);
+    events_.clear();
+    event_handles_.clear();
+    return st;
   }
+  MutexLock lock(events_mu_);
+  for (uint32_t slot = kPoolEvents; slot >= 1; --slot) free_events_.push_back(slot);
   return st;
 }
 
